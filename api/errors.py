@@ -1,0 +1,177 @@
+"""The API's single error type and the handlers that give every 4xx/5xx one body shape:
+``{"error_code": str, "detail": str, "field": str | null}``.
+
+Why one shape: clients (the CLI, the SDK, a browser) branch on ``error_code`` and highlight ``field``;
+they should not have to know whether a 422 came from FastAPI's request validation, from the core's
+``CoreError`` or from our own checks, or whether a 404 means "no such route" or "not your job".
+Routes raise ``ApiError(ErrorCode.X, ...)``; nothing builds ``HTTPException`` inline.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import CoreError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorCode(enum.Enum):
+    """Stable error codes and the HTTP status each one is answered with."""
+
+    BAD_REQUEST = ("bad_request", 400)
+    UNAUTHORIZED = ("unauthorized", 401)
+    NOT_FOUND = ("not_found", 404)
+    METHOD_NOT_ALLOWED = ("method_not_allowed", 405)
+    CONFLICT = ("conflict", 409)
+    IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused", 409)
+    JOB_NOT_SUCCEEDED = ("job_not_succeeded", 409)
+    PAYLOAD_TOO_LARGE = ("payload_too_large", 413)
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", 415)
+    VALIDATION_ERROR = ("validation_error", 422)
+    INVALID_SPEC = ("invalid_spec", 422)
+    INVALID_REFERENCE = ("invalid_reference", 422)
+    INVALID_UPLOAD = ("invalid_upload", 422)
+    RATE_LIMITED = ("rate_limited", 429)
+    INTERNAL_ERROR = ("internal_error", 500)
+    SERVICE_UNAVAILABLE = ("service_unavailable", 503)
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+
+_BY_STATUS = {}
+for _member in ErrorCode:
+    _BY_STATUS.setdefault(_member.status, _member)
+
+
+class ApiError(Exception):
+    """An error the API answers with; ``field`` names the request field at fault, if any."""
+
+    def __init__(
+        self,
+        error: ErrorCode,
+        detail: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+        self.field = field
+        self.headers = headers
+
+
+def error_body(code: str, detail: str, field: str | None = None) -> dict[str, Any]:
+    return {"error_code": code, "detail": detail, "field": field}
+
+
+def error_response(
+    status: int, code: str, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, detail, field), status_code=status, headers=headers)
+
+
+# Tags of the objective's discriminated union appear in pydantic locations; users never write them.
+_UNION_TAGS = {"natural", "pgd", "trades", "smoothing", "mixtrain", "crown_ibp"}
+_LOC_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+
+def field_from_loc(loc: Sequence[Any]) -> str | None:
+    """A pydantic error location as the dotted path a user wrote: ('body','pruning','k') -> 'pruning.k'."""
+    parts = list(loc)
+    if parts and parts[0] in _LOC_SOURCES:
+        parts = parts[1:]
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str) and part in _UNION_TAGS and i > 0 and parts[i - 1] == "objective":
+            continue
+        if isinstance(part, str) and part.startswith(("function-", "json-or-python", "tagged-union")):
+            continue
+        out.append(str(part))
+    return ".".join(out) or None
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.error.status, exc.error.code, exc.detail, exc.field, exc.headers)
+
+
+async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CoreError)
+    return error_response(422, exc.code, exc.message, exc.field)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if not errors:
+        return error_response(422, ErrorCode.VALIDATION_ERROR.code, "invalid request")
+    first = errors[0]
+    field = field_from_loc(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        detail = f"body is not valid JSON: {(first.get('ctx') or {}).get('error', 'decode error')}"
+        return error_response(422, "invalid_json", detail, None)
+    detail = f"{field}: {_message(first)}" if field else _message(first)
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return error_response(422, ErrorCode.VALIDATION_ERROR.code, detail, field)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    member = _BY_STATUS.get(exc.status_code)
+    code = member.code if member else f"http_{exc.status_code}"
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "no such resource"
+    return error_response(exc.status_code, code, detail, None, getattr(exc, "headers", None))
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable: %s", exc)
+    return error_response(503, ErrorCode.SERVICE_UNAVAILABLE.code, "the database is unavailable; retry later")
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, ErrorCode.INTERNAL_ERROR.code, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type the API can meet to the one error body."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(CoreError, _core_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    try:  # the async read path's equivalents (service/db/aio.py)
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+        app.add_exception_handler(PoolTimeout, _database_unavailable)
+    except ImportError:
+        pass
+    app.add_exception_handler(Exception, _unexpected)

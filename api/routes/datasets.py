@@ -1,0 +1,90 @@
+"""Uploaded datasets: one ``.npz`` of plain arrays, validated by the core's own loader on arrival.
+
+Only ``.npz`` is accepted (loaded with ``allow_pickle=False``): archives that must be extracted are
+refused outright, since ``tarfile``'s safety filter has known bypasses on our Python (ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from api.errors import ApiError, ErrorCode
+from api.schemas import ERROR_RESPONSES as ERRORS
+from api.schemas import DatasetPublic, DatasetsPublic
+from api.uploading import receive_upload
+from core.errors import CoreError
+from service.db import uploads
+from service.db.base import Dataset, new_id
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_FORM_FIELD = {"dataset.path": "file", "dataset.num_classes": "num_classes"}
+
+
+def validate_npz(path: str, num_classes: int | None) -> dict[str, Any]:
+    """Load the file exactly as a job would and return what it holds.
+
+    Uses ``core.data.build_datasets`` (the worker's loader), so "accepted here" means "loads there".
+    TODO(lead): switch to a dedicated ``core.data`` validation function if one is added; this one
+    builds the tensors once, which is fine up to ``max_upload_bytes``."""
+    from core.data import build_datasets  # lazy: torch stays out of the import of the API
+
+    _train, _test, info = build_datasets({"name": "npz", "path": path, "num_classes": num_classes}, seed=0)
+    return info
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, responses=ERRORS)
+def upload_dataset(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    file: Annotated[UploadFile, File(description="A .npz with 'images' and 'labels' (see the catalogue).")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    num_classes: Annotated[int | None, Form(ge=2)] = None,
+) -> Dataset:
+    """Upload an .npz dataset; it is loaded and checked before it is accepted."""
+    with receive_upload(file, settings, suffix=".npz") as received:
+        try:
+            info = validate_npz(str(received.path), num_classes)
+        except CoreError as err:
+            field = _FORM_FIELD.get(err.field or "", "file")
+            raise ApiError(ErrorCode.INVALID_UPLOAD, err.message, field) from err
+        dataset_id = new_id()
+        key = f"tenants/{principal.tenant_id}/datasets/{dataset_id}/data.npz"
+        store.put_file(key, received.path)
+        return uploads.create_dataset(
+            session,
+            dataset_id=dataset_id,
+            tenant_id=principal.tenant_id,
+            name=name or file.filename or dataset_id,
+            storage_key=key,
+            num_classes=int(info["num_classes"]),
+            n_samples=int(info["n_train"]) + int(info["n_test"]),
+            input_shape=[int(s) for s in info["input_shape"]],
+            size=received.size,
+            sha256=received.sha256,
+        )
+
+
+@router.get("", response_model=DatasetsPublic, responses=ERRORS)
+def list_datasets(
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """List your uploaded datasets."""
+    rows, count = uploads.list_datasets(session, principal.tenant_id, limit, offset)
+    return {"data": rows, "count": count}
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=ERRORS)
+def get_dataset(dataset_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> Dataset:
+    """One uploaded dataset."""
+    row = uploads.get_dataset(session, principal.tenant_id, dataset_id)
+    if row is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no dataset {dataset_id}", "dataset_id")
+    return row

@@ -1,0 +1,334 @@
+"""Jobs: submit a spec, watch it (status, events, live stream), cancel it, fetch its report and artifacts.
+
+The API never trains. Submission validates the spec completely (schema, references to the tenant's
+uploads, bound-method support of the architecture), writes the row, then publishes the job id; the
+row is committed first so that nothing a user submitted depends on the broker being up.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import (
+    CurrentPrincipal,
+    QueueDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    async_reader_for,
+    get_app_settings,
+)
+from api.errors import ApiError, ErrorCode
+from api.schemas import (
+    ERROR_RESPONSES as ERRORS,
+    ArtifactsPublic,
+    JobDetail,
+    JobEventPublic,
+    JobEventsPublic,
+    JobsPublic,
+)
+from core.spec import BOUND_OBJECTIVES, JobSpec
+from service.db import jobs, uploads
+from service.db.base import FINAL_STATUSES, Job, JobStatus
+from service.db.session import get_read_sessionmaker
+from service.settings import Settings
+from service.storage import ObjectNotFound
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MODEL_REF = "model:"
+DATASET_REF = "dataset:"
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+DEFAULT_DATA_DIR = "data"
+
+
+# ----------------------------------------------------------------------------- submission checks
+def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
+    """Uploads are named ``model:<id>`` / ``dataset:<id>`` and must be the tenant's own.
+
+    Plain file paths are refused: in the service they would be paths on the *worker's* disk, i.e. a
+    way to read files the user does not own."""
+    checkpoint = spec.model.checkpoint
+    if checkpoint is not None:
+        if not checkpoint.startswith(MODEL_REF):
+            raise ApiError(
+                ErrorCode.INVALID_REFERENCE,
+                f"must name an uploaded model as '{MODEL_REF}<id>' (POST /v1/models), got {checkpoint!r}",
+                "model.checkpoint",
+            )
+        model = uploads.get_model(session, tenant_id, checkpoint[len(MODEL_REF):])
+        if model is None:
+            raise ApiError(ErrorCode.INVALID_REFERENCE, f"no uploaded model {checkpoint!r}", "model.checkpoint")
+        if model.arch != spec.model.arch:
+            raise ApiError(
+                ErrorCode.INVALID_REFERENCE,
+                f"{checkpoint!r} was uploaded for architecture {model.arch!r}, not {spec.model.arch!r}",
+                "model.checkpoint",
+            )
+        if model.arch_kwargs != spec.model.kwargs:
+            # The worker must build the very network the upload was checked against.
+            raise ApiError(
+                ErrorCode.INVALID_REFERENCE,
+                f"{checkpoint!r} was uploaded with architecture arguments {model.arch_kwargs}, "
+                f"the spec gives {spec.model.kwargs}",
+                "model.kwargs",
+            )
+    dataset = spec.dataset
+    if dataset.name == "imagefolder":
+        raise ApiError(
+            ErrorCode.INVALID_REFERENCE,
+            "image folders are not accepted by the service; upload an .npz (POST /v1/datasets) and use name 'npz'",
+            "dataset.name",
+        )
+    if dataset.path is not None:
+        if dataset.name != "npz" or not dataset.path.startswith(DATASET_REF):
+            raise ApiError(
+                ErrorCode.INVALID_REFERENCE,
+                f"must name an uploaded dataset as '{DATASET_REF}<id>' with name 'npz', got {dataset.path!r}",
+                "dataset.path",
+            )
+        if uploads.get_dataset(session, tenant_id, dataset.path[len(DATASET_REF):]) is None:
+            raise ApiError(ErrorCode.INVALID_REFERENCE, f"no uploaded dataset {dataset.path!r}", "dataset.path")
+    if dataset.data_dir != DEFAULT_DATA_DIR:
+        raise ApiError(
+            ErrorCode.INVALID_SPEC, "the data folder is chosen by the service, not by a job", "dataset.data_dir"
+        )
+
+
+def _uses_bounds(spec: JobSpec) -> bool:
+    objectives = [spec.objective] + [
+        getattr(stage, "objective", None) for stage in (spec.stages.pretrain, spec.stages.prune, spec.stages.finetune)
+    ]
+    return any(getattr(o, "type", None) in BOUND_OBJECTIVES for o in objectives if o is not None)
+
+
+def _check_bounds_supported(spec: JobSpec) -> None:
+    """MixTrain and CROWN-IBP bound every layer; refuse now an architecture they cannot handle,
+    rather than fail after hours of pretraining."""
+    if not _uses_bounds(spec):
+        return
+    from core.bounds import check_supported  # lazy: torch is heavy and only needed here
+    from core.models import create_model
+
+    try:
+        model = create_model(spec.model.arch, **spec.model.kwargs)  # bad kwargs: CoreError naming them
+    except TypeError as exc:  # a torchvision builder refusing an argument
+        raise ApiError(ErrorCode.INVALID_SPEC, f"bad architecture arguments: {exc}", "model.kwargs") from exc
+    check_supported(model)  # CoreError("unsupported_layer", "model.arch", ...) -> 422
+
+
+# ----------------------------------------------------------------------------- routes
+@router.post("", status_code=201, response_model=JobDetail, responses=ERRORS)
+def submit_job(
+    spec: JobSpec,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+) -> Job:
+    """Submit a job spec; it is queued and its id returned at once (Idempotency-Key makes retries safe)."""
+    spec_dict = spec.model_dump(mode="json")
+    _check_references(session, principal.tenant_id, spec)
+    _check_bounds_supported(spec)
+    job, created = jobs.create_job(session, principal.tenant_id, spec_dict, idempotency_key, settings.max_attempts)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        if job.spec != spec_dict:
+            raise ApiError(
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                f"Idempotency-Key was already used for job {job.id} with a different spec",
+                "Idempotency-Key",
+            )
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return job
+    if queue.enqueue(job.id):
+        jobs.mark_enqueued(session, job.id)
+    return job
+
+
+@router.get("", response_model=JobsPublic, responses=ERRORS)
+def list_jobs(
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """List your jobs, newest first."""
+    rows, count = jobs.list_jobs(session, principal.tenant_id, status.value if status else None, limit, offset)
+    return {"data": rows, "count": count}
+
+
+def _job_or_404(session: Session, tenant_id: int, job_id: str) -> Job:
+    job = jobs.get_job(session, tenant_id, job_id)
+    if job is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
+    return job
+
+
+def _job_view_sync(settings: Settings, tenant_id: int, job_id: str) -> dict[str, Any] | None:
+    with get_read_sessionmaker(settings)() as session:
+        return jobs.get_job_view(session, tenant_id, job_id)
+
+
+@router.get("/{job_id}", response_model=JobDetail, responses=ERRORS)
+async def get_job(job_id: str, principal: CurrentPrincipal, request: Request) -> Response:
+    """A job's status, stage, progress, latest metrics and timestamps."""
+    # The endpoint every client polls: async all the way on Postgres (service/db/aio.py), with no
+    # dependencies beyond authentication (each would be resolved on every poll).
+    settings = await get_app_settings(request)
+    reader = async_reader_for(request, settings)
+    if reader is not None:
+        job = await reader.get_job_view(principal.tenant_id, job_id)
+    else:
+        job = await run_in_threadpool(_job_view_sync, settings, principal.tenant_id, job_id)
+    if job is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
+    # Serialised by pydantic's own JSON encoder in one step (FastAPI would validate, build a dict,
+    # then json.dumps it): same body, a fraction of the CPU.
+    return Response(JobDetail.model_validate(job).model_dump_json(), media_type="application/json")
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail, responses=ERRORS)
+def cancel_job(job_id: str, principal: CurrentPrincipal, session: SessionDep) -> Job:
+    """Cancel a job: a queued one at once, a running one at its next batch (its checkpoint stays)."""
+    job = jobs.request_cancel(session, principal.tenant_id, job_id)
+    if job is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
+    return job
+
+
+def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _event_stream(settings: Settings, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """Poll the events table; end once the job is final and every event up to then was sent."""
+    make_session = get_read_sessionmaker(settings)
+
+    def poll(cursor: int) -> tuple[str | None, list[dict[str, Any]]]:
+        with make_session() as session:
+            job = jobs.get_job(session, None, job_id)
+            status = job.status if job else None  # read the status *before* the events: see below
+            events = jobs.list_events(session, job_id, after_id=cursor, limit=500)
+            return status, [JobEventPublic.model_validate(e).model_dump(mode="json") for e in events]
+
+    cursor = after
+    last_sent = time.monotonic()
+    yield b"retry: 2000\n\n"
+    while True:
+        status, events = await run_in_threadpool(poll, cursor)
+        for event in events:
+            cursor = event["id"]
+            yield _sse(event["id"], event["kind"], event)
+            last_sent = time.monotonic()
+        # The final status event is committed with the final status, so a final status read before
+        # an event batch that came back short means nothing is left to send.
+        if status is None or (status in FINAL_STATUSES and len(events) < 500):
+            yield _sse(None, "end", {"status": status})
+            return
+        if len(events) >= 500:
+            continue
+        if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(SSE_POLL_S)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=JobEventsPublic,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    stream: bool = False,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
+) -> Any:
+    """A job's event history (JSON), or a live Server-Sent-Events stream (Accept: text/event-stream)."""
+    _job_or_404(session, principal.tenant_id, job_id)
+    if stream or "text/event-stream" in request.headers.get("accept", ""):
+        start = max(after, last_event_id or 0)
+        return StreamingResponse(
+            _event_stream(settings, job_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    events = jobs.list_events(session, job_id, after_id=after, limit=limit)
+    return {"data": events, "count": len(events), "next_after": events[-1].id if events else after}
+
+
+@router.get("/{job_id}/report", responses=ERRORS)
+def job_report(job_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
+    """The machine-readable report of a succeeded job (409 until then)."""
+    job = _job_or_404(session, principal.tenant_id, job_id)
+    if job.status != JobStatus.SUCCEEDED.value:
+        raise ApiError(ErrorCode.JOB_NOT_SUCCEEDED, f"the job is {job.status}; a report exists once it succeeded")
+    return job.report or {}
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=ERRORS)
+def list_artifacts(job_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
+    """The files a job produced, with size and sha256."""
+    _job_or_404(session, principal.tenant_id, job_id)
+    rows = jobs.list_artifacts(session, job_id)
+    return {"data": rows, "count": len(rows)}
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=StreamingResponse,
+    responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}, 307: {"description": "Presigned URL"}},
+)
+def download_artifact(
+    job_id: str,
+    name: str,
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    store: StoreDep,
+    redirect: Annotated[bool, Query(description="Redirect to a presigned object-store URL when there is one.")] = False,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """Download one artifact (streamed; ETag and X-Checksum-SHA256 carry its sha256)."""
+    _job_or_404(session, principal.tenant_id, job_id)
+    artifact = jobs.get_artifact(session, job_id, name)
+    if artifact is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"job {job_id} has no artifact {name!r}", "name")
+    etag = f'"{artifact.sha256}"'
+    headers = {"ETag": etag, "X-Checksum-SHA256": artifact.sha256}
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    if redirect:
+        url = store.presigned_url(artifact.storage_key, 900)
+        if url:
+            return RedirectResponse(url, status_code=307, headers=headers)
+    try:
+        chunks = store.open_stream(artifact.storage_key)
+    except ObjectNotFound as exc:
+        raise ApiError(ErrorCode.NOT_FOUND, f"artifact {name!r} is missing from storage", "name") from exc
+    filename = name.replace('"', "")
+    headers.update(
+        {"Content-Length": str(artifact.size), "Content-Disposition": f'attachment; filename="{filename}"'}
+    )
+    return StreamingResponse(chunks, media_type=artifact.content_type, headers=headers)
+

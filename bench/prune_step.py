@@ -1,0 +1,123 @@
+"""What does a HYDRA step cost next to a dense robust-training step?
+
+Times, in one process on CIFAR-shaped random data, (a) a prune step (masked net at k = 0.01, only
+scores train, TRADES l_inf 8/255 with 10 attack steps, SGD on the scores, then ``refresh_masks``),
+(b) the same TRADES step on the plain dense architecture (SGD on the weights) and (c) a finetune step
+(masked, k = 0.01, scores frozen). All three use ``core.objectives.train_step`` with the same objective,
+so the difference is the mask alone. The variants are interleaved per iteration (in a rotating order)
+to cancel machine noise; each figure is the median of ``--steps`` timed iterations after 2 warm-ups.
+
+    python bench/prune_step.py --arch resnet18 --batch-size 32 --steps 10 --json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage  # noqa: E402
+from core.models import create_model  # noqa: E402
+from core.objectives import TradesObjective, train_step  # noqa: E402
+
+WARMUP = 2
+K = 0.01
+
+
+def build(arch: str, seed: int) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, bool]]:
+    torch.manual_seed(seed)
+    dense = create_model(arch, num_classes=10)
+    dense.train()
+
+    def masked(stage: str) -> torch.nn.Module:
+        net = convert_to_masked(copy.deepcopy(dense))
+        init_scores(net, "scaled")
+        set_keep_fraction(net, K)
+        return set_stage(net, stage)
+
+    prune, finetune = masked("prune"), masked("finetune")
+
+    def sgd(net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr, momentum=0.9, weight_decay=1e-4)
+
+    return {
+        "prune": (prune, sgd(prune, 0.1), True),
+        "dense": (dense, sgd(dense, 0.1), False),
+        "finetune": (finetune, sgd(finetune, 0.01), False),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float | str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", choices=["vgg16_bn", "wrn_28_4", "resnet18"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed iterations (after 2 warm-ups)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    variants = build(args.arch, args.seed)
+    objective = TradesObjective()  # l_inf 8/255, step 2/255, 10 steps, beta 6
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(args.batch_size, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for it in range(WARMUP + args.steps):
+        order = names[it % 3:] + names[: it % 3]  # rotate: no variant always runs first
+        for name in order:
+            model, opt, refresh = variants[name]
+            t0, c0 = time.perf_counter(), time.process_time()
+            train_step(model, objective, opt, x, y, refresh=refresh)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            if it >= WARMUP:
+                times[name].append(dt)
+                cpu[name].append(dc)
+        if it >= WARMUP:
+            print(f"iter {it - WARMUP + 1}/{args.steps}: "
+                  + ", ".join(f"{n} {times[n][-1]:.3f}s (cpu {cpu[n][-1]:.3f}s)" for n in names), flush=True)
+
+    med = {n: statistics.median(times[n]) for n in names}
+    med_cpu = {n: statistics.median(cpu[n]) for n in names}
+    result: dict[str, float | str] = {
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "prune_s": round(med["prune"], 4),
+        "dense_s": round(med["dense"], 4),
+        "finetune_s": round(med["finetune"], 4),
+        "ratio": round(med["prune"] / med["dense"], 4),
+        "finetune_ratio": round(med["finetune"] / med["dense"], 4),
+        # process CPU time: the robust figure when other jobs share the cores
+        "ratio_cpu": round(med_cpu["prune"] / med_cpu["dense"], 4),
+        # fastest iteration of each: noise from other jobs only ever adds time
+        "ratio_min": round(min(times["prune"]) / min(times["dense"]), 4),
+        "finetune_ratio_min": round(min(times["finetune"]) / min(times["dense"]), 4),
+        "finetune_ratio_cpu": round(med_cpu["finetune"] / med_cpu["dense"], 4),
+    }
+    print(f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={K}, {args.threads} threads, "
+          f"median of {args.steps}:")
+    print(f"  prune step    {med['prune']:.3f}s  ({result['ratio']:.3f}x dense; cpu {result['ratio_cpu']:.3f}x)")
+    print(f"  dense step    {med['dense']:.3f}s")
+    print(f"  finetune step {med['finetune']:.3f}s  ({result['finetune_ratio']:.3f}x dense; "
+          f"cpu {result['finetune_ratio_cpu']:.3f}x)")
+    print(f"  fastest iterations: prune {min(times['prune']):.3f}s, dense {min(times['dense']):.3f}s, "
+          f"finetune {min(times['finetune']):.3f}s ({result['ratio_min']:.3f}x, {result['finetune_ratio_min']:.3f}x)")
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

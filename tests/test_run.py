@@ -1,0 +1,162 @@
+"""The pipeline end to end on real MNIST digits (mnist5k), tiny: stages, variants, resume, reports."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core import run as run_mod
+from core.callbacks import RunCallbacks
+from core.errors import RunCanceled
+from core.export import load_compressed, load_compressed_model
+from core.run import plan_steps, run_job
+from core.spec import load_spec
+
+TINY = {
+    "seed": 3,
+    "device": "cpu",
+    "model": {"arch": "cnn_small_mnist"},
+    "dataset": {"name": "mnist5k", "max_train_samples": 192, "max_test_samples": 64, "batch_size": 64},
+    "objective": {"type": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+    "pruning": {"methods": ["hydra", "lwm"], "k": [0.05]},
+    "stages": {
+        "pretrain": {"epochs": 1, "lr": 0.05},
+        "prune": {"epochs": 1, "lr": 0.1},
+        "finetune": {"epochs": 2, "lr": 0.01},
+    },
+    "evaluation": {"pgd_steps": 3, "val_pgd_steps": 2, "val_max_samples": 32},
+}
+
+
+def tiny(**patch):
+    data = json.loads(json.dumps(TINY))
+    for key, value in patch.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_spec(data)
+
+
+class Recorder(RunCallbacks):
+    def __init__(self, cancel_after=None):
+        self.events, self.batches, self.cancel_after = [], 0, cancel_after
+
+    def on_event(self, kind, payload):
+        self.events.append((kind, payload))
+
+    def on_progress(self, **kw):
+        self.batches += 1
+
+    def should_cancel(self):
+        return self.cancel_after is not None and self.batches >= self.cancel_after
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rec = Recorder()
+    report = run_job(tiny(), out, rec)
+    return out, report, rec
+
+
+def test_plan_follows_the_spec():
+    kinds = [(s.kind, s.variant) for s in plan_steps(tiny())]
+    assert kinds == [
+        ("pretrain", "dense"), ("evaluate", "dense"),
+        ("prune", "hydra_k0.05"), ("finetune", "hydra_k0.05"), ("evaluate", "hydra_k0.05"),
+        ("finetune", "lwm_k0.05"), ("evaluate", "lwm_k0.05"),
+    ]
+    # robust sub-network of a non-robust network: natural pretraining, robust pruning, no finetune
+    spec = tiny(stages={"pretrain": {"epochs": 1, "lr": 0.05, "objective": {"type": "natural"}}, "finetune": None},
+                pruning={"methods": ["hydra"], "k": [0.5]})
+    assert [s.kind for s in plan_steps(spec)] == ["pretrain", "evaluate", "prune", "evaluate"]
+    assert spec.objective_for("pretrain").type == "natural" and spec.objective_for("prune").type == "pgd"
+
+
+def test_run_produces_reports_and_artifacts(finished):
+    out, report, rec = finished
+    assert {r["variant"] for r in report["comparison"]} == {"dense", "hydra_k0.05", "lwm_k0.05"}
+    for row in report["comparison"]:
+        assert 0 <= row["pgd_acc"] <= row["benign_acc"] <= 1
+    for name in ("hydra_k0.05", "lwm_k0.05"):
+        sp = report["variants"][name]["sparsity"]
+        # the measured sparsity is that of k = 0.05 in every layer (floor((1-k) n) zeroed per layer)
+        assert sp["total"] == pytest.approx(0.95, abs=0.01)
+        for layer in sp["layers"].values():
+            assert layer["nnz"] == layer["n"] - int((1 - 0.05) * layer["n"])
+    for f in ("report.json", "report.md", "comparison.png", "spec.json", "hydra_k0.05.compressed.safetensors",
+              "lwm_k0.05.dense.safetensors", "dense.dense.safetensors"):
+        assert (out / f).exists(), f
+    assert "PGD-3" in report["procedures"]["pgd_acc"]
+    epochs = [p for k, p in rec.events if k == "epoch_finished"]
+    assert len(epochs) == 1 + 1 + 2 + 2  # pretrain, prune, finetune x2 variants
+
+
+def test_compressed_artifact_reproduces_reported_accuracy(finished):
+    out, report, _ = finished
+    from core.data import build_datasets
+
+    spec = tiny()
+    _, test_ds, _ = build_datasets(spec.dataset, spec.seed)
+    x = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+    y = torch.as_tensor([int(test_ds[i][1]) for i in range(len(test_ds))])
+    model = load_compressed_model(out / "hydra_k0.05.compressed.safetensors").eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(report["variants"]["hydra_k0.05"]["metrics"]["benign_acc"], abs=1e-6)
+
+
+def test_lwm_keeps_the_largest_pretrained_magnitudes(finished):
+    out, _, _ = finished
+    dense = load_file(str(out / "dense.dense.safetensors"))
+    lwm, _ = load_compressed(out / "lwm_k0.05.compressed.safetensors")
+    for key, w in dense.items():
+        if not key.endswith(".weight") or w.dim() < 2:
+            continue
+        kept = lwm[key] != 0
+        n_keep = w.numel() - int(0.95 * w.numel())
+        top = torch.zeros(w.numel(), dtype=torch.bool)
+        top[w.abs().flatten().topk(n_keep).indices] = True
+        assert torch.equal(kept.flatten() & ~top, torch.zeros_like(top)), key  # nothing outside the top-|W|
+
+
+def test_masks_refreshed_only_in_prune(monkeypatch, tmp_path):
+    calls = []
+    real = run_mod.refresh_masks
+    current = {"stage": None}
+
+    class StageSpy(RunCallbacks):
+        def on_progress(self, *, stage, **kw):
+            current["stage"] = stage
+
+    def spy(model):
+        calls.append(current["stage"])
+        return real(model)
+
+    monkeypatch.setattr(run_mod, "refresh_masks", spy)
+    run_job(tiny(pruning={"methods": ["hydra"], "k": [0.05]}), tmp_path, StageSpy())
+    per_batch = [c for c in calls if c == "prune"]
+    assert len(per_batch) == 3  # 192 samples / 64 per batch, one epoch of pruning
+    assert "finetune" not in calls and "pretrain" not in calls
+
+
+def test_interrupted_run_resumes_bit_for_bit(finished, tmp_path):
+    out, report, _ = finished
+    # stop in the middle of the hydra finetune (batches: 3 pretrain, 3 prune, 3 + 2 finetune)
+    with pytest.raises(RunCanceled):
+        run_job(tiny(), tmp_path, Recorder(cancel_after=11))
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "report.json").exists()
+    resumed = run_job(tiny(), tmp_path, Recorder(), resume=True)
+    for variant in ("dense", "hydra_k0.05", "lwm_k0.05"):
+        a = report["variants"][variant]["artifacts"]["compressed"]["sha256"]
+        b = resumed["variants"][variant]["artifacts"]["compressed"]["sha256"]
+        assert a == b, variant
+    assert resumed["comparison"] == report["comparison"]
+
+
+def test_resume_refuses_a_different_spec(finished, tmp_path):
+    from core.errors import CoreError
+
+    with pytest.raises(RunCanceled):
+        run_job(tiny(), tmp_path, Recorder(cancel_after=2))
+    with pytest.raises(CoreError) as info:
+        run_job(tiny(seed=4), tmp_path, Recorder(), resume=True)
+    assert info.value.code == "resume_mismatch"

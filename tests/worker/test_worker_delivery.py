@@ -1,0 +1,148 @@
+"""Delivery semantics without worker processes: the Celery settings that make a killed worker's job
+come back, and the lease that makes every extra delivery harmless (ARCHITECTURE.md, "Delivery and
+failure"). Jobs here are rows only; nothing trains."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.db import jobs as db_jobs
+from service.db.keys import get_or_create_tenant
+from service.db.session import session_scope
+
+
+class RecordingCelery:
+    """Stands in for the Celery app where a test only checks what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any], dict[str, Any]]] = []
+
+    def send_task(self, name: str, args: list[Any], **options: Any) -> None:
+        self.sent.append((name, args, options))
+
+
+@pytest.fixture
+def queued_job(settings: Any) -> Iterator[str]:
+    """A job row that must never train: its spec is invalid, and it is canceled after the test."""
+    spec = {"name": "row-only", "model": {"arch": "not-a-model"}}
+    with session_scope(settings) as session:
+        tenant = get_or_create_tenant(session, "delivery-tests")
+        job, _ = db_jobs.create_job(session, tenant.id, spec, max_attempts=settings.max_attempts)
+    yield job.id
+    with session_scope(settings) as session:
+        db_jobs.request_cancel(session, None, job.id)
+
+
+def _row(settings: Any, job_id: str) -> Any:
+    with session_scope(settings) as session:
+        return db_jobs.get_job(session, None, job_id)
+
+
+def test_celery_is_configured_so_a_killed_worker_gives_the_message_back(settings: Any) -> None:
+    from worker.celery_app import RUN_JOB_TASK, create_celery
+
+    app = create_celery(settings)
+    conf = app.conf
+    # acks_late alone loses the task of a SIGKILLed pool child; with reject_on_worker_lost it comes back
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_routes[RUN_JOB_TASK]["queue"] == settings.queue_name
+    # the visibility timeout is explicit and not "longer than any job": the lease guards duplicates
+    assert conf.broker_transport_options["visibility_timeout"] == 3600
+    assert "hydra-reaper" in conf.beat_schedule
+
+    import worker.tasks  # noqa: F401 - registers the tasks on the module's app
+    from worker.celery_app import app as module_app
+
+    task = module_app.tasks[RUN_JOB_TASK]
+    assert task.acks_late is True and task.reject_on_worker_lost is True
+
+
+def test_a_second_delivery_is_refused_while_the_lease_is_held(settings: Any, queued_job: str) -> None:
+    from worker.runner import run_attempt
+
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "first-worker", settings.lease_seconds) == 1
+    # what a duplicate or redelivered message does: it returns at once and changes nothing
+    assert run_attempt(settings, queued_job, app=None) == "not_claimed"
+    row = _row(settings, queued_job)
+    assert (row.status, row.attempt, row.lease_owner) == ("running", 1, "first-worker")
+
+
+def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(settings: Any, queued_job: str, tmp_path: Path
+                                                                 ) -> None:
+    from service.storage import build_store
+    from worker.leases import Lease
+    from worker.runner import JobCallbacks, checkpoint_key
+
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "old", 0.05) == 1
+    time.sleep(0.1)  # the old attempt's lease expires (it froze) and a new attempt takes the job
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "new", settings.lease_seconds) == 2
+        n_events = len(db_jobs.list_events(session, queued_job))
+
+    store = build_store(settings)
+    callbacks = JobCallbacks(settings, store, Lease(settings, queued_job, "old", 1))
+    assert callbacks.should_cancel() is False
+    callbacks.on_progress(stage="pretrain", variant="dense", epoch=1, epochs=1, fraction=0.5, metrics={"loss": 1.0})
+    assert callbacks.should_cancel() is True  # the refused write stopped the run
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"stale")
+    callbacks.on_checkpoint(ckpt)
+    callbacks.on_event("epoch_finished", {"stage": "pretrain", "variant": "dense", "epoch": 1, "epochs": 1,
+                                          "metrics": {}})
+    assert not store.exists(checkpoint_key(queued_job))
+    row = _row(settings, queued_job)
+    assert (row.lease_owner, row.attempt, row.fraction) == ("new", 2, 0.0)
+    with session_scope(settings) as session:
+        assert len(db_jobs.list_events(session, queued_job)) == n_events
+
+
+def test_reaper_requeues_a_stale_lease_sends_it_and_gives_up_after_max_attempts(settings: Any, queued_job: str
+                                                                                 ) -> None:
+    from worker.reaper import sweep
+
+    app = RecordingCelery()
+    for attempt in range(1, settings.max_attempts + 1):
+        with session_scope(settings) as session:
+            assert db_jobs.claim_job(session, queued_job, f"w{attempt}", 0.05) == attempt
+        time.sleep(0.1)  # the worker died: its lease lapses
+        result = sweep(settings, app)  # type: ignore[arg-type]
+        if attempt < settings.max_attempts:
+            assert queued_job in result["requeued"] and queued_job in result["sent"]
+            assert app.sent[-1][:2] == ("hydra.run_job", [queued_job])
+            assert app.sent[-1][2]["queue"] == settings.queue_name
+            assert _row(settings, queued_job).status == "queued"
+    row = _row(settings, queued_job)
+    assert row.status == "failed"
+    assert row.error_reason == f"gave up after {settings.max_attempts} attempts (worker lost each time)"
+
+
+def test_reaper_sends_a_queued_job_whose_message_was_never_sent(settings: Any, queued_job: str) -> None:
+    from worker.reaper import sweep
+
+    app = RecordingCelery()
+    assert queued_job not in sweep(settings, app, unsent_after_s=3600)["sent"]  # too young: the API may send it
+    time.sleep(0.2)
+    assert queued_job in sweep(settings, app, unsent_after_s=0.1)["sent"]
+    assert _row(settings, queued_job).enqueued_at is not None
+    assert queued_job not in sweep(settings, app, unsent_after_s=0.1)["sent"]  # sent: left alone
+
+
+def test_a_shutting_down_worker_hands_the_job_back_without_spending_an_attempt(settings: Any, queued_job: str
+                                                                               ) -> None:
+    from worker.dispatch import release_job
+
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "leaving", settings.lease_seconds) == 1
+        assert release_job(session, queued_job, "leaving", 1, "worker shutting down") is True
+        assert release_job(session, queued_job, "leaving", 1, "again") is False  # not the owner any more
+    row = _row(settings, queued_job)
+    assert (row.status, row.lease_owner, row.max_attempts) == ("queued", None, settings.max_attempts + 1)
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "next", settings.lease_seconds) == 2

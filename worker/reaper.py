@@ -1,0 +1,95 @@
+"""The reaper: the sweep that makes a lost worker or a lost message cost minutes, not a job.
+
+Two things can leave a job stuck, and the broker can fix neither reliably (ARCHITECTURE.md):
+- a worker died holding the lease (SIGKILL, OOM, a lost machine): ``requeue_stale_jobs`` puts jobs
+  whose lease expired back to ``queued`` (or fails them with a reason once their attempts are used up,
+  or cancels them if a cancel was asked), and we send each one again at once;
+- a queued job whose message is gone (the API's send failed, the SQL broker's message was taken by a
+  worker that then died, a broker restart, an expired message): ``list_unsent_queued`` finds queued
+  jobs never sent for ``unsent_after_s`` and jobs sent longer ago than the message expiry.
+
+Sending again is always safe: only one ``claim_job`` can win. The sweep runs as a Celery beat entry
+(``hydra.reap`` every 15 s on the ``maintenance`` queue), in a thread of the embedded launcher
+(``start_reaper_thread``), or on its own: ``python -m worker.reaper``. Several reapers at once are
+fine: every requeue is a conditional update.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from service.db import jobs as db_jobs
+from service.db.session import session_scope
+from service.settings import Settings, get_settings
+from worker.celery_app import REAP_INTERVAL_S
+from worker.dispatch import send_job
+
+log = logging.getLogger(__name__)
+
+UNSENT_AFTER_S = 60.0
+
+
+def sweep(settings: Settings, app: Celery, unsent_after_s: float = UNSENT_AFTER_S) -> dict[str, list[str]]:
+    """One pass: requeue stale leases and (re-)send queued jobs that have no live message."""
+    with session_scope(settings) as session:
+        requeued = db_jobs.requeue_stale_jobs(session)
+        # a message older than its expiry was dropped unread; a little slack for clock skew
+        resend_after = settings.task_expires_seconds + 60 if settings.task_expires_seconds else None
+        unsent = db_jobs.list_unsent_queued(session, unsent_after_s, resend_after_s=resend_after)
+    to_send = list(dict.fromkeys([*requeued, *unsent]))
+    sent: list[str] = []
+    for job_id in to_send:
+        try:
+            send_job(app, settings, job_id)
+            sent.append(job_id)
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            log.warning("reaper could not send job %s", job_id, exc_info=True)
+    if requeued or sent:
+        log.info("reaper: requeued %s, sent %s", requeued, sent)
+    return {"requeued": requeued, "sent": sent}
+
+
+def run_forever(
+    settings: Settings,
+    app: Celery,
+    stop: threading.Event,
+    interval_s: float = REAP_INTERVAL_S,
+    unsent_after_s: float = UNSENT_AFTER_S,
+) -> None:
+    """Sweep every ``interval_s`` until ``stop`` is set; a failing sweep is logged and retried."""
+    while not stop.is_set():
+        try:
+            sweep(settings, app, unsent_after_s)
+        except Exception:  # noqa: BLE001 - a database blip must not end the reaper
+            log.warning("reaper sweep failed", exc_info=True)
+        stop.wait(interval_s)
+
+
+def start_reaper_thread(
+    settings: Settings, app: Celery, interval_s: float = REAP_INTERVAL_S, unsent_after_s: float = UNSENT_AFTER_S
+) -> tuple[threading.Thread, threading.Event]:
+    """Run the reaper in a daemon thread (the embedded launcher); set the returned event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_forever, args=(settings, app, stop, interval_s, unsent_after_s), name="hydra-reaper", daemon=True
+    )
+    thread.start()
+    return thread, stop
+
+
+def main() -> None:
+    """``python -m worker.reaper``: the sweep as a process of its own (an alternative to beat)."""
+    from worker.celery_app import app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    try:
+        run_forever(get_settings(), app, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()

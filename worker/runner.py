@@ -1,0 +1,358 @@
+"""One attempt at one job: claim the row, fetch inputs and the last checkpoint, run core, record.
+
+The Celery task (``worker.tasks``) is a thin shell around ``run_attempt`` so this can be called, and
+tested, without a broker. The order of things is the contract with the rest of the service:
+
+1. ``claim_job`` atomically, or return: a refused claim means another attempt holds the lease (a
+   duplicate or redelivered message), the job is final or canceled, or its attempts are used up.
+2. Start the heartbeat (``worker.leases``). Every write from here on is conditional on the lease.
+3. Resolve ``model:<id>`` / ``dataset:<id>`` to local files, download
+   ``jobs/<id>/checkpoints/checkpoint.pt`` if there is one, and call ``run_job(resume=True)``: a
+   redelivered or restarted job continues from its last epoch instead of starting over.
+4. Record exactly one outcome: ``succeeded`` (report in the row), ``canceled``, ``failed`` with a
+   reason a person can read, or back to ``queued`` when the worker is shutting down (SIGTERM). An
+   attempt that lost its lease records nothing: its successor owns the row.
+
+No database session is held while training: each callback opens one, writes, and closes it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from core.callbacks import RunCallbacks
+from core.errors import CoreError, RunCanceled
+from service.db import jobs as db_jobs
+from service.db import uploads as db_uploads
+from service.db.session import session_scope
+from service.settings import Settings
+from service.storage import ObjectStore, build_store
+from worker.dispatch import release_job, send_job
+from worker.leases import Lease
+from worker.signals import shutdown_requested
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CANCEL_POLL_INTERVAL_S = 1.0
+UPLOAD_TRIES = 3
+TRACEBACK_LINES = 15
+CONTENT_TYPES = {
+    ".json": "application/json",
+    ".md": "text/markdown; charset=utf-8",
+    ".png": "image/png",
+    ".safetensors": "application/octet-stream",
+}
+
+
+def checkpoint_key(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoints/{CHECKPOINT_FILE}"
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/artifacts/{name}"
+
+
+def make_owner() -> str:
+    """A lease owner unique to this attempt: host, process and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobCallbacks(RunCallbacks):
+    """Core's hooks, wired to the job row and the object store, all gated on the lease."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, lease: Lease) -> None:
+        self.settings = settings
+        self.store = store
+        self.lease = lease
+        self.job_id = lease.job_id
+        self._last_progress = 0.0
+        self._progress_key: tuple[Any, ...] | None = None
+        self._last_cancel_poll = 0.0
+        self.cancel_requested = False
+
+    # -- writes, conditional on the lease ----------------------------------------------------
+    def _record_progress(self, **fields: Any) -> None:
+        # Progress is a view, not a result: a database blip must not kill hours of training.
+        try:
+            with session_scope(self.settings) as session:
+                held = db_jobs.record_progress(
+                    session,
+                    self.job_id,
+                    self.lease.owner,
+                    self.lease.attempt,
+                    lease_seconds=self.settings.lease_seconds,
+                    **fields,
+                )
+        except Exception:  # noqa: BLE001
+            log.warning("progress of job %s not recorded", self.job_id, exc_info=True)
+            return
+        if not held:
+            self.lease.mark_lost()
+
+    def _upload(self, key: str, path: Path) -> None:
+        """Put a file in the store, retrying a transient failure a few times."""
+        for attempt in range(1, UPLOAD_TRIES + 1):
+            try:
+                self.store.put_file(key, path)
+                return
+            except Exception:
+                if attempt == UPLOAD_TRIES:
+                    raise
+                log.warning("upload of %s failed (try %s); retrying", key, attempt, exc_info=True)
+                time.sleep(2.0 * attempt)
+
+    def on_progress(
+        self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float, metrics: dict[str, float]
+    ) -> None:
+        if self.lease.lost.is_set():
+            return
+        now = time.monotonic()
+        key = (stage, variant, epoch)
+        # Throttled, except that a new stage/variant/epoch is shown at once.
+        if key == self._progress_key and now - self._last_progress < self.settings.progress_min_interval_s:
+            return
+        self._progress_key, self._last_progress = key, now
+        self._record_progress(
+            stage=stage, variant=variant, epoch=epoch, epochs=epochs, fraction=fraction, metrics=metrics
+        )
+
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.lease.lost.is_set():
+            return
+        if kind == "epoch_finished":
+            # the row's "latest metrics" become the epoch's (validation included)
+            self._record_progress(
+                stage=payload.get("stage"),
+                variant=payload.get("variant"),
+                epoch=payload.get("epoch"),
+                epochs=payload.get("epochs"),
+                metrics=payload.get("metrics"),
+            )
+        elif kind == "stage_started":
+            self._record_progress(stage=payload.get("stage"), variant=payload.get("variant"), epoch=0,
+                                  epochs=payload.get("epochs"))
+        if self.lease.lost.is_set():
+            return
+        try:
+            with session_scope(self.settings) as session:
+                db_jobs.append_event(session, self.job_id, kind, payload)
+        except Exception:  # noqa: BLE001 - a lost milestone is better than a lost run
+            log.warning("event %s of job %s not recorded", kind, self.job_id, exc_info=True)
+
+    def should_cancel(self) -> bool:
+        if self.lease.lost.is_set() or shutdown_requested.is_set() or self.cancel_requested:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_poll >= CANCEL_POLL_INTERVAL_S:
+            self._last_cancel_poll = now
+            try:
+                with session_scope(self.settings) as session:
+                    self.cancel_requested = db_jobs.is_cancel_requested(session, self.job_id)
+            except Exception:  # noqa: BLE001 - a missed poll only delays the cancel by a second
+                log.warning("cancel poll of job %s failed", self.job_id, exc_info=True)
+        return self.cancel_requested
+
+    def on_checkpoint(self, path: Path) -> None:
+        # Renew synchronously first: an attempt presumed dead (a frozen VM that wakes up) must not
+        # overwrite its successor's checkpoint.
+        if not self.lease.renew():
+            return
+        try:
+            self._upload(checkpoint_key(self.job_id), path)
+        except Exception:  # noqa: BLE001 - keep training: the next epoch's upload may work
+            log.error("checkpoint of job %s not uploaded; a crash now resumes from an older one", self.job_id,
+                      exc_info=True)
+
+    def on_artifact(self, name: str, path: Path, size: int, sha256: str) -> None:
+        if self.lease.lost.is_set():
+            return
+        key = artifact_key(self.job_id, name)
+        self._upload(key, path)  # an artifact that cannot be stored fails the job (a retry resumes)
+        content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+        with session_scope(self.settings) as session:
+            db_jobs.add_artifact(session, self.job_id, name, key, size, sha256, content_type)
+
+
+class JobAttempt:
+    """Everything one attempt does between a successful claim and its single recorded outcome."""
+
+    def __init__(self, settings: Settings, lease: Lease, store: ObjectStore, app: Celery | None) -> None:
+        self.settings = settings
+        self.lease = lease
+        self.store = store
+        self.app = app
+        self.job_id = lease.job_id
+        self.run_dir = Path(settings.work_dir) / self.job_id
+        self.callbacks = JobCallbacks(settings, store, lease)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _resolve_spec(self, spec_dict: dict[str, Any], tenant_id: int) -> Any:
+        """Validate the stored spec and point ``model:<id>`` / ``dataset:<id>`` at local copies.
+
+        The local paths depend only on ``work_dir`` and the job id, so every attempt (on workers that
+        share ``HYDRA_WORK_DIR``) builds the same spec and the checkpoint's spec check passes."""
+        from core.spec import load_spec
+
+        spec = load_spec(spec_dict)
+        inputs = Path(self.settings.work_dir) / self.job_id / "inputs"
+        ref = spec.model.checkpoint
+        if ref and ref.startswith("model:"):
+            with session_scope(self.settings) as session:
+                row = db_uploads.get_model(session, tenant_id, ref.removeprefix("model:"))
+            if row is None:
+                raise CoreError("model_not_found", "model.checkpoint", f"no uploaded model {ref!r}")
+            local = inputs / ("model.safetensors" if row.format == "safetensors" else "model.pt")
+            self._download(row.storage_key, local)
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": str(local)})})
+        ref = spec.dataset.path
+        if ref and ref.startswith("dataset:"):
+            with session_scope(self.settings) as session:
+                row = db_uploads.get_dataset(session, tenant_id, ref.removeprefix("dataset:"))
+            if row is None:
+                raise CoreError("dataset_not_found", "dataset.path", f"no uploaded dataset {ref!r}")
+            local = inputs / "dataset.npz"
+            self._download(row.storage_key, local)
+            spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": str(local)})})
+        return spec
+
+    def _download(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.store.get_to_path(key, local)
+
+    def _fetch_checkpoint(self) -> bool:
+        """Make the run folder's checkpoint the store's: the store holds the last one uploaded under a
+        lease, a local file may be a leftover of an attempt that lost it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        local = self.run_dir / CHECKPOINT_FILE
+        key = checkpoint_key(self.job_id)
+        if self.store.exists(key):
+            self.store.get_to_path(key, local)
+            return True
+        local.unlink(missing_ok=True)
+        return False
+
+    # -- the run -----------------------------------------------------------------------------
+    def _run(self, spec: Any) -> dict[str, Any]:
+        from core.run import run_job
+
+        try:
+            return run_job(spec, self.run_dir, self.callbacks, resume=True)
+        except CoreError as err:
+            if err.code != "resume_mismatch":
+                raise
+            # The stored checkpoint was written for other local input paths (a worker with another
+            # HYDRA_WORK_DIR): correct but not resumable here, so start over rather than fail.
+            self._event("checkpoint_discarded", {"reason": err.message})
+            (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            return run_job(spec, self.run_dir, self.callbacks, resume=False)
+
+    def run(self, spec_dict: dict[str, Any], tenant_id: int) -> str:
+        try:
+            spec = self._resolve_spec(spec_dict, tenant_id)
+            resumed = self._fetch_checkpoint()
+            self._event("attempt_started", {"attempt": self.lease.attempt, "resumed_from_checkpoint": resumed})
+            report = self._run(spec)
+        except RunCanceled as exc:
+            return self._stopped(str(exc))
+        except CoreError as err:
+            return self._fail(str(err), {"error_code": err.code, "field": err.field})
+        except Exception as exc:  # noqa: BLE001 - any bug must still end the job with a reason
+            tail = traceback.format_exc().strip().splitlines()[-TRACEBACK_LINES:]
+            return self._fail(f"{type(exc).__name__}: {exc}", {"traceback": "\n".join(tail)})
+        if self.lease.lost.is_set():
+            return "lease_lost"
+        report = _with_original_refs(report, spec_dict)
+        with session_scope(self.settings) as session:
+            done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "succeeded",
+                                      report=report)
+        self._cleanup(done)
+        return "succeeded" if done else "lease_lost"
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def _event(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.lease.lost.is_set():
+            return
+        with session_scope(self.settings) as session:
+            db_jobs.append_event(session, self.job_id, kind, payload)
+
+    def _stopped(self, detail: str) -> str:
+        if self.lease.lost.is_set():
+            return "lease_lost"
+        with session_scope(self.settings) as session:
+            canceled = db_jobs.is_cancel_requested(session, self.job_id)
+        if canceled or not shutdown_requested.is_set():
+            with session_scope(self.settings) as session:
+                done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "canceled",
+                                          error_reason="canceled by user")
+            self._cleanup(done)
+            return "canceled" if done else "lease_lost"
+        # The worker is shutting down: the last epoch's checkpoint is in the store; hand the job back.
+        with session_scope(self.settings) as session:
+            released = release_job(session, self.job_id, self.lease.owner, self.lease.attempt,
+                                   "worker shutting down; resumes from the last checkpoint")
+        if not released:
+            return "lease_lost"
+        if self.app is not None:
+            try:
+                send_job(self.app, self.settings, self.job_id)
+            except Exception:  # noqa: BLE001 - the reaper re-sends unsent queued jobs
+                log.warning("could not re-send job %s; the reaper will", self.job_id, exc_info=True)
+        log.info("job %s handed back to the queue (%s)", self.job_id, detail)
+        return "requeued"
+
+    def _fail(self, reason: str, details: dict[str, Any]) -> str:
+        log.error("job %s failed: %s", self.job_id, reason)
+        if self.lease.lost.is_set():
+            return "lease_lost"
+        self._event("error", {"reason": reason, **details})
+        with session_scope(self.settings) as session:
+            done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "failed",
+                                      error_reason=reason)
+        self._cleanup(done)
+        return "failed" if done else "lease_lost"
+
+    def _cleanup(self, final: bool) -> None:
+        """A finished job's files are all in the store; free the worker's disk."""
+        if final:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _with_original_refs(report: dict[str, Any], spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The row's report names uploads as the user did (``model:<id>``), not by worker-local paths."""
+    spec = report.get("spec")
+    if not isinstance(spec, dict):
+        return report
+    spec = {**spec}
+    for section, field in (("model", "checkpoint"), ("dataset", "path")):
+        original = (spec_dict.get(section) or {}).get(field)
+        if isinstance(spec.get(section), dict) and isinstance(original, str) and ":" in original:
+            spec[section] = {**spec[section], field: original}
+    return {**report, "spec": spec}
+
+
+def run_attempt(settings: Settings, job_id: str, app: Celery | None = None, store: ObjectStore | None = None) -> str:
+    """Claim ``job_id`` and run one attempt of it; returns what happened (for logs and tests):
+    ``not_claimed``, ``succeeded``, ``failed``, ``canceled``, ``requeued`` or ``lease_lost``."""
+    owner = make_owner()
+    with session_scope(settings) as session:
+        attempt = db_jobs.claim_job(session, job_id, owner, settings.lease_seconds)
+        job = db_jobs.get_job(session, None, job_id)
+    if attempt is None or job is None:
+        status = job.status if job is not None else "missing"
+        log.info("job %s not claimed (status %s, attempt %s): duplicate or stale message", job_id, status,
+                 job.attempt if job is not None else "-")
+        return "not_claimed"
+    log.info("job %s: attempt %s claimed by %s", job_id, attempt, owner)
+    lease = Lease(settings, job_id, owner, attempt)
+    with lease:
+        return JobAttempt(settings, lease, store or build_store(settings), app).run(dict(job.spec), job.tenant_id)

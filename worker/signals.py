@@ -1,0 +1,86 @@
+"""SIGTERM means "checkpoint and hand the job back", not "lose the epoch".
+
+A container runtime (Docker, Kubernetes, SageMaker) stops a worker with SIGTERM and kills it a grace
+period later. Celery's own answer is a *warm* shutdown that waits for the running task, which for a
+training job means hours, so the runtime's SIGKILL comes first and the epoch in progress is lost. Here
+SIGTERM sets ``shutdown_requested``; the run's ``should_cancel`` sees it at the next batch, the last
+epoch's checkpoint is already in object storage, and the task puts the job back to ``queued`` for
+another worker (see ``worker.runner``). The task then returns and the warm shutdown completes.
+
+Where the flag is set depends on the pool:
+- ``--pool solo`` / ``threads`` (the embedded default): the task runs in the worker's main process,
+  whose SIGTERM handler sends ``worker_shutting_down``; we set the flag there.
+- ``prefork``: the task runs in a pool child, where billiard installs a handler that exits at once on
+  SIGTERM. For the length of a task we replace it with ours (``sigterm_stops_the_run``), and the main
+  process forwards its SIGTERM to its children, because a container runtime signals only PID 1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery import signals
+
+log = logging.getLogger(__name__)
+
+shutdown_requested = threading.Event()
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    shutdown_requested.set()
+
+
+@signals.worker_shutting_down.connect
+def _main_process_shutting_down(sig: str | None = None, how: str | None = None, **_: object) -> None:
+    shutdown_requested.set()
+    try:
+        import billiard
+
+        children = billiard.active_children()
+    except Exception:  # noqa: BLE001 - a signal handler must not raise
+        children = []
+    for child in children:
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def _in_pool_child() -> bool:
+    try:
+        from billiard.process import current_process
+
+        return current_process()._name != "MainProcess"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """While a task runs in a prefork pool child, SIGTERM sets ``shutdown_requested`` instead of
+    exiting. Elsewhere (solo pool, threads, tests) this does nothing: Celery's main-process handler
+    and ``worker_shutting_down`` already cover it, and only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread() or not _in_pool_child():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@signals.worker_process_init.connect
+def _pool_child_started(**_: object) -> None:
+    # Connections inherited across fork must not be shared with the parent: start a fresh pool.
+    try:
+        from service.db.session import get_engine
+        from service.settings import get_settings
+
+        get_engine(get_settings()).dispose(close=False)
+    except Exception:  # noqa: BLE001
+        log.debug("no engine to dispose in the pool child", exc_info=True)
