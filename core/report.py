@@ -96,9 +96,12 @@ def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
     preferred = {"smoothing": "certified_acc", "crown_ibp": "verified_acc_crown_ibp", "mixtrain": "verified_acc_ibp"}
     want = preferred.get(spec.objective.type)
     if want:
-        for key in rows[0] if rows else {}:
-            if key.startswith(want):
-                return key
+        keys = [key for key in (rows[0] if rows else {}) if key.startswith(want)]
+        if want == "certified_acc":  # at radius 0 it is only clean accuracy: headline the first r > 0
+            positive = [k for k in keys if "@" in k and float(k.split("@", 1)[1]) > 0]
+            keys = positive or keys
+        if keys:
+            return keys[0]
     return "pgd_acc"
 
 

@@ -36,7 +36,7 @@ from core.masked import (
     set_stage,
 )
 from core.models import create_model
-from core.objectives import build_objective
+from core.objectives import build_objective, train_step
 from core.spec import JobSpec, StageSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -114,6 +114,15 @@ def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
     return convert_to_masked(create_model(spec.model.arch, **kwargs))
 
 
+def _resume_key(spec: JobSpec) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the whole spec but the worker-local paths of
+    its inputs (a worker re-downloads the same upload to a different temporary path)."""
+    key = spec.model_dump(mode="json")
+    key["model"].pop("checkpoint", None)
+    key["dataset"].pop("path", None)
+    return key
+
+
 class _Runner:
     def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool) -> None:
         self.spec = spec
@@ -122,6 +131,9 @@ class _Runner:
         self.device = resolve_device(spec.device)
         self.steps = plan_steps(spec)
         self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed)
+        # Seed before the network is built: its initial weights are part of what a seed repeats.
+        torch.manual_seed(spec.seed)
+        random.seed(spec.seed)
         self.model = build_network(spec, self.info).to(self.device)
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
@@ -135,8 +147,6 @@ class _Runner:
         if resume and path.exists():
             self._restore(ckpt.load_checkpoint(path))
         else:
-            torch.manual_seed(spec.seed)
-            random.seed(spec.seed)
             if spec.model.checkpoint:
                 ckpt.load_weights(spec.model.checkpoint, self.model, spec.model.checkpoint_format)
             if not any(s.kind == "pretrain" for s in self.steps):
@@ -172,7 +182,7 @@ class _Runner:
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved_spec = JobSpec.model_validate_json(state["spec"])
-        if saved_spec != self.spec:
+        if _resume_key(saved_spec) != _resume_key(self.spec):
             raise CoreError("resume_mismatch", "spec", "the checkpoint was written by a different spec")
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
         self.done_iters = int(state["done_iters"])
@@ -252,15 +262,11 @@ class _Runner:
                 group["lr"] = lr_at(stage, iteration, total)
             if hasattr(objective, "set_epoch"):
                 objective.set_epoch(epoch, step.kind, i / n_batches)
-            loss, logits = objective.loss(model, x, y)
+            # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
+            loss, logits = train_step(model, objective, opt, x, y, refresh=refresh)
             if not torch.isfinite(loss):
                 raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if refresh:  # scores changed: the only place a mask is recomputed
-                refresh_masks(model)
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
             self.done_iters += 1

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core import objectives as objectives_mod
 from core import run as run_mod
 from core.callbacks import RunCallbacks
 from core.errors import RunCanceled
@@ -124,17 +125,22 @@ def test_masks_refreshed_only_in_prune(monkeypatch, tmp_path):
     current = {"stage": None}
 
     class StageSpy(RunCallbacks):
-        def on_progress(self, *, stage, **kw):
-            current["stage"] = stage
+        def on_event(self, kind, payload):
+            if kind == "stage_started":
+                current["stage"] = payload["stage"]
+            elif kind in ("stage_finished", "evaluation_finished"):
+                current["stage"] = None
 
     def spy(model):
         calls.append(current["stage"])
         return real(model)
 
     monkeypatch.setattr(run_mod, "refresh_masks", spy)
+    monkeypatch.setattr(objectives_mod, "refresh_masks", spy)  # train_step's per-update refresh
     run_job(tiny(pruning={"methods": ["hydra"], "k": [0.05]}), tmp_path, StageSpy())
-    per_batch = [c for c in calls if c == "prune"]
-    assert len(per_batch) == 3  # 192 samples / 64 per batch, one epoch of pruning
+    # 192 samples / 64 per batch, one epoch of pruning: once per score update, plus the entry into
+    # each variant (outside any training stage); never during pretraining or fine-tuning.
+    assert calls.count("prune") == 3
     assert "finetune" not in calls and "pretrain" not in calls
 
 
@@ -156,7 +162,8 @@ def test_resume_refuses_a_different_spec(finished, tmp_path):
     from core.errors import CoreError
 
     with pytest.raises(RunCanceled):
-        run_job(tiny(), tmp_path, Recorder(cancel_after=2))
+        run_job(tiny(), tmp_path, Recorder(cancel_after=5))  # after the pretrain epoch's checkpoint
+    assert (tmp_path / "checkpoint.pt").exists()
     with pytest.raises(CoreError) as info:
         run_job(tiny(seed=4), tmp_path, Recorder(), resume=True)
     assert info.value.code == "resume_mismatch"
