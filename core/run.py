@@ -37,7 +37,8 @@ from core.masked import (
 )
 from core.models import create_model
 from core.objectives import build_objective, train_step
-from core.spec import JobSpec, StageSpec
+from core.bounds import check_supported
+from core.spec import BOUND_OBJECTIVES, JobSpec, StageSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DENSE = "dense"
@@ -135,6 +136,9 @@ class _Runner:
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
         self.model = build_network(spec, self.info).to(self.device)
+        objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
+        if objectives & set(BOUND_OBJECTIVES):  # refuse now, naming the layer, not hours into the job
+            check_supported(self.model)
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
         self.cursor = (0, 0)  # (step index, epochs done within it)

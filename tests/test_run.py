@@ -167,3 +167,23 @@ def test_resume_refuses_a_different_spec(finished, tmp_path):
     with pytest.raises(CoreError) as info:
         run_job(tiny(seed=4), tmp_path, Recorder(), resume=True)
     assert info.value.code == "resume_mismatch"
+
+
+def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monkeypatch, tmp_path):
+    from torch import nn
+
+    from core.errors import CoreError
+    from core.masked import convert_to_masked
+
+    def with_batchnorm(spec, info):
+        layers = [nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)]
+        return convert_to_masked(nn.Sequential(*layers))
+
+    monkeypatch.setattr(run_mod, "build_network", with_batchnorm)
+    data = json.loads(json.dumps(TINY))
+    data["objective"] = {"type": "crown_ibp", "eps": 0.1}
+    rec = Recorder()
+    with pytest.raises(CoreError) as err:
+        run_job(load_spec(data), tmp_path, rec)
+    assert err.value.code == "unsupported_layer" and "BatchNorm2d" in err.value.message
+    assert rec.batches == 0 and not (tmp_path / "checkpoint.pt").exists()

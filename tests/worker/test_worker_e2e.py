@@ -180,3 +180,34 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(api: Any, star
     assert row["status"] == "succeeded" and row["attempt"] == 2
     pretrain = _epochs(api, job_id, "pretrain")
     assert pretrain[: len(done_before)] == done_before and [e for _, _, e in pretrain] == [1, 2, 3, 4]
+
+
+CERTIFIED = {
+    # objective → (its spec, the headline metric the report must name, the certificate named beside it)
+    "smoothing": ({"type": "smoothing", "sigma": 0.25}, "certified_acc@0.25", "Cohen"),
+    "mixtrain": ({"type": "mixtrain", "eps": 0.05, "ramp_epochs": 1}, "verified_acc_ibp", "IBP"),
+    "crown_ibp": ({"type": "crown_ibp", "eps": 0.05, "ramp_epochs": 1}, "verified_acc_crown_ibp", "CROWN-IBP"),
+}
+
+
+def test_each_verifiable_objective_runs_prune_and_finetune_through_the_worker(api: Any, start_worker: Any) -> None:
+    start_worker()
+    evaluation = {"smoothing_n0": 8, "smoothing_n": 64, "certify_max_samples": 16, "val_max_samples": 16}
+    ids = {}
+    for name, (objective, _, _) in CERTIFIED.items():
+        spec = tiny_spec(name=f"worker-{name}", evaluation=evaluation)
+        spec["objective"] = objective  # replaced whole: the tiny spec's PGD fields don't belong to it
+        ids[name] = submit(api, spec)
+    for name, job_id in ids.items():
+        objective, headline, certificate = CERTIFIED[name]
+        row = wait_status(api, job_id, {"succeeded", "failed", "canceled"}, 240)
+        assert row["status"] == "succeeded", (name, row)
+        assert _epochs(api, job_id) == [("pretrain", "dense", 1), ("prune", VARIANT, 1), ("finetune", VARIANT, 1)]
+        report = api.get(f"/v1/jobs/{job_id}/report").json()
+        assert report["objective"]["type"] == name and report["headline_robust_metric"] == headline
+        for variant in ("dense", VARIANT):
+            metrics = report["variants"][variant]["metrics"]
+            assert 0.0 <= metrics[headline] <= 1.0
+            if name == "smoothing":  # same samples: certified at r > 0 never above the smoothed accuracy
+                assert metrics[headline] <= metrics["smoothed_acc"]
+        assert certificate in report["procedures"][headline], report["procedures"]
