@@ -6,12 +6,14 @@ is scoped by tenant: another tenant's upload is indistinguishable from a missing
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.base import Dataset, UploadedModel, utcnow
+
+_Upload = TypeVar("_Upload", UploadedModel, Dataset)
 
 
 def create_model(
@@ -47,29 +49,12 @@ def create_model(
 
 def get_model(session: Session, tenant_id: int | None, model_id: str) -> UploadedModel | None:
     """The tenant's model ``model_id`` (``tenant_id=None``: any tenant, for the worker)."""
-    stmt = select(UploadedModel).where(UploadedModel.id == model_id)
-    if tenant_id is not None:
-        stmt = stmt.where(UploadedModel.tenant_id == tenant_id)
-    row = session.execute(stmt).scalar_one_or_none()
-    session.commit()
-    return row
+    return _get(session, UploadedModel, tenant_id, model_id)
 
 
 def list_models(session: Session, tenant_id: int, limit: int = 50, offset: int = 0) -> tuple[list[UploadedModel], int]:
     """A tenant's models, newest first, and their total count."""
-    where = UploadedModel.tenant_id == tenant_id
-    count = session.execute(select(func.count()).select_from(UploadedModel).where(where)).scalar_one()
-    rows = list(
-        session.execute(
-            select(UploadedModel)
-            .where(where)
-            .order_by(UploadedModel.created_at.desc(), UploadedModel.id)
-            .limit(limit)
-            .offset(offset)
-        ).scalars()
-    )
-    session.commit()
-    return rows, count
+    return _list(session, UploadedModel, tenant_id, limit, offset)
 
 
 def create_dataset(
@@ -105,22 +90,27 @@ def create_dataset(
 
 def get_dataset(session: Session, tenant_id: int | None, dataset_id: str) -> Dataset | None:
     """The tenant's dataset ``dataset_id`` (``tenant_id=None``: any tenant, for the worker)."""
-    stmt = select(Dataset).where(Dataset.id == dataset_id)
+    return _get(session, Dataset, tenant_id, dataset_id)
+
+
+def list_datasets(session: Session, tenant_id: int, limit: int = 50, offset: int = 0) -> tuple[list[Dataset], int]:
+    """A tenant's datasets, newest first, and their total count."""
+    return _list(session, Dataset, tenant_id, limit, offset)
+
+
+def _get(session: Session, table: type[_Upload], tenant_id: int | None, row_id: str) -> _Upload | None:
+    stmt = select(table).where(table.id == row_id)
     if tenant_id is not None:
-        stmt = stmt.where(Dataset.tenant_id == tenant_id)
+        stmt = stmt.where(table.tenant_id == tenant_id)
     row = session.execute(stmt).scalar_one_or_none()
     session.commit()
     return row
 
 
-def list_datasets(session: Session, tenant_id: int, limit: int = 50, offset: int = 0) -> tuple[list[Dataset], int]:
-    """A tenant's datasets, newest first, and their total count."""
-    where = Dataset.tenant_id == tenant_id
-    count = session.execute(select(func.count()).select_from(Dataset).where(where)).scalar_one()
-    rows = list(
-        session.execute(
-            select(Dataset).where(where).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
-        ).scalars()
-    )
+def _list(session: Session, table: type[_Upload], tenant_id: int, limit: int, offset: int) -> tuple[list[_Upload], int]:
+    where = table.tenant_id == tenant_id
+    count = session.execute(select(func.count()).select_from(table).where(where)).scalar_one()
+    stmt = select(table).where(where).order_by(table.created_at.desc(), table.id).limit(limit).offset(offset)
+    rows = list(session.execute(stmt).scalars())
     session.commit()
     return rows, count
