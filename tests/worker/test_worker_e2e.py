@@ -185,7 +185,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(api: Any, star
 CERTIFIED = {
     # objective → (its spec, the headline metric the report must name, the certificate named beside it)
     "smoothing": ({"type": "smoothing", "sigma": 0.25}, "certified_acc@0.25", "Cohen"),
-    "mixtrain": ({"type": "mixtrain", "eps": 0.05, "ramp_epochs": 1}, "verified_acc_ibp", "IBP"),
+    "mixtrain": ({"type": "mixtrain", "eps": 0.05, "ramp_epochs": 1}, "verified_acc_crown_ibp", "CROWN-IBP"),
     "crown_ibp": ({"type": "crown_ibp", "eps": 0.05, "ramp_epochs": 1}, "verified_acc_crown_ibp", "CROWN-IBP"),
 }
 
