@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from core import checkpoint as ckpt
+from core.bounds import check_supported
 from core.callbacks import RunCallbacks
 from core.data import build_datasets, train_loader
 from core.errors import CoreError, RunCanceled
@@ -37,7 +38,6 @@ from core.masked import (
 )
 from core.models import create_model
 from core.objectives import build_objective, train_step
-from core.bounds import check_supported
 from core.spec import BOUND_OBJECTIVES, JobSpec, StageSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
