@@ -107,7 +107,13 @@ def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
 
 
 def write_reports(
-    out: Path, spec: JobSpec, info: dict[str, Any], results: dict[str, Any], device: str, cb: RunCallbacks
+    out: Path,
+    spec: JobSpec,
+    info: dict[str, Any],
+    results: dict[str, Any],
+    device: str,
+    cb: RunCallbacks,
+    record_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rows = comparison_rows(results)
     procedures: dict[str, str] = {}
@@ -126,7 +132,7 @@ def write_reports(
         "comparison": rows,
         "procedures": procedures,
         "variants": results,
-        "spec": spec.model_dump(mode="json"),
+        "spec": record_spec if record_spec is not None else spec.model_dump(mode="json"),
     }
     plot_comparison(rows, out / "comparison.png", robust)
     (out / "report.md").write_text(render_markdown(report))

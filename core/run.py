@@ -125,8 +125,11 @@ def _resume_key(spec: JobSpec) -> dict[str, Any]:
 
 
 class _Runner:
-    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool) -> None:
+    def __init__(
+        self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, record: dict[str, Any]
+    ) -> None:
         self.spec = spec
+        self.record = record  # the spec as spec.json and the report show it
         self.out = out_dir
         self.cb = callbacks
         self.device = resolve_device(spec.device)
@@ -325,20 +328,27 @@ class _Runner:
     def _finish(self) -> dict[str, Any]:
         from core.report import write_reports
 
-        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
+        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb, self.record)
         self.cb.on_event("run_finished", {"variants": sorted(self.results)})
         return report
 
 
 def run_job(
-    spec: JobSpec, out_dir: str | Path, callbacks: RunCallbacks | None = None, resume: bool = False
+    spec: JobSpec,
+    out_dir: str | Path,
+    callbacks: RunCallbacks | None = None,
+    resume: bool = False,
+    record_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` into ``out_dir`` and return the report. With ``resume`` and a checkpoint present,
-    continue from it; a finished run resumed again only rewrites the reports."""
+    continue from it; a finished run resumed again only rewrites the reports. ``record_spec`` is the
+    spec as ``spec.json`` and the report record it (default: ``spec``): a caller that pointed inputs
+    at local copies (the worker) records the references its user wrote instead."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume)
-    (out / "spec.json").write_text(spec.model_dump_json(indent=2))
+    record = record_spec if record_spec is not None else spec.model_dump(mode="json")
+    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume, record)
+    (out / "spec.json").write_text(json.dumps(record, indent=2))
     return runner.run()
 
 

@@ -242,11 +242,14 @@ class JobAttempt:
         return False
 
     # -- the run -----------------------------------------------------------------------------
-    def _run(self, spec: Any) -> dict[str, Any]:
+    def _run(self, spec: Any, spec_dict: dict[str, Any]) -> dict[str, Any]:
         from core.run import run_job
+        from core.spec import load_spec
 
+        # spec.json and the report name uploads as the user did (model:<id>), not by local paths
+        record = load_spec(spec_dict).model_dump(mode="json")
         try:
-            return run_job(spec, self.run_dir, self.callbacks, resume=True)
+            return run_job(spec, self.run_dir, self.callbacks, resume=True, record_spec=record)
         except CoreError as err:
             if err.code != "resume_mismatch":
                 raise
@@ -254,14 +257,14 @@ class JobAttempt:
             # HYDRA_WORK_DIR): correct but not resumable here, so start over rather than fail.
             self._event("checkpoint_discarded", {"reason": err.message})
             (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-            return run_job(spec, self.run_dir, self.callbacks, resume=False)
+            return run_job(spec, self.run_dir, self.callbacks, resume=False, record_spec=record)
 
     def run(self, spec_dict: dict[str, Any], tenant_id: int) -> str:
         try:
             spec = self._resolve_spec(spec_dict, tenant_id)
             resumed = self._fetch_checkpoint()
             self._event("attempt_started", {"attempt": self.lease.attempt, "resumed_from_checkpoint": resumed})
-            report = self._run(spec)
+            report = self._run(spec, spec_dict)
         except RunCanceled as exc:
             return self._stopped(str(exc))
         except CoreError as err:
@@ -271,7 +274,6 @@ class JobAttempt:
             return self._fail(f"{type(exc).__name__}: {exc}", {"traceback": "\n".join(tail)})
         if self.lease.lost.is_set():
             return "lease_lost"
-        report = _with_original_refs(report, spec_dict)
         with session_scope(self.settings) as session:
             done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "succeeded",
                                       report=report)
@@ -325,19 +327,6 @@ class JobAttempt:
         """A finished job's files are all in the store; free the worker's disk."""
         if final:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def _with_original_refs(report: dict[str, Any], spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """The row's report names uploads as the user did (``model:<id>``), not by worker-local paths."""
-    spec = report.get("spec")
-    if not isinstance(spec, dict):
-        return report
-    spec = {**spec}
-    for section, field in (("model", "checkpoint"), ("dataset", "path")):
-        original = (spec_dict.get(section) or {}).get(field)
-        if isinstance(spec.get(section), dict) and isinstance(original, str) and ":" in original:
-            spec[section] = {**spec[section], field: original}
-    return {**report, "spec": spec}
 
 
 def run_attempt(settings: Settings, job_id: str, app: Celery | None = None, store: ObjectStore | None = None) -> str:

@@ -211,3 +211,59 @@ def test_each_verifiable_objective_runs_prune_and_finetune_through_the_worker(ap
             if name == "smoothing":  # same samples: certified at r > 0 never above the smoothed accuracy
                 assert metrics[headline] <= metrics["smoothed_acc"]
         assert certificate in report["procedures"][headline], report["procedures"]
+
+
+def test_a_job_from_an_uploaded_network_and_dataset_skips_pretraining_and_names_the_uploads(
+    api: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    """The user's own starting network and data: the job prunes and fine-tunes exactly that network
+    (its dense evaluation is the uploaded network's accuracy), and everything the user downloads names
+    the uploads as they were referenced, never by the worker's local copies."""
+    import io
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save
+
+    from core.data import _mnist5k_arrays, build_datasets
+    from core.models import create_model
+    from core.spec import load_spec
+
+    torch.manual_seed(5)
+    net = create_model("cnn_small_mnist")
+    images, labels = _mnist5k_arrays()
+    buffer = io.BytesIO()
+    pick = np.arange(0, len(labels), 15)[:320]  # the file is sorted by digit: take every class
+    np.savez(buffer, images=images[pick, 0], labels=labels[pick])
+    npz = buffer.getvalue()
+    weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
+    model = api.post("/v1/models", files={"file": ("net.safetensors", weights)}, data={"arch": "cnn_small_mnist"})
+    dataset = api.post("/v1/datasets", files={"file": ("digits.npz", npz)})
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    refs = {"model": model.json()["ref"], "dataset": dataset.json()["ref"]}
+
+    start_worker()
+    spec = tiny_spec(name="worker-uploads", stages={"pretrain": None})
+    spec["model"] = {"arch": "cnn_small_mnist", "checkpoint": refs["model"]}
+    spec["dataset"] = {"name": "npz", "path": refs["dataset"], "batch_size": 64}
+    job_id = submit(api, spec)
+    row = wait_status(api, job_id, {"succeeded", "failed", "canceled"}, 240)
+    assert row["status"] == "succeeded", row
+    assert _epochs(api, job_id) == [("prune", VARIANT, 1), ("finetune", VARIANT, 1)]
+
+    report = api.get(f"/v1/jobs/{job_id}/report").json()
+    recorded = [report["spec"], json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/spec.json").content),
+                json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/report.json").content)["spec"]]
+    for shown in recorded:
+        assert (shown["model"]["checkpoint"], shown["dataset"]["path"]) == (refs["model"], refs["dataset"])
+
+    local = tmp_path / "digits.npz"
+    local.write_bytes(npz)
+    parsed = load_spec({**spec, "dataset": {**spec["dataset"], "path": str(local)}})
+    _, test_ds, _ = build_datasets(parsed.dataset, parsed.seed)
+    x = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+    y = torch.as_tensor([int(test_ds[i][1]) for i in range(len(test_ds))])
+    with torch.no_grad():
+        accuracy = (net.eval()(x).argmax(1) == y).float().mean().item()
+    assert accuracy == pytest.approx(report["variants"]["dense"]["metrics"]["benign_acc"], abs=1e-6)
