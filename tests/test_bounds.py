@@ -271,3 +271,26 @@ def test_a_custom_network_is_refused_at_its_first_unsupported_leaf():
     with pytest.raises(CoreError) as err:
         check_supported(nn.Sequential(Residual()))
     assert "'0'" in err.value.message and "Residual" in err.value.message and "custom forward" in err.value.message
+
+
+def test_verification_runs_in_float64_and_leaves_the_network_as_it_was(monkeypatch):
+    """A margin smaller than float32 rounding of the bound computation is not certified by accident:
+    the certificate is computed on a float64 copy; the caller's network keeps its dtype and mode."""
+    model = small_masked_net(3, 1.0).train()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen = []
+    real = ibp_bounds
+
+    def spy(net, inputs, *args, **kwargs):
+        seen.append((next(net.parameters()).dtype, inputs.dtype))
+        return real(net, inputs, *args, **kwargs)
+
+    import core.bounds as bounds_mod
+
+    monkeypatch.setattr(bounds_mod, "ibp_bounds", spy)
+    verified, correct, total = verified_counts(model, (x, y), 0.01, "ibp")
+    assert seen and all(d == (torch.float64, torch.float64) for d in seen)
+    assert (correct, total) == (16, 16) and 0 <= verified <= 16
+    assert next(model.parameters()).dtype == torch.float32 and model.training
