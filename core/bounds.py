@@ -21,12 +21,12 @@ The input set is the l_inf ball of radius ``eps`` around ``x`` intersected with 
   slope ``α = 1 if u > -l else 0``; convolutions are transposed with ``conv_transpose2d`` on the
   ``(batch · specs)`` rows, so the cost is about ``m`` forward passes for ``m`` specifications.
 
-Soundness is in exact arithmetic; float32 rounding can move a bound by ~1e-6 relative.
+Soundness is in exact arithmetic; float32 rounding can move a bound by ~1e-6 relative, so
+:func:`verified_counts` (the reported certificate) runs on a float64 copy of the network.
 """
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 from typing import Iterable
 

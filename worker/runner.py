@@ -253,8 +253,9 @@ class JobAttempt:
         except CoreError as err:
             if err.code != "resume_mismatch":
                 raise
-            # The stored checkpoint was written for other local input paths (a worker with another
-            # HYDRA_WORK_DIR): correct but not resumable here, so start over rather than fail.
+            # The stored checkpoint was written under a spec that validates differently now (the
+            # service was upgraded mid-job and a default changed): not resumable, so start over
+            # rather than fail. Local input paths never cause this: the resume check ignores them.
             self._event("checkpoint_discarded", {"reason": err.message})
             (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
             return run_job(spec, self.run_dir, self.callbacks, resume=False, record_spec=record)
