@@ -23,6 +23,8 @@ COPY core ./core
 COPY api ./api
 COPY worker ./worker
 COPY service ./service
+COPY hydra_client ./hydra_client
+COPY launch ./launch
 COPY migrations ./migrations
 COPY alembic.ini ./
 RUN pip install --no-deps -e . \

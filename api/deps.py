@@ -31,6 +31,7 @@ from service.db import keys
 from service.db.aio import AsyncReader
 from service.db.keys import Principal
 from service.db.session import get_read_sessionmaker, get_sessionmaker
+from service.logs import bind_request as bind_log_context
 from service.settings import Settings, get_settings
 from service.storage import ObjectStore, build_store
 
@@ -144,6 +145,7 @@ async def get_principal(
         if principal is None:
             raise _unauthorized()
         cache.put(token, principal)
+    bind_log_context(tenant=principal.tenant_name)  # on every later log line of this request
     if isinstance(limiter, (MemoryRateLimiter, NoRateLimit)):
         retry_after = limiter.hit(principal.api_key_id)  # in memory: no I/O, no thread hop
     else:

@@ -139,14 +139,49 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, ErrorCode.VALIDATION_ERROR.code, detail, field)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for this path (HEAD with GET). Starlette's 405 names
+    only the methods of the first route that matched the path, so ``OPTIONS /v1/models`` said
+    ``Allow: POST`` although ``GET /v1/models`` exists too. Empty for paths outside the document."""
+    import re
+
+    app = request.app
+    patterns = getattr(app.state, "allow_patterns", None)
+    if patterns is None:
+        patterns = []
+        for template, ops in app.openapi().get("paths", {}).items():
+            parts = re.split(r"(\{[^/{}]+\})", template)
+            regex = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+            methods = {m.upper() for m in ops if m in _METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")
+            patterns.append((re.compile(f"^{regex}/?$"), methods))
+        app.state.allow_patterns = patterns
+    path = request.url.path
+    found: set[str] = set()
+    for regex, methods in patterns:
+        if regex.match(path):
+            found |= methods
+    return sorted(found)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     member = _BY_STATUS.get(exc.status_code)
     code = member.code if member else f"http_{exc.status_code}"
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such resource"
-    return error_response(exc.status_code, code, detail, None, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        methods = allowed_methods(request)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+            detail = f"method {request.method} not allowed here; allowed: {headers['Allow']}"
+    return error_response(exc.status_code, code, detail, None, headers or None)
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:

@@ -15,9 +15,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.docs import install_docs
 from api.limits import BodySizeLimitMiddleware
+from api.metrics import install_metrics
+from api.openapi import install_openapi
 from api.routes import api_router, health_router
+from api.ui import install_ui
 from service.db.aio import build_async_reader
+from service.logs import RequestContextMiddleware, configure_logging
 from service.settings import Settings, get_settings
 
 API_PREFIX = "/v1"
@@ -32,6 +37,7 @@ DESCRIPTION = (
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the async Postgres reader in the server's event loop; close it on shutdown."""
+    configure_logging(app.state.settings.log_json)  # again: uvicorn set its handlers after create_app
     reader = build_async_reader(app.state.settings)
     if reader is not None:
         await reader.open()
@@ -52,15 +58,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="HYDRA robust compression service",
         version="0.1.0",
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc are served offline by api/docs.py
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, settings=effective)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)
+    install_openapi(app)  # the schema says exactly what the service accepts (api/openapi.py)
     app.state.settings = effective  # injected by api.deps.SettingsDep
     app.state.async_reader = None
+    install_docs(app)  # Swagger UI / ReDoc with their assets served by the service (no CDN)
+    install_ui(app)  # the web dashboard at /ui
+    install_metrics(app, effective)  # /metrics: HTTP and job metrics (Prometheus)
+    app.add_middleware(RequestContextMiddleware)  # job id and tenant on every log line of a request
+    configure_logging(effective.log_json)
     logging.getLogger(__name__).info(
         "API ready: env=%s storage=%s queue=%s", effective.env, effective.storage_backend, effective.queue_name
     )

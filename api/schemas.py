@@ -17,9 +17,10 @@ class ErrorPublic(BaseModel):
     field: str | None = None
 
 
-# For OpenAPI: the error statuses a tenant-facing route can answer with, all with one body.
+# For OpenAPI: the error statuses a tenant-facing route can answer with, all with one body (400: a body
+# that cannot be parsed, e.g. broken multipart; 503: the database is unavailable).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorPublic} for code in (401, 404, 409, 413, 422, 429)
+    code: {"model": ErrorPublic} for code in (400, 401, 404, 409, 413, 422, 429, 503)
 }
 
 

@@ -58,3 +58,77 @@ def receive_upload(upload: UploadFile, settings: Settings, suffix: str = "") -> 
         yield ReceivedFile(path=path, size=size, sha256=digest.hexdigest())
     finally:
         path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- .npz datasets
+NPZ_ARRAYS = ("images", "labels", "test_images", "test_labels")
+
+
+def _npz_refused(detail: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_UPLOAD, detail, "file")
+
+
+def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Check an uploaded ``.npz`` from its zip directory and array headers, before numpy loads it.
+
+    ``np.load`` trusts what a file declares: an array header claiming terabytes is allocated as such
+    (MemoryError, or the OOM killer), and a small file can inflate to gigabytes. So, reading headers
+    only: the file must be a zip holding nothing but ``images``/``labels``/``test_images``/
+    ``test_labels`` ``.npy`` members, each once; their declared sizes together stay under
+    ``max_bytes`` (zip readers stop at the declared size, so this bounds what loading can inflate to);
+    no array holds Python objects (those are pickles); every array's shape x dtype is exactly the
+    bytes its member holds. Returns ``{array: (shape, dtype)}``; raises 422 ``invalid_upload``."""
+    import zipfile
+
+    import numpy as np
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise _npz_refused("not an .npz file (a zip of .npy arrays)" + (": it is a Python pickle" if magic[:1] == b"\x80"
+                                                                     else ""))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    raise _npz_refused(f"the .npz holds {name!r} twice")
+                seen.add(name)
+            unexpected = sorted(n for n in names if n.removesuffix(".npy") not in NPZ_ARRAYS or not n.endswith(".npy"))
+            if unexpected:
+                raise _npz_refused(f"unexpected member(s) {unexpected[:5]}; a dataset .npz holds only "
+                                   f"{', '.join(NPZ_ARRAYS)}")
+            total = sum(info.file_size for info in infos)
+            if total > max_bytes:
+                raise _npz_refused(f"the .npz unpacks to {total} bytes, over the limit of {max_bytes} "
+                                   f"({sum(i.compress_size for i in infos)} bytes compressed); refused before unpacking")
+            out: dict[str, tuple[tuple[int, ...], str]] = {}
+            for info in infos:
+                key = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise _npz_refused(f"{key!r}: unsupported .npy version {version}")
+                    header_bytes = member.tell()
+                if dtype.hasobject:
+                    raise _npz_refused(f"{key!r} holds Python objects (dtype {dtype}); pickled data is never loaded")
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                held = info.file_size - header_bytes
+                if declared != held:
+                    raise _npz_refused(f"{key!r} declares shape {tuple(shape)} of {dtype} = {declared} bytes but "
+                                       f"holds {held} (truncated, or a lying header)")
+                out[key] = (tuple(int(s) for s in shape), str(dtype))
+    except ApiError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        raise _npz_refused(f"not a readable .npz ({type(err).__name__}: {str(err)[:200]})") from err
+    for required in ("images", "labels"):
+        if required not in out:
+            raise _npz_refused(f"missing array {required!r}; found {sorted(out)}")
+    return out

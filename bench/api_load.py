@@ -1,7 +1,9 @@
 """API load benchmark: how much does our stack cost per request, and is submission exactly-once?
 
-What it does (one run, all numbers from the same server process):
-1. Creates a fresh Postgres database, migrates it, creates a tenant key and one job.
+Run on Postgres + Redis (production) and on the embedded default (SQLite + the SQL-backed broker),
+``--database both`` (default) or one of them. For each (all numbers from the same server process):
+1. Creates a fresh database (Postgres, or a SQLite file in a temp folder), migrates it, creates a
+   tenant key and one job.
 2. Starts ``uvicorn`` in a subprocess with the real app (``create_app()`` from HYDRA_* settings) plus a
    bare JSON endpoint ``/bench/bare`` mounted in the same app, i.e. behind the same server, event
    loop and middleware, but with no auth, no database and no validation.
@@ -11,12 +13,15 @@ What it does (one run, all numbers from the same server process):
    client (httpx) saturates before the server does and would flatter the ratio.
 4. Fires 500 concurrent ``POST /v1/jobs``: half without an Idempotency-Key, half spread over a few
    repeated keys, and checks that the database holds exactly one job per distinct submission and
-   that every retry got the same id. Jobs are really enqueued on Redis (a private queue, deleted
-   afterwards) unless ``--no-enqueue``.
-5. Stops the server, drops the database, and prints one JSON line last:
-   ``{"status_rps", "bare_rps", "ratio", "errors", "jobs_created", "jobs_expected", ...}``.
+   that every retry got the same id (``statuses`` counts the answers: no 5xx). Jobs are really
+   enqueued (Redis, a private queue deleted afterwards; the SQLite broker file on the embedded
+   default) unless ``--no-enqueue``.
+5. Stops the server, drops the database, and prints one JSON line last: with one database
+   ``{"status_rps", "bare_rps", "ratio", "errors", "jobs_created", "jobs_expected", ...}``, with
+   both ``{"postgres": {...}, "sqlite": {...}}``.
 
 Usage: ``python bench/api_load.py --json`` (targets: ratio >= 0.5, errors == 0, created == expected).
+The exactly-once part also runs in the suite, in process: tests/service/test_load.py.
 """
 from __future__ import annotations
 
@@ -111,12 +116,26 @@ def count_jobs(url: str, tenant_id: int) -> int:
     return count
 
 
-def start_server(args: argparse.Namespace, url: str, port: int, queue: str, tmp: str) -> subprocess.Popen[bytes]:
+def setup_sqlite(tmp: str) -> str:
+    url = f"sqlite:///{tmp}/hydra.db"
+    from alembic import command
+
+    from service.cli import alembic_config
+
+    cfg = alembic_config(url)
+    cfg.attributes["configure_logging"] = False
+    command.upgrade(cfg, "head")
+    return url
+
+
+def start_server(args: argparse.Namespace, url: str, port: int, queue: str, tmp: str,
+                 broker_url: str | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "HYDRA_ENV": "dev",
+        "HYDRA_DATA_DIR": tmp,
         "HYDRA_DATABASE_URL": url,
-        "HYDRA_BROKER_URL": args.redis_url,
+        "HYDRA_BROKER_URL": broker_url or args.redis_url,
         "HYDRA_QUEUE_NAME": queue,
         "HYDRA_ENQUEUE_ENABLED": "false" if args.no_enqueue else "true",
         "HYDRA_RATE_LIMIT_PER_MINUTE": str(10**9),  # counted on every request, never reached
@@ -204,6 +223,9 @@ async def burst_posts(port: int, token: str, total: int, repeated_keys: int) -> 
         results = await asyncio.gather(*[post(i, k) for i, k in enumerate(plans)])
         elapsed = time.perf_counter() - start
     errors = [r for r in results if r[1] not in (200, 201)]
+    statuses: dict[int, int] = defaultdict(int)
+    for _, status, _ in results:
+        statuses[status] += 1
     ids_by_key: dict[str, set[str]] = defaultdict(set)
     for key, status, job_id in results:
         if key and status in (200, 201) and job_id:
@@ -215,6 +237,7 @@ async def burst_posts(port: int, token: str, total: int, repeated_keys: int) -> 
         "expected": unique + min(repeated_keys, keyed),
         "seconds": elapsed,
         "created_201": sum(1 for r in results if r[1] == 201),
+        "statuses": dict(sorted(statuses.items())),
     }
 
 
@@ -229,9 +252,11 @@ def cleanup_redis(redis_url: str, queue: str) -> None:
         pass
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
+    parser.add_argument("--database", choices=("postgres", "sqlite", "both"), default="both",
+                        help="Postgres + Redis, the embedded SQLite default, or both (default)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
@@ -243,16 +268,25 @@ def main() -> None:
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("HYDRA_TEST_PG_PORT", "5432")))
     parser.add_argument("--pg-user", default=os.environ.get("HYDRA_TEST_PG_USER", "postgres"))
     parser.add_argument("--redis-url", default=os.environ.get("HYDRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    db_name, url = setup_database(args)
+
+def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    """Steps 1-5 of the module docstring on ``backend`` ("postgres" or "sqlite")."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     port = _free_port()
     server = None
-    try:
-        token, job_id, tenant_id = seed(url)
-        with tempfile.TemporaryDirectory() as tmp:
-            server = start_server(args, url, port, queue, tmp)
+    db_name = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if backend == "postgres":
+                db_name, url = setup_database(args)
+                broker = args.redis_url
+            else:
+                url = setup_sqlite(tmp)
+                broker = f"sqla+sqlite:///{tmp}/broker.db"  # the embedded default's broker
+            token, job_id, tenant_id = seed(url)
+            server = start_server(args, url, port, queue, tmp, broker)
             status_path = f"/v1/jobs/{job_id}"
 
             async def run() -> dict[str, Any]:
@@ -272,38 +306,50 @@ def main() -> None:
 
             measured = asyncio.run(run())
             jobs_created = count_jobs(url, tenant_id) - 1  # minus the polled job
-    finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        cleanup_redis(args.redis_url, queue)
-        with _admin(args) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        finally:
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            if backend == "postgres":
+                cleanup_redis(args.redis_url, queue)
+                if db_name is not None:
+                    with _admin(args) as conn:
+                        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
     bare_rps = sum(measured["bare"]) / len(measured["bare"])
     status_rps = sum(measured["status"]) / len(measured["status"])
     burst = measured["burst"]
     result = {
+        "database": backend,
         "status_rps": round(status_rps, 1),
         "bare_rps": round(bare_rps, 1),
         "ratio": round(status_rps / bare_rps, 3) if bare_rps else 0.0,
         "errors": measured["errors"] + burst["errors"],
         "jobs_created": jobs_created,
         "jobs_expected": burst["expected"],
+        "post_statuses": burst["statuses"],
         "posts": args.posts,
         "posts_seconds": round(burst["seconds"], 2),
         "connections": args.connections,
         "uvicorn_workers": args.workers,
-        "enqueue": "disabled" if args.no_enqueue else "redis",
+        "enqueue": "disabled" if args.no_enqueue else ("redis" if backend == "postgres" else "sqlite broker"),
     }
     if not args.json or burst["error_samples"]:
-        print(f"bare {bare_rps:.0f} req/s, status {status_rps:.0f} req/s, ratio {result['ratio']}", file=sys.stderr)
+        print(f"{backend}: bare {bare_rps:.0f} req/s, status {status_rps:.0f} req/s, ratio {result['ratio']}, "
+              f"{jobs_created}/{burst['expected']} jobs, POST statuses {burst['statuses']}", file=sys.stderr)
         if burst["error_samples"]:
             print(f"sample POST errors: {burst['error_samples']}", file=sys.stderr)
-    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    args = _parse()
+    backends = ("postgres", "sqlite") if args.database == "both" else (args.database,)
+    results = {backend: run_backend(args, backend) for backend in backends}
+    print(json.dumps(results[backends[0]] if len(backends) == 1 else results))
 
 
 if __name__ == "__main__":

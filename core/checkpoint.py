@@ -7,13 +7,25 @@
   restricted to what that loader accepts (tensors, numbers, strings, bytes, None, dicts, lists,
   tuples); ``save_checkpoint`` converts numpy values and refuses anything else *before* writing.
 * ``load_weights`` imports safetensors, plain state dicts and the HYDRA reference format into a
-  model from ``core.models.create_model``, after checking every key, shape and value: a bad file
+  model from ``core.models.create_model``, after checking every key, shape, dtype and value: a bad file
   raises ``CoreError("invalid_checkpoint", "model.checkpoint", ...)`` and leaves the model untouched.
+  ``check_weights`` does the same checks without copying anything (the API runs it on a network built
+  on the ``meta`` device, so an upload never allocates the network).
+
+Weights files come from users, so nothing about them is trusted: the format is recognised from the
+bytes (not the name), a safetensors header is parsed and checked by us before the library sees it
+(size limit, duplicate keys, dtypes, every tensor's offsets against its shape and against the file's
+real length), the sizes a file declares are bounded by what the target network can hold before
+anything is allocated, and a pickle is only ever read by torch's weights-only unpickler, whose
+refusal is reported naming what the pickle tried to load.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
+import struct
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +41,10 @@ from core.errors import CoreError
 FIELD = "model.checkpoint"
 _PRIMITIVES = (bool, int, float, complex, str, bytes, type(None))
 _MAX_LISTED_PROBLEMS = 25
+MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024  # bytes of JSON; a catalogue network needs a few kB
+# safetensors dtypes and their item sizes (bytes)
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -102,16 +118,30 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     atomic_write(path, lambda f: torch.save(safe, f))
 
 
+def _why_torch_refused(err: Exception) -> str:
+    """The line of a ``torch.load(weights_only=True)`` failure that names the problem (torch puts a
+    generic paragraph about the ``weights_only`` default first)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line:
+            return f"it references code ({line.rstrip('.')}); refused, nothing was executed"
+        if line.startswith("Unsupported operand"):
+            return f"a pickle the weights-only loader cannot read ({line}); refused, nothing was executed"
+        if "legacy .tar format" in line:
+            return "it is in torch's legacy .tar format, which cannot be read without unpickling code; re-save it " \
+                   "with torch.save (or as safetensors)"
+    first = lines[0] if lines else type(err).__name__
+    return f"{type(err).__name__}: {first[:300]}"
+
+
 def _torch_load(path: Path, field: str | None) -> Any:
     if not path.is_file():
         raise CoreError("checkpoint_not_found", field, f"no checkpoint file at {str(path)!r}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # refused pickle payloads, corrupt zips, truncated files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CoreError(
-            "invalid_checkpoint", field,
-            f"{path.name} is not a loadable weights-only torch file ({type(err).__name__}: {first_line[:300]})",
+            "invalid_checkpoint", field, f"{path.name} is not a loadable weights-only torch file: {_why_torch_refused(err)}",
         ) from err
 
 
@@ -153,18 +183,137 @@ def _invalid(message: str) -> CoreError:
     return CoreError("invalid_checkpoint", FIELD, message)
 
 
-def _looks_like_safetensors(path: Path) -> bool:
+def sniff_format(path: str | os.PathLike[str]) -> str:
+    """What the bytes say the file is: "safetensors", "zip" (torch's format, or any zip), "tar",
+    "pickle" (torch's legacy format, or a bare pickle), "empty" or "unknown". Never the file name."""
     with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    header_len = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < header_len < path.stat().st_size
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol 2+ (torch's legacy format is a pickle stream too)
+        return "pickle"
+    return "unknown"
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+_KIND_TEXT = {"zip": "a zip archive (torch's checkpoint format)", "tar": "a tar archive",
+              "pickle": "a Python pickle", "empty": "empty", "unknown": "not a recognised weights format"}
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _invalid(f"the safetensors header names {key!r} twice")
+        out[key] = value
+    return out
+
+
+def safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check a safetensors header ourselves, before the library maps the file.
+
+    Returns ``{"tensors": {name: (dtype, shape, begin, end)}, "metadata": {...}, "elements": int}``.
+    Refuses, naming the problem: a header past ``MAX_SAFETENSORS_HEADER`` or past the end of the file,
+    one that is not UTF-8 JSON, a key given twice, an unknown dtype, a tensor whose offsets do not
+    span exactly ``prod(shape) * itemsize`` bytes, tensors that overlap or leave gaps, and a file whose
+    data section is shorter (truncated, or a header declaring terabytes) or longer than declared."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _invalid(f"{path.name}: truncated ({size} bytes; a safetensors file starts with an 8-byte length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_SAFETENSORS_HEADER:
+            raise _invalid(f"{path.name}: the safetensors header claims {n} bytes, over the limit of "
+                           f"{MAX_SAFETENSORS_HEADER}")
+        if 8 + n > size:
+            raise _invalid(f"{path.name}: the safetensors header claims {n} bytes but the file has only {size - 8} "
+                           "after the length (truncated, or a lying header)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except CoreError:
+        raise
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _invalid(f"{path.name}: the safetensors header is not UTF-8 JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise _invalid(f"{path.name}: the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _invalid(f"{path.name}: __metadata__ must map strings to strings")
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    elements = 0
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _invalid(f"{path.name}: tensor {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _ST_ITEMSIZE:
+            raise _invalid(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise _invalid(f"{path.name}: tensor {name!r} has a malformed shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise _invalid(f"{path.name}: tensor {name!r} has malformed data_offsets {offsets!r}")
+        count = math.prod(shape)
+        need = count * _ST_ITEMSIZE[dtype]
+        if offsets[1] - offsets[0] != need:
+            raise _invalid(f"{path.name}: tensor {name!r} is {dtype} {shape}, which needs {need} bytes, but its "
+                           f"offsets span {offsets[1] - offsets[0]}")
+        tensors[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+        elements += count
+    data_len = size - 8 - n
+    cursor = 0
+    for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin != cursor:
+            problem = "overlaps the tensor before it" if begin < cursor else f"leaves {begin - cursor} bytes unaccounted"
+            raise _invalid(f"{path.name}: tensor {name!r} (offsets {begin}-{end}) {problem}")
+        cursor = end
+    if cursor != data_len:
+        what = (f"declares {cursor} bytes of tensor data but the file holds {data_len} (truncated, or a lying header)"
+                if cursor > data_len else f"has {data_len - cursor} bytes after its last tensor")
+        raise _invalid(f"{path.name}: the safetensors header {what}")
+    return {"tensors": tensors, "metadata": metadata, "elements": elements}
+
+
+def _compressed_elements(path: Path, metadata: dict[str, str]) -> int:
+    """Weights a HYDRA compressed artifact will decode to, from its header alone (nothing allocated)."""
+    try:
+        codec = json.loads(metadata.get("codec", "{}"), object_pairs_hook=_unique_keys)
+    except CoreError:
+        raise
+    except ValueError as err:
+        raise _invalid(f"{path.name}: unreadable codec header ({err})") from err
+    if not isinstance(codec, dict):
+        raise _invalid(f"{path.name}: malformed codec header")
+    total = 0
+    for key, entry in codec.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise _invalid(f"{path.name}: codec entry {key!r} has a malformed shape")
+        total += math.prod(shape)
+    return total
+
+
+def _read_safetensors(path: Path, max_elements: int | None = None) -> tuple[dict[str, torch.Tensor], str]:
     from safetensors import safe_open
 
+    header = safetensors_header(path)
+    declared = header["elements"]
+    compressed = header["metadata"].get("format", "").startswith("hydra-compressed")
+    if compressed:
+        declared += _compressed_elements(path, header["metadata"])
+    if max_elements is not None and declared > max_elements:
+        raise _invalid(f"{path.name} declares {declared} values, more than the {max_elements} the network can "
+                       "hold; refused before decoding")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -196,16 +345,66 @@ def _unwrap_state_dict(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def read_state_dict(path: str | os.PathLike[str], fmt: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+def _check_zip(path: Path, max_bytes: int | None) -> None:
+    """A torch zip checkpoint holds a ``data.pkl``; its members' declared sizes bound what reading it
+    can allocate (zipfile and torch's reader both stop at the declared size), so they are checked first."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise _invalid(f"{path.name} is a damaged or truncated zip archive ({err})") from err
+    if not any(info.filename == "data.pkl" or info.filename.endswith("/data.pkl") for info in infos):
+        names = ", ".join(sorted(info.filename for info in infos)[:5]) or "nothing"
+        raise _invalid(f"{path.name} is a zip archive but not a torch checkpoint (no data.pkl; it holds {names})")
+    total = sum(info.file_size for info in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise _invalid(f"{path.name} unpacks to {total} bytes, more than the {max_bytes} a checkpoint of this "
+                       "network can need; refused before reading")
+
+
+def precheck_weights_file(path: str | os.PathLike[str], fmt: str = "auto") -> str:
+    """The checks of ``read_state_dict`` that need no network (cheap: headers only): the bytes are a
+    weights format, agreeing with ``fmt``, and a safetensors header is sound. Returns the kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoreError("checkpoint_not_found", FIELD, f"no checkpoint file at {str(path)!r}")
+    kind = sniff_format(path)
+    if fmt == "safetensors" and kind != "safetensors":
+        raise _invalid(f"{path.name} was declared safetensors but it is {_KIND_TEXT[kind]}; refused")
+    if kind in ("empty", "unknown"):
+        raise _invalid(f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA "
+                       "checkpoint")
+    if kind == "safetensors":
+        safetensors_header(path)
+    return kind
+
+
+def read_state_dict(path: str | os.PathLike[str], fmt: str = "auto", max_bytes: int | None = None
+                    ) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of a weights file and the format they were read as ("safetensors", "compressed",
-    "state_dict" or "hydra"), keys as stored. Never unpickles code."""
+    "state_dict" or "hydra"), keys as stored. Never unpickles code.
+
+    The format is what the bytes are; ``fmt`` (the caller's declaration) must agree with it.
+    ``max_bytes`` bounds what the file may make us allocate (checked from headers, before reading)."""
     path = Path(path)
     if not path.is_file():
         raise CoreError("checkpoint_not_found", FIELD, f"no checkpoint file at {str(path)!r}")
     if fmt not in ("auto", "safetensors", "state_dict", "hydra"):
         raise CoreError("invalid_checkpoint", "model.checkpoint_format", f"unknown format {fmt!r}")
-    if fmt == "safetensors" or (fmt == "auto" and _looks_like_safetensors(path)):
-        return _read_safetensors(path)
+    kind = sniff_format(path)
+    if fmt == "safetensors" and kind != "safetensors":
+        raise _invalid(f"{path.name} was declared safetensors but it is {_KIND_TEXT[kind]}; refused")
+    if kind == "safetensors":
+        if fmt in ("state_dict", "hydra"):
+            raise _invalid(f"{path.name} was declared a torch {fmt} checkpoint but it is a safetensors file")
+        return _read_safetensors(path, None if max_bytes is None else max_bytes // 2)
+    if kind in ("empty", "unknown"):
+        raise _invalid(f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA "
+                       "checkpoint")
+    if kind == "zip":
+        _check_zip(path, max_bytes)
     state = _unwrap_state_dict(_torch_load(path, FIELD))
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -264,7 +463,9 @@ def _check(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], opt
         if tuple(src.shape) != tuple(dst.shape):
             problems.append(f"{key}: shape {tuple(src.shape)} in the checkpoint, {tuple(dst.shape)} in the model")
             continue
-        if src.is_floating_point() != dst.is_floating_point() or src.is_complex() or src.dtype == torch.bool:
+        if (src.is_floating_point() != dst.is_floating_point() or src.is_complex() or src.dtype == torch.bool
+                or (dst.is_floating_point() and src.dtype != dst.dtype)):
+            # float16 (or float64) where the network holds float32 is refused, not silently cast
             problems.append(f"{key}: dtype {src.dtype} in the checkpoint, {dst.dtype} in the model")
             continue
         if src.is_floating_point() and not bool(torch.isfinite(src).all()):
@@ -274,6 +475,31 @@ def _check(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], opt
         elif key.endswith(".keep") and not 0.0 <= float(src) <= 1.0:
             problems.append(f"{key}: keep fraction {float(src)} is outside [0, 1]")
     return problems
+
+
+def _state_bytes(target: dict[str, torch.Tensor]) -> int:
+    """Generous bound on the bytes a checkpoint of this network can hold: weights, HYDRA scores and
+    masks, an optimizer's moments, all in float64, plus 1 MiB of bookkeeping."""
+    return 8 * 8 * sum(t.numel() for t in target.values()) + (1 << 20)
+
+
+def check_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto"
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every check of ``load_weights`` (format, keys, shapes, dtypes, finiteness), copying nothing:
+    ``model`` may live on the ``meta`` device. Returns the renamed tensors to load and
+    ``{"format", "loaded", "derived"}``. Raises ``CoreError("invalid_checkpoint", ...)``."""
+    target = model.state_dict()
+    raw, detected = read_state_dict(path, fmt, max_bytes=_state_bytes(target))
+    if not raw:
+        raise _invalid("the checkpoint holds no tensors")
+    source, origin = _rename(raw, set(target))
+    optional = _derived_keys(model, target)
+    problems = _check(source, target, optional, origin)
+    if problems:
+        shown = problems[:_MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        raise _invalid("; ".join(shown) + (f"; and {more} more problems" if more > 0 else ""))
+    return source, {"format": detected, "loaded": sorted(source), "derived": sorted(target.keys() - source.keys())}
 
 
 def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto",
@@ -296,17 +522,8 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "aut
             raise CoreError("invalid_k", "pruning.k", f"k (fraction of weights kept) must be in (0, 1], got {keep!r}")
         if not masked_layers(model):
             raise CoreError("not_masked", "pruning.k", "keep was given but the model has no masked layers")
-    raw, detected = read_state_dict(path, fmt)
-    if not raw:
-        raise _invalid("the checkpoint holds no tensors")
+    source, info = check_weights(path, model, fmt)
     target = model.state_dict()
-    source, origin = _rename(raw, set(target))
-    optional = _derived_keys(model, target)
-    problems = _check(source, target, optional, origin)
-    if problems:
-        shown = problems[:_MAX_LISTED_PROBLEMS]
-        more = len(problems) - len(shown)
-        raise _invalid("; ".join(shown) + (f"; and {more} more problems" if more > 0 else ""))
     merged = {k: source.get(k, v) for k, v in target.items()}
     model.load_state_dict(merged, strict=True)
     has_scores = any(k.endswith(".scores") for k in source)
@@ -315,10 +532,12 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "aut
         set_keep_fraction(model, keep)  # also recomputes every mask from the (new) scores
     elif has_scores and not has_masks:
         refresh_masks(model)
-    return {"format": detected, "loaded": sorted(source), "derived": sorted(target.keys() - source.keys())}
+    return info
 
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "load_weights", "read_state_dict", "atomic_write",
+    "save_checkpoint", "load_checkpoint", "load_weights", "check_weights", "read_state_dict", "sniff_format",
+    "precheck_weights_file",
+    "safetensors_header", "atomic_write",
     "atomic_write_bytes", "capture_rng_state", "restore_rng_state",
 ]

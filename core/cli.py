@@ -2,6 +2,7 @@
 
     hydra-compress run examples/demo_mnist5k.yaml --out runs/demo
     hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --resume
+    hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --force   # overwrite a finished run
     hydra-compress catalogue
     hydra-compress inspect runs/demo/hydra_k0.01.compressed.safetensors
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from tqdm import tqdm
@@ -59,9 +60,28 @@ class ConsoleCallbacks(RunCallbacks):
             tqdm.write(f"-- {payload['stage']} {payload['variant']} ({payload['epochs']} epochs)")
 
 
-def _fail(err: CoreError) -> None:
-    typer.echo(f"error [{err.code}] {err.field or ''}: {err.message}", err=True)
+def _fail(err: CoreError) -> NoReturn:
+    """One line, ``error [code] field: message``, on stderr; exit status 2 (bad input, not a crash)."""
+    message = " ".join(err.message.split())
+    typer.echo(f"error [{err.code}] {err.field}: {message}" if err.field else f"error [{err.code}] {message}",
+               err=True)
     raise typer.Exit(code=2)
+
+
+FINISHED_MARKER = "report.json"  # written last by run_job: its presence means the run finished
+
+
+def _check_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """A finished run is not overwritten by accident: it needs ``--force`` (``--resume`` of a finished
+    run only re-reads it, as before)."""
+    if resume or not (out / FINISHED_MARKER).exists():
+        return
+    if not force:
+        raise CoreError("run_exists", "--out",
+                        f"{out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it, "
+                        "--resume to keep it, or choose another folder")
+    for name in (FINISHED_MARKER, "report.md"):  # a forced rerun that fails must not leave the old report
+        (out / name).unlink(missing_ok=True)
 
 
 @app.command()
@@ -69,20 +89,31 @@ def run(
     spec_path: Path = typer.Argument(..., help="Job spec, YAML or JSON."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (artifacts, checkpoint, reports)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished run in the run folder."),
     device: Optional[str] = typer.Option(None, help="Override the spec's device (auto, cpu, cuda, cuda:N)."),
 ) -> None:
     """Run a job spec: pretrain, prune, finetune, evaluate, export."""
+    from core.preflight import preflight, shape_error
     from core.report import render_markdown
     from core.run import run_job
     from core.spec import load_spec
 
     try:
         spec = load_spec(spec_path)
-        if device:
-            spec = spec.model_copy(update={"device": device})
+        if device:  # validated like the spec's own field
+            spec = load_spec({**spec.model_dump(mode="json"), "device": device})
+        _check_out_dir(out, resume, force)
+        skipped = preflight(spec)  # the network must take the dataset's inputs: refuse before training
+        if skipped:
+            typer.echo(f"note: input shape not checked before the run: {skipped}", err=True)
         report = run_job(spec, out, ConsoleCallbacks(), resume=resume)
     except CoreError as err:
         _fail(err)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        shape = shape_error(exc)  # a network that does not fit data whose shape was unknown up front
+        if shape is None:
+            raise
+        _fail(shape)
     except RunCanceled as exc:
         typer.echo(f"stopped: {exc}; resume with --resume", err=True)
         raise typer.Exit(code=3)
@@ -104,6 +135,10 @@ def catalogue() -> None:
         "architectures": list_models(),
         "datasets": dataset_catalogue(),
         "objectives": {name: cls().model_dump() for name, cls in OBJECTIVE_TYPES.items()},
+        # pgd and trades: eps and step_size left out take the default of the chosen norm
+        "objective_defaults_by_norm": {
+            name: cls.defaults_by_norm() for name, cls in OBJECTIVE_TYPES.items() if hasattr(cls, "defaults_by_norm")
+        },
     }
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -19,5 +19,18 @@ class CoreError(Exception):
         return {"error_code": self.code, "field": self.field, "detail": self.message}
 
 
+class ResumeMismatch(CoreError):
+    """The run folder's checkpoint was written under a different spec; ``fields`` lists the dotted
+    paths that differ (``["seed", "stages.prune.lr"]``) so the user sees what changed."""
+
+    def __init__(self, fields: list[str], message: str | None = None) -> None:
+        self.fields = list(fields)
+        shown = ", ".join(self.fields[:10]) + (f" and {len(self.fields) - 10} more" if len(self.fields) > 10 else "")
+        super().__init__(
+            "resume_mismatch", "spec",
+            message or f"the checkpoint was written by a different spec: {shown or 'unknown fields'} differ",
+        )
+
+
 class RunCanceled(Exception):
     """Raised inside a run when the caller's ``should_cancel`` says stop; the last checkpoint stands."""

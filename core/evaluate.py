@@ -1,24 +1,36 @@
-"""Evaluation: benign accuracy, empirical robust accuracy under PGD, optional AutoAttack, certified
-accuracy for the verifiable objectives, and sparsity measured from the exported weights.
+"""Evaluation: benign accuracy, empirical robust accuracy as the per-example worst case over our PGD
+and the reference AutoAttack, certified accuracy for the verifiable objectives, and sparsity measured
+from the exported weights.
 
-Every number leaves here with the exact procedure that produced it (``attacks``/``certificates``
-entries), so a report never shows a robust accuracy without saying which attack or certificate.
+Every number leaves here with the exact procedure that produced it (``procedures``), the sample it
+was measured on (``samples``: size and count per class; every capped evaluation is a seeded,
+class-stratified sample, see ``core.sampling``) and its 95% Clopper-Pearson interval (``intervals``,
+``counts``), so a report never shows a robust accuracy without saying which attack, on what, and how
+sure.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from core.attack_suite import MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
 from core.attacks import pgd
 from core.data import test_loader
-from core.errors import CoreError
+from core.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
 from core.spec import JobSpec
+from core.stats import INTERVAL_METHOD, clopper_pearson
 
 CERTIFIED_OBJECTIVES = ("smoothing", "mixtrain", "crown_ibp")
+# Objectives whose threat model is an l_p ball an attack can search (smoothing certifies the smoothed
+# classifier, which a white-box attack on the base network does not measure).
+ATTACKED_OBJECTIVES = ("natural", "pgd", "trades", "mixtrain", "crown_ibp")
+AUTOATTACK_KEYS = {"apgd-ce": "apgd_ce_acc", "apgd-t": "apgd_t_acc", "fab-t": "fab_t_acc",
+                   "apgd-dlr": "apgd_dlr_acc", "square": "square_acc"}
 
 
 def attack_settings(spec: JobSpec) -> dict[str, Any]:
@@ -31,10 +43,9 @@ def attack_settings(spec: JobSpec) -> dict[str, Any]:
     return {"norm": norm, "eps": float(eps), "step_size": float(step)}
 
 
-def _subset(ds: Dataset, limit: int | None) -> Dataset:
-    if limit is None or limit >= len(ds):  # type: ignore[arg-type]
-        return ds
-    return Subset(ds, range(limit))
+def sample_seed(spec: JobSpec) -> int:
+    """The seed of every evaluation sample of the job (one for all of a multi-seed job's seeds)."""
+    return spec.evaluation.sample_seed if spec.evaluation.sample_seed is not None else spec.seed
 
 
 @torch.no_grad()
@@ -67,83 +78,148 @@ def accuracy(
 
 
 def validate(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device) -> dict[str, float]:
-    """Per-epoch monitoring: benign and PGD accuracy (``val_pgd_steps``, one random start) on the first
-    ``val_max_samples`` test examples. Monitoring only; the report uses the last epoch, not the best."""
+    """Per-epoch monitoring: benign and PGD accuracy (``val_pgd_steps``, one random start) on a seeded
+    class-stratified sample of ``val_max_samples`` test examples. Monitoring only; the report uses the
+    last epoch, not the best."""
     ev = spec.evaluation
     attack = {**attack_settings(spec), "steps": ev.val_pgd_steps, "restarts": 1, "random_start": True}
-    ds = _subset(test_ds, ev.val_max_samples)
+    ds = stratified_subset(test_ds, ev.val_max_samples, sample_seed(spec))
     clean, rob = accuracy(model, ds, device, spec.dataset.test_batch_size, attack)
     return {"val_acc": clean, "val_pgd_acc": float(rob or 0.0)}
 
 
-def _autoattack(model: nn.Module, ds: Dataset, spec: JobSpec, device: torch.device, num_classes: int) -> tuple[float, str]:
-    """Robust accuracy under AutoAttack (torchattacks) and the name of exactly what ran.
-
-    Standard AutoAttack's targeted APGD and FAB use the DLR loss, which is defined only for four or
-    more classes; with fewer, the attacks that remain well defined run instead (APGD-CE, 100 steps,
-    and Square, 5,000 queries, as in the standard suite), and the report says so."""
-    try:
-        import torchattacks
-    except ImportError as exc:  # an optional extra
-        raise CoreError(
-            "autoattack_unavailable", "evaluation.autoattack", "install the 'attacks' extra (torchattacks)"
-        ) from exc
-    a = attack_settings(spec)
-    norm = "Linf" if a["norm"] == "linf" else "L2"
-    if num_classes >= 4:
-        atk = torchattacks.AutoAttack(model, norm=norm, eps=a["eps"], version="standard", n_classes=num_classes,
-                                      seed=spec.seed)
-        name = "AutoAttack standard (torchattacks: APGD-CE, APGD-T, FAB-T, Square)"
-    else:
-        atk = torchattacks.MultiAttack([
-            torchattacks.APGD(model, norm=norm, eps=a["eps"], steps=100, loss="ce", seed=spec.seed),
-            torchattacks.Square(model, norm=norm, eps=a["eps"], n_queries=5000, seed=spec.seed),
-        ])
-        name = (f"AutoAttack's APGD-CE (100 steps) + Square (5000 queries) (torchattacks; the DLR-based "
-                f"APGD-T and FAB-T need >= 4 classes, this task has {num_classes})")
-    correct = total = 0
-    for x, y in test_loader(ds, spec.dataset.test_batch_size):
-        x, y = x.to(device), y.to(device)
-        correct += int((_predict(model, atk(x, y)) == y).sum())
-        total += len(y)
-    return correct / max(1, total), name
-
-
-def _tensors(ds: Dataset, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    sub = _subset(ds, limit)
-    xs, ys = zip(*(sub[i] for i in range(len(sub))))  # type: ignore[arg-type]
+def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))  # type: ignore[arg-type]
     return torch.stack(xs), torch.as_tensor(ys)
 
 
-def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device) -> dict[str, Any]:
-    """Final evaluation of one network: metrics plus the description of each procedure."""
+def _sample_indices(test_ds: Dataset, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices into ``test_ds`` of the stratified sample of ``limit`` (all when None)."""
+    n = len(test_ds)  # type: ignore[arg-type]
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(stratified_order(dataset_labels(test_ds), seed)[:limit])
+
+
+class _Tally:
+    """Metrics with their procedures, counts and 95% intervals."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self.procedures: dict[str, str] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.intervals: dict[str, list[float]] = {}
+
+    def add(self, key: str, correct: int, n: int, procedure: str) -> None:
+        self.metrics[key] = correct / n if n else 0.0
+        self.counts[key] = [int(correct), int(n)]
+        self.intervals[key] = list(clopper_pearson(int(correct), int(n)))
+        self.procedures[key] = procedure
+
+    def add_flags(self, key: str, flags: torch.Tensor, procedure: str) -> None:
+        self.add(key, int(flags.sum()), int(flags.numel()), procedure)
+
+
+def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device,
+                     num_classes: int | None = None) -> dict[str, Any]:
+    """Final evaluation of one network: metrics, the procedure, sample and interval of each."""
     ev = spec.evaluation
     a = attack_settings(spec)
-    attack = {**a, "steps": ev.pgd_steps, "restarts": ev.pgd_restarts, "random_start": True}
-    ds = _subset(test_ds, ev.max_samples)
-    clean, rob = accuracy(model, ds, device, spec.dataset.test_batch_size, attack)
-    n = len(ds)  # type: ignore[arg-type]
-    metrics: dict[str, float] = {"benign_acc": clean, "pgd_acc": float(rob or 0.0)}
-    procedures: dict[str, str] = {
-        "benign_acc": f"top-1 accuracy on {n} test samples",
-        "pgd_acc": (
-            f"PGD-{ev.pgd_steps} ({a['norm']}, eps={a['eps']:.4g}, step={a['step_size']:.4g}, "
-            f"{ev.pgd_restarts} random start(s), cross-entropy, per-example worst case) on {n} test samples"
-        ),
-    }
-    if ev.autoattack:
-        num_classes = int(model(torch.zeros(1, *ds[0][0].shape, device=device)).shape[1])
-        metrics["autoattack_acc"], name = _autoattack(model, ds, spec, device, num_classes)
-        procedures["autoattack_acc"] = f"{name}, {a['norm']} eps={a['eps']:.4g}, per-example worst case, on {n} test samples"
+    seed = sample_seed(spec)
+    bs = spec.dataset.test_batch_size
+    full = len(test_ds)  # type: ignore[arg-type]
+    big = _sample_indices(test_ds, ev.max_samples, seed)
+    ds = Subset(test_ds, big.tolist()) if len(big) < full else test_ds
+    x, y = _tensors(ds)
+    x, y = x.to(device), y.to(device)
+    samples = {"final": describe_sample(ds, full, seed)}
+    on = f"on the 'final' sample ({len(big)} test samples)"
+    was_training = model.training
+    model.eval()
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[1])
+    tally = _Tally()
+    clean = clean_flags(model, x, y, bs)
+    tally.add_flags("benign_acc", clean, f"top-1 accuracy {on}")
+    checks: dict[str, Any] = {}
+    if spec.objective.type in ATTACKED_OBJECTIVES:
+        ball = f"{a['norm']} eps={a['eps']:.4g}"
+        torch.manual_seed(seed)
+        flags_pgd = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
+                              steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs)
+        tally.add_flags("pgd_acc", flags_pgd, (
+            f"PGD-{ev.pgd_steps} (ours; {ball}, step={a['step_size']:.4g}, {ev.pgd_restarts} random "
+            f"start(s), cross-entropy, per-example worst case) {on}"))
+        worst = clean & flags_pgd
+        robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
+        if ev.autoattack:
+            small = _sample_indices(test_ds, min(ev.autoattack_max_samples or full, len(big)), seed)
+            pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
+            sub_ds = Subset(test_ds, small.tolist()) if len(small) < full else test_ds
+            samples["robust"] = describe_sample(sub_ds, full, seed)
+            robust_on = (f"on the 'robust' sample ({len(small)} test samples, nested in the 'final' one)"
+                         if len(small) < len(big) else on)
+            aa, description = autoattack_flags(model, x[pos], y[pos], clean[pos], norm=a["norm"], eps=a["eps"],
+                                               num_classes=num_classes, seed=seed, batch_size=bs,
+                                               version=ev.autoattack_version)
+            worst = worst[pos]
+            per_attack = {"pgd": float(flags_pgd[pos].float().mean())}
+            aa_all = clean[pos].clone()
+            for attack, f in aa.items():
+                key = AUTOATTACK_KEYS[attack]
+                tally.add_flags(key, f, f"{attack.upper()} alone, from {description}; {ball} {robust_on}")
+                per_attack[attack] = float(f.float().mean())
+                aa_all &= f
+                worst &= f
+                robust_attacks.append(attack.upper())
+            tally.add_flags("autoattack_acc", aa_all, f"{description}; {ball}, per-example worst case over its "
+                            f"attacks {robust_on}")
+            checks["gradient_masking"] = masking_check(per_attack)
+        tally.add_flags("robust_acc", worst, (
+            f"per-example worst case over {', '.join(robust_attacks)} ({ball}): an example counts only if it "
+            f"is classified correctly clean and under every attack, {robust_on}"))
+    result: dict[str, Any] = {"samples": samples, "checks": checks, "n_test": len(big),
+                              "interval_method": INTERVAL_METHOD}
     if spec.objective.type in CERTIFIED_OBJECTIVES:
         from core.objectives_certified import evaluate_certified
 
-        x, y = _tensors(test_ds, ev.certify_max_samples)
-        cert = evaluate_certified(model, spec.objective, (x.to(device), y.to(device)), ev)
-        procedures.update(cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {})
-        metrics.update({k: v for k, v in cert.items() if isinstance(v, (int, float))})
-        return {"metrics": metrics, "procedures": procedures, "certification": cert, "n_test": n}
-    return {"metrics": metrics, "procedures": procedures, "n_test": n}
+        cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
+        cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
+        samples["certified"] = describe_sample(cert_ds, full, seed)
+        xc, yc = _tensors(cert_ds)
+        cert = evaluate_certified(model, spec.objective, (xc.to(device), yc.to(device)), ev, seed=seed)
+        procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
+        n_cert = len(cert_idx)
+        for key, value in cert.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if key in procedures:  # a fraction of the certified sample: count and interval
+                tally.add(key, int(round(float(value) * n_cert)), n_cert,
+                          f"{procedures[key]} (the 'certified' sample)")
+            else:
+                tally.metrics[key] = float(value)
+        _soundness_check(tally.metrics, checks)
+        result["certification"] = cert
+    model.train(was_training)
+    result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts,
+                  intervals=tally.intervals)
+    return result
+
+
+def _soundness_check(metrics: dict[str, float], checks: dict[str, Any]) -> None:
+    """A certificate can never exceed what an attack leaves standing (on comparable samples)."""
+    empirical = metrics.get("robust_acc")
+    verified = {k: v for k, v in metrics.items() if k.startswith("verified_acc")}
+    if empirical is None or not verified:
+        return
+    worst = max(verified, key=verified.__getitem__)
+    checks["certificate_below_attack"] = {
+        "ok": bool(verified[worst] <= empirical + MASKING_MARGIN),
+        "verified": verified[worst], "empirical_robust": empirical, "metric": worst,
+        "rule": "a verified accuracy above the empirical robust accuracy (beyond sampling noise) would "
+                "mean an unsound bound or a broken attack",
+    }
 
 
 def sparsity_from_export(path: Path, masked_names: list[str]) -> dict[str, Any]:

@@ -170,10 +170,16 @@ MaskedLayer = MaskedConv2d | MaskedLinear
 
 
 def kept_count(n: int, k: float) -> int:
-    """Entries kept out of ``n`` at keep fraction ``k``: ``n - floor((1-k)·n)`` (the reference rule).
+    """Entries kept out of ``n`` at keep fraction ``k``: ``n - floor((1-k)·n + 1e-6)``.
 
-    The tiny epsilon absorbs binary rounding of ``1 - k`` (``(1 - 0.9)·10`` is 0.99999...), so the
-    count is the one the decimal ``k`` a user typed means.
+    This is the rule the reference means — zero the ``floor((1-k)·n)`` smallest scores, keep the rest
+    (inspire-group/hydra ``GetSubnet``: ``j = int((1 - k) * n)``) — evaluated for the decimal ``k`` the
+    user typed, i.e. ``round(k·n)`` whenever ``k·n`` is (within 1e-6 of) an integer. The reference
+    truncates the *binary* float product instead, and ``1 - k`` is often a hair below its decimal
+    value: at ``n = 1000, k = 0.9`` it computes ``(1 - 0.9)·1000 = 99.99999999999997``, zeros 99 and
+    keeps 901, where we zero 100 and keep 900 (likewise ``n = 10, k = 0.9``: 9 kept here, 10 there).
+    The epsilon only moves counts whose product lies within 1e-6 below an integer, so the two rules
+    agree except at such rounding artefacts.
     """
     return n - int(math.floor((1.0 - k) * n + 1e-6))
 

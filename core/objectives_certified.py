@@ -280,7 +280,8 @@ def register(register_objective: Callable[[str, Callable[[Any], Any]], None]) ->
 
 # ---------------------------------------------------------------- certification
 def evaluate_certified(
-    model: nn.Module, objective_cfg: Any, test_tensors: tuple[torch.Tensor, torch.Tensor], eval_cfg: Any
+    model: nn.Module, objective_cfg: Any, test_tensors: tuple[torch.Tensor, torch.Tensor], eval_cfg: Any,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The certified numbers of ``model`` for its objective type, on ``test_tensors`` = (x, y).
 
@@ -288,7 +289,8 @@ def evaluate_certified(
     ``abstain_rate``, ``mean_certified_radius``; crown_ibp and mixtrain → ``verified_acc_<bound>`` for
     each of ``eval_cfg.bounds`` at ``eval_cfg.eps`` (default: the objective's eps). Top-level numbers
     are metrics; ``procedures`` says how each fraction was measured, ``methods`` tags every number
-    with its method, ``details`` holds the raw settings."""
+    with its method, ``details`` holds the raw settings. ``test_tensors`` is already the sample to
+    certify (the caller draws it class-stratified); ``seed`` seeds the smoothing noise."""
     kind = getattr(objective_cfg, "type", None)
     x, y = test_tensors
     n_test = len(y)
@@ -302,9 +304,9 @@ def evaluate_certified(
             n=int(_opt(eval_cfg, "smoothing_n", 10_000)),
             alpha=float(_opt(eval_cfg, "smoothing_alpha", 0.001)),
             radii=list(_opt(eval_cfg, "smoothing_radii", [0.0, 0.25, 0.5, 0.75, 1.0])),
-            max_samples=_opt(eval_cfg, "certify_max_samples", None),
+            max_samples=None,
             batch_size=int(_opt(eval_cfg, "smoothing_batch_size", 256)),
-            seed=int(_opt(eval_cfg, "seed", 0)),
+            seed=int(seed),
         )
         setting = (
             f"{CERTIFY_METHOD} (sigma={sigma:g}, n0={res['n0']}, n={res['n']}, alpha={res['alpha']:g}) "

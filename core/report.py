@@ -1,5 +1,9 @@
 """The run's reports: ``report.json`` (machine-readable), ``report.md`` (for people) and
-``comparison.png`` (accuracy against compression, one line per method and metric)."""
+``comparison.png`` (accuracy against compression, one line per method and metric).
+
+Every accuracy carries its 95% Clopper-Pearson interval; a multi-seed job (``seeds``) adds, per
+network, the mean and standard deviation over seeds and each seed's value (``aggregate``), and the
+table and plot show those."""
 from __future__ import annotations
 
 import json
@@ -10,27 +14,81 @@ from core.callbacks import RunCallbacks
 from core.evaluate import attack_settings
 from core.export import file_digest
 from core.spec import JobSpec
+from core.stats import INTERVAL_METHOD, seed_summary
 
-REPORT_FORMAT = "hydra-compress-report/1"
+REPORT_FORMAT = "hydra-compress-report/2"
 
 
-def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per network, dense first, then by method and decreasing k."""
+def _base(name: str, r: dict[str, Any], multi: bool) -> str:
+    suffix = f"_s{r.get('seed')}"
+    return name[: -len(suffix)] if multi and name.endswith(suffix) else name
+
+
+def comparison_rows(results: dict[str, Any], multi_seed: bool = False) -> list[dict[str, Any]]:
+    """One row per network, dense first, then by method, decreasing k and seed."""
     rows = []
     for name, r in results.items():
-        row: dict[str, Any] = {"variant": name, "method": r["method"], "k": r["k"]}
+        row: dict[str, Any] = {"variant": name, "base": _base(name, r, multi_seed), "method": r["method"],
+                               "k": r["k"], "seed": r.get("seed")}
         sp = r.get("sparsity")
         row["sparsity"] = sp["total"] if sp else 1.0 - r["k"]
         row.update(r["metrics"])
+        row["ci95"] = r.get("intervals", {})
         for fmt, art in r.get("artifacts", {}).items():
             row[f"{fmt}_bytes"] = art["size"]
         rows.append(row)
-    rows.sort(key=lambda row: (row["method"] != "dense", row["method"], -row["k"]))
+    rows.sort(key=lambda row: (row["method"] != "dense", row["method"], -row["k"], row["seed"] or 0))
     return rows
+
+
+def aggregate_rows(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """Per network (over its seeds): mean, std and each seed's value of every metric and the sparsity."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["base"], []).append(row)
+    out = []
+    for base, members in groups.items():
+        agg: dict[str, Any] = {"variant": base, "method": members[0]["method"], "k": members[0]["k"],
+                               "seeds": [m["seed"] for m in members]}
+        for key in ["sparsity", *metrics]:
+            values = {str(m["seed"]): m[key] for m in members if isinstance(m.get(key), (int, float))}
+            if values:
+                agg[key] = seed_summary(values)
+        out.append(agg)
+    return out
 
 
 def _pct(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) else "–"
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    value = row.get(metric)
+    ci = row.get("ci95", {}).get(metric)
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * value:.2f}"
+
+
+def _mean_cell(agg: dict[str, Any], metric: str) -> str:
+    s = agg.get(metric)
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if isinstance(s, dict) else "–"
+
+
+def _checks_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, r in report["variants"].items():
+        masking = r.get("checks", {}).get("gradient_masking")
+        if masking and masking.get("possible_gradient_masking"):
+            lines.append(f"- **possible gradient masking in `{name}`**: {masking['best_gradient_free_attack']} "
+                         f"beats the best gradient attack ({masking['best_gradient_attack']}) by "
+                         f"{100 * masking['gap']:.1f} points; trust robust_acc (the worst case), not PGD alone.")
+        sound = r.get("checks", {}).get("certificate_below_attack")
+        if sound and not sound.get("ok"):
+            lines.append(f"- **certificate above attack in `{name}`**: {sound['metric']} {100 * sound['verified']:.1f}% "
+                         f"> robust_acc {100 * sound['empirical_robust']:.1f}%.")
+    return lines or ["- no check flagged (gradient masking: a gradient-free attack beating the best gradient "
+                     "attack by > 2 points; certificates above the attacked accuracy)."]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -41,18 +99,35 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Architecture `{report['arch']}` on `{report['dataset']['name']}` "
         f"({report['dataset']['n_train']} train / {report['dataset']['n_test']} test), "
-        f"objective `{report['objective']['type']}`, device `{report['device']}`.",
+        f"objective `{report['objective']['type']}`, device `{report['device']}`. "
+        f"Headline robust number: `{report['headline_robust_metric']}`.",
         "",
-        "| network | sparsity (measured) | " + " | ".join(f"{m} %" for m in metrics) + " | compressed bytes |",
+    ]
+    if report.get("aggregate"):
+        lines += [f"### Mean ± standard deviation over seeds {report['seeds']}", "",
+                  "| network | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for agg in report["aggregate"]:
+            lines.append(f"| {agg['variant']} | {_mean_cell(agg, 'sparsity')}% | "
+                         + " | ".join(_mean_cell(agg, m) for m in metrics) + " |")
+        lines += ["", "### Each seed", ""]
+    lines += [
+        "| network | sparsity (measured) | " + " | ".join(f"{m} % [95% CI]" for m in metrics) + " | compressed bytes |",
         "|---|---|" + "---|" * len(metrics) + "---|",
     ]
     for r in rows:
-        cells = [_pct(r.get(m)) for m in metrics]
+        cells = [_cell(r, m) for m in metrics]
         lines.append(
             f"| {r['variant']} | {_pct(r['sparsity'])}% | " + " | ".join(cells) + f" | {r.get('compressed_bytes', '–')} |"
         )
+    lines += ["", f"Intervals: {INTERVAL_METHOD}.", "", "## Checks", ""]
+    lines += _checks_lines(report)
     lines += ["", "## How each number was measured", ""]
     lines += [f"- **{m}**: {desc}" for m, desc in report["procedures"].items()]
+    lines += ["", "## Samples", ""]
+    for name, sample in report.get("samples", {}).items():
+        lines.append(f"- **{name}**: {sample['n']} of {sample['of']} test samples, {sample['how']}; per class "
+                     + ", ".join(f"{c}: {n}" for c, n in sample["per_class"].items()))
     lines += [
         "",
         "Sparsity is counted from the weights stored in each compressed artifact, over all conv and "
@@ -64,24 +139,45 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str) -> None:
+def _plot_points(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]] | None, metric: str
+                 ) -> list[tuple[str, float, float, float, float]]:
+    """(method, sparsity, value, err_low, err_high) per network: seed mean ± std when there are
+    seeds, else the value with its 95% interval."""
+    pts = []
+    if aggregate:
+        for a in aggregate:
+            if isinstance(a.get(metric), dict):
+                m, sd = a[metric]["mean"], a[metric]["std"]
+                pts.append((a["method"], a["sparsity"]["mean"], m, sd, sd))
+        return pts
+    for r in rows:
+        v = r.get(metric)
+        if isinstance(v, (int, float)):
+            lo, hi = r.get("ci95", {}).get(metric, (v, v))
+            pts.append((r["method"], r["sparsity"], v, v - lo, hi - v))
+    return pts
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str,
+                    aggregate: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    dense = next((r for r in rows if r["method"] == "dense"), None)
-    for method, color in (("hydra", "tab:blue"), ("lwm", "tab:orange")):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
-        if not pts:
-            continue
-        xs = [100 * r["sparsity"] for r in pts]
-        ax.plot(xs, [100 * r["benign_acc"] for r in pts], "--o", color=color, label=f"{method} benign")
-        ax.plot(xs, [100 * r.get(robust_metric, 0.0) for r in pts], "-s", color=color, label=f"{method} {robust_metric}")
-    if dense is not None:
-        ax.axhline(100 * dense["benign_acc"], color="grey", ls="--", lw=1, label="dense benign")
-        ax.axhline(100 * dense.get(robust_metric, 0.0), color="grey", ls="-", lw=1, label=f"dense {robust_metric}")
+    for metric, style in (("benign_acc", "--o"), (robust_metric, "-s")):
+        pts = _plot_points(rows, aggregate, metric)
+        for method, color in (("hydra", "tab:blue"), ("lwm", "tab:orange")):
+            mine = sorted((p for p in pts if p[0] == method), key=lambda p: p[1])
+            if mine:
+                ax.errorbar([100 * p[1] for p in mine], [100 * p[2] for p in mine],
+                            yerr=[[100 * p[3] for p in mine], [100 * p[4] for p in mine]], fmt=style,
+                            color=color, capsize=3, label=f"{method} {metric}")
+        dense = [p for p in pts if p[0] == "dense"]
+        if dense:
+            ax.axhline(100 * dense[0][2], color="grey", ls=style[:-1] or "-", lw=1, label=f"dense {metric}")
+    ax.set_title("error bars: " + ("std over seeds" if aggregate else "95% Clopper-Pearson"), fontsize=8)
     ax.set_xlabel("sparsity (% of conv/linear weights pruned)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -96,6 +192,8 @@ def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
     # MixTrain's training bound L_sym is the CROWN-IBP bound: its headline is that bound at test time.
     preferred = {"smoothing": "certified_acc", "crown_ibp": "verified_acc_crown_ibp", "mixtrain": "verified_acc_crown_ibp"}
     want = preferred.get(spec.objective.type)
+    if want is None and rows and "robust_acc" in rows[0]:
+        return "robust_acc"  # the per-example worst case over every attack run
     if want:
         keys = [key for key in (rows[0] if rows else {}) if key.startswith(want)]
         if want == "certified_acc":  # at radius 0 it is only clean accuracy: headline the first r > 0
@@ -115,11 +213,15 @@ def write_reports(
     cb: RunCallbacks,
     record_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    rows = comparison_rows(results)
+    multi = spec.seeds is not None
+    rows = comparison_rows(results, multi)
     procedures: dict[str, str] = {}
+    samples: dict[str, Any] = {}
     for r in results.values():
         procedures.update(r.get("procedures", {}))
+        samples.update(r.get("samples", {}))
     robust = robust_metric_of(spec, rows)
+    aggregate = aggregate_rows(rows, list(procedures)) if multi else None
     report = {
         "format": REPORT_FORMAT,
         "name": spec.name,
@@ -130,11 +232,15 @@ def write_reports(
         "device": device,
         "headline_robust_metric": robust,
         "comparison": rows,
+        "seeds": [r["seed"] for r in rows if r["method"] == "dense"] if multi else None,
+        "aggregate": aggregate,
+        "interval_method": INTERVAL_METHOD,
+        "samples": samples,
         "procedures": procedures,
         "variants": results,
         "spec": record_spec if record_spec is not None else spec.model_dump(mode="json"),
     }
-    plot_comparison(rows, out / "comparison.png", robust)
+    plot_comparison(rows, out / "comparison.png", robust, aggregate)
     (out / "report.md").write_text(render_markdown(report))
     artifacts = {}
     for name in ("comparison.png", "report.md", "spec.json"):

@@ -26,7 +26,7 @@ from core import checkpoint as ckpt
 from core.bounds import check_supported
 from core.callbacks import RunCallbacks
 from core.data import build_datasets, train_loader
-from core.errors import CoreError, RunCanceled
+from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.evaluate import attack_settings, evaluate_variant, sparsity_from_export, validate
 from core.masked import (
     convert_to_masked,
@@ -47,34 +47,57 @@ DENSE = "dense"
 @dataclass(frozen=True)
 class Step:
     kind: str  # "pretrain" | "prune" | "finetune" | "evaluate"
-    variant: str  # "dense" or e.g. "hydra_k0.01"
+    variant: str  # "dense" or e.g. "hydra_k0.01" (with "_s<seed>" in a multi-seed job)
     method: str | None = None
     k: float = 1.0
+    seed: int = 0  # the training seed of this network
+    seed_start: bool = False  # the first step of its seed in a multi-seed job: reseed, fresh network
 
     @property
     def trains(self) -> bool:
         return self.kind in ("pretrain", "prune", "finetune")
 
 
-def variant_name(method: str, k: float) -> str:
-    return f"{method}_k{k:g}"
+def variant_name(method: str, k: float, seed: int | None = None) -> str:
+    """``hydra_k0.01``; in a multi-seed job ``hydra_k0.01_s3`` (``base_variant`` strips the seed)."""
+    return f"{method}_k{k:g}" + ("" if seed is None else f"_s{seed}")
+
+
+def base_variant(name: str, seed: int | None) -> str:
+    suffix = f"_s{seed}"
+    return name[: -len(suffix)] if seed is not None and name.endswith(suffix) else name
+
+
+def job_seeds(spec: JobSpec) -> list[int]:
+    """The training seeds of a job: ``seeds`` when given, else ``[seed]``."""
+    return list(spec.seeds) if spec.seeds else [spec.seed]
 
 
 def plan_steps(spec: JobSpec) -> list[Step]:
-    """The ordered steps of a run. Stages the spec leaves out (``null`` or 0 epochs) are skipped."""
+    """The ordered steps of a run. Stages the spec leaves out (``null`` or 0 epochs) are skipped.
+
+    A multi-seed job (``seeds``) repeats the whole plan once per seed, seed after seed, each from its
+    own freshly initialised (or freshly loaded) network; names carry ``_s<seed>``."""
     st = spec.stages
     steps: list[Step] = []
-    if st.pretrain is not None and st.pretrain.epochs > 0:
-        steps.append(Step("pretrain", DENSE))
-    steps.append(Step("evaluate", DENSE))
-    for method in spec.pruning.methods:
-        for k in spec.pruning.k:
-            name = variant_name(method, k)
-            if method == "hydra" and st.prune is not None and st.prune.epochs > 0:
-                steps.append(Step("prune", name, method, k))
-            if st.finetune is not None and st.finetune.epochs > 0:
-                steps.append(Step("finetune", name, method, k))
-            steps.append(Step("evaluate", name, method, k))
+    multi = spec.seeds is not None
+    for seed in job_seeds(spec):
+        tag = seed if multi else None
+        first = len(steps)
+        dense = DENSE if not multi else f"{DENSE}_s{seed}"
+        if st.pretrain is not None and st.pretrain.epochs > 0:
+            steps.append(Step("pretrain", dense, seed=seed))
+        steps.append(Step("evaluate", dense, seed=seed))
+        for method in spec.pruning.methods:
+            for k in spec.pruning.k:
+                name = variant_name(method, k, tag)
+                if method == "hydra" and st.prune is not None and st.prune.epochs > 0:
+                    steps.append(Step("prune", name, method, k, seed))
+                if st.finetune is not None and st.finetune.epochs > 0:
+                    steps.append(Step("finetune", name, method, k, seed))
+                steps.append(Step("evaluate", name, method, k, seed))
+        if multi:
+            steps[first] = Step(**{**steps[first].__dict__, "seed_start": True})
     return steps
 
 
@@ -95,8 +118,11 @@ def lr_at(stage: StageSpec, iteration: int, total: int) -> float:
     t = (iteration - warm) / max(1, total - warm)
     if stage.schedule == "cosine":
         return stage.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-    if stage.schedule == "step":  # /10 at 50% and 75% of training, as in the reference's step schedule
-        return stage.lr * (0.1 ** (int(t >= 0.5) + int(t >= 0.75)))
+    if stage.schedule == "step":
+        # lr/10 from 75% and lr/100 from 90% of the (post-warmup) training, the reference's step
+        # schedule (utils/schedules.py) as written. Its if/elif chain tests ">= 0.75" first, so its
+        # ">= 0.9" branch is unreachable and it actually stays at lr/10 to the end; we do the /100 it names.
+        return stage.lr * (0.1 ** (int(t >= 0.75) + int(t >= 0.9)))
     return stage.lr
 
 
@@ -124,6 +150,26 @@ def _resume_key(spec: JobSpec) -> dict[str, Any]:
     return key
 
 
+def _differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two ``_resume_key`` dicts differ (``stages.prune.lr``, ``pruning.k``); a
+    key only one side has counts as differing. Lists are compared whole (``pruning.k``), except lists
+    of mappings of equal length, which recurse by index (``evaluation.x.0.y``)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                out.append(path)
+            else:
+                out.extend(_differing_fields(saved[key], current[key], path))
+        return out
+    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
+            and all(isinstance(v, dict) for v in saved + current)):
+        return [p for i, (a, b) in enumerate(zip(saved, current))
+                for p in _differing_fields(a, b, f"{prefix}.{i}" if prefix else str(i))]
+    return [] if saved == current else [prefix or "spec"]
+
+
 class _Runner:
     def __init__(
         self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, record: dict[str, Any]
@@ -136,8 +182,9 @@ class _Runner:
         self.steps = plan_steps(spec)
         self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed)
         # Seed before the network is built: its initial weights are part of what a seed repeats.
-        torch.manual_seed(spec.seed)
-        random.seed(spec.seed)
+        first_seed = job_seeds(spec)[0]
+        torch.manual_seed(first_seed)
+        random.seed(first_seed)
         self.model = build_network(spec, self.info).to(self.device)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if objectives & set(BOUND_OBJECTIVES):  # refuse now, naming the layer, not hours into the job
@@ -189,8 +236,9 @@ class _Runner:
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved_spec = JobSpec.model_validate_json(state["spec"])
-        if _resume_key(saved_spec) != _resume_key(self.spec):
-            raise CoreError("resume_mismatch", "spec", "the checkpoint was written by a different spec")
+        differing = _differing_fields(_resume_key(saved_spec), _resume_key(self.spec))
+        if differing:
+            raise ResumeMismatch(differing)
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
         self.done_iters = int(state["done_iters"])
         self.model.load_state_dict(state["model"])
@@ -206,6 +254,8 @@ class _Runner:
         for index in range(start_step, len(self.steps)):
             step = self.steps[index]
             first_epoch = start_epoch if index == start_step else 0
+            if step.seed_start and first_epoch == 0:
+                self._start_seed(step.seed)
             if step.trains:
                 self._train(index, step, first_epoch)
             else:
@@ -214,6 +264,17 @@ class _Runner:
             self.optimizer = None
             self._save()
         return self._finish()
+
+    def _start_seed(self, seed: int) -> None:
+        """A multi-seed job's next seed: reseed, rebuild the network (fresh initialisation, or the
+        uploaded starting weights again), and forget the previous seed's pretrained network."""
+        torch.manual_seed(seed)
+        random.seed(seed)
+        self.model = build_network(self.spec, self.info).to(self.device)
+        if self.spec.model.checkpoint:
+            ckpt.load_weights(self.spec.model.checkpoint, self.model, self.spec.model.checkpoint_format)
+        has_pretrain = any(s.kind == "pretrain" for s in self.steps)
+        self.pretrained = None if has_pretrain else self._dense_state()
 
     def _enter_variant(self, step: Step) -> None:
         """Start a variant from the shared pretrained network with its mask (scaled score init)."""
@@ -228,6 +289,8 @@ class _Runner:
         stage = self._stage(step)
         if first_epoch == 0 and step.kind != "pretrain" and not self._continues_variant(index, step):
             self._enter_variant(step)
+        if step.kind == "pretrain":
+            self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
         self.optimizer = make_optimizer(self.model, stage)
         if first_epoch > 0 and self._resume_optimizer is not None:
@@ -256,7 +319,7 @@ class _Runner:
         assert opt is not None
         model.train()
         ds_spec = self.spec.dataset
-        loader = train_loader(self.train_ds, ds_spec.batch_size, self.spec.seed, epoch, ds_spec.num_workers)
+        loader = train_loader(self.train_ds, ds_spec.batch_size, step.seed, epoch, ds_spec.num_workers)
         refresh = step.kind == "prune"
         loss_sum, correct, seen = 0.0, 0, 0
         n_batches = len(loader)
@@ -288,7 +351,7 @@ class _Runner:
         return {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "lr": opt.param_groups[0]["lr"]}
 
     def _evaluate(self, index: int, step: Step) -> None:
-        if step.variant == DENSE:
+        if step.method is None:  # the dense network
             if self.pretrained is None:  # pretraining just finished
                 self.pretrained = self._dense_state()
             self.model.load_state_dict(self.pretrained)
@@ -296,14 +359,28 @@ class _Runner:
             self._enter_variant(step)
         set_stage(self.model, "eval")
         self.model.eval()
-        result = evaluate_variant(self.model, self.test_ds, self.spec, self.device)
-        result.update({"method": step.method or "dense", "k": step.k})
-        result["artifacts"] = self._export(step)
-        if "compressed" in result["artifacts"]:
+        artifacts = self._export(step)
+        # Attack what the user downloads: the exported network rebuilt from its file with plain layers
+        # (no masks, no cached products), not the in-memory training model.
+        network = self._exported_network(artifacts)
+        result = evaluate_variant(network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result["evaluated"] = ("the exported network, reloaded from " + artifacts["compressed"]["name"]
+                               if "compressed" in artifacts else "the in-memory network (no compressed export)")
+        result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
+        result["artifacts"] = artifacts
+        if "compressed" in artifacts:
             names = [name for name, _ in masked_layers(self.model)]
-            result["sparsity"] = sparsity_from_export(self.out / result["artifacts"]["compressed"]["name"], names)
+            result["sparsity"] = sparsity_from_export(self.out / artifacts["compressed"]["name"], names)
         self.results[step.variant] = result
         self.cb.on_event("evaluation_finished", {"variant": step.variant, "metrics": result["metrics"]})
+
+    def _exported_network(self, artifacts: dict[str, Any]) -> nn.Module:
+        from core.export import load_compressed_model
+
+        if "compressed" not in artifacts:
+            return self.model
+        network = load_compressed_model(self.out / artifacts["compressed"]["name"]).to(self.device)
+        return network.eval()
 
     def _export(self, step: Step) -> dict[str, Any]:
         from core.export import export_compressed, export_dense
@@ -314,6 +391,7 @@ class _Runner:
             "variant": step.variant,
             "method": step.method or "dense",
             "k": step.k,
+            "seed": step.seed,
         }
         out: dict[str, Any] = {}
         for fmt in self.spec.export.formats:

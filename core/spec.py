@@ -50,12 +50,12 @@ class DatasetSpec(StrictModel):
     data_dir: str = "data"
     download: bool = False
     path: str | None = Field(None, description="npz file or image-folder root (or an uploaded dataset id).")
-    num_classes: int | None = Field(None, ge=2, description="Declared classes for npz/imagefolder.")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="Declared classes for npz/imagefolder.")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     batch_size: int = Field(128, ge=1, le=4096)
     test_batch_size: int = Field(256, ge=1, le=8192)
-    max_train_samples: int | None = Field(None, ge=1)
-    max_test_samples: int | None = Field(None, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, le=100_000_000)
+    max_test_samples: int | None = Field(None, ge=1, le=100_000_000)
     augment: bool = False
     num_workers: int = Field(0, ge=0, le=64)
 
@@ -76,15 +76,50 @@ class NaturalObjective(StrictModel):
     type: Literal["natural"] = "natural"
 
 
+# The ball an attack objective trains on when the spec names only the norm: (eps, step size).
+# l_inf: the reference's CIFAR setting, 8/255 with step 2/255 (METHOD.md). Read as an l_2 radius, 8/255
+# is a tiny ball (the l_inf ball of 8/255 reaches l_2 distance 8/255 * sqrt(3072) = 1.74 on a 3x32x32
+# image): no robustness to speak of. So l_2 takes the common CIFAR-10 l_2 threat model, eps 0.5 (RobustBench's l_2 track; Rice et al.
+# 2020), with step 0.125 = 2.5 * eps / 10 (Madry et al.'s 2.5·eps/steps rule for the default 10 steps;
+# the same ratio eps/4 as 2/255 to 8/255).
+NORM_DEFAULTS: dict[str, tuple[float, float]] = {"linf": (EPS_8_255, STEP_2_255), "l2": (0.5, 0.125)}
+
+
+def norm_defaults(norm: str) -> dict[str, float]:
+    """The default ``eps`` and ``step_size`` of an attack in ``norm`` (see ``NORM_DEFAULTS``)."""
+    eps, step = NORM_DEFAULTS[norm]
+    return {"eps": eps, "step_size": step}
+
+
 class PGDObjective(StrictModel):
-    """Madry et al.: cross-entropy on PGD adversarial examples."""
+    """Madry et al.: cross-entropy on PGD adversarial examples.
+
+    ``eps`` and ``step_size`` left out (or null) take the default of ``norm``, each on its own: l_inf
+    8/255 and 2/255, l_2 0.5 and 0.125 (``NORM_DEFAULTS``). A validated objective always holds numbers.
+    """
 
     type: Literal["pgd"] = "pgd"
     norm: Norm = "linf"
-    eps: float = Field(EPS_8_255, gt=0)
-    step_size: float = Field(STEP_2_255, gt=0)
+    eps: float | None = Field(
+        None, gt=0, description="Radius of the ball; null = the norm's default (linf 8/255, l2 0.5).")
+    step_size: float | None = Field(
+        None, gt=0, description="PGD step; null = the norm's default (linf 2/255, l2 0.125).")
     steps: int = Field(10, ge=1, le=1000)
     random_start: bool = True
+
+    @model_validator(mode="after")
+    def _norm_defaults(self) -> "PGDObjective":
+        # Refilled on every validation (also when ``norm`` is reassigned) unless the user set the value;
+        # object.__setattr__ because a validated assignment here would re-enter this validator.
+        for name, value in norm_defaults(self.norm).items():
+            if getattr(self, name) is None or name not in self.model_fields_set:
+                object.__setattr__(self, name, value)
+        return self
+
+    @classmethod
+    def defaults_by_norm(cls) -> dict[str, dict[str, Any]]:
+        """The full defaults for each norm, as the catalogues show them (``eps``/``step_size`` differ)."""
+        return {norm: cls(norm=norm).model_dump(mode="json") for norm in NORM_DEFAULTS}
 
 
 class TradesObjective(PGDObjective):
@@ -109,11 +144,11 @@ class MixTrainObjective(StrictModel):
     type: Literal["mixtrain"] = "mixtrain"
     eps: float = Field(0.007, gt=0)
     sample_prob: float = Field(0.8, ge=0, le=1)
-    subset_size: int = Field(5, ge=1)
-    ramp_epochs: int = Field(15, ge=0)
+    subset_size: int = Field(5, ge=1, le=10_000)
+    ramp_epochs: int = Field(15, ge=0, le=10_000)
     lambda_init: float = Field(0.1, ge=0)
     lambda_growth: float = Field(2.5, ge=1)
-    lambda_every: int = Field(5, ge=1)
+    lambda_every: int = Field(5, ge=1, le=10_000)
     lambda_max: float = Field(50.0, ge=0)
 
 
@@ -122,7 +157,7 @@ class CrownIBPObjective(StrictModel):
 
     type: Literal["crown_ibp"] = "crown_ibp"
     eps: float = Field(0.007, gt=0)
-    ramp_epochs: int = Field(120, ge=0)
+    ramp_epochs: int = Field(120, ge=0, le=10_000)
     kappa: float = Field(0.0, ge=0, le=1)
 
 
@@ -150,6 +185,7 @@ class PruningSpec(StrictModel):
     k: list[float] = Field(
         default_factory=lambda: [0.01],
         min_length=1,
+        max_length=100,
         description="Fractions of weights kept per layer (99% pruning is k = 0.01).",
     )
     score_init: Literal["scaled", "kaiming_normal", "kaiming_uniform"] = "scaled"
@@ -180,7 +216,7 @@ class StageSpec(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "constant", "step"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=10_000)
     objective: Objective | None = Field(None, description="Overrides the job's objective for this stage.")
 
 
@@ -197,16 +233,30 @@ class EvaluationSpec(StrictModel):
     pgd_step_size: float | None = Field(None, gt=0, description="Defaults to the objective's step size.")
     eps: float | None = Field(None, gt=0, description="Defaults to the objective's eps.")
     norm: Norm | None = None
-    val_pgd_steps: int = Field(10, ge=1, description="PGD steps of the per-epoch validation.")
-    val_max_samples: int | None = Field(512, ge=1, description="Samples of the per-epoch validation.")
-    max_samples: int | None = Field(None, ge=1, description="Test samples for the final evaluation.")
-    autoattack: bool = False
+    val_pgd_steps: int = Field(10, ge=1, le=10_000, description="PGD steps of the per-epoch validation.")
+    val_max_samples: int | None = Field(512, ge=1, le=100_000_000, description="Samples of the per-epoch validation.")
+    max_samples: int | None = Field(
+        None, ge=1, le=100_000_000, description="Test samples for the final benign and PGD evaluation (a seeded, "
+        "class-stratified sample; null = the whole test split).")
+    autoattack: bool = Field(
+        True, description="Also run AutoAttack (the reference pyautoattack code, standard version) in the "
+        "final evaluation; the headline robust_acc is the per-example worst case over PGD and every attack.")
+    autoattack_max_samples: int | None = Field(
+        1000, ge=1, le=1_000_000, description="Test samples attacked by PGD + AutoAttack for the headline "
+        "robust accuracy (a class-stratified sample nested in the max_samples one; null = all).")
+    autoattack_version: Literal["standard"] = "standard"
+    sample_seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Seed of the class-stratified evaluation samples (default: the "
+        "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.")
     # certification (randomized smoothing, bounds)
-    smoothing_n0: int = Field(100, ge=1)
-    smoothing_n: int = Field(10_000, ge=1)
+    smoothing_n0: int = Field(100, ge=1, le=10_000_000)
+    smoothing_n: int = Field(10_000, ge=1, le=10_000_000)
     smoothing_alpha: float = Field(0.001, gt=0, lt=0.5)
     smoothing_radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    certify_max_samples: int | None = Field(500, ge=1)
+    certify_max_samples: int | None = Field(
+        500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample).")
+    smoothing_batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
+    bound_batch_size: int = Field(64, ge=1, le=100_000, description="Samples per batch of the IBP/CROWN bounds.")
     bounds: list[Literal["ibp", "crown_ibp"]] = Field(default_factory=lambda: ["ibp", "crown_ibp"])
 
 
@@ -217,6 +267,9 @@ class ExportSpec(StrictModel):
 class JobSpec(StrictModel):
     name: str | None = Field(None, max_length=200)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, min_length=1, max_length=20, description="Repeat every network (pretraining included) once per "
+        "seed; the report gives each seed's numbers and their mean and standard deviation. Overrides seed.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)

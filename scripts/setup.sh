@@ -10,3 +10,17 @@ fi
 # pip, not uv/poetry: pip takes torch from the local wheel cache where one exists.
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e ".[test]"
+
+# --with-browser (scripts/test.sh passes it): headless Chromium and its driver for the dashboard's
+# browser test (tests/ui/), from Debian's packages: a browser downloaded by a tool (Playwright,
+# Selenium Manager) cannot work offline. Best effort: without them that test skips, saying why.
+if [ "${1:-}" = "--with-browser" ] && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1; then
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver; } \
+      >/dev/null 2>&1 || echo "setup: could not install chromium + chromium-driver; the browser test will skip" >&2
+  else
+    echo "setup: no apt-get; install Chromium and chromedriver for the browser test (it skips without them)" >&2
+  fi
+fi

@@ -2,7 +2,7 @@
 # The README's test command: install everything, make sure Postgres/Redis run, run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --with-browser
 bash scripts/services.sh
 export PYTHONHASHSEED=0
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -54,6 +54,26 @@ def migrate(
     typer.echo(f"database at {revision}")
 
 
+def _ready_db():  # type: ignore[no-untyped-def]
+    """The settings, with their database migrated to the latest schema first: a key command in a
+    fresh data directory must not fail on ``no such table`` (nor leave an empty database behind).
+    Migrating is idempotent, the same revisions ``migrate`` and ``serve`` apply."""
+    from service.embedded import migrate as migrate_db
+
+    settings = _settings()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    migrate_db(settings)
+    return settings
+
+
+@app.command("data-dir")
+def data_dir() -> None:
+    """Print the data directory (HYDRA_DATA_DIR) and where the database, broker and objects live."""
+    s = _settings()
+    typer.echo(s.data_dir)
+    typer.echo(f"database={s.database_url} broker={s.broker_url} objects={s.storage_dir} work={s.work_dir}", err=True)
+
+
 @app.command("create-key")
 def create_key(
     tenant: Annotated[str, typer.Option("--tenant", help="Tenant name (created if new).")],
@@ -63,7 +83,7 @@ def create_key(
     from service.db import keys
     from service.db.session import session_scope
 
-    with session_scope(_settings()) as session:
+    with session_scope(_ready_db()) as session:
         key, token = keys.create_api_key(session, tenant, name)
         prefix = key.prefix
     typer.echo(token)
@@ -76,7 +96,7 @@ def revoke_key(prefix: Annotated[str, typer.Argument(help="The key's 8-character
     from service.db import keys
     from service.db.session import session_scope
 
-    with session_scope(_settings()) as session:
+    with session_scope(_ready_db()) as session:
         count = keys.revoke_keys(session, prefix)
     if count == 0:
         typer.echo(f"no live key with prefix {prefix!r}", err=True)
@@ -90,7 +110,7 @@ def list_keys(tenant: Annotated[str | None, typer.Option("--tenant")] = None) ->
     from service.db import keys
     from service.db.session import session_scope
 
-    with session_scope(_settings()) as session:
+    with session_scope(_ready_db()) as session:
         for key, tenant_name in keys.list_api_keys(session, tenant):
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
             typer.echo(f"{key.prefix}\t{tenant_name}\t{key.name or '-'}\t{key.created_at.isoformat()}\t{revoked}")
@@ -106,7 +126,8 @@ def serve(
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a Celery worker beside the API.")] = True,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Run the embedded service: API + worker + reaper, SQLite and a local object folder under var/."""
+    """Run the embedded service: API + worker + reaper; SQLite and a local object folder in the data
+    directory (HYDRA_DATA_DIR, default ~/.local/share/hydra-compress; see `hydra-service data-dir`)."""
     from service.embedded import serve as run_embedded
 
     run_embedded(host, port, with_worker=worker, log_level=log_level)

@@ -7,12 +7,14 @@
   SIGTERM in the same process that runs it;
 - the reaper (``worker.reaper``) in a thread, every 15 s.
 
-State lives under ``var/`` (the settings' defaults): a SQLite database migrated on start, a local
-object folder and Celery's SQLAlchemy/SQLite broker. The same code runs in production with Postgres,
+State lives in the data directory (``HYDRA_DATA_DIR``, by default ``~/.local/share/hydra-compress``;
+``service.settings``), wherever the command is started from: a SQLite database migrated on start, a
+local object folder, Celery's SQLAlchemy/SQLite broker, the worker's scratch space and log. The worker
+subprocess is handed the resolved paths explicitly. The same code runs in production with Postgres,
 Redis and S3; only the settings change.
 
 The first start creates the tenant ``local`` with an admin API key. Only the key's hash is stored in
-the database; the plaintext is written to ``var/admin.key`` (mode 0600) so the demo and the owner of
+the database; the plaintext is written to ``<data dir>/admin.key`` (mode 0600) so the demo and the owner of
 the machine can read it, and reused on later starts while it still authenticates.
 
 Ctrl-C (or SIGTERM) stops the API, then sends SIGTERM to the worker, which checkpoints the running job,
@@ -41,13 +43,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def var_dir(settings: Settings) -> Path:
-    """The folder of the embedded state: where the SQLite database lives (``var/`` by default)."""
-    from sqlalchemy.engine import make_url
+    """The folder of the embedded state (admin key, worker log): the settings' data directory."""
+    return Path(settings.data_dir)
 
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database).resolve().parent
-    return Path("var").resolve()
+
+def state_env(settings: Settings) -> dict[str, str]:
+    """The ``HYDRA_*`` variables that make a child process use exactly these settings' state."""
+    return {
+        "HYDRA_DATA_DIR": settings.data_dir,
+        "HYDRA_DATABASE_URL": settings.database_url,
+        "HYDRA_BROKER_URL": settings.broker_url,
+        "HYDRA_STORAGE_DIR": settings.storage_dir,
+        "HYDRA_WORK_DIR": settings.work_dir,
+        "HYDRA_QUEUE_NAME": settings.queue_name,
+    }
 
 
 def migrate(settings: Settings) -> None:
@@ -108,7 +117,7 @@ def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> 
         "--pool", "solo", "-Q", settings.queue_name, "-n", f"{name}@%h", "--loglevel", "INFO",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **state_env(settings), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                             preexec_fn=_term_with_parent)
     return WorkerHandle(proc, log_file, log_path)  # type: ignore[arg-type]

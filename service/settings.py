@@ -5,6 +5,12 @@ broker) so that one command on one machine works with nothing installed. ``env=p
 conveniences into errors: a production deployment that silently fell back to SQLite or to a local
 folder would lose jobs and artifacts the moment a second machine joined, so we refuse to start.
 
+The embedded default keeps all its state, database, broker, object store and worker scratch space,
+under one **data directory** that does not depend on the current directory: ``HYDRA_DATA_DIR``,
+by default ``$XDG_DATA_HOME/hydra-compress`` (``~/.local/share/hydra-compress``). ``serve``,
+``create-key``, ``demo`` and the worker all find it the same way; each of ``HYDRA_DATABASE_URL``,
+``HYDRA_BROKER_URL``, ``HYDRA_STORAGE_DIR`` and ``HYDRA_WORK_DIR`` still overrides its own part.
+
 Everything else gets its settings injected: ``get_settings()`` is cached and used through
 ``Depends(get_settings)`` in the API, so tests swap it with ``dependency_overrides`` instead of
 patching globals. The model is frozen (hashable), which lets builders of engines and stores cache
@@ -12,13 +18,31 @@ one instance per distinct settings object.
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
+APP_NAME = "hydra-compress"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory of the embedded default (XDG base directories)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / APP_NAME
+
+
+# Settings whose embedded default lives under the data directory, and where.
+_UNDER_DATA_DIR = {
+    "database_url": lambda root: f"sqlite:///{root / 'hydra.db'}",
+    "broker_url": lambda root: f"sqla+sqlite:///{root / 'broker.db'}",
+    "storage_dir": lambda root: str(root / "objects"),
+    "work_dir": lambda root: str(root / "work"),
+}
 
 
 class Settings(BaseSettings):
@@ -28,8 +52,14 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "prod"] = "dev"
 
+    # --- the embedded default's state (absolute once validated)
+    data_dir: str = Field(
+        "", description="Where the embedded default keeps its database, broker, objects and work files "
+        "(default: $XDG_DATA_HOME/hydra-compress, i.e. ~/.local/share/hydra-compress).",
+    )
+
     # --- database
-    database_url: str = "sqlite:///var/hydra.db"
+    database_url: str = "sqlite:///<data_dir>/hydra.db"
     db_pool_size: int = Field(10, ge=1, description="Connections kept open per process (not SQLite).")
     db_max_overflow: int = Field(20, ge=0)
     db_pool_pre_ping: bool = Field(
@@ -39,7 +69,7 @@ class Settings(BaseSettings):
     )
 
     # --- queue
-    broker_url: str = "sqla+sqlite:///var/broker.db"
+    broker_url: str = "sqla+sqlite:///<data_dir>/broker.db"
     result_backend: str | None = None
     queue_name: str = "gpu"
     task_expires_seconds: int | None = Field(
@@ -53,7 +83,7 @@ class Settings(BaseSettings):
 
     # --- object storage
     storage_backend: Literal["local", "s3"] = "local"
-    storage_dir: str = "var/objects"
+    storage_dir: str = "<data_dir>/objects"
     s3_endpoint_url: str | None = None
     s3_bucket: str | None = None
     s3_access_key: str | None = None
@@ -61,7 +91,7 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
 
     # --- worker
-    work_dir: str = "var/work"
+    work_dir: str = "<data_dir>/work"
     lease_seconds: int = Field(120, ge=5)
     max_attempts: int = Field(3, ge=1)
     progress_min_interval_s: float = Field(1.0, ge=0)
@@ -69,6 +99,9 @@ class Settings(BaseSettings):
     # --- API limits
     max_upload_bytes: int = Field(200 * MB, ge=1)
     max_spec_bytes: int = Field(1 * MB, ge=1)
+    max_dataset_bytes: int = Field(
+        1024 * MB, ge=1, description="Largest size an uploaded .npz may unpack to (checked from its headers)."
+    )
     rate_limit_per_minute: int = Field(600, ge=0, description="Requests per API key per minute; 0 disables.")
     rate_limit_backend: Literal["memory", "redis"] = Field(
         "memory", description="memory: per API process; redis (needs a redis:// broker): shared by all processes."
@@ -79,6 +112,28 @@ class Settings(BaseSettings):
         description="How long an API process trusts a key it has verified; a revoked key stops working "
         "within this time. 0 checks the database on every request.",
     )
+
+    # --- logs
+    log_json: bool = Field(
+        False,
+        description="One JSON object per log line (API and worker), with job_id, attempt and tenant "
+        "(service/logs.py). Off: plain text lines. API keys are scrubbed from the logs either way.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_data_dir(cls, values: Any) -> Any:
+        """Resolve the data directory (absolute, so no later ``chdir`` moves it) and put every embedded
+        default that was not set explicitly under it."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        root = Path(str(values.get("data_dir") or default_data_dir())).expanduser().resolve()
+        values["data_dir"] = str(root)
+        for name, under in _UNDER_DATA_DIR.items():
+            if values.get(name) in (None, ""):
+                values[name] = under(root)
+        return values
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":

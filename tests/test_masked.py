@@ -307,3 +307,28 @@ def test_state_dict_round_trip_carries_mask_and_keep():
         assert torch.equal(a.mask, b.mask) and torch.equal(a.scores, b.scores)
         assert b.keep_fraction() == 0.25 and not b.is_dense()
         assert b.mask.dtype == b.weight.dtype and b.keep.dim() == 0
+
+
+def _reference_kept(n: int, k: float) -> int:
+    """inspire-group/hydra GetSubnet: ``j = int((1 - k) * n)`` smallest scores zeroed, float truncation."""
+    return n - int((1 - k) * n)
+
+
+@pytest.mark.parametrize(
+    "n, k, kept",
+    [(1000, 0.9, 900), (10, 0.9, 9), (1000, 0.7, 700), (1000, 0.05, 50), (1000, 0.01, 10), (100, 0.01, 1),
+     (7, 0.5, 4), (3, 0.01, 1), (1, 0.01, 1), (4608, 0.1, 461), (1000, 1.0, 1000)],
+)
+def test_kept_count_is_the_count_the_decimal_k_means(n, k, kept):
+    assert masked.kept_count(n, k) == kept
+    if (n, k) in ((1000, 0.9), (10, 0.9)):
+        # the reference truncates the binary product (1 - 0.9) * 1000 = 99.99999999999997: one more kept
+        assert _reference_kept(n, k) == kept + 1
+    else:
+        assert _reference_kept(n, k) == kept  # elsewhere both rules agree
+
+
+def test_a_layer_of_1000_weights_at_k_09_keeps_900():
+    layer = convert_to_masked(nn.Linear(100, 10))
+    set_keep_fraction(layer, 0.9)
+    assert int(layer.mask.sum()) == 900 and layer_sparsity(layer)[""]["nnz"] == 900

@@ -158,15 +158,19 @@ def test_interrupted_run_resumes_bit_for_bit(finished, tmp_path):
     assert resumed["comparison"] == report["comparison"]
 
 
-def test_resume_refuses_a_different_spec(finished, tmp_path):
+def test_resume_refuses_a_different_spec(tmp_path):
     from core.errors import CoreError
 
     with pytest.raises(RunCanceled):
         run_job(tiny(), tmp_path, Recorder(cancel_after=5))  # after the pretrain epoch's checkpoint
     assert (tmp_path / "checkpoint.pt").exists()
-    with pytest.raises(CoreError) as info:
-        run_job(tiny(seed=4), tmp_path, Recorder(), resume=True)
-    assert info.value.code == "resume_mismatch"
+    from core.errors import ResumeMismatch
+
+    with pytest.raises(ResumeMismatch) as info:
+        run_job(tiny(seed=4, stages={"finetune": {"epochs": 2, "lr": 0.02}}), tmp_path, Recorder(), resume=True)
+    assert isinstance(info.value, CoreError) and info.value.code == "resume_mismatch"
+    assert info.value.fields == ["seed", "stages.finetune.lr"]  # what differs, by the paths a user writes
+    assert "seed, stages.finetune.lr" in info.value.message
 
 
 def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monkeypatch, tmp_path):
@@ -187,3 +191,26 @@ def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monk
         run_job(load_spec(data), tmp_path, rec)
     assert err.value.code == "unsupported_layer" and "BatchNorm2d" in err.value.message
     assert rec.batches == 0 and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_step_schedule_divides_by_10_at_75_and_by_100_at_90_percent():
+    from core.run import lr_at
+    from core.spec import StageSpec
+
+    stage = StageSpec(epochs=100, lr=0.1, schedule="step")
+    lrs = {i: lr_at(stage, i, 1000) for i in (0, 499, 500, 749, 750, 899, 900, 999)}
+    assert lrs == pytest.approx({0: 0.1, 499: 0.1, 500: 0.1, 749: 0.1, 750: 0.01, 899: 0.01, 900: 0.001, 999: 0.001})
+    warm = StageSpec(epochs=10, lr=0.1, schedule="step", warmup_epochs=2)  # 100 iterations an epoch
+    assert lr_at(warm, 99, 1000) == pytest.approx(0.05)  # warmup, then 75%/90% of the remaining 800
+    assert lr_at(warm, 799, 1000) == pytest.approx(0.1) and lr_at(warm, 800, 1000) == pytest.approx(0.01)
+    assert lr_at(warm, 919, 1000) == pytest.approx(0.01) and lr_at(warm, 920, 1000) == pytest.approx(0.001)
+
+
+def test_resume_mismatch_lists_nested_differences():
+    saved = {"seed": 1, "stages": {"prune": {"lr": 0.1, "epochs": 2}, "finetune": None}, "pruning": {"k": [0.1]},
+             "evaluation": {"a": 1}}
+    current = {"seed": 1, "stages": {"prune": {"lr": 0.2, "epochs": 2}, "finetune": {"lr": 0.01}},
+               "pruning": {"k": [0.1, 0.05]}, "evaluation": {"a": 1, "b": 2}}
+    assert run_mod._differing_fields(saved, current) == [
+        "evaluation.b", "pruning.k", "stages.finetune", "stages.prune.lr"]
+    assert run_mod._differing_fields(saved, saved) == []

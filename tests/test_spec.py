@@ -55,3 +55,32 @@ def test_spec_file_round_trip(tmp_path):
     with pytest.raises(CoreError) as info:
         load_spec(bad)
     assert info.value.code == "spec_unparsable"
+
+
+@pytest.mark.parametrize("kind", ["pgd", "trades"])
+def test_an_l2_attack_objective_takes_the_l2_defaults(kind):
+    obj = load_spec({"objective": {"type": kind, "norm": "l2"}}).objective
+    assert (obj.eps, obj.step_size) == (0.5, 0.125)  # not the l_inf 8/255, 2/255
+    obj = load_spec({"objective": {"type": kind, "norm": "l2", "eps": 1.0}}).objective
+    assert (obj.eps, obj.step_size) == (1.0, 0.125)  # each value defaults on its own
+    obj = load_spec({"objective": {"type": kind, "norm": "l2", "eps": None, "step_size": 0.2}}).objective
+    assert (obj.eps, obj.step_size) == (0.5, 0.2)
+    obj = load_spec({"objective": {"type": kind}}).objective
+    assert (obj.eps, obj.step_size) == pytest.approx((8 / 255, 2 / 255))
+
+
+def test_norm_defaults_survive_a_round_trip_and_follow_a_changed_norm():
+    spec = load_spec({"objective": {"type": "trades", "norm": "l2"}})
+    again = load_spec(spec.model_dump(mode="json"))
+    assert again == spec and again.objective.eps == 0.5
+    spec.objective.norm = "linf"  # defaults follow the norm; values the user set do not move
+    assert spec.objective.eps == pytest.approx(8 / 255)
+    stage = load_spec({"stages": {"finetune": {"epochs": 1, "lr": 0.1, "objective": {"type": "pgd", "norm": "l2"}}}})
+    assert stage.stages.finetune.objective.eps == 0.5
+
+
+def test_evaluation_attacks_the_l2_ball_of_an_l2_objective():
+    from core.evaluate import attack_settings
+
+    ball = attack_settings(load_spec({"objective": {"type": "pgd", "norm": "l2"}}))
+    assert (ball["norm"], ball["eps"], ball["step_size"]) == ("l2", 0.5, 0.125)

@@ -86,3 +86,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery()
+
+# Log lines with the job, attempt and tenant of each, JSON with HYDRA_LOG_JSON (service/logs.py).
+from service.logs import connect_celery_signals  # noqa: E402
+
+connect_celery_signals(get_settings().log_json)

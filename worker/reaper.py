@@ -8,6 +8,11 @@ Two things can leave a job stuck, and the broker can fix neither reliably (ARCHI
   worker that then died, a broker restart, an expired message): ``list_unsent_queued`` finds queued
   jobs never sent for ``unsent_after_s`` and jobs sent longer ago than the message expiry.
 
+A third case the broker hides: Redis restarted without persistence (or failed over) has forgotten
+every message it held, so queued jobs that *were* sent wait for nothing. Redis's ``run_id`` changes
+with every start; when a sweep sees a different one than the sweep before, it re-sends every queued
+job at once (with persistence the messages survived, and the duplicates are refused at the claim).
+
 Sending again is always safe: only one ``claim_job`` can win. The sweep runs as a Celery beat entry
 (``hydra.reap`` every 15 s on the ``maintenance`` queue), in a thread of the embedded launcher
 (``start_reaper_thread``), or on its own: ``python -m worker.reaper``. Several reapers at once are
@@ -29,14 +34,48 @@ from worker.dispatch import send_job
 log = logging.getLogger(__name__)
 
 UNSENT_AFTER_S = 60.0
+_BROKER_RUN_IDS: dict[str, str] = {}  # broker URL -> the run id this process saw last
+
+
+def broker_run_id(app: Celery) -> str | None:
+    """The identity of the running broker process (Redis ``run_id``, new at every start); ``None``
+    for brokers without one (the SQL transport keeps its messages in the database)."""
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return str(client.info("server").get("run_id"))
+    finally:
+        client.close()
+
+
+def broker_restarted(app: Celery) -> bool:
+    """Whether the broker is another process than at this process's previous sweep."""
+    try:
+        current = broker_run_id(app)
+    except Exception:  # noqa: BLE001 - broker down: the next sweep looks again
+        return False
+    if current is None:
+        return False
+    url = str(app.conf.broker_url)
+    previous = _BROKER_RUN_IDS.get(url)
+    _BROKER_RUN_IDS[url] = current
+    return previous is not None and previous != current
 
 
 def sweep(settings: Settings, app: Celery, unsent_after_s: float = UNSENT_AFTER_S) -> dict[str, list[str]]:
     """One pass: requeue stale leases and (re-)send queued jobs that have no live message."""
+    restarted = broker_restarted(app)
     with session_scope(settings) as session:
         requeued = db_jobs.requeue_stale_jobs(session)
         # a message older than its expiry was dropped unread; a little slack for clock skew
         resend_after = settings.task_expires_seconds + 60 if settings.task_expires_seconds else None
+        if restarted:  # whatever the broker held may be gone: every queued job gets a message again
+            resend_after, unsent_after_s = 0.0, 0.0
+            log.warning("reaper: the broker restarted (new run id); re-sending every queued job")
         unsent = db_jobs.list_unsent_queued(session, unsent_after_s, resend_after_s=resend_after)
     to_send = list(dict.fromkeys([*requeued, *unsent]))
     sent: list[str] = []

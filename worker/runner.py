@@ -30,10 +30,11 @@ from typing import Any
 from celery import Celery
 
 from core.callbacks import RunCallbacks
-from core.errors import CoreError, RunCanceled
+from core.errors import CoreError, ResumeMismatch, RunCanceled
 from service.db import jobs as db_jobs
 from service.db import uploads as db_uploads
 from service.db.session import session_scope
+from service.logs import job_context as job_log_context
 from service.settings import Settings
 from service.storage import ObjectStore, build_store
 from worker.dispatch import release_job, send_job
@@ -250,13 +251,11 @@ class JobAttempt:
         record = load_spec(spec_dict).model_dump(mode="json")
         try:
             return run_job(spec, self.run_dir, self.callbacks, resume=True, record_spec=record)
-        except CoreError as err:
-            if err.code != "resume_mismatch":
-                raise
+        except ResumeMismatch as err:
             # The stored checkpoint was written under a spec that validates differently now (the
             # service was upgraded mid-job and a default changed): not resumable, so start over
             # rather than fail. Local input paths never cause this: the resume check ignores them.
-            self._event("checkpoint_discarded", {"reason": err.message})
+            self._event("checkpoint_discarded", {"reason": err.message, "fields": err.fields})
             (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
             return run_job(spec, self.run_dir, self.callbacks, resume=False, record_spec=record)
 
@@ -342,7 +341,20 @@ def run_attempt(settings: Settings, job_id: str, app: Celery | None = None, stor
         log.info("job %s not claimed (status %s, attempt %s): duplicate or stale message", job_id, status,
                  job.attempt if job is not None else "-")
         return "not_claimed"
-    log.info("job %s: attempt %s claimed by %s", job_id, attempt, owner)
-    lease = Lease(settings, job_id, owner, attempt)
-    with lease:
-        return JobAttempt(settings, lease, store or build_store(settings), app).run(dict(job.spec), job.tenant_id)
+    with job_log_context(job_id=job_id, attempt=attempt, tenant=_tenant_name(settings, job.tenant_id)):
+        log.info("job %s: attempt %s claimed by %s", job_id, attempt, owner)
+        lease = Lease(settings, job_id, owner, attempt)
+        with lease:
+            return JobAttempt(settings, lease, store or build_store(settings), app).run(dict(job.spec), job.tenant_id)
+
+
+def _tenant_name(settings: Settings, tenant_id: int) -> str:
+    """For the log lines of the attempt (service/logs.py): the tenant's name, else its id."""
+    from service.db.base import Tenant
+
+    try:
+        with session_scope(settings) as session:
+            tenant = session.get(Tenant, tenant_id)
+            return tenant.name if tenant is not None else str(tenant_id)
+    except Exception:  # noqa: BLE001 - a log field must never stop a job
+        return str(tenant_id)

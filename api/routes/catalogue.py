@@ -64,4 +64,7 @@ def objectives(_principal: CurrentPrincipal) -> dict[str, Any]:
         }
         for name, cls in OBJECTIVE_TYPES.items()
     }
+    for name, cls in OBJECTIVE_TYPES.items():  # pgd, trades: eps and step_size depend on the norm
+        if hasattr(cls, "defaults_by_norm"):
+            items[name]["defaults_by_norm"] = cls.defaults_by_norm()
     return _entries(items)

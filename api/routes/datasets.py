@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 
 from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, ErrorCode
 from api.schemas import ERROR_RESPONSES as ERRORS
 from api.schemas import DatasetPublic, DatasetsPublic
-from api.uploading import receive_upload
+from api.uploading import inspect_npz, receive_upload
+from api.validation import ID_PATTERN, MAX_CLASSES, MAX_OFFSET, NO_NUL_PATTERN
 from core.errors import CoreError
 from service.db import uploads
 from service.db.base import Dataset, new_id
@@ -42,12 +43,13 @@ def upload_dataset(
     settings: SettingsDep,
     store: StoreDep,
     file: Annotated[UploadFile, File(description="A .npz with 'images' and 'labels' (see the catalogue).")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
-    num_classes: Annotated[int | None, Form(ge=2)] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL_PATTERN)] = None,
+    num_classes: Annotated[int | None, Form(ge=2, le=MAX_CLASSES)] = None,
 ) -> Dataset:
     """Upload an .npz dataset; it is loaded and checked before it is accepted."""
     with receive_upload(file, settings, suffix=".npz") as received:
         try:
+            inspect_npz(received.path, settings.max_dataset_bytes)  # before numpy allocates anything
             info = validate_npz(str(received.path), num_classes)
         except CoreError as err:
             field = _FORM_FIELD.get(err.field or "", "file")
@@ -74,7 +76,7 @@ def list_datasets(
     principal: CurrentPrincipal,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """List your uploaded datasets."""
     rows, count = uploads.list_datasets(session, principal.tenant_id, limit, offset)
@@ -82,7 +84,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=ERRORS)
-def get_dataset(dataset_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> Dataset:
+def get_dataset(dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep) -> Dataset:
     """One uploaded dataset."""
     row = uploads.get_dataset(session, principal.tenant_id, dataset_id)
     if row is None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +28,16 @@ from api.deps import (
     get_app_settings,
 )
 from api.errors import ApiError, ErrorCode
+from api.validation import (
+    ARTIFACT_NAME_PATTERN,
+    ID_PATTERN,
+    MAX_EVENT_ID,
+    MAX_OFFSET,
+    check_device,
+    check_json_types,
+    check_model_kwargs,
+    check_storable,
+)
 from api.schemas import (
     ERROR_RESPONSES as ERRORS,
     ArtifactsPublic,
@@ -50,6 +60,8 @@ DATASET_REF = "dataset:"
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 DEFAULT_DATA_DIR = "data"
+
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id (as returned by POST /v1/jobs).")]
 
 
 # ----------------------------------------------------------------------------- submission checks
@@ -127,8 +139,37 @@ def _check_bounds_supported(spec: JobSpec) -> None:
     check_supported(model)  # CoreError("unsupported_layer", "model.arch", ...) -> 422
 
 
+def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
+    """One dry forward of the network on a zero input of the dataset's shape (core/preflight.py):
+    refuse now (422, ``incompatible_architecture`` on ``model.arch``) an architecture whose channels,
+    input size or classes do not fit the data. An uploaded dataset's shape and classes are the ones
+    recorded when it was checked on upload."""
+    from core.preflight import preflight  # lazy: torch stays out of the import of the API
+
+    known = None
+    path = spec.dataset.path
+    if path is not None and path.startswith(DATASET_REF):
+        row = uploads.get_dataset(session, tenant_id, path[len(DATASET_REF):])
+        known = {"input_shape": row.input_shape, "num_classes": row.num_classes} if row is not None else {}
+    preflight(spec, known)  # CoreError -> 422; with ``known`` given no file on the API's disk is opened
+
+
+async def _raw_json(request: Request) -> Any:
+    """The request body as JSON (FastAPI has read and cached the bytes already)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 # ----------------------------------------------------------------------------- routes
-@router.post("", status_code=201, response_model=JobDetail, responses=ERRORS)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobDetail,
+    responses={**ERRORS, 200: {"model": JobDetail, "description": "Idempotency-Key replay: the job the first "
+                               "request with this key created (header Idempotent-Replayed: true)."}},
+)
 def submit_job(
     spec: JobSpec,
     principal: CurrentPrincipal,
@@ -136,12 +177,18 @@ def submit_job(
     settings: SettingsDep,
     queue: QueueDep,
     response: Response,
+    raw_body: Annotated[Any, Depends(_raw_json)],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
 ) -> Job:
     """Submit a job spec; it is queued and its id returned at once (Idempotency-Key makes retries safe)."""
+    spec.model.kwargs = check_model_kwargs(spec.model.kwargs)  # bounded, integral numbers as ints
     spec_dict = spec.model_dump(mode="json")
+    check_json_types(raw_body, spec_dict)  # no lax conversions across JSON types (true -> 1.0, "3" -> 3)
+    check_storable(spec_dict, "")  # NUL, NaN, Infinity: refused here, not by the database driver
+    check_device(spec.device)
     _check_references(session, principal.tenant_id, spec)
     _check_bounds_supported(spec)
+    _preflight(session, principal.tenant_id, spec)
     job, created = jobs.create_job(session, principal.tenant_id, spec_dict, idempotency_key, settings.max_attempts)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -165,7 +212,7 @@ def list_jobs(
     session: ReadSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """List your jobs, newest first."""
     rows, count = jobs.list_jobs(session, principal.tenant_id, status.value if status else None, limit, offset)
@@ -185,7 +232,7 @@ def _job_view_sync(settings: Settings, tenant_id: int, job_id: str) -> dict[str,
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses=ERRORS)
-async def get_job(job_id: str, principal: CurrentPrincipal, request: Request) -> Response:
+async def get_job(job_id: JobId, principal: CurrentPrincipal, request: Request) -> Response:
     """A job's status, stage, progress, latest metrics and timestamps."""
     # The endpoint every client polls: async all the way on Postgres (service/db/aio.py), with no
     # dependencies beyond authentication (each would be resolved on every poll).
@@ -203,7 +250,7 @@ async def get_job(job_id: str, principal: CurrentPrincipal, request: Request) ->
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail, responses=ERRORS)
-def cancel_job(job_id: str, principal: CurrentPrincipal, session: SessionDep) -> Job:
+def cancel_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) -> Job:
     """Cancel a job: a queued one at once, a running one at its next batch (its checkpoint stays)."""
     job = jobs.request_cancel(session, principal.tenant_id, job_id)
     if job is None:
@@ -255,15 +302,18 @@ async def _event_stream(settings: Settings, job_id: str, after: int) -> AsyncIte
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 def job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     principal: CurrentPrincipal,
     session: ReadSessionDep,
     settings: SettingsDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
     stream: bool = False,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, le=MAX_EVENT_ID, description="SSE reconnect: the last event id received."),
+    ] = None,
 ) -> Any:
     """A job's event history (JSON), or a live Server-Sent-Events stream (Accept: text/event-stream)."""
     _job_or_404(session, principal.tenant_id, job_id)
@@ -279,7 +329,7 @@ def job_events(
 
 
 @router.get("/{job_id}/report", responses=ERRORS)
-def job_report(job_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
+def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
     """The machine-readable report of a succeeded job (409 until then)."""
     job = _job_or_404(session, principal.tenant_id, job_id)
     if job.status != JobStatus.SUCCEEDED.value:
@@ -288,7 +338,7 @@ def job_report(job_id: str, principal: CurrentPrincipal, session: ReadSessionDep
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=ERRORS)
-def list_artifacts(job_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
+def list_artifacts(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
     """The files a job produced, with size and sha256."""
     _job_or_404(session, principal.tenant_id, job_id)
     rows = jobs.list_artifacts(session, job_id)
@@ -301,8 +351,8 @@ def list_artifacts(job_id: str, principal: CurrentPrincipal, session: ReadSessio
     responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}, 307: {"description": "Presigned URL"}},
 )
 def download_artifact(
-    job_id: str,
-    name: str,
+    job_id: JobId,
+    name: Annotated[str, Path(pattern=ARTIFACT_NAME_PATTERN)],
     principal: CurrentPrincipal,
     session: ReadSessionDep,
     store: StoreDep,

@@ -3,19 +3,23 @@
 Checking at the door (every tensor name and shape, no NaN/Inf, weights-only formats) means a job that
 names ``model:<id>`` cannot fail hours later on a bad file, and the bytes we keep are known-good.
 Pickled code never runs: safetensors or ``torch.load(weights_only=True)`` only, in ``core.checkpoint``.
+The network is built on the ``meta`` device for the check (shapes and dtypes, no memory), so a request
+naming a huge architecture costs nothing; the format is the one the bytes show, and a file named
+``.safetensors`` must be one. Nothing is stored (object or row) unless every check passed.
 """
 from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 
 from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, ErrorCode
 from api.schemas import ERROR_RESPONSES as ERRORS
 from api.schemas import ModelPublic, ModelsPublic
 from api.uploading import receive_upload
+from api.validation import ID_PATTERN, MAX_OFFSET, NO_NUL_PATTERN, check_model_kwargs, check_storable
 from core.errors import CoreError
 from service.db import uploads
 from service.db.base import UploadedModel, new_id
@@ -31,9 +35,10 @@ _FORM_FIELD = {
 }
 
 
-def _upload_error(err: CoreError) -> ApiError:
-    code = ErrorCode.INVALID_UPLOAD
-    return ApiError(code, err.message, _FORM_FIELD.get(err.field or "", err.field or "file"))
+def _upload_error(err: CoreError, temp_name: str = "", shown_name: str | None = None) -> ApiError:
+    """422 ``invalid_upload`` naming the form field, and the file as the user called it (not our temp name)."""
+    message = err.message.replace(temp_name, repr(shown_name) if shown_name else "the file") if temp_name else err.message
+    return ApiError(ErrorCode.INVALID_UPLOAD, message, _FORM_FIELD.get(err.field or "", err.field or "file"))
 
 
 def _parse_kwargs(text: str) -> dict[str, Any]:
@@ -43,7 +48,27 @@ def _parse_kwargs(text: str) -> dict[str, Any]:
         raise ApiError(ErrorCode.VALIDATION_ERROR, f"kwargs is not valid JSON: {exc.msg}", "kwargs") from exc
     if not isinstance(value, dict):
         raise ApiError(ErrorCode.VALIDATION_ERROR, "kwargs must be a JSON object", "kwargs")
-    return value
+    check_storable(value, "kwargs")
+    return check_model_kwargs(value, "kwargs")
+
+
+def _build_for_check(arch: str, arch_kwargs: dict[str, Any]) -> Any:
+    """The declared network on the ``meta`` device (no memory, no init), or on the CPU if a builder
+    cannot run there."""
+    import torch
+
+    from core.models import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(arch, **arch_kwargs)
+    except CoreError:
+        raise
+    except TypeError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder the meta device cannot run
+        with torch.random.fork_rng(devices=[]):
+            return create_model(arch, **arch_kwargs)
 
 
 @router.post("", status_code=201, response_model=ModelPublic, responses=ERRORS)
@@ -54,25 +79,29 @@ def upload_model(
     store: StoreDep,
     file: Annotated[UploadFile, File(description="safetensors, or a weights-only torch state dict")],
     arch: Annotated[str, Form(description="Architecture name from GET /v1/catalogue/architectures.")],
-    kwargs: Annotated[str, Form(description="JSON object of architecture arguments.")] = "{}",
+    kwargs: Annotated[str, Form(description="JSON object of architecture arguments (a JSON part).")] = "{}",
     checkpoint_format: Annotated[
         Literal["auto", "safetensors", "state_dict", "hydra"], Form(alias="format")
     ] = "auto",
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL_PATTERN)] = None,
 ) -> UploadedModel:
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
-    from core.checkpoint import load_weights  # lazy: torch stays out of the import of the API
-    from core.models import create_model, list_models
+    from core.checkpoint import check_weights, precheck_weights_file  # lazy: torch stays out of the API import
+    from core.models import list_models
 
     if arch not in list_models() and not arch.startswith("torchvision:"):
         raise ApiError(ErrorCode.VALIDATION_ERROR, f"unknown architecture {arch!r}", "arch")
+    declared = checkpoint_format
+    if declared == "auto" and (file.filename or "").lower().endswith(".safetensors"):
+        declared = "safetensors"  # a file that calls itself safetensors must be one (not a renamed pickle)
     with receive_upload(file, settings, suffix=".weights") as received:
         try:
-            model = create_model(arch, **arch_kwargs)
-            info = load_weights(received.path, model, checkpoint_format)
+            precheck_weights_file(received.path, declared)  # garbage is refused before any network is built
+            model = _build_for_check(arch, arch_kwargs)
+            _, info = check_weights(received.path, model, declared)
         except CoreError as err:
-            raise _upload_error(err) from err
+            raise _upload_error(err, received.path.name, file.filename) from err
         except TypeError as exc:
             raise ApiError(ErrorCode.VALIDATION_ERROR, f"bad architecture arguments: {exc}", "kwargs") from exc
         detected = str(info.get("format", checkpoint_format))
@@ -99,7 +128,7 @@ def list_models(
     principal: CurrentPrincipal,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """List your uploaded models."""
     rows, count = uploads.list_models(session, principal.tenant_id, limit, offset)
@@ -107,7 +136,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=ERRORS)
-def get_model(model_id: str, principal: CurrentPrincipal, session: ReadSessionDep) -> UploadedModel:
+def get_model(model_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep) -> UploadedModel:
     """One uploaded model."""
     row = uploads.get_model(session, principal.tenant_id, model_id)
     if row is None:

@@ -1,6 +1,7 @@
-"""The embedded default as a user starts it: ``hydra-service serve`` in an empty folder (SQLite,
-local object folder, the SQLite-backed Celery broker, a solo worker and the reaper), a tiny job over
-HTTP, and a clean stop on Ctrl-C."""
+"""The embedded default as a user starts it: ``hydra-service serve`` (SQLite, local object folder, the
+SQLite-backed Celery broker, a solo worker and the reaper, all in the data directory), a tiny job over
+HTTP, and a clean stop on Ctrl-C. Started from one folder, with its state in another: nothing lands
+in the current directory."""
 from __future__ import annotations
 
 import os
@@ -34,13 +35,16 @@ def _alive(pid: int) -> bool:
 
 def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}  # the embedded defaults
+    data = tmp_path / "data"  # HYDRA_DATA_DIR; everything else: the embedded defaults
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")} | {"HYDRA_DATA_DIR": str(data)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=cwd,
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    key_path = tmp_path / "var" / "admin.key"
+    key_path = data / "admin.key"
     try:
         def up() -> bool:
             assert proc.poll() is None, log_path.read_text()
@@ -57,11 +61,12 @@ def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Pat
         job_id = client.post("/v1/jobs", json=tiny_spec()).raise_for_status().json()["id"]
         row = wait_for(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"] in
                        ("succeeded", "failed", "canceled") and r, 180, "the job", every=0.5)
-        assert row["status"] == "succeeded", (row, (tmp_path / "var" / "worker.log").read_text()[-3000:])
+        assert row["status"] == "succeeded", (row, (data / "worker.log").read_text()[-3000:])
         names = {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
         assert "hydra_k0.1.compressed.safetensors" in names
-        assert (tmp_path / "var" / "hydra.db").is_file() and (tmp_path / "var" / "broker.db").is_file()
-        assert list((tmp_path / "var" / "objects" / "jobs" / job_id / "artifacts").iterdir())
+        assert (data / "hydra.db").is_file() and (data / "broker.db").is_file()
+        assert list((data / "objects" / "jobs" / job_id / "artifacts").iterdir())
+        assert not list(cwd.iterdir())  # the state does not depend on where serve was started
         workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(workers) == 1
     finally:

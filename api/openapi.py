@@ -1,0 +1,202 @@
+"""The service's OpenAPI document: FastAPI's, made to say exactly what the service accepts.
+
+FastAPI derives the schema from the route signatures and from ``core.spec.JobSpec``. Three things it
+cannot know, and which this module writes in (each has its twin check in the code, so "valid in the
+schema" means "accepted" and "invalid" means "refused with a 4xx"; tests/service/test_fuzz.py holds
+both sides to it with schemathesis):
+
+- **Transport**: a header, query parameter or multipart field cannot carry JSON ``null``; an absent
+  one is the default. ``anyOf [X, null]`` is therefore just ``X`` there.
+- **What the service accepts of a job spec** that the core's CLI accepts more widely: uploads are
+  named ``model:<id>`` / ``dataset:<id>`` (no paths), the data folder is the service's, image folders
+  are refused, architectures are the catalogue's, the arguments of an architecture are bounded.
+- **Rules pydantic states as validators** rather than field constraints: distinct ``pruning.k`` and
+  ``pruning.methods`` (``uniqueItems``), ``k`` in (0, 1], the device names, ``npz`` needs a path,
+  a job without pretraining needs a starting checkpoint, an objective names its ``type``.
+
+What no schema can say is documented per operation instead (``SEMANTIC_422``): whether a referenced
+upload exists, whether an uploaded file is what it claims to be, and whether an architecture fits its
+dataset. Those are answered 422 with one of the error codes listed there.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.validation import (
+    DATASET_REF_PATTERN,
+    DEVICE_PATTERN,
+    KWARGS_SCHEMA,
+    MODEL_REF_PATTERN,
+    NO_NUL_PATTERN,
+)
+
+# error_code values a schema-valid request can still get with a 422, per operation (documented in the
+# operation's description; the fuzz test accepts exactly these).
+SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
+    ("post", "/v1/jobs"): (
+        "invalid_reference", "incompatible_architecture", "invalid_model_kwargs", "invalid_normalization",
+        "unknown_architecture", "unsupported_layer",
+    ),
+    ("post", "/v1/models"): (
+        "invalid_upload", "invalid_model_kwargs", "invalid_normalization", "unknown_architecture",
+    ),
+    ("post", "/v1/datasets"): ("invalid_upload",),
+}
+_SEMANTIC_TEXT = {
+    "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "
+    "for other architecture arguments)",
+    "incompatible_architecture": "the architecture does not fit the dataset (channels, input size, classes)",
+    "invalid_model_kwargs": "an argument the chosen architecture does not take",
+    "invalid_normalization": "a normalization with a number of channels the architecture does not have",
+    "unknown_architecture": "an architecture that cannot be built",
+    "unsupported_layer": "a layer the certified objectives cannot bound (MixTrain, CROWN-IBP)",
+    "invalid_upload": "the file is not what it must be (the detail names the problem: format, a pickle, "
+    "a lying header, shapes, NaN/Inf, ...)",
+}
+
+
+def _strip_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf [X, {type: null}]`` -> ``X`` (keeping title, description and default)."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list):
+        return schema
+    rest = [o for o in options if o != {"type": "null"}]
+    if len(rest) != 1 or len(rest) == len(options):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "anyOf"}
+    if out.get("default", 0) is None:
+        del out["default"]
+    return {**copy.deepcopy(rest[0]), **out}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _architectures() -> list[str]:
+    from core.models import TORCHVISION_PREFIX, list_models  # lazy: torch
+
+    names = sorted(list_models())
+    try:
+        import torchvision
+
+        names += sorted(TORCHVISION_PREFIX + n for n in torchvision.models.list_models(module=torchvision.models))
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    return names
+
+
+def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None:
+    job = schemas["JobSpec"]
+    props = job["properties"]
+    props["name"] = _nullable({"type": "string", "maxLength": 200, "pattern": NO_NUL_PATTERN})
+    props["device"] = {**props["device"], "pattern": DEVICE_PATTERN}
+    # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network
+    job["anyOf"] = [
+        {"properties": {"stages": {"properties": {"pretrain": {"type": "object"}}}}},
+        {"required": ["model"], "properties": {"model": {"required": ["checkpoint"],
+                                                         "properties": {"checkpoint": {"type": "string"}}}}},
+    ]
+
+    model = schemas["ModelSpec"]["properties"]
+    model["arch"] = {**model["arch"], "enum": architectures}
+    model["kwargs"] = {**copy.deepcopy(KWARGS_SCHEMA), "title": "Kwargs"}
+    model["checkpoint"] = {
+        **_nullable({"type": "string", "pattern": MODEL_REF_PATTERN}),
+        "title": "Checkpoint",
+        "description": "Starting weights: an uploaded model, `model:<id>` (POST /v1/models).",
+    }
+
+    dataset = schemas["DatasetSpec"]
+    dprops = dataset["properties"]
+    names = [n for n in dprops["name"]["enum"] if n != "imagefolder"]  # a server-side folder: refused
+    dprops["name"] = {**dprops["name"], "enum": names}
+    dprops["data_dir"] = {**dprops["data_dir"], "enum": ["data"],
+                          "description": "Chosen by the service; only the default is accepted."}
+    dprops["path"] = {
+        **_nullable({"type": "string", "pattern": DATASET_REF_PATTERN}),
+        "title": "Path",
+        "description": "An uploaded dataset, `dataset:<id>` (POST /v1/datasets), with name `npz`.",
+    }
+    others = [n for n in names if n != "npz"]
+    dataset["anyOf"] = [
+        {"properties": {"name": {"enum": others}, "path": {"type": "null"}}},
+        {"required": ["name", "path"], "properties": {"name": {"enum": ["npz"]}, "path": {"type": "string"}}},
+    ]
+
+    # the objective union is discriminated by ``type``: pydantic needs the tag whenever an objective is given
+    for name in ("NaturalObjective", "PGDObjective", "TradesObjective", "SmoothingObjective", "MixTrainObjective",
+                 "CrownIBPObjective"):
+        if name in schemas:
+            required = schemas[name].setdefault("required", [])
+            if "type" not in required:
+                required.append("type")
+
+    pruning = schemas["PruningSpec"]["properties"]
+    pruning["methods"] = {**pruning["methods"], "uniqueItems": True}
+    pruning["k"] = {**pruning["k"], "uniqueItems": True,
+                    "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}
+
+
+def _tighten_uploads(schemas: dict[str, Any], architectures: list[str]) -> None:
+    for name, schema in schemas.items():
+        if not name.startswith("Body_upload_"):
+            continue
+        props = schema["properties"]
+        for key, prop in list(props.items()):
+            props[key] = _strip_null(prop)
+            if props[key].get("type") == "string" and key == "name":
+                props[key]["pattern"] = NO_NUL_PATTERN
+        if "file" in props:
+            props["file"]["minLength"] = 1
+        if "arch" in props:
+            props["arch"] = {**props["arch"], "enum": architectures}
+        if "kwargs" in props:  # sent as a JSON part (the route parses it): an object, like a job's
+            props["kwargs"] = {**copy.deepcopy(KWARGS_SCHEMA), "title": "Kwargs", "default": {}}
+
+
+def _document(paths: dict[str, Any]) -> None:
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                param["schema"] = _strip_null(param["schema"])
+            codes = SEMANTIC_422.get((method, path))
+            if codes:
+                lines = "\n".join(f"- `{c}`: {_SEMANTIC_TEXT[c]}" for c in codes)
+                op["description"] = (
+                    f"{op.get('description', '')}\n\nBesides schema violations (`validation_error`), a 422 "
+                    f"answers what no schema can check, with one of these `error_code`s:\n{lines}"
+                ).strip()
+            content = op.get("requestBody", {}).get("content", {})
+            multipart = content.get("multipart/form-data")
+            if multipart is not None:
+                multipart["encoding"] = {"kwargs": {"contentType": "application/json"}} if "models" in path else {}
+                if not multipart["encoding"]:
+                    del multipart["encoding"]
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document for ``app`` with the service's rules written in (cached on the app)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes,
+        openapi_version=app.openapi_version,
+    )
+    schemas = schema.get("components", {}).get("schemas", {})
+    architectures = _architectures()
+    if "JobSpec" in schemas:
+        _tighten_job_spec(schemas, architectures)
+    _tighten_uploads(schemas, architectures)
+    _document(schema.get("paths", {}))
+    app.openapi_schema = schema
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve ``build_openapi(app)`` at the app's ``openapi_url`` (and in /docs)."""
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

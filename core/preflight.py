@@ -1,0 +1,215 @@
+"""Refuse at submission a network that cannot run on its dataset: one dry forward, no data loaded.
+
+A job whose architecture does not fit its data (3-channel network on 1-channel digits, an MNIST-sized
+CNN on 32x32 images, 100 outputs for 10 classes) would otherwise fail after its data loaded — or, for
+channels, silently train on a grey image broadcast to three channels by the input normalisation. The
+API (``POST /v1/jobs``) and the CLI (``hydra-compress run``) call ``preflight(spec)`` before anything
+trains; it raises ``CoreError(code, field, detail)`` naming ``model.arch`` (or the ``model.kwargs``
+entry at fault).
+
+What the dataset looks like is known without loading it: the catalogue's static ``input_shape`` and
+``num_classes`` (``core.data.dataset_catalogue``) for mnist5k/mnist/cifar10/svhn; for an upload, what
+the service stored when it checked the file (passed in as ``dataset_info``); for a local ``.npz``, the
+header of its ``images`` array and its ``labels``. An image folder is only known once it loads (image
+sizes vary until resized), so its shape check is skipped and the reason returned.
+
+The forward runs on the ``meta`` device first (no memory, no weight init: milliseconds even for a
+ResNet-50); only if that raises is the network built for real on the CPU, batch 1 under ``no_grad``,
+so the refusal quotes PyTorch's own CPU message (not for networks above ``MAX_REAL_BUILD_PARAMS``:
+``model.kwargs`` can ask for an enormous one). Nothing is cached.
+"""
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.errors import CoreError
+from core.spec import JobSpec
+
+INCOMPATIBLE = "incompatible_architecture"
+SHAPE_ERROR = "shape_mismatch"
+_CATALOGUE_SHAPED = ("mnist5k", "mnist", "cifar10", "svhn")
+# Above this many parameters a refusal is worded from the meta device's message rather than confirmed
+# by building the network for real (WRN-28-10 has 36 M, ResNet-50 25.6 M).
+MAX_REAL_BUILD_PARAMS = 100_000_000
+
+
+def dataset_signature(
+    spec: JobSpec, dataset_info: Mapping[str, Any] | None = None
+) -> tuple[tuple[int, ...] | None, int | None, str | None]:
+    """``(input_shape (C, H, W), num_classes, why_unknown)`` of the spec's dataset, without loading it.
+
+    ``dataset_info`` (``input_shape``, ``num_classes``) is what a caller already knows, e.g. the
+    service's record of an uploaded ``.npz``; a ``num_classes`` the spec declares wins over it, as it
+    does when the worker loads the file. Given, no local file is opened (``dataset.path`` may name
+    an upload, not a file)."""
+    ds = spec.dataset
+    declared = ds.num_classes
+    if ds.name in _CATALOGUE_SHAPED:
+        from core.data import dataset_catalogue
+
+        entry = dataset_catalogue()[ds.name]
+        return tuple(entry["input_shape"]), int(entry["num_classes"]), None
+    if dataset_info is not None:  # the caller's knowledge replaces a look at local files
+        classes = declared or dataset_info.get("num_classes")
+        classes = int(classes) if classes else None
+        if dataset_info.get("input_shape"):
+            return tuple(int(s) for s in dataset_info["input_shape"]), classes, None
+        return None, classes, "the dataset's input shape was not recorded; it is checked when it loads"
+    if ds.name == "npz" and ds.path:
+        shape, classes = _npz_header(ds.path, declared)
+        if shape is not None:
+            return shape, classes, None
+        return None, declared, "the .npz 'images' header could not be read here; its shape is checked when it loads"
+    return None, declared, f"the image size of a {ds.name!r} dataset is known only once it loads"
+
+
+def _npz_header(path: str, declared: int | None) -> tuple[tuple[int, ...] | None, int | None]:
+    """The (C, H, W) of a local .npz's ``images`` from the array header alone, and its classes (the
+    declared count, else the largest label + 1: labels are small). Channel rule as ``core.data``:
+    3 dims = one channel; 4 dims = channels first if axis 1 is 1 or 3, else last if axis 3 is. Any
+    problem gives ``(None, None)``: the loader reports a broken file properly, with its field."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape = np.lib.format.read_array_header_1_0(member)[0]
+            elif version == (2, 0):
+                shape = np.lib.format.read_array_header_2_0(member)[0]
+            else:
+                return None, None
+        if len(shape) == 3:
+            chw: tuple[int, ...] | None = (1, int(shape[1]), int(shape[2]))
+        elif len(shape) == 4 and shape[1] in (1, 3):
+            chw = tuple(int(s) for s in shape[1:])
+        elif len(shape) == 4 and shape[3] in (1, 3):
+            chw = (int(shape[3]), int(shape[1]), int(shape[2]))
+        else:
+            return None, None
+        classes = declared
+        if classes is None:
+            with np.load(path, allow_pickle=False) as npz:
+                labels = npz["labels"]
+                classes = int(labels.max()) + 1 if labels.size else None
+        return chw, classes
+    except Exception:  # noqa: BLE001 - unreadable here means "unknown", never a refusal
+        return None, None
+
+
+def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> str | None:
+    """Refuse an architecture that cannot take the dataset's inputs or gives the wrong number of
+    outputs: build it with the dataset's ``num_classes`` (unless ``model.kwargs`` sets one) and run one
+    forward on a zero batch of the dataset's input shape.
+
+    Returns ``None`` when everything was checked, else the reason the shape check was skipped.
+    Raises ``CoreError``: ``incompatible_architecture`` on ``model.arch`` (or ``model.kwargs.<name>``),
+    or whatever ``create_model`` raises for bad architecture arguments (``model.kwargs``)."""
+    from core.models import create_model
+
+    shape, num_classes, skipped = dataset_signature(spec, dataset_info)
+    arch = spec.model.arch
+    kwargs = dict(spec.model.kwargs)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    try:
+        with torch.device("meta"):  # no memory, no init: only the shapes
+            model, device = create_model(arch, **kwargs), "meta"  # bad kwargs: CoreError on model.kwargs
+    except CoreError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder the meta device cannot run: build it for real
+        model, device = _build_cpu(arch, kwargs), "cpu"
+    if shape is None:
+        return skipped
+    where = f"dataset {spec.dataset.name!r} (inputs {_fmt(shape)}, {num_classes or '?'} classes)"
+    channels = _input_channels(model)
+    if channels is not None and channels != shape[0]:
+        field = "model.kwargs.in_channels" if "in_channels" in spec.model.kwargs else "model.arch"
+        hint = ("set model.kwargs.in_channels (with a normalization of as many channels)"
+                if not arch.startswith("torchvision:")
+                else "torchvision classifiers take 3 channels") + " or choose another architecture"
+        raise CoreError(INCOMPATIBLE, field,
+                        f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}")
+    try:
+        out = _forward(model, shape, device)
+    except Exception as meta_exc:  # noqa: BLE001 - confirm on the CPU, and quote its message
+        if device == "meta" and sum(p.numel() for p in model.parameters()) > MAX_REAL_BUILD_PARAMS:
+            # never allocate a giant network (model.kwargs can ask for one) just to word the refusal
+            raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
+                            f"{_first_line(meta_exc)}{_arch_hint(arch)}") from meta_exc
+        real = model if device == "cpu" else _build_cpu(arch, kwargs)
+        try:
+            out = _forward(real, shape, "cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure of the forward means the job cannot run
+            raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
+                            f"{_first_line(exc)}{_arch_hint(arch)}") from exc
+    if out.dim() != 2:
+        raise CoreError(INCOMPATIBLE, "model.arch",
+                        f"{arch} gives outputs of shape {tuple(out.shape)} on {where}, not (batch, classes)")
+    if num_classes is not None and out.shape[1] != num_classes:
+        field = "model.kwargs.num_classes" if "num_classes" in spec.model.kwargs else "model.arch"
+        raise CoreError(INCOMPATIBLE, field, f"{arch} gives {out.shape[1]} outputs but {where} needs {num_classes}")
+    return None
+
+
+def shape_error(exc: BaseException) -> CoreError | None:
+    """A PyTorch shape failure raised during a run as a ``CoreError`` (``shape_mismatch`` on
+    ``model.arch``) for a one-line report; ``None`` for anything else (a bug keeps its traceback)."""
+    if not isinstance(exc, (RuntimeError, ValueError, AssertionError)):
+        return None
+    text = str(exc)
+    markers = ("shapes cannot be multiplied", "size mismatch", "must match the size", "Output size is too small",
+               "Invalid channel dimensions", "to have", "channels, but got", "Wrong image", "Expected input",
+               "Expected more than 1 value per channel", "same reduction dim", "Given groups")
+    if not any(m in text for m in markers):
+        return None
+    return CoreError(SHAPE_ERROR, "model.arch", f"the network does not fit the data: {_first_line(exc)}")
+
+
+def _build_cpu(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    from core.models import create_model
+
+    with torch.random.fork_rng(devices=[]):  # building for real draws initial weights: leave the RNG be
+        try:
+            return create_model(arch, **kwargs)
+        except CoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a builder refusing its arguments is bad input, not a bug
+            raise CoreError("invalid_model_kwargs", "model.kwargs",
+                            f"{arch} cannot be built: {_first_line(exc)}") from exc
+
+
+def _forward(model: torch.nn.Module, shape: tuple[int, ...], device: str) -> torch.Tensor:
+    model.eval()  # BatchNorm in training mode refuses a batch of one
+    with torch.no_grad():
+        out = model(torch.zeros((1, *shape), device=device))
+    if not isinstance(out, torch.Tensor):
+        raise CoreError(INCOMPATIBLE, "model.arch", f"the network returns {type(out).__name__}, not a tensor of logits")
+    return out
+
+
+def _input_channels(model: torch.nn.Module) -> int | None:
+    """Channels the network expects: those of its input normalisation (one mean per channel)."""
+    normalize = getattr(model, "normalize", None)
+    mean = getattr(normalize, "mean", None)
+    return int(mean.numel()) if isinstance(mean, torch.Tensor) else None
+
+
+def _arch_hint(arch: str) -> str:
+    from core.models import list_models
+
+    entry = list_models().get(arch)
+    return f" ({arch} is built for inputs {_fmt(entry['input_shape'])})" if entry else ""
+
+
+def _fmt(shape: Any) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."

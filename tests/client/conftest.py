@@ -1,0 +1,27 @@
+"""Fixtures for the client tests: the real embedded service (``hydra-service serve`` in an empty
+folder: SQLite, local objects, SQL broker, a solo worker), with a second tenant's key."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from embedded_service import EmbeddedService  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedService]:
+    svc = EmbeddedService(tmp_path_factory.mktemp("client-service")).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def other_key(service: EmbeddedService) -> str:
+    return service.create_key("someone-else")
