@@ -21,13 +21,14 @@ so (``checks.possible_gradient_masking``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from core.attacks import pgd
+from core.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
 
 MASKING_MARGIN = 0.02
@@ -97,13 +98,15 @@ def clean_flags(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tens
 
 
 def pgd_flags(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, step_size: float, steps: int,
-              restarts: int, batch_size: int) -> Tensor:
-    """Per example: is the PGD example (CE, random start, worst of ``restarts``) classified correctly."""
+              restarts: int, batch_size: int, relu_tau: float | None = None) -> Tensor:
+    """Per example: is the PGD example (CE, random start, worst of ``restarts``) classified correctly.
+    With ``relu_tau`` the attack follows the smooth ReLU backward (``smooth_relu_backward``)."""
     out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        x_adv = pgd(model, xb, yb, norm=norm, eps=eps, step_size=step_size, steps=steps, restarts=restarts,
-                    random_start=True, loss="ce")
+        with smooth_relu_backward(model, relu_tau) if relu_tau else contextlib.nullcontext():
+            x_adv = pgd(model, xb, yb, norm=norm, eps=eps, step_size=step_size, steps=steps, restarts=restarts,
+                        random_start=True, loss="ce")
         with torch.no_grad():
             out[i:i + batch_size] = model(x_adv).argmax(1) == yb
     return out

@@ -12,6 +12,9 @@ library's, written to do no more work than the maths needs:
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +25,40 @@ from core.masked import shared_effective_weights
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "kl")
 TRADES_START_STD = 0.001
+
+
+class _SmoothBackwardReLU(torch.autograd.Function):
+    """ReLU forward; backward through ``sigmoid(x / tau)`` instead of the step ``1[x > 0]``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, tau: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.tau = tau
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x / ctx.tau), None
+
+
+@contextlib.contextmanager
+def smooth_relu_backward(model: nn.Module, tau: float = 0.1) -> Iterator[nn.Module]:
+    """Inside the block every ``nn.ReLU`` of ``model`` computes the same forward, but its backward
+    lets a little gradient through inactive units (``sigmoid(x / tau)``, a BPDA-style surrogate).
+
+    Why: in a very sparse network many ReLUs are off over the whole neighbourhood of an input except
+    near its corners, so the exact input gradient says nothing about the perturbations that switch
+    them on; PGD then stalls where a gradient-free search (Square) succeeds — gradient masking. The
+    network's outputs, and so what an attack's examples are scored on, are unchanged."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    for m in relus:
+        m.forward = (lambda x, _tau=tau: _SmoothBackwardReLU.apply(x, _tau))  # type: ignore[method-assign]
+    try:
+        yield model
+    finally:
+        for m in relus:
+            del m.forward  # back to the class's forward
 
 
 def _check(norm: str, loss: str, eps: float, step_size: float, steps: int, restarts: int) -> None:

@@ -153,6 +153,14 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
             f"start(s), cross-entropy, per-example worst case) {on}"))
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
+        if ev.pgd_smooth_relu:
+            flags_smooth = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
+                                     steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs, relu_tau=0.1)
+            tally.add_flags("pgd_smooth_acc", flags_smooth, (
+                f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/0.1), a "
+                f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"))
+            worst &= flags_smooth
+            robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
         if ev.autoattack:
             small = _sample_indices(test_ds, min(ev.autoattack_max_samples or full, len(big)), seed)
             pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
@@ -165,6 +173,8 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
                                                version=ev.autoattack_version)
             worst = worst[pos]
             per_attack = {"pgd": float(flags_pgd[pos].float().mean())}
+            if ev.pgd_smooth_relu:
+                per_attack["pgd_smooth"] = float(flags_smooth[pos].float().mean())
             aa_all = clean[pos].clone()
             for attack, f in aa.items():
                 key = AUTOATTACK_KEYS[attack]

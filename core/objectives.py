@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attacks import _check as _check_attack
-from core.attacks import pgd
+from core.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
 from core.masked import shared_effective_weights, refresh_masks
 
@@ -61,7 +61,8 @@ class _Attacked:
     """Shared attack settings of the adversarial objectives."""
 
     def __init__(self, *, norm: str = "linf", eps: float | None = None, step_size: float | None = None,
-                 steps: int = DEFAULT_STEPS, random_start: bool = True) -> None:
+                 steps: int = DEFAULT_STEPS, random_start: bool = True, relu_backward: str = "exact",
+                 relu_tau: float = 0.1) -> None:
         eps = (EPS_LINF if norm == "linf" else EPS_L2) if eps is None else float(eps)
         step_size = (STEP_LINF if norm == "linf" else STEP_L2) if step_size is None else float(step_size)
         try:
@@ -71,6 +72,18 @@ class _Attacked:
             raise CoreError(err.code, field, err.message) from None
         self.norm, self.eps, self.step_size, self.steps = norm, eps, step_size, int(steps)
         self.random_start = bool(random_start)
+        if relu_backward not in ("exact", "smooth"):
+            raise CoreError("invalid_relu_backward", "objective.relu_backward",
+                            f"relu_backward must be 'exact' or 'smooth', got {relu_backward!r}")
+        self.relu_backward, self.relu_tau = relu_backward, float(relu_tau)
+
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """The training attack, through the smooth ReLU backward when configured (see
+        ``core.attacks.smooth_relu_backward`` for why)."""
+        if self.relu_backward == "smooth":
+            with smooth_relu_backward(model, self.relu_tau):
+                return pgd(model, x, y, **self.attack_settings(), **kwargs)
+        return pgd(model, x, y, **self.attack_settings(), **kwargs)
 
     def attack_settings(self) -> dict[str, Any]:
         return {"norm": self.norm, "eps": self.eps, "step_size": self.step_size, "steps": self.steps,
@@ -88,14 +101,14 @@ class PGDObjective(_Attacked):
             model.eval()
             with torch.no_grad():
                 clean = model(x)  # train accuracy only; costs one no-grad forward
-            x_adv = pgd(model, x, y, loss="ce", **self.attack_settings())
+            x_adv = self.attack(model, x, y, loss="ce")
             model.train(was_training)
             loss = F.cross_entropy(model(x_adv), y)
         return loss, clean
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.name, "loss": "CE(f(x'), y), x' = PGD maximising CE (model in eval mode)",
-                "attack": self.attack_settings()}
+                "attack": {**self.attack_settings(), "relu_backward": self.relu_backward, "relu_tau": self.relu_tau}}
 
 
 class TradesObjective(_Attacked):
@@ -120,7 +133,7 @@ class TradesObjective(_Attacked):
             model.eval()
             with torch.no_grad():
                 target = model(x)
-            x_adv = pgd(model, x, loss="kl", target_logits=target, **self.attack_settings())
+            x_adv = self.attack(model, x, loss="kl", target_logits=target)
             model.train(was_training)
             logits = model(x)
             logits_adv = model(x_adv)
@@ -130,7 +143,7 @@ class TradesObjective(_Attacked):
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.name, "loss": "CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')), batch mean",
-                "beta": self.beta, "attack": {**self.attack_settings(), "start": "x + 0.001 N(0, 1)",
+                "beta": self.beta, "attack": {**self.attack_settings(), "relu_backward": self.relu_backward, "start": "x + 0.001 N(0, 1)",
                                               "maximises": "KL to the clean eval-mode prediction"}}
 
 
@@ -155,7 +168,8 @@ def _opt(cfg: Any, key: str, default: Any = None) -> Any:
 
 def _attack_kwargs(cfg: Any) -> dict[str, Any]:
     return {"norm": _opt(cfg, "norm", "linf"), "eps": _opt(cfg, "eps"), "step_size": _opt(cfg, "step_size"),
-            "steps": _opt(cfg, "steps", DEFAULT_STEPS), "random_start": _opt(cfg, "random_start", True)}
+            "steps": _opt(cfg, "steps", DEFAULT_STEPS), "random_start": _opt(cfg, "random_start", True),
+            "relu_backward": _opt(cfg, "relu_backward", "exact"), "relu_tau": _opt(cfg, "relu_tau", 0.1)}
 
 
 _BUILTIN: dict[str, Callable[[Any], Objective]] = {

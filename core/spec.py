@@ -106,6 +106,12 @@ class PGDObjective(StrictModel):
         None, gt=0, description="PGD step; null = the norm's default (linf 2/255, l2 0.125).")
     steps: int = Field(10, ge=1, le=1000)
     random_start: bool = True
+    relu_backward: Literal["exact", "smooth"] = Field(
+        "smooth", description="Gradient the training attack follows through ReLUs: 'smooth' (default) "
+        "backpropagates sigmoid(x/relu_tau) through every ReLU so the attack sees perturbations that switch "
+        "inactive units on (sparse networks otherwise learn to mask gradients); 'exact' is the plain gradient "
+        "of the reference code. The forward, and so the loss trained on, is the network's own.")
+    relu_tau: float = Field(0.1, gt=0, le=10, description="Temperature of the smooth ReLU backward.")
 
     @model_validator(mode="after")
     def _norm_defaults(self) -> "PGDObjective":
@@ -245,6 +251,9 @@ class EvaluationSpec(StrictModel):
         1000, ge=1, le=1_000_000, description="Test samples attacked by PGD + AutoAttack for the headline "
         "robust accuracy (a class-stratified sample nested in the max_samples one; null = all).")
     autoattack_version: Literal["standard"] = "standard"
+    pgd_smooth_relu: bool = Field(
+        True, description="Also run PGD through the smooth ReLU backward (a BPDA-style surrogate gradient "
+        "that sees past inactive ReLUs) and count it in the worst case.")
     sample_seed: int | None = Field(
         None, ge=0, le=2**31 - 1, description="Seed of the class-stratified evaluation samples (default: the "
         "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.")
