@@ -192,7 +192,7 @@ def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
     # MixTrain's training bound L_sym is the CROWN-IBP bound: its headline is that bound at test time.
     preferred = {"smoothing": "certified_acc", "crown_ibp": "verified_acc_crown_ibp", "mixtrain": "verified_acc_crown_ibp"}
     want = preferred.get(spec.objective.type)
-    if want is None and rows and "robust_acc" in rows[0]:
+    if want is None and any("robust_acc" in row for row in rows):
         return "robust_acc"  # the per-example worst case over every attack run
     if want:
         keys = [key for key in (rows[0] if rows else {}) if key.startswith(want)]
