@@ -158,38 +158,4 @@ def test_bad_settings_are_refused(kwargs, field):
     assert err.value.field == field
 
 
-@pytest.mark.parametrize("num_classes", [2, 10])  # 2: the suite without its DLR attacks; 10: standard
-def test_autoattack_finds_the_exact_robust_accuracy_of_a_linear_classifier(num_classes):
-    """Known answer: a linear classifier is l_inf-robust at x (box not binding) exactly when it is right
-    there and every margin z_y - z_j exceeds eps * ||w_y - w_j||_1; AutoAttack must find that fraction."""
-    pytest.importorskip("torchattacks")
-    from torch.utils.data import TensorDataset
-
-    from core.evaluate import _autoattack
-    from core.spec import load_spec
-
-    torch.manual_seed(1)
-    n = 48
-    model = nn.Sequential(nn.Flatten(), nn.Linear(20, num_classes)).eval()
-    x = 0.35 + 0.3 * torch.rand(n, 1, 4, 5)
-    with torch.no_grad():
-        z = model(x)
-    y = torch.where(torch.rand(n) < 0.8, z.argmax(1), torch.randint(0, num_classes, (n,)))
-    w = model[1].weight.detach()
-    margins = z.gather(1, y[:, None]) - z  # (n, K), 0 at y
-    dual = (w[y][:, None, :] - w[None]).abs().sum(2)  # ||w_y - w_j||_1
-    others = torch.arange(num_classes)[None] != y[:, None]
-    clean = ((margins > 0) | ~others).all(1).float().mean().item()
-    # the eps that splits the correctly classified points in half, well inside the [0, 1] box
-    ratio = torch.where(others, margins / dual, torch.inf).min(1).values
-    eps = float(ratio[ratio > 0].median())
-    assert eps < 0.35
-    exact = ((margins - eps * dual > 0) | ~others).all(1).float().mean().item()
-    assert 0 < exact < clean  # the attack has something to find
-    spec = load_spec({
-        "model": {"arch": "cnn_small_mnist"}, "dataset": {"name": "mnist5k", "test_batch_size": 16},
-        "objective": {"type": "pgd", "norm": "linf", "eps": eps}, "evaluation": {"autoattack": True},
-    })
-    acc, name = _autoattack(model, TensorDataset(x, y), spec, torch.device("cpu"), num_classes)
-    assert acc == pytest.approx(exact, abs=1.5 / n)  # one point may sit on the boundary (float32)
-    assert ("standard" in name) == (num_classes >= 4)
+# The AutoAttack known-answer tests (linear classifiers, exact worst case) are in test_attack_suite.py.
