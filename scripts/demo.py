@@ -88,14 +88,18 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     rows = report["comparison"]
     print()
-    print(f"{'network':16s} {'sparsity':>9s} {'benign %':>9s} {'PGD %':>8s} {'compressed bytes':>17s}")
+    print(f"{'network':16s} {'sparsity':>9s} {'benign %':>9s} {'PGD %':>8s} {'AutoAttack %':>13s} "
+          f"{'worst case %':>13s} {'compressed bytes':>17s}")
     for r in rows:
         size = r.get("compressed_bytes")
         print(f"{r['variant']:16s} {100 * r['sparsity']:8.2f}% {100 * r['benign_acc']:9.2f} "
-              f"{100 * r.get('pgd_acc', 0.0):8.2f} {size if size is not None else '-':>17}")
+              f"{100 * r.get('pgd_acc', 0.0):8.2f} {100 * r.get('autoattack_acc', float('nan')):13.2f} "
+              f"{100 * r.get('robust_acc', float('nan')):13.2f} {size if size is not None else '-':>17}")
     print()
-    print(f"benign: {report['procedures'].get('benign_acc')}")
-    print(f"PGD:    {report['procedures'].get('pgd_acc')}")
+    for key, label in (("benign_acc", "benign"), ("pgd_acc", "PGD"), ("autoattack_acc", "AutoAttack"),
+                       ("robust_acc", "worst case")):
+        if key in report["procedures"]:
+            print(f"{label + ':':12s}{report['procedures'][key]}")
     obj = report.get("objective", {})
     print(f"trained with {obj.get('type')} ({obj.get('norm')}, eps={obj.get('eps')}, step={obj.get('step_size')}, "
           f"{obj.get('steps')} steps)")

@@ -381,13 +381,13 @@ RESULTS: list[Outcome] = []
 
 
 def summary_table(results: list[Outcome]) -> str:
-    head = f"{'scenario':44s} {'tried':>5s} {'survived':>8s} {'lost':>4s} {'recovery':>9s}  note"
+    head = f"{'scenario':48s} {'tried':>5s} {'survived':>8s} {'lost':>4s} {'recovery':>9s}  note"
     lines = ["fault tests: jobs tried / survived / lost, and time to recovery", head, "-" * len(head)]
     for r in results:
         rec = f"{r.recovery_s:.1f}s" if r.recovery_s is not None else "-"
-        lines.append(f"{r.scenario:44s} {r.tried:5d} {r.survived:8d} {r.lost:4d} {rec:>9s}  {r.note}")
+        lines.append(f"{r.scenario:48s} {r.tried:5d} {r.survived:8d} {r.lost:4d} {rec:>9s}  {r.note}")
     total = Outcome("total", sum(r.tried for r in results), sum(r.survived for r in results),
                     sum(r.lost for r in results))
     lines.append("-" * len(head))
-    lines.append(f"{total.scenario:44s} {total.tried:5d} {total.survived:8d} {total.lost:4d}")
+    lines.append(f"{total.scenario:48s} {total.tried:5d} {total.survived:8d} {total.lost:4d}")
     return "\n".join(lines)

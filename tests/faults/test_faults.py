@@ -31,6 +31,11 @@ ARTIFACT = f"{VARIANT}.compressed.safetensors"
 SLOW_BATCH_S = 0.3
 
 
+def quick_spec(name: str) -> dict[str, Any]:
+    """The tiny spec with one pretraining epoch and nothing else to train: a job that only has to run."""
+    return tiny_spec(name=name, stages={"pretrain": {"epochs": 1, "lr": 0.05}, "prune": None, "finetune": None})
+
+
 # ----------------------------------------------------------------------------- helpers
 def _row(scenario: Any, job_id: str) -> dict[str, Any]:
     """The job row read from the database (works while the API is down)."""
@@ -164,11 +169,11 @@ def test_redis_restarted_mid_job_loses_no_job_and_runs_none_twice(make_stack: An
     _record(outcome)
 
     running = _submit(client, tiny_spec(name="redis-running", stages={"pretrain": {"epochs": 3, "lr": 0.05}}))
-    waiting = _submit(client, tiny_spec(name="redis-waiting"))  # its message waits in Redis behind the first
+    waiting = _submit(client, quick_spec("redis-waiting"))  # its message waits in Redis behind the first
     wait_for(lambda: len(_epochs(scenario, running)) >= 1, 240, "the first job to train an epoch")
     scenario.sweep()  # the reaper has seen this Redis
     scenario.redis.kill()
-    during = _submit(client, tiny_spec(name="redis-during-outage"))  # stored; the broker cannot take it
+    during = _submit(client, quick_spec("redis-during-outage"))  # stored; the broker cannot take it
     time.sleep(2)
     scenario.redis.start()
     back_at = time.monotonic()
@@ -209,15 +214,15 @@ def test_postgres_restarted_mid_job_loses_no_job_and_runs_none_twice(make_stack:
     down = client.get(f"/v1/jobs/{running}")
     assert down.status_code == 503, down.text  # not a 500: the client is told to retry
     assert set(down.json()) == {"error_code", "detail", "field"}
-    refused = client.post("/v1/jobs", json=tiny_spec(name="pg-during-outage"), headers={"Idempotency-Key": "pg-1"})
+    refused = client.post("/v1/jobs", json=quick_spec("pg-during-outage"), headers={"Idempotency-Key": "pg-1"})
     assert refused.status_code == 503, refused.text
     time.sleep(3)
     scenario.pg.start()
     back_at = time.monotonic()
     wait_for(lambda: client.get(f"/v1/jobs/{running}").status_code == 200, 60, "the API to read again")
     outcome.recovery_s = time.monotonic() - back_at
-    retried = _submit(client, tiny_spec(name="pg-during-outage"), key="pg-1")  # the client's retry
-    again = _submit(client, tiny_spec(name="pg-during-outage"), key="pg-1")
+    retried = _submit(client, quick_spec("pg-during-outage"), key="pg-1")  # the client's retry
+    again = _submit(client, quick_spec("pg-during-outage"), key="pg-1")
     assert retried == again
     jobs = [running, retried]
     outcome.tried = outcome.lost = len(jobs)
@@ -243,14 +248,14 @@ def test_api_restarted_mid_job_loses_no_job(make_stack: Any) -> None:
     _record(outcome)
 
     running = _submit(client, tiny_spec(name="api-running", stages={"pretrain": {"epochs": 3, "lr": 0.05}}))
-    keyed = _submit(client, tiny_spec(name="api-keyed"), key="api-1")
+    keyed = _submit(client, quick_spec("api-keyed"), key="api-1")
     wait_for(lambda: len(_epochs(scenario, running)) >= 1, 240, "the job to train an epoch")
     api.kill()
     killed_at = time.monotonic()
     stack.start_api()
     outcome.recovery_s = time.monotonic() - killed_at
-    assert _submit(client, tiny_spec(name="api-keyed"), key="api-1") == keyed  # a client's retry: same job
-    after = _submit(client, tiny_spec(name="api-after-restart"))
+    assert _submit(client, quick_spec("api-keyed"), key="api-1") == keyed  # a client's retry: same job
+    after = _submit(client, quick_spec("api-after-restart"))
     jobs = [running, keyed, after]
     outcome.tried = outcome.lost = len(jobs)
     rows = _wait_final(scenario, jobs, 300)
@@ -292,7 +297,8 @@ def test_object_store_unreachable_at_the_end_fails_the_job_with_a_reason(make_st
     reason = row["error_reason"] or ""
     handled = row["status"] == "failed" and bool(reason) and retried and intact
     outcome.survived, outcome.lost = (1, 0) if handled else (0, 1)
-    outcome.note = f"{row['status']} after {'retries' if retried else 'no retry'}; {len(listing)} whole artifacts listed"
+    outcome.note = (f"{row['status']} after {'retries' if retried else 'no retry'} ({reason[:40]}...); "
+                    f"{len(listing)} listed, all whole")
 
     assert row["status"] == "failed", row
     assert "connect" in reason.lower() or "endpoint" in reason.lower(), reason

@@ -146,3 +146,23 @@ def test_a_shutting_down_worker_hands_the_job_back_without_spending_an_attempt(s
     assert (row.status, row.lease_owner, row.max_attempts) == ("queued", None, settings.max_attempts + 1)
     with session_scope(settings) as session:
         assert db_jobs.claim_job(session, queued_job, "next", settings.lease_seconds) == 2
+
+
+def test_reaper_resends_every_queued_job_when_the_broker_restarted(settings: Any, queued_job: str, monkeypatch
+                                                                     ) -> None:
+    """Redis restarted without persistence forgets the messages of jobs that *were* sent: a new run id
+    makes the next sweep send every queued job again (the fault test does it with a real Redis)."""
+    from worker import reaper
+
+    app = RecordingCelery()
+    app.conf = type("Conf", (), {"broker_url": "redis://restarting:6379/0"})()  # type: ignore[attr-defined]
+    monkeypatch.setattr(reaper, "_BROKER_RUN_IDS", {})
+    run_id = {"value": "first"}
+    monkeypatch.setattr(reaper, "broker_run_id", lambda _app: run_id["value"])
+    with session_scope(settings) as session:
+        db_jobs.mark_enqueued(session, queued_job)  # sent: only its expiry would bring it back
+    assert queued_job not in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]
+    assert queued_job not in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]  # same broker: nothing
+    run_id["value"] = "second"
+    assert queued_job in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]
+    assert queued_job not in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]  # once per restart

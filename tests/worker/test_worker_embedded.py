@@ -57,7 +57,7 @@ def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Pat
         assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
         key = key_path.read_text().strip()
         assert key in log_path.read_text()  # printed for the user, stored in the database only hashed
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)  # the first submission imports the model code (preflight)
         job_id = client.post("/v1/jobs", json=tiny_spec()).raise_for_status().json()["id"]
         row = wait_for(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"] in
                        ("succeeded", "failed", "canceled") and r, 180, "the job", every=0.5)
