@@ -58,7 +58,8 @@ class Scenario:
     celery: Any
     token: str
 
-    def client(self, timeout: float = 10) -> Any:
+    def client(self, timeout: float = 60) -> Any:
+        """An HTTP client of the API (generous timeout: a cold API imports torch on its first submission)."""
         import httpx
 
         return httpx.Client(base_url=self.stack.api_url, headers={"Authorization": f"Bearer {self.token}"},
@@ -133,7 +134,8 @@ def make_stack(pg_template_dir: Path) -> Iterator[Callable[..., Scenario]]:
             scenario.s3.stop()
         scenario.redis.stop()
         scenario.pg.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
+        if not os.environ.get("HYDRA_FAULT_KEEP"):  # set it to read the logs of a failed scenario
+            shutil.rmtree(base, ignore_errors=True)
     _engine_for.cache_clear()
 
 
