@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import IO, Any, NoReturn, Optional
 
 import typer
 from tqdm import tqdm
@@ -22,20 +22,57 @@ from core.errors import CoreError, RunCanceled
 app = typer.Typer(add_completion=False, help="Robust network compression with HYDRA.", no_args_is_help=True)
 
 
-class ConsoleCallbacks(RunCallbacks):
-    """A tqdm bar per stage and one metrics line per epoch."""
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
-    def __init__(self) -> None:
+
+class ConsoleCallbacks(RunCallbacks):
+    """One line per stage, epoch and evaluation; on a terminal also a tqdm bar per epoch.
+
+    Lines go to ``out`` (default: stdout), the bar to ``bar_out`` (default: stderr). The bar is drawn
+    only when ``bar_out`` is a terminal (``bars=None``; ``True``/``False`` force it): in a pipe or a log
+    file the redraws would flood it, so there it is only the lines, one per epoch and per stage."""
+
+    def __init__(self, out: IO[str] | None = None, bar_out: IO[str] | None = None,
+                 bars: bool | None = None) -> None:
+        self._out = out
+        self._bar_out = bar_out
+        self._bars = bars
         self.bar: tqdm | None = None
         self.key: tuple[str, str | None, int] | None = None
 
+    @property
+    def out(self) -> IO[str]:
+        return self._out or sys.stdout  # looked up late: a test runner may swap sys.stdout
+
+    @property
+    def bar_out(self) -> IO[str]:
+        return self._bar_out or sys.stderr
+
+    @property
+    def bars(self) -> bool:
+        return _is_terminal(self.bar_out) if self._bars is None else self._bars
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            tqdm.write(line, file=self.out)  # clears and redraws the bar around the line
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
+
     def on_progress(self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float,
                     metrics: dict[str, float]) -> None:
+        if not self.bars:
+            return  # off a terminal: the epoch's line says it all
         key = (stage, variant, epoch)
         if key != self.key:
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(desc=f"{stage:8s} {variant or '':14s} {epoch}/{epochs}", unit="batch", leave=False)
+            self.bar = tqdm(desc=f"{stage:8s} {variant or '':14s} {epoch}/{epochs}", unit="batch", leave=False,
+                            file=self.bar_out)
             self.key = key
         assert self.bar is not None
         self.bar.update(1)
@@ -48,16 +85,16 @@ class ConsoleCallbacks(RunCallbacks):
             self.key = None
         if kind == "epoch_finished":
             m = payload["metrics"]
-            tqdm.write(
+            self.write(
                 f"{payload['stage']:8s} {payload['variant']:14s} epoch {payload['epoch']:>3}/{payload['epochs']:<3} "
                 + " ".join(f"{k}={v:.4f}" for k, v in m.items())
             )
         elif kind == "evaluation_finished":
-            tqdm.write(
+            self.write(
                 f"evaluate {payload['variant']:14s} " + " ".join(f"{k}={v:.4f}" for k, v in payload["metrics"].items())
             )
         elif kind == "stage_started":
-            tqdm.write(f"-- {payload['stage']} {payload['variant']} ({payload['epochs']} epochs)")
+            self.write(f"-- {payload['stage']} {payload['variant']} ({payload['epochs']} epochs)")
 
 
 def _fail(err: CoreError) -> NoReturn:

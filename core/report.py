@@ -35,7 +35,8 @@ def comparison_rows(results: dict[str, Any], multi_seed: bool = False) -> list[d
         row.update(r["metrics"])
         row["ci95"] = r.get("intervals", {})
         for fmt, art in r.get("artifacts", {}).items():
-            row[f"{fmt}_bytes"] = art["size"]
+            if fmt != "model_card":  # network files only: compressed_bytes, dense_bytes
+                row[f"{fmt}_bytes"] = art["size"]
         rows.append(row)
     rows.sort(key=lambda row: (row["method"] != "dense", row["method"], -row["k"], row["seed"] or 0))
     return rows

@@ -372,7 +372,26 @@ class _Runner:
             names = [name for name, _ in masked_layers(self.model)]
             result["sparsity"] = sparsity_from_export(self.out / artifacts["compressed"]["name"], names)
         self.results[step.variant] = result
+        self._write_model_card(step, result)
         self.cb.on_event("evaluation_finished", {"variant": step.variant, "metrics": result["metrics"]})
+
+    def _write_model_card(self, step: Step, result: dict[str, Any]) -> None:
+        """``<variant>.model_card.md`` beside the variant's network files (Hugging Face conventions),
+        reported as an artifact like them and named in ``result["artifacts"]["model_card"]``."""
+        from core.export import file_digest
+        from core.model_card import card_name, render_model_card
+
+        parent = None
+        if step.method is not None:
+            dense = DENSE if self.spec.seeds is None else f"{DENSE}_s{step.seed}"
+            parent = self.results.get(dense)
+        name = card_name(step.variant)
+        path = self.out / name
+        card = render_model_card(step.variant, result, self.spec, self.info, parent, self.record)
+        ckpt.atomic_write_bytes(path, card.encode())
+        size, digest = file_digest(path)
+        result["artifacts"]["model_card"] = {"name": name, "size": size, "sha256": digest}
+        self.cb.on_artifact(name, path, size, digest)
 
     def _exported_network(self, artifacts: dict[str, Any]) -> nn.Module:
         from core.export import load_compressed_model

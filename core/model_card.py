@@ -1,0 +1,258 @@
+"""A model card beside every network a run exports: ``<variant>.model_card.md``.
+
+Markdown after the Hugging Face model-card conventions: YAML front matter (``library_name``, ``tags``,
+``datasets``, ``metrics``, a ``model-index`` with the measured results), then the sections a user needs
+to trust and use the network: architecture, sparsity per layer and in total, the benign / robust /
+certified numbers each with the exact procedure that measured it (sample, 95% interval), the training
+spec (objective and stages), the parent network it was pruned from, the artifacts' sizes and sha256,
+and how to load it. Rendered from the evaluation result alone (no torch), so it says what was measured.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from core.spec import JobSpec
+
+CARD_SUFFIX = ".model_card.md"
+
+_METHODS = {
+    "dense": "the dense network (no pruning)",
+    "hydra": "HYDRA: pruning scores trained with the robust objective (the weights frozen), the top-k "
+             "weights per layer kept (then finetuned where the spec has a finetune stage)",
+    "lwm": "LWM: the largest-magnitude pretrained weights kept (one shot), then finetuned where the spec says",
+}
+_STAGES_OF = {"dense": ("pretrain",), "hydra": ("prune", "finetune"), "lwm": ("finetune",)}
+
+
+def card_name(variant: str) -> str:
+    return f"{variant}{CARD_SUFFIX}"
+
+
+def _kind(metric: str) -> str:
+    if metric == "benign_acc":
+        return "benign"
+    if metric.startswith(("certified_", "verified_")):
+        return "certified"
+    return "robust"
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def _front_matter(variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any],
+                  shown: dict[str, Any]) -> str:
+    method = result.get("method") or "dense"
+    dataset = str(info.get("name") or spec.dataset.name)
+    metrics = result.get("metrics") or {}
+    tags = ["pytorch", "safetensors", "image-classification", "adversarial-robustness", f"objective-{spec.objective.type}"]
+    if method != "dense":
+        tags += ["pruning", "sparse", method]
+    entries = [{"type": "accuracy", "name": name, "value": round(float(value), 6)}
+               for name, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    meta = {
+        "library_name": "pytorch",
+        "pipeline_tag": "image-classification",
+        "tags": tags,
+        "datasets": [dataset],
+        "metrics": ["accuracy"],
+        "base_model": _parent_name(result, spec, shown),
+        "model-index": [{
+            "name": variant,
+            "results": [{
+                "task": {"type": "image-classification", "name": "Image classification"},
+                "dataset": {"type": dataset, "name": dataset, "split": "test"},
+                "metrics": entries,
+            }],
+        }],
+    }
+    if meta["base_model"] is None:
+        del meta["base_model"]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, default_flow_style=False) + "---\n"
+
+
+def _checkpoint(shown: dict[str, Any]) -> str | None:
+    """The starting checkpoint as the user named it (an upload id, not a worker's local copy)."""
+    return (shown.get("model") or {}).get("checkpoint")
+
+
+def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> str | None:
+    if (result.get("method") or "dense") != "dense":
+        seed = result.get("seed")
+        return "dense" if spec.seeds is None else f"dense_s{seed}"
+    return _checkpoint(shown)
+
+
+def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
+    kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
+    lines = ["## Architecture", "",
+             f"- architecture: `{spec.model.arch}` (from `core.models`), arguments `{json.dumps(kwargs)}`",
+             "- input: " + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
+             + "pixels in [0, 1]; the input normalisation is part of the network",
+             f"- classes: {info.get('num_classes')}",
+             f"- compression: {_METHODS.get(result.get('method') or 'dense', result.get('method'))}"
+             + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else "")]
+    return lines + [""]
+
+
+def _sparsity(result: dict[str, Any]) -> list[str]:
+    sp = result.get("sparsity")
+    lines = ["## Sparsity", ""]
+    if not sp:
+        k = result.get("k")
+        target = f" (target: {_pct(1 - k)} from k = {k:g})" if isinstance(k, (int, float)) else ""
+        return lines + [f"Not measured: no compressed artifact was exported{target}.", ""]
+    lines += [f"Total: **{_pct(sp['total'])}** of the {sp.get('prunable_params', 0):,} prunable (conv/linear) "
+              f"weights are zero; {sp.get('kept_params', 0):,} kept. Counted from the tensors stored in the "
+              "compressed artifact, not from the spec.", "",
+              "| layer | weights | nonzero | sparsity |", "|---|---:|---:|---:|"]
+    for layer, row in (sp.get("layers") or {}).items():
+        lines.append(f"| `{layer}` | {row['n']:,} | {row['nnz']:,} | {_pct(row['sparsity'])} |")
+    return lines + [""]
+
+
+def _evaluation(result: dict[str, Any]) -> list[str]:
+    metrics = result.get("metrics") or {}
+    procedures = result.get("procedures") or {}
+    intervals = result.get("intervals") or {}
+    counts = result.get("counts") or {}
+    lines = ["## Evaluation", ""]
+    if result.get("evaluated"):
+        lines += [f"Measured on {result['evaluated']}.", ""]
+    for kind, title in (("benign", "Benign"), ("robust", "Robust (empirical, under attack)"),
+                        ("certified", "Certified")):
+        names = [m for m in metrics if _kind(m) == kind]
+        if not names:
+            continue
+        lines += [f"### {title}", "", "| metric | value | 95% interval | correct / n | procedure |",
+                  "|---|---:|---|---:|---|"]
+        for m in names:
+            ci = intervals.get(m)
+            ci_text = f"[{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "–"
+            count = counts.get(m)
+            count_text = f"{count[0]} / {count[1]}" if count else "–"
+            value = metrics[m]
+            value_text = _pct(value) if "acc" in m else f"{value:.4g}"
+            proc = " ".join(str(procedures.get(m, "–")).split()).replace("|", "\\|")
+            lines.append(f"| `{m}` | {value_text} | {ci_text} | {count_text} | {proc} |")
+        lines.append("")
+    if result.get("interval_method"):
+        lines += [f"Intervals: {result['interval_method']}.", ""]
+    samples = result.get("samples") or {}
+    if samples:
+        lines += ["Samples:", ""]
+        for name, s in samples.items():
+            lines.append(f"- `{name}`: {s.get('n')} of {s.get('of')} test samples, {s.get('how')}; per class "
+                         f"{json.dumps(s.get('per_class'))}")
+        lines.append("")
+    checks = result.get("checks") or {}
+    if checks:
+        lines += ["Checks:", ""]
+        for name, check in checks.items():
+            lines.append(f"- `{name}`: `{json.dumps(check, default=str)}`")
+        lines.append("")
+    return lines
+
+
+def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> list[str]:
+    method = result.get("method") or "dense"
+    lines = ["## Training", "",
+             f"Seed {result.get('seed', spec.seed)}; dataset `{spec.dataset.name}` "
+             f"(batch size {spec.dataset.batch_size}"
+             + (f", at most {spec.dataset.max_train_samples} training samples" if spec.dataset.max_train_samples
+                else "") + ").", "",
+             "| stage | epochs | lr | optimizer | schedule | objective |", "|---|---:|---:|---|---|---|"]
+    stages = list(_STAGES_OF.get(method, ()))
+    if method != "dense" and spec.stages.pretrain is not None:
+        stages = ["pretrain (the parent)", *stages]
+    for label in stages:
+        name = label.split(" ")[0]
+        stage = getattr(spec.stages, name, None)
+        if stage is None or stage.epochs == 0:
+            continue
+        objective = spec.objective_for(name).model_dump(mode="json")
+        lines.append(f"| {label} | {stage.epochs} | {stage.lr:g} | {stage.optimizer} | {stage.schedule} | "
+                     f"`{json.dumps(objective)}` |")
+    lines += ["", "<details><summary>The whole job spec</summary>", "", "```json",
+              json.dumps(shown, indent=2, default=str), "```", "", "</details>", ""]
+    return lines
+
+
+def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any],
+            parent: dict[str, Any] | None) -> list[str]:
+    lines = ["## Parent network", ""]
+    checkpoint = _checkpoint(shown)
+    start = (f"the uploaded/pretrained checkpoint `{checkpoint}` ({spec.model.checkpoint_format})"
+             if checkpoint else "a fresh random initialisation")
+    if (result.get("method") or "dense") == "dense":
+        how = "then pretrained with the stage above" if spec.stages.pretrain and spec.stages.pretrain.epochs else \
+            "used as is (no pretraining stage)"
+        return lines + [f"None: this is the dense network. It starts from {start}, {how}.", ""]
+    name = _parent_name(result, spec, shown)
+    lines.append(f"Pruned from the dense network `{name}` of this run (itself from {start}).")
+    for fmt, art in ((parent or {}).get("artifacts") or {}).items():
+        if isinstance(art, dict) and "sha256" in art and fmt != "model_card":
+            lines.append(f"- `{art['name']}`: {art['size']:,} bytes, sha256 `{art['sha256']}`")
+    return lines + [""]
+
+
+def _artifacts(result: dict[str, Any]) -> list[str]:
+    lines = ["## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
+    for fmt, art in (result.get("artifacts") or {}).items():
+        if fmt != "model_card":  # this card cannot name its own digest
+            lines.append(f"| `{art['name']}` | {art['size']:,} | `{art['sha256']}` |")
+    return lines + ["", "Check a download with `sha256sum <file>`.", ""]
+
+
+def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
+    arts = result.get("artifacts") or {}
+    kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
+    lines = ["## How to load it", ""]
+    if "compressed" in arts:
+        lines += ["The compressed artifact (sparse, with the architecture in its metadata):", "", "```python",
+                  "from core.export import load_compressed_model", "",
+                  f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
+                  "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)", "```", ""]
+    if "dense" in arts:
+        lines += ["The dense safetensors (effective weights, no pruning state) into the plain architecture:", "",
+                  "```python", "from safetensors.torch import load_file", "from core.models import create_model", "",
+                  f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
+                  f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
+                  "model.eval()", "```", "",
+                  "Without this project: it loads with `load_state_dict` into the same layers written in plain "
+                  "`torch.nn`; apply `(x - mean) / std` from the file's `normalize_mean` / `normalize_std` header "
+                  "metadata first.", ""]
+    if not arts:
+        lines += ["No network file was exported for this variant.", ""]
+    return lines
+
+
+def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any],
+                      parent: dict[str, Any] | None = None, record: dict[str, Any] | None = None) -> str:
+    """The card of network ``variant`` from its evaluation ``result`` (``metrics``, ``procedures``,
+    ``intervals``, ``samples``, ``checks``, ``sparsity``, ``artifacts``), the job ``spec`` and the dataset
+    ``info``; ``parent``: the dense network's result (its artifacts are named) for a pruned variant;
+    ``record``: the spec as the user wrote it (``spec.json``; default: ``spec``), shown in the card."""
+    shown = record if record is not None else spec.model_dump(mode="json")
+    method = result.get("method") or "dense"
+    title = f"# {variant}"
+    summary = (f"A {'dense' if method == 'dense' else 'pruned'} `{spec.model.arch}` classifier for "
+               f"`{info.get('name') or spec.dataset.name}`, trained with the `{spec.objective.type}` objective"
+               + ("" if method == "dense" else f" and compressed with {method.upper()}")
+               + (f" (job `{spec.name}`)" if spec.name else "") + ".")
+    sp = result.get("sparsity")
+    metrics = result.get("metrics") or {}
+    headline = [f"sparsity {_pct(sp['total'])}"] if sp else []
+    headline += [f"{m} {_pct(v)}" for m, v in metrics.items() if m in ("benign_acc", "robust_acc", "pgd_acc")]
+    parts = [_front_matter(variant, result, spec, info, shown), title, "", summary, ""]
+    if headline:
+        parts += ["Headline: " + ", ".join(headline) + ".", ""]
+    body = (_architecture(result, spec, info) + _sparsity(result) + _evaluation(result) + _training(result, spec, shown)
+            + _parent(result, spec, shown, parent) + _artifacts(result) + _usage(result, spec, info))
+    return "\n".join(parts + body).rstrip() + "\n"
+
+
+__all__ = ["render_model_card", "card_name", "CARD_SUFFIX"]
