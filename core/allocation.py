@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.masked import _Workspace, kept_count, masked_layers, set_keep_fraction
+from core.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
 
 ALLOCATIONS = ("uniform", "global", "learned")
 GRANULARITIES = ("unstructured", "channel")
@@ -61,13 +61,7 @@ _TRAINED_METHODS = ("hydra",)
 
 
 def _check_k(k: Any) -> float:
-    try:
-        k = float(k)
-    except (TypeError, ValueError):
-        raise CoreError("invalid_k", "pruning.k", f"k must be a number in (0, 1], got {k!r}") from None
-    if not (0.0 < k <= 1.0) or math.isnan(k):
-        raise CoreError("invalid_k", "pruning.k", f"k (fraction of weights kept) must be in (0, 1], got {k}")
-    return k
+    return check_keep_fraction(k)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, Any]]:

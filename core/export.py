@@ -305,7 +305,9 @@ def _decode_entry(key: str, entry: Any, shared: dict[str, np.ndarray]) -> torch.
     return out.reshape(shape)
 
 
-def _read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+def read_artifact(path: str | os.PathLike[str], expected_format: str, kind: str
+                  ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(header, tensors)`` of a HYDRA safetensors artifact whose header says ``expected_format``."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -314,11 +316,17 @@ def _read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
         raise _invalid(f"{path.name} is not a readable safetensors file ({type(err).__name__}: {err})") from err
-    if header.get("format") != COMPRESSED_FORMAT:
-        raise _invalid(f"{path.name} is not a compressed HYDRA artifact (format {header.get('format')!r})")
+    if header.get("format") != expected_format:
+        raise _invalid(f"{path.name} is not a {kind} HYDRA artifact (format {header.get('format')!r})")
+    return header, tensors
+
+
+def _read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    path = Path(path)
+    header, raw = read_artifact(path, COMPRESSED_FORMAT, "compressed")
     try:
         codec = json.loads(header.get("codec", "{}"))
         metadata = json.loads(header.get("metadata", "{}"))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.errors import CoreError
+from core.export import read_artifact
 
 CHANNEL_FORMAT = "hydra-channel-v1"
 FIELD = "model.checkpoint"
@@ -58,19 +59,8 @@ def export_channel_pruned(small: nn.Module, widths: dict[str, int], path: str | 
 
 def read_channel_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int], list[int]]:
     """``(tensors, metadata, widths, input_shape)`` of a channel artifact, validated."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise CoreError("checkpoint_not_found", FIELD, f"no file at {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise _invalid(f"{path.name} is not a readable safetensors file ({type(err).__name__}: {err})") from err
-    if header.get("format") != CHANNEL_FORMAT:
-        raise _invalid(f"{path.name} is not a channel-pruned HYDRA artifact (format {header.get('format')!r})")
+    header, tensors = read_artifact(path, CHANNEL_FORMAT, "channel-pruned")
     try:
         metadata = json.loads(header.get("metadata", "{}"))
         widths = json.loads(header.get("widths", "{}"))

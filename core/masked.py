@@ -17,6 +17,8 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -293,14 +295,20 @@ def refresh_masks(model: nn.Module) -> None:
         layer.refresh_mask(workspace)
 
 
-def set_keep_fraction(model: nn.Module, k: float) -> None:
-    """Set the fraction kept ``k`` (0 < k <= 1) in every masked layer and refresh the masks."""
+def check_keep_fraction(k: Any) -> float:
+    """``k`` as a float in (0, 1], or a ``CoreError`` naming ``pruning.k``."""
     try:
         k = float(k)
     except (TypeError, ValueError):
         raise CoreError("invalid_k", "pruning.k", f"k must be a number in (0, 1], got {k!r}") from None
     if not (0.0 < k <= 1.0) or math.isnan(k):
         raise CoreError("invalid_k", "pruning.k", f"k (fraction of weights kept) must be in (0, 1], got {k}")
+    return k
+
+
+def set_keep_fraction(model: nn.Module, k: float) -> None:
+    """Set the fraction kept ``k`` (0 < k <= 1) in every masked layer and refresh the masks."""
+    k = check_keep_fraction(k)
     layers = masked_layers(model)
     if not layers:
         raise CoreError("not_masked", "pruning.k", "the model has no masked layers; call convert_to_masked first")
