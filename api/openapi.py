@@ -78,7 +78,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _architectures() -> list[str]:
-    from core.models import TORCHVISION_PREFIX, list_models  # lazy: torch
+    from core.models.zoo import TORCHVISION_PREFIX, list_models  # lazy: torch
 
     names = sorted(list_models())
     try:

@@ -2,7 +2,7 @@
 
 VGG16-BN (CIFAR, 15.3 M parameters) from random weights, masked with the scaled score init (the
 magnitude mask) at k = 0.1, 0.05, 0.01 (90/95/99% sparsity). For each: compressed bytes, the bound
-of ``core.export.information_bound_bytes``, their ratio (target <= 1.20), and the seconds to export
+of ``core.io.export.information_bound_bytes``, their ratio (target <= 1.20), and the seconds to export
 (encode + write) and to load (read + decode), best of ``--repeat``. ``--json`` ends the output with one JSON line:
 ``{"ratios": {"0.9": r, "0.95": r, "0.99": r}, ...}``.
 
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.export import export_compressed, information_bound_bytes, load_compressed  # noqa: E402
-from core.masked import convert_to_masked, init_scores, set_keep_fraction  # noqa: E402
-from core.models import create_model  # noqa: E402
+from core.io.export import export_compressed, information_bound_bytes, load_compressed  # noqa: E402
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction  # noqa: E402
+from core.models.zoo import create_model  # noqa: E402
 
 KEEP = (0.1, 0.05, 0.01)
 

@@ -1,7 +1,7 @@
 """Does channel pruning make the network faster? Dense latency / pruned latency, one process.
 
 VGG16-BN and ResNet18 (CIFAR shapes, 3x32x32, random weights — speed does not depend on them) are
-channel-pruned at keep 0.5 and 0.25 per group (``core.structured``: scaled channel scores, top-k per
+channel-pruned at keep 0.5 and 0.25 per group (``core.pruning.structured``: scaled channel scores, top-k per
 coupled group, physical rebuild with Torch-Pruning) and timed against the dense network at batch 1
 and 64: plain PyTorch on the CPU (``torch.inference_mode``) and onnxruntime on the CPU (the exported
 ONNX files). Every network is timed interleaved with the others, median of ``--repeats`` samples after
@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.export_onnx import export_onnx  # noqa: E402
-from core.masked import convert_to_masked  # noqa: E402
-from core.measure import count_macs, count_params, median_seconds, ort_forward, ort_session, torch_forward, torch_threads  # noqa: E402
-from core.models import create_model  # noqa: E402
-from core.structured import ChannelPruning, rebuild_pruned  # noqa: E402
+from core.io.export_onnx import export_onnx  # noqa: E402
+from core.pruning.masked import convert_to_masked  # noqa: E402
+from core.pipeline.measure import count_macs, count_params, median_seconds, ort_forward, ort_session, torch_forward, torch_threads  # noqa: E402
+from core.models.zoo import create_model  # noqa: E402
+from core.pruning.structured import ChannelPruning, rebuild_pruned  # noqa: E402
 
 ARCHS = ("vgg16_bn", "resnet18")
 KEEP = ("0.5", "0.25")

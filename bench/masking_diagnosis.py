@@ -15,11 +15,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from core.attack_suite import autoattack_flags, clean_flags
-from core.attacks import pgd
-from core.data import build_datasets
-from core.export import load_compressed_model
-from core.sampling import stratified_subset
+from core.robust.suite import autoattack_flags, clean_flags
+from core.robust.attacks import pgd
+from core.data.datasets import build_datasets
+from core.io.export import load_compressed_model
+from core.data.sampling import stratified_subset
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
         (gg,) = torch.autograd.grad((other - z.gather(1, y[:, None])[:, 0]).sum(), xa)
         xa = torch.min(torch.max(xa.detach() + args.step * gg.sign(), x - args.eps), x + args.eps).clamp(0, 1)
     res["pgd_margin"] = float((model(xa).argmax(1) == y).float().mean())
-    from core.attacks import smooth_relu_backward
+    from core.robust.attacks import smooth_relu_backward
     for tau in (0.03, 0.1, 0.3):
         with smooth_relu_backward(model, tau):
             adv = pgd(model, x, y, eps=args.eps, step_size=args.step, steps=args.steps, loss="ce", restarts=2)

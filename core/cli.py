@@ -130,9 +130,9 @@ def run(
     device: Optional[str] = typer.Option(None, help="Override the spec's device (auto, cpu, cuda, cuda:N)."),
 ) -> None:
     """Run a job spec: pretrain, prune, finetune, evaluate, export."""
-    from core.preflight import preflight, shape_error
-    from core.report import render_markdown
-    from core.run import run_job
+    from core.pipeline.preflight import preflight, shape_error
+    from core.pipeline.report import render_markdown
+    from core.pipeline.runner import run_job
     from core.spec import load_spec
 
     try:
@@ -164,8 +164,8 @@ def run(
 @app.command()
 def catalogue() -> None:
     """List architectures, datasets and objectives with their defaults."""
-    from core.data import dataset_catalogue
-    from core.models import list_models
+    from core.data.datasets import dataset_catalogue
+    from core.models.zoo import list_models
     from core.spec import OBJECTIVE_TYPES
 
     data = {
@@ -184,7 +184,7 @@ def catalogue() -> None:
 @app.command()
 def inspect(artifact: Path) -> None:
     """Load a compressed artifact and print its metadata and measured sparsity."""
-    from core.export import load_compressed
+    from core.io.export import load_compressed
 
     try:
         state, meta = load_compressed(artifact)

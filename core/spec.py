@@ -34,7 +34,7 @@ class ModelSpec(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from core.models import list_models
+        from core.models.zoo import list_models
 
         known = list_models()
         if v not in known and not v.startswith("torchvision:"):

@@ -12,7 +12,7 @@ What it does, all over the public HTTP API with the Python client (``hydra_clien
 3. prints the comparison table of the report: benign and PGD accuracy of dense vs HYDRA vs LWM, and
    the exact attack that produced the robust numbers;
 4. downloads the HYDRA network in its compressed format, checks its sha256 against the artifact
-   listing, loads it with ``core.export.load_compressed_model`` and recomputes its benign accuracy on
+   listing, loads it with ``core.io.export.load_compressed_model`` and recomputes its benign accuracy on
    the test split: it must be the number the report states.
 """
 from __future__ import annotations
@@ -109,8 +109,8 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     """Download ``variant``'s compressed network, verify its sha256, reload it and re-measure it."""
     import torch
 
-    from core.data import build_datasets
-    from core.export import load_compressed_model
+    from core.data.datasets import build_datasets
+    from core.io.export import load_compressed_model
     from core.spec import load_spec
 
     name = f"{variant}.compressed.safetensors"

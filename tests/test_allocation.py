@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.allocation import (
+from core.pruning.allocation import (
     LearnedAllocation,
     allocation_report,
     apply_allocation,
@@ -19,7 +19,7 @@ from core.allocation import (
     project_counts,
 )
 from core.errors import CoreError
-from core.masked import convert_to_masked, kept_count, masked_layers, set_stage
+from core.pruning.masked import convert_to_masked, kept_count, masked_layers, set_stage
 
 
 def tiny_net(seed: int = 0) -> nn.Module:

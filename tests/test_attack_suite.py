@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.attack_suite import autoattack_flags, autoattack_plan, clean_flags, masking_check, pgd_flags
+from core.robust.suite import autoattack_flags, autoattack_plan, clean_flags, masking_check, pgd_flags
 
 EPS = 0.1
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.bounds import (
+from core.certify.bounds import (
     check_supported,
     crown_ibp_bounds,
     ibp_bounds,
@@ -15,8 +15,8 @@ from core.bounds import (
     verified_counts,
 )
 from core.errors import CoreError
-from core.masked import convert_to_masked, init_scores, set_keep_fraction
-from core.models import create_model
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
+from core.models.zoo import create_model
 
 CERTIFIED_CNNS = ["cnn_small_mnist", "cnn_large_mnist", "cnn_small_cifar", "cnn_large_cifar"]
 
@@ -287,7 +287,7 @@ def test_verification_runs_in_float64_and_leaves_the_network_as_it_was(monkeypat
         seen.append((next(net.parameters()).dtype, inputs.dtype))
         return real(net, inputs, *args, **kwargs)
 
-    import core.bounds as bounds_mod
+    import core.certify.bounds as bounds_mod
 
     monkeypatch.setattr(bounds_mod, "ibp_bounds", spy)
     verified, correct, total = verified_counts(model, (x, y), 0.01, "ibp")

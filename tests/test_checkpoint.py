@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core import checkpoint as ckpt
-from core.checkpoint import (
+from core.io import checkpoint as ckpt
+from core.io.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_weights,
@@ -17,8 +17,8 @@ from core.checkpoint import (
     save_checkpoint,
 )
 from core.errors import CoreError
-from core.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
-from core.models import create_model
+from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
+from core.models.zoo import create_model
 
 ARCH = "cnn_small_mnist"
 

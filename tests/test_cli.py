@@ -4,8 +4,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from core import report as report_mod
-from core import run as run_mod
+from core.pipeline import report as report_mod
+from core.pipeline import runner as run_mod
 from core.cli import app
 from core.errors import ResumeMismatch
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import (
+from core.data.datasets import (
     EpochSampler,
     build_datasets,
     dataset_catalogue,
@@ -170,7 +170,7 @@ def _order(loader):
 
 def test_same_seed_and_epoch_give_the_same_batches_whatever_happened_before():
     images = torch.arange(50, dtype=torch.uint8).reshape(50, 1, 1, 1)
-    from core.data import TensorImageDataset
+    from core.data.datasets import TensorImageDataset
 
     ds = TensorImageDataset(images, torch.arange(50))
     first = [y.tolist() for _, y in train_loader(ds, 8, seed=7, epoch=3)]

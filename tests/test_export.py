@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.errors import CoreError
-from core.export import (
+from core.io.export import (
     best_rice_parameter,
     export_compressed,
     export_dense,
@@ -21,8 +21,8 @@ from core.export import (
     rice_decode,
     rice_encode,
 )
-from core.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
-from core.models import create_model
+from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
+from core.models.zoo import create_model
 
 ARCH = "cnn_small_mnist"
 META = {"arch": ARCH, "kwargs": {"num_classes": 10}, "variant": "hydra-k0.1"}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from core import masked
+from core.pruning import masked
 from core.errors import CoreError
-from core.masked import (
+from core.pruning.masked import (
     MaskedConv2d,
     MaskedLinear,
     convert_to_masked,
@@ -175,7 +175,7 @@ def test_pretrain_and_eval_stages():
 
 
 def test_mask_changes_exactly_when_scores_change(monkeypatch):
-    from core.attacks import pgd
+    from core.robust.attacks import pgd
 
     net = masked_net()
     set_keep_fraction(net, 0.2)
@@ -210,7 +210,7 @@ def test_mask_changes_exactly_when_scores_change(monkeypatch):
 
 @pytest.mark.parametrize("stage", ["prune", "finetune"])
 def test_shared_effective_weights_is_exact_and_computed_once(stage, monkeypatch):
-    from core.attacks import pgd
+    from core.robust.attacks import pgd
 
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.export_onnx import export_onnx
-from core.masked import convert_to_masked, set_keep_fraction
-from core.measure import (
+from core.io.export_onnx import export_onnx
+from core.pruning.masked import convert_to_masked, set_keep_fraction
+from core.pipeline.measure import (
     compare_to_dense,
     count_macs,
     count_nonzero_params,
@@ -17,7 +17,7 @@ from core.measure import (
     peak_memory_bytes,
     sparse_macs,
 )
-from core.structured import ChannelPruning, rebuild_pruned
+from core.pruning.structured import ChannelPruning, rebuild_pruned
 
 
 def conv_net() -> nn.Module:

@@ -5,9 +5,9 @@ import hashlib
 import yaml
 
 from core.callbacks import RunCallbacks
-from core.model_card import render_model_card
-from core.report import comparison_rows
-from core.run import run_job
+from core.pipeline.model_card import render_model_card
+from core.pipeline.report import comparison_rows
+from core.pipeline.runner import run_job
 from core.spec import load_spec
 
 TINY = {

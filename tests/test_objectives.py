@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import objectives
+from core.objectives import adversarial as objectives
 from core.errors import CoreError
-from core.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
-from core.objectives import (
+from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
+from core.objectives.adversarial import (
     NaturalObjective,
     Objective,
     PGDObjective,
@@ -182,6 +182,6 @@ def test_register_objective_plugs_in():
 
 
 def test_certified_objectives_load_as_plugins():
-    pytest.importorskip("core.objectives_certified")
+    pytest.importorskip("core.objectives.certified")
     assert {"smoothing", "mixtrain", "crown_ibp"} <= set(objectives.known_objectives())
     assert build_objective({"type": "smoothing"}).name

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.bounds import ibp_bounds, margin_spec
+from core.certify.bounds import ibp_bounds, margin_spec
 from core.errors import CoreError
-from core.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
-from core.models import create_model
-from core.objectives_certified import (
+from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
+from core.models.zoo import create_model
+from core.objectives.certified import (
     FACTORIES,
     CrownIBP,
     MixTrain,
@@ -21,7 +21,7 @@ from core.objectives_certified import (
     make_smoothing,
     robust_ce,
 )
-from core.smoothing import CERTIFY_METHOD
+from core.certify.smoothing import CERTIFY_METHOD
 from core.spec import CrownIBPObjective, EvaluationSpec, MixTrainObjective, SmoothingObjective
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import preflight as preflight_mod
+from core.pipeline import preflight as preflight_mod
 from core.errors import CoreError
-from core.preflight import dataset_signature, preflight, shape_error
+from core.pipeline.preflight import dataset_signature, preflight, shape_error
 from core.spec import load_spec
 
 

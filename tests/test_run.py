@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core import objectives as objectives_mod
-from core import run as run_mod
+from core.objectives import adversarial as objectives_mod
+from core.pipeline import runner as run_mod
 from core.callbacks import RunCallbacks
 from core.errors import RunCanceled
-from core.export import load_compressed, load_compressed_model
-from core.run import plan_steps, run_job
+from core.io.export import load_compressed, load_compressed_model
+from core.pipeline.runner import plan_steps, run_job
 from core.spec import load_spec
 
 TINY = {
@@ -93,7 +93,7 @@ def test_run_produces_reports_and_artifacts(finished):
 
 def test_compressed_artifact_reproduces_reported_accuracy(finished):
     out, report, _ = finished
-    from core.data import build_datasets
+    from core.data.datasets import build_datasets
 
     spec = tiny()
     _, test_ds, _ = build_datasets(spec.dataset, spec.seed)
@@ -177,7 +177,7 @@ def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monk
     from torch import nn
 
     from core.errors import CoreError
-    from core.masked import convert_to_masked
+    from core.pruning.masked import convert_to_masked
 
     def with_batchnorm(spec, info):
         layers = [nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)]
@@ -194,7 +194,7 @@ def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monk
 
 
 def test_step_schedule_divides_by_10_at_75_and_by_100_at_90_percent():
-    from core.run import lr_at
+    from core.pipeline.runner import lr_at
     from core.spec import StageSpec
 
     stage = StageSpec(epochs=100, lr=0.1, schedule="step")

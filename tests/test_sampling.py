@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import torch
 
-from core.data import TensorImageDataset
-from core.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
+from core.data.datasets import TensorImageDataset
+from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
 
 
 def _class_sorted(counts: list[int]) -> TensorImageDataset:

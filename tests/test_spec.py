@@ -80,7 +80,7 @@ def test_norm_defaults_survive_a_round_trip_and_follow_a_changed_norm():
 
 
 def test_evaluation_attacks_the_l2_ball_of_an_l2_objective():
-    from core.evaluate import attack_settings
+    from core.pipeline.evaluate import attack_settings
 
     ball = attack_settings(load_spec({"objective": {"type": "pgd", "norm": "l2"}}))
     assert (ball["norm"], ball["eps"], ball["step_size"]) == ("l2", 0.5, 0.125)

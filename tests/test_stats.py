@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from core.stats import accuracy_with_interval, clopper_pearson, seed_summary
+from core.pipeline.stats import accuracy_with_interval, clopper_pearson, seed_summary
 
 
 def test_clopper_pearson_matches_closed_forms():

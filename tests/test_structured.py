@@ -9,9 +9,9 @@ from torch import nn
 from torch.func import functional_call
 
 from core.errors import CoreError
-from core.masked import convert_to_masked, masked_layers, set_stage
-from core.models import VGG, NormalizedModel, Normalize, WideResNet, create_model
-from core.structured import ChannelPruning, check_channel_supported, rebuild_pruned
+from core.pruning.masked import convert_to_masked, masked_layers, set_stage
+from core.models.zoo import VGG, NormalizedModel, Normalize, WideResNet, create_model
+from core.pruning.structured import ChannelPruning, check_channel_supported, rebuild_pruned
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> None:

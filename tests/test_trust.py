@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.attacks import smooth_relu_backward
-from core.data import TensorImageDataset
-from core.evaluate import evaluate_variant, validate
-from core.run import plan_steps, run_job
+from core.robust.attacks import smooth_relu_backward
+from core.data.datasets import TensorImageDataset
+from core.pipeline.evaluate import evaluate_variant, validate
+from core.pipeline.runner import plan_steps, run_job
 from core.spec import load_spec
 
 TINY = {

@@ -244,7 +244,7 @@ class JobAttempt:
 
     # -- the run -----------------------------------------------------------------------------
     def _run(self, spec: Any, spec_dict: dict[str, Any]) -> dict[str, Any]:
-        from core.run import run_job
+        from core.pipeline.runner import run_job
         from core.spec import load_spec
 
         # spec.json and the report name uploads as the user did (model:<id>), not by local paths

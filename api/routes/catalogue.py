@@ -34,7 +34,7 @@ def _entries(items: dict[str, Any]) -> dict[str, Any]:
 @router.get("/architectures", response_model=CataloguePublic, responses=ERRORS)
 def architectures(_principal: CurrentPrincipal) -> dict[str, Any]:
     """Architectures a job or an uploaded model may use, with their arguments."""
-    from core.models import list_models  # lazy: torch stays out of the import of the API
+    from core.models.zoo import list_models  # lazy: torch stays out of the import of the API
 
     return _entries(dict(list_models()))
 
@@ -42,7 +42,7 @@ def architectures(_principal: CurrentPrincipal) -> dict[str, Any]:
 @router.get("/datasets", response_model=CataloguePublic, responses=ERRORS)
 def datasets(_principal: CurrentPrincipal) -> dict[str, Any]:
     """Dataset names a job may use ('npz' takes an uploaded dataset as path 'dataset:<id>')."""
-    from core.data import dataset_catalogue
+    from core.data.datasets import dataset_catalogue
 
     catalogue = {k: v for k, v in dataset_catalogue().items() if k not in SERVICE_REFUSED_DATASETS}
     if "npz" in catalogue:

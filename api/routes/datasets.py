@@ -27,10 +27,10 @@ _FORM_FIELD = {"dataset.path": "file", "dataset.num_classes": "num_classes"}
 def validate_npz(path: str, num_classes: int | None) -> dict[str, Any]:
     """Load the file exactly as a job would and return what it holds.
 
-    Uses ``core.data.build_datasets`` (the worker's loader), so "accepted here" means "loads there".
-    TODO(lead): switch to a dedicated ``core.data`` validation function if one is added; this one
+    Uses ``core.data.datasets.build_datasets`` (the worker's loader), so "accepted here" means "loads there".
+    TODO(lead): switch to a dedicated ``core.data.datasets`` validation function if one is added; this one
     builds the tensors once, which is fine up to ``max_upload_bytes``."""
-    from core.data import build_datasets  # lazy: torch stays out of the import of the API
+    from core.data.datasets import build_datasets  # lazy: torch stays out of the import of the API
 
     _train, _test, info = build_datasets({"name": "npz", "path": path, "num_classes": num_classes}, seed=0)
     return info

@@ -129,8 +129,8 @@ def _check_bounds_supported(spec: JobSpec) -> None:
     rather than fail after hours of pretraining."""
     if not _uses_bounds(spec):
         return
-    from core.bounds import check_supported  # lazy: torch is heavy and only needed here
-    from core.models import create_model
+    from core.certify.bounds import check_supported  # lazy: torch is heavy and only needed here
+    from core.models.zoo import create_model
 
     try:
         model = create_model(spec.model.arch, **spec.model.kwargs)  # bad kwargs: CoreError naming them
@@ -140,11 +140,11 @@ def _check_bounds_supported(spec: JobSpec) -> None:
 
 
 def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
-    """One dry forward of the network on a zero input of the dataset's shape (core/preflight.py):
+    """One dry forward of the network on a zero input of the dataset's shape (core/pipeline/preflight.py):
     refuse now (422, ``incompatible_architecture`` on ``model.arch``) an architecture whose channels,
     input size or classes do not fit the data. An uploaded dataset's shape and classes are the ones
     recorded when it was checked on upload."""
-    from core.preflight import preflight  # lazy: torch stays out of the import of the API
+    from core.pipeline.preflight import preflight  # lazy: torch stays out of the import of the API
 
     known = None
     path = spec.dataset.path

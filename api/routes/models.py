@@ -2,7 +2,7 @@
 
 Checking at the door (every tensor name and shape, no NaN/Inf, weights-only formats) means a job that
 names ``model:<id>`` cannot fail hours later on a bad file, and the bytes we keep are known-good.
-Pickled code never runs: safetensors or ``torch.load(weights_only=True)`` only, in ``core.checkpoint``.
+Pickled code never runs: safetensors or ``torch.load(weights_only=True)`` only, in ``core.io.checkpoint``.
 The network is built on the ``meta`` device for the check (shapes and dtypes, no memory), so a request
 naming a huge architecture costs nothing; the format is the one the bytes show, and a file named
 ``.safetensors`` must be one. Nothing is stored (object or row) unless every check passed.
@@ -57,7 +57,7 @@ def _build_for_check(arch: str, arch_kwargs: dict[str, Any]) -> Any:
     cannot run there."""
     import torch
 
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     try:
         with torch.device("meta"):
@@ -87,8 +87,8 @@ def upload_model(
 ) -> UploadedModel:
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
-    from core.checkpoint import check_weights, precheck_weights_file  # lazy: torch stays out of the API import
-    from core.models import list_models
+    from core.io.checkpoint import check_weights, precheck_weights_file  # lazy: torch stays out of the API import
+    from core.models.zoo import list_models
 
     if arch not in list_models() and not arch.startswith("torchvision:"):
         raise ApiError(ErrorCode.VALIDATION_ERROR, f"unknown architecture {arch!r}", "arch")

@@ -131,7 +131,7 @@ def test_uploads_are_referenced_by_a_job(client: Client, tmp_path: Path) -> None
     import torch
     from safetensors.torch import save_file
 
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     rng = np.random.default_rng(0)
     data = tmp_path / "digits.npz"

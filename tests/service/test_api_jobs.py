@@ -102,9 +102,9 @@ def test_references_must_be_the_tenants_uploads(client: TestClient, key, spec: d
 
 
 def test_bound_objectives_refuse_unsupported_architectures(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
-    from core.bounds import check_supported
+    from core.certify.bounds import check_supported
     from core.errors import CoreError
-    from core.models import create_model, list_models
+    from core.models.zoo import create_model, list_models
 
     supported, unsupported = None, None
     for arch, entry in sorted(list_models().items()):

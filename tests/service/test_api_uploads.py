@@ -17,7 +17,7 @@ ARCH = "cnn_small_mnist"
 
 
 def create_model(**kwargs):  # type: ignore[no-untyped-def]
-    from core.models import create_model as build
+    from core.models.zoo import create_model as build
 
     return build(ARCH, **kwargs)
 

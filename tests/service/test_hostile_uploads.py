@@ -55,7 +55,7 @@ def _torch(obj: Any, legacy: bool = False) -> bytes:
 
 
 def _net_state() -> dict[str, torch.Tensor]:
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     torch.manual_seed(0)
     return {k: v.contiguous() for k, v in create_model(ARCH).state_dict().items()}
@@ -142,7 +142,7 @@ def _npz_bomb() -> bytes:
 
 def _hydra_bomb() -> bytes:
     """A HYDRA compressed artifact whose codec claims 2^31 - 1 weights (16 GB in float64)."""
-    from core.export import COMPRESSED_FORMAT
+    from core.io.export import COMPRESSED_FORMAT
 
     codec = {"net.0.weight": {"shape": [2**31 - 1], "dtype": "float64", "nnz": 0, "k": 0}}
     return _safetensors({"net.0.bias": torch.zeros(16)},

@@ -39,8 +39,8 @@ def test_a_job_runs_end_to_end_and_its_compressed_network_has_the_reported_accur
 ) -> None:
     import torch
 
-    from core.data import build_datasets
-    from core.export import load_compressed_model
+    from core.data.datasets import build_datasets
+    from core.io.export import load_compressed_model
     from core.spec import load_spec
 
     start_worker()
@@ -226,8 +226,8 @@ def test_a_job_from_an_uploaded_network_and_dataset_skips_pretraining_and_names_
     import torch
     from safetensors.torch import save
 
-    from core.data import _mnist5k_arrays, build_datasets
-    from core.models import create_model
+    from core.data.datasets import _mnist5k_arrays, build_datasets
+    from core.models.zoo import create_model
     from core.spec import load_spec
 
     torch.manual_seed(5)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core import run as run_mod
+from core.pipeline import runner as run_mod
 from core.errors import CoreError, ResumeMismatch
 from worker.runner import CHECKPOINT_FILE, JobAttempt
 

@@ -8,7 +8,7 @@ trains; it raises ``CoreError(code, field, detail)`` naming ``model.arch`` (or t
 entry at fault).
 
 What the dataset looks like is known without loading it: the catalogue's static ``input_shape`` and
-``num_classes`` (``core.data.dataset_catalogue``) for mnist5k/mnist/cifar10/svhn; for an upload, what
+``num_classes`` (``core.data.datasets.dataset_catalogue``) for mnist5k/mnist/cifar10/svhn; for an upload, what
 the service stored when it checked the file (passed in as ``dataset_info``); for a local ``.npz``, the
 header of its ``images`` array and its ``labels``. An image folder is only known once it loads (image
 sizes vary until resized), so its shape check is skipped and the reason returned.
@@ -50,7 +50,7 @@ def dataset_signature(
     ds = spec.dataset
     declared = ds.num_classes
     if ds.name in _CATALOGUE_SHAPED:
-        from core.data import dataset_catalogue
+        from core.data.datasets import dataset_catalogue
 
         entry = dataset_catalogue()[ds.name]
         return tuple(entry["input_shape"]), int(entry["num_classes"]), None
@@ -70,7 +70,7 @@ def dataset_signature(
 
 def _npz_header(path: str, declared: int | None) -> tuple[tuple[int, ...] | None, int | None]:
     """The (C, H, W) of a local .npz's ``images`` from the array header alone, and its classes (the
-    declared count, else the largest label + 1: labels are small). Channel rule as ``core.data``:
+    declared count, else the largest label + 1: labels are small). Channel rule as ``core.data.datasets``:
     3 dims = one channel; 4 dims = channels first if axis 1 is 1 or 3, else last if axis 3 is. Any
     problem gives ``(None, None)``: the loader reports a broken file properly, with its field."""
     try:
@@ -108,7 +108,7 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     Returns ``None`` when everything was checked, else the reason the shape check was skipped.
     Raises ``CoreError``: ``incompatible_architecture`` on ``model.arch`` (or ``model.kwargs.<name>``),
     or whatever ``create_model`` raises for bad architecture arguments (``model.kwargs``)."""
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     shape, num_classes, skipped = dataset_signature(spec, dataset_info)
     arch = spec.model.arch
@@ -170,7 +170,7 @@ def shape_error(exc: BaseException) -> CoreError | None:
 
 
 def _build_cpu(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     with torch.random.fork_rng(devices=[]):  # building for real draws initial weights: leave the RNG be
         try:
@@ -199,7 +199,7 @@ def _input_channels(model: torch.nn.Module) -> int | None:
 
 
 def _arch_hint(arch: str) -> str:
-    from core.models import list_models
+    from core.models.zoo import list_models
 
     entry = list_models().get(arch)
     return f" ({arch} is built for inputs {_fmt(entry['input_shape'])})" if entry else ""

@@ -89,7 +89,7 @@ def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -
 def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
     lines = ["## Architecture", "",
-             f"- architecture: `{spec.model.arch}` (from `core.models`), arguments `{json.dumps(kwargs)}`",
+             f"- architecture: `{spec.model.arch}` (from `core.models.zoo`), arguments `{json.dumps(kwargs)}`",
              "- input: " + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
              + "pixels in [0, 1]; the input normalisation is part of the network",
              f"- classes: {info.get('num_classes')}",
@@ -213,12 +213,12 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     lines = ["## How to load it", ""]
     if "compressed" in arts:
         lines += ["The compressed artifact (sparse, with the architecture in its metadata):", "", "```python",
-                  "from core.export import load_compressed_model", "",
+                  "from core.io.export import load_compressed_model", "",
                   f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
                   "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)", "```", ""]
     if "dense" in arts:
         lines += ["The dense safetensors (effective weights, no pruning state) into the plain architecture:", "",
-                  "```python", "from safetensors.torch import load_file", "from core.models import create_model", "",
+                  "```python", "from safetensors.torch import load_file", "from core.models.zoo import create_model", "",
                   f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
                   f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
                   "model.eval()", "```", "",

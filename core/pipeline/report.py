@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from core.callbacks import RunCallbacks
-from core.evaluate import attack_settings
-from core.export import file_digest
+from core.pipeline.evaluate import attack_settings
+from core.io.export import file_digest
 from core.spec import JobSpec
-from core.stats import INTERVAL_METHOD, seed_summary
+from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 
 REPORT_FORMAT = "hydra-compress-report/2"
 

@@ -7,7 +7,7 @@
   restricted to what that loader accepts (tensors, numbers, strings, bytes, None, dicts, lists,
   tuples); ``save_checkpoint`` converts numpy values and refuses anything else *before* writing.
 * ``load_weights`` imports safetensors, plain state dicts and the HYDRA reference format into a
-  model from ``core.models.create_model``, after checking every key, shape, dtype and value: a bad file
+  model from ``core.models.zoo.create_model``, after checking every key, shape, dtype and value: a bad file
   raises ``CoreError("invalid_checkpoint", "model.checkpoint", ...)`` and leaves the model untouched.
   ``check_weights`` does the same checks without copying anything (the API runs it on a network built
   on the ``meta`` device, so an upload never allocates the network).
@@ -318,7 +318,7 @@ def _read_safetensors(path: Path, max_elements: int | None = None) -> tuple[dict
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             if meta.get("format", "").startswith("hydra-compressed"):
-                from core.export import load_compressed
+                from core.io.export import load_compressed
 
                 net_state, info = load_compressed(path)
                 tensors = {f"net.{k}": v for k, v in net_state.items()}
@@ -440,7 +440,7 @@ def _rename(source: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dic
 
 def _derived_keys(model: nn.Module, target: dict[str, torch.Tensor]) -> set[str]:
     """Target keys a starting network may omit: pruning state, BN counters and normalisation."""
-    from core.masked import masked_layers
+    from core.pruning.masked import masked_layers
 
     optional = {k for k in target if k.endswith("num_batches_tracked") or k.split(".")[0] == "normalize"}
     for name, _layer in masked_layers(model):
@@ -515,7 +515,7 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "aut
 
     Returns ``{"format", "loaded", "derived"}``: the format read, the keys loaded and those left as they were.
     """
-    from core.masked import masked_layers, refresh_masks, set_keep_fraction
+    from core.pruning.masked import masked_layers, refresh_masks, set_keep_fraction
 
     if keep is not None:  # checked before anything is read or copied
         if not isinstance(keep, (int, float)) or not 0.0 < float(keep) <= 1.0:

@@ -4,7 +4,7 @@ from the exported weights.
 
 Every number leaves here with the exact procedure that produced it (``procedures``), the sample it
 was measured on (``samples``: size and count per class; every capped evaluation is a seeded,
-class-stratified sample, see ``core.sampling``) and its 95% Clopper-Pearson interval (``intervals``,
+class-stratified sample, see ``core.data.sampling``) and its 95% Clopper-Pearson interval (``intervals``,
 ``counts``), so a report never shows a robust accuracy without saying which attack, on what, and how
 sure.
 """
@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from core.attack_suite import MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
-from core.attacks import pgd
-from core.data import test_loader
-from core.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
+from core.robust.suite import MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
+from core.robust.attacks import pgd
+from core.data.datasets import test_loader
+from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
 from core.spec import JobSpec
-from core.stats import INTERVAL_METHOD, clopper_pearson
+from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
 
 CERTIFIED_OBJECTIVES = ("smoothing", "mixtrain", "crown_ibp")
 # Objectives whose threat model is an l_p ball an attack can search (smoothing certifies the smoothed
@@ -192,7 +192,7 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
     result: dict[str, Any] = {"samples": samples, "checks": checks, "n_test": len(big),
                               "interval_method": INTERVAL_METHOD}
     if spec.objective.type in CERTIFIED_OBJECTIVES:
-        from core.objectives_certified import evaluate_certified
+        from core.objectives.certified import evaluate_certified
 
         cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
         cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
@@ -235,7 +235,7 @@ def _soundness_check(metrics: dict[str, float], checks: dict[str, Any]) -> None:
 def sparsity_from_export(path: Path, masked_names: list[str]) -> dict[str, Any]:
     """Per-layer and total sparsity counted from the tensors stored in a compressed artifact,
     not from the spec: what a user downloads is what is measured."""
-    from core.export import load_compressed
+    from core.io.export import load_compressed
 
     state, _meta = load_compressed(path)
     wanted = set(masked_names)

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
+from core.pruning.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
 
 ALLOCATIONS = ("uniform", "global", "learned")
 GRANULARITIES = ("unstructured", "channel")

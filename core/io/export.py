@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import atomic_write_bytes
+from core.io.checkpoint import atomic_write_bytes
 from core.errors import CoreError
 
 COMPRESSED_FORMAT = "hydra-compressed-v1"
@@ -367,9 +367,9 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 
 def load_compressed_model(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the network through ``core.models.create_model(arch, **kwargs)`` from the metadata and
+    """Rebuild the network through ``core.models.zoo.create_model(arch, **kwargs)`` from the metadata and
     load exactly the exported effective weights (plain, unmasked layers) and normalisation."""
-    from core.models import create_model
+    from core.models.zoo import create_model
 
     state, metadata, prefix = _read_compressed(path)
     arch = metadata.get("arch")

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.masked import SCORE_INITS, MaskedConv2d, MaskedLinear, kept_count, masked_layers
+from core.pruning.masked import SCORE_INITS, MaskedConv2d, MaskedLinear, kept_count, masked_layers
 
 FIELD = "pruning.granularity"
 # keep held just below 1 during channel pruning: ``is_dense()`` (keep >= 1) would skip the masked path
@@ -281,7 +281,7 @@ class ChannelPruning(nn.Module):
         per step:  opt.zero_grad(); loss.backward(); cp.accumulate_grad(model); opt.step(); cp.refresh(model)
         after:     cp.finalize(model)                     # exact keep fractions in the layers
 
-    Never call ``core.masked.refresh_masks``/``set_keep_fraction``/``init_scores`` on a channel-pruned
+    Never call ``core.pruning.masked.refresh_masks``/``set_keep_fraction``/``init_scores`` on a channel-pruned
     network: they would replace the channel masks by per-weight ones. ``cp.state_dict()`` (scores,
     keep) belongs in the checkpoint next to the model's; after ``load_state_dict`` call
     ``refresh(model)`` (it recomputes the same masks). Build it after ``model.to(device)``.
@@ -424,7 +424,7 @@ def check_channel_supported(model: nn.Module, example_input: Tensor, k: float = 
     traces its groups, masks random channels at ``k`` and checks the rebuilt network reproduces the
     masked one. Costs one trace and two forwards of ``example_input``; for submission-time checks.
     ``model`` may be plain or masked; it is not modified."""
-    from core.masked import convert_to_masked
+    from core.pruning.masked import convert_to_masked
 
     probe = convert_to_masked(copy.deepcopy(model))
     cp = ChannelPruning(probe, example_input)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.attacks import pgd, smooth_relu_backward
+from core.robust.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
 
 MASKING_MARGIN = 0.02

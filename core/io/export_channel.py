@@ -6,10 +6,10 @@ input normalisation ``normalize.mean/std``), and in the header metadata (JSON) t
 and kwargs, the ``widths`` (output channels of every conv/linear) and the ``input_shape`` used to trace
 it. Loading never unpickles::
 
-    from core.export_channel import load_channel_pruned
+    from core.io.export_channel import load_channel_pruned
     model = load_channel_pruned("hydra_k0.25.channel.safetensors")   # plain nn.Module, eval mode
 
-The loader builds the architecture at full width with ``core.models.create_model``, shrinks it to the
+The loader builds the architecture at full width with ``core.models.zoo.create_model``, shrinks it to the
 stored widths with Torch-Pruning (each coupled group keeps its first ``w`` channels — the values do
 not matter, they are loaded next) and loads the tensors with ``strict=True``.
 """
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from core.errors import CoreError
-from core.export import read_artifact
+from core.io.export import read_artifact
 
 CHANNEL_FORMAT = "hydra-channel-v1"
 FIELD = "model.checkpoint"
@@ -37,11 +37,11 @@ def _invalid(message: str) -> CoreError:
 
 def export_channel_pruned(small: nn.Module, widths: dict[str, int], path: str | os.PathLike[str],
                           metadata: dict[str, Any], input_shape: list[int] | tuple[int, ...]) -> dict[str, Any]:
-    """Write the rebuilt network ``small`` (from :func:`core.structured.rebuild_pruned`) with its
+    """Write the rebuilt network ``small`` (from :func:`core.pruning.structured.rebuild_pruned`) with its
     ``widths``; ``metadata`` must name ``arch`` (and ``kwargs``) for the loader. Atomic, byte-
     reproducible. Returns ``{"size", "sha256"}``."""
-    from core.checkpoint import atomic_write_bytes
-    from core.export import file_digest, safetensors_bytes
+    from core.io.checkpoint import atomic_write_bytes
+    from core.io.export import file_digest, safetensors_bytes
 
     if not isinstance(metadata.get("arch"), str):
         raise ValueError("metadata must name the architecture ('arch')")
@@ -81,8 +81,8 @@ def read_channel_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, torch.T
 def load_channel_pruned(path: str | os.PathLike[str]) -> nn.Module:
     """The channel-pruned network of a ``hydra-channel-v1`` file: plain layers, eval mode, the exact
     exported tensors (see the module docstring)."""
-    from core.models import create_model
-    from core.structured import apply_widths
+    from core.models.zoo import create_model
+    from core.pruning.structured import apply_widths
 
     tensors, metadata, widths, input_shape = read_channel_pruned(path)
     model = create_model(metadata["arch"], **(metadata.get("kwargs") or {}))

@@ -5,7 +5,7 @@ The same objective code and the same :func:`train_step` serve dense and masked n
 stage, so a masked step costs only the mask (see ``bench/prune_step.py``).
 
 ``build_objective(cfg)`` picks the class from ``cfg.type``; the verifiable objectives (smoothing,
-MixTrain, CROWN-IBP) live in ``core.objectives_certified`` and are plugged in through
+MixTrain, CROWN-IBP) live in ``core.objectives.certified`` and are plugged in through
 :func:`register_objective` (loaded on first use of an unknown type, or registered by anyone).
 """
 from __future__ import annotations
@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.attacks import _check as _check_attack
-from core.attacks import pgd, smooth_relu_backward
+from core.robust.attacks import _check as _check_attack
+from core.robust.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
-from core.masked import shared_effective_weights, refresh_masks
+from core.pruning.masked import shared_effective_weights, refresh_masks
 
 EPS_LINF, STEP_LINF = 8 / 255, 2 / 255
 EPS_L2, STEP_L2 = 0.5, 0.125
 DEFAULT_STEPS = 10
 TRADES_BETA = 6.0
-_PLUGIN_MODULES = ("core.objectives_certified",)
+_PLUGIN_MODULES = ("core.objectives.certified",)
 
 
 @runtime_checkable
@@ -79,7 +79,7 @@ class _Attacked:
 
     def attack(self, model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> Tensor:
         """The training attack, through the smooth ReLU backward when configured (see
-        ``core.attacks.smooth_relu_backward`` for why)."""
+        ``core.robust.attacks.smooth_relu_backward`` for why)."""
         if self.relu_backward == "smooth":
             with smooth_relu_backward(model, self.relu_tau):
                 return pgd(model, x, y, **self.attack_settings(), **kwargs)

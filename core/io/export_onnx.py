@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.structured import to_plain
+from core.pruning.structured import to_plain
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -42,7 +42,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
     """Write ``model`` (plain or masked; evaluated in eval mode) as one ONNX file with a dynamic batch
     dimension; ``metadata`` goes into the model's ``metadata_props`` (JSON values). Atomic. Returns
     ``{"size", "sha256"}``."""
-    from core.export import file_digest
+    from core.io.export import file_digest
 
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")

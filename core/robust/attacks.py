@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.masked import shared_effective_weights
+from core.pruning.masked import shared_effective_weights
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "kl")

@@ -1,6 +1,6 @@
 """The three verifiable objectives — randomized smoothing, MixTrain, CROWN-IBP — and their certificates.
 
-Each objective follows the ``core.objectives`` protocol: ``loss(model, x, y) -> (loss, clean_logits)``,
+Each objective follows the ``core.objectives.adversarial`` protocol: ``loss(model, x, y) -> (loss, clean_logits)``,
 ``name``, ``describe()``, plus ``set_epoch(epoch, stage, iteration_fraction)`` which the training loop
 calls before every batch (the eps ramps and the MixTrain λ depend on it). Ramps apply in ``pretrain``
 only; ``prune`` and ``finetune`` use the target eps from the first batch (METHOD.md). Before any
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.bounds import (
+from core.certify.bounds import (
     BOUND_METHODS,
     METHOD_DESCRIPTIONS,
     check_supported,
@@ -29,7 +29,7 @@ from core.bounds import (
     verified_counts,
 )
 from core.errors import CoreError
-from core.smoothing import CERTIFY_METHOD, certify_dataset
+from core.certify.smoothing import CERTIFY_METHOD, certify_dataset
 
 STAGES = ("pretrain", "prune", "finetune")
 MIXTRAIN_BOUND = (
@@ -273,7 +273,7 @@ FACTORIES: dict[str, Callable[[Any], Any]] = {
 
 
 def register(register_objective: Callable[[str, Callable[[Any], Any]], None]) -> None:
-    """Hand the three factories to ``core.objectives.register_objective``."""
+    """Hand the three factories to ``core.objectives.adversarial.register_objective``."""
     for type_name, factory in FACTORIES.items():
         register_objective(type_name, factory)
 

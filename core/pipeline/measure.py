@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from core.masked import MaskedConv2d, MaskedLinear, masked_layers
-from core.structured import to_plain
+from core.pruning.masked import MaskedConv2d, MaskedLinear, masked_layers
+from core.pruning.structured import to_plain
 
 
 # ------------------------------------------------------------------ counts

@@ -1,6 +1,6 @@
 """Datasets and loaders: every image is a float tensor in [0, 1], channels first.
 
-Normalisation lives inside the model (``core.models.NormalizedModel``) so attacks and smoothing
+Normalisation lives inside the model (``core.models.zoo.NormalizedModel``) so attacks and smoothing
 noise work in pixel space. Shuffling is drawn from a ``torch.Generator`` seeded by ``(seed, epoch)``
 only, so a run resumed at epoch ``e`` sees exactly the batches the uninterrupted run would have.
 

@@ -55,7 +55,7 @@ class _Op:
 
 
 def _is_normalize(module: nn.Module) -> bool:
-    # Duck-typed so that this module does not import core.models: the contract is a module named
+    # Duck-typed so that this module does not import core.models.zoo: the contract is a module named
     # ``Normalize`` computing (x - mean) / std with per-channel ``mean`` and ``std`` buffers.
     return (
         type(module).__name__ == "Normalize"
@@ -104,7 +104,7 @@ def _walk(module: nn.Module, path: str) -> Iterable[_Op]:
     elif isinstance(module, nn.Identity):
         yield _Op("identity", path, module)
     elif {n for n, _ in module.named_children()} == {"normalize", "net"}:
-        # core.models.NormalizedModel: forward is net(normalize(x)).
+        # core.models.zoo.NormalizedModel: forward is net(normalize(x)).
         yield from _walk(module.normalize, _join(path, "normalize"))  # type: ignore[arg-type]
         yield from _walk(module.net, _join(path, "net"))  # type: ignore[arg-type]
     else:

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from core import checkpoint as ckpt
-from core.bounds import check_supported
+from core.io import checkpoint as ckpt
+from core.certify.bounds import check_supported
 from core.callbacks import RunCallbacks
-from core.data import build_datasets, train_loader
+from core.data.datasets import build_datasets, train_loader
 from core.errors import CoreError, ResumeMismatch, RunCanceled
-from core.evaluate import attack_settings, evaluate_variant, sparsity_from_export, validate
-from core.masked import (
+from core.pipeline.evaluate import attack_settings, evaluate_variant, sparsity_from_export, validate
+from core.pruning.masked import (
     convert_to_masked,
     init_scores,
     masked_layers,
@@ -36,8 +36,8 @@ from core.masked import (
     set_keep_fraction,
     set_stage,
 )
-from core.models import create_model
-from core.objectives import build_objective, train_step
+from core.models.zoo import create_model
+from core.objectives.adversarial import build_objective, train_step
 from core.spec import BOUND_OBJECTIVES, JobSpec, StageSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -378,8 +378,8 @@ class _Runner:
     def _write_model_card(self, step: Step, result: dict[str, Any]) -> None:
         """``<variant>.model_card.md`` beside the variant's network files (Hugging Face conventions),
         reported as an artifact like them and named in ``result["artifacts"]["model_card"]``."""
-        from core.export import file_digest
-        from core.model_card import card_name, render_model_card
+        from core.io.export import file_digest
+        from core.pipeline.model_card import card_name, render_model_card
 
         parent = None
         if step.method is not None:
@@ -394,7 +394,7 @@ class _Runner:
         self.cb.on_artifact(name, path, size, digest)
 
     def _exported_network(self, artifacts: dict[str, Any]) -> nn.Module:
-        from core.export import load_compressed_model
+        from core.io.export import load_compressed_model
 
         if "compressed" not in artifacts:
             return self.model
@@ -402,7 +402,7 @@ class _Runner:
         return network.eval()
 
     def _export(self, step: Step) -> dict[str, Any]:
-        from core.export import export_compressed, export_dense
+        from core.io.export import export_compressed, export_dense
 
         meta = {
             "arch": self.spec.model.arch,
@@ -423,7 +423,7 @@ class _Runner:
         return out
 
     def _finish(self) -> dict[str, Any]:
-        from core.report import write_reports
+        from core.pipeline.report import write_reports
 
         report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb, self.record)
         self.cb.on_event("run_finished", {"variants": sorted(self.results)})
