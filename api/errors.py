@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import CoreError
+from core.spec import OBJECTIVE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def error_response(
 
 
 # Tags of the objective's discriminated union appear in pydantic locations; users never write them.
-_UNION_TAGS = {"natural", "pgd", "trades", "smoothing", "mixtrain", "crown_ibp"}
+_UNION_TAGS = frozenset(OBJECTIVE_TYPES)
 _LOC_SOURCES = {"body", "query", "path", "header", "cookie"}
 
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Protocol
 
 from service.settings import Settings
+from service.tasks import RUN_JOB_TASK
 
-RUN_JOB_TASK = "hydra.run_job"
 log = logging.getLogger(__name__)
 
 

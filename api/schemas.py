@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from core.vocab import STAGES
+
 
 class ErrorPublic(BaseModel):
     error_code: str
@@ -30,7 +32,7 @@ class JobPublic(BaseModel):
     id: str
     name: str | None
     status: str = Field(description="queued | running | succeeded | failed | canceled")
-    stage: str | None = Field(None, description="pretrain | prune | finetune | evaluate | export")
+    stage: str | None = Field(None, description=" | ".join(STAGES))
     variant: str | None = None
     epoch: int | None = None
     epochs: int | None = None

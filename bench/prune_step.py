@@ -3,7 +3,7 @@
 Times, in one process on CIFAR-shaped random data, (a) a prune step (masked net at k = 0.01, only
 scores train, TRADES l_inf 8/255 with 10 attack steps, SGD on the scores, then ``refresh_masks``),
 (b) the same TRADES step on the plain dense architecture (SGD on the weights) and (c) a finetune step
-(masked, k = 0.01, scores frozen). All three use ``core.objectives.adversarial.train_step`` with the same objective,
+(masked, k = 0.01, scores frozen). All three use ``core.pipeline.training.train_step`` with the same objective,
 so the difference is the mask alone. The variants are interleaved per iteration (in a rotating order)
 to cancel machine noise; each figure is the median of ``--steps`` timed iterations after 2 warm-ups.
 
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage  # noqa: E402
 from core.models.zoo import create_model  # noqa: E402
-from core.objectives.adversarial import TradesObjective, train_step  # noqa: E402
+from core.objectives.trades import TradesTraining as TradesObjective  # noqa: E402
+from core.pipeline.training import train_step  # noqa: E402
 
 WARMUP = 2
 K = 0.01

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, RunCanceled
+from core.vocab import REPORT_JSON
 
 app = typer.Typer(add_completion=False, help="Robust network compression with HYDRA.", no_args_is_help=True)
 
@@ -94,7 +95,8 @@ class ConsoleCallbacks(RunCallbacks):
                 f"evaluate {payload['variant']:14s} " + " ".join(f"{k}={v:.4f}" for k, v in payload["metrics"].items())
             )
         elif kind == "stage_started":
-            self.write(f"-- {payload['stage']} {payload['variant']} ({payload['epochs']} epochs)")
+            epochs = payload.get("epochs") or 0
+            self.write(f"-- {payload['stage']} {payload['variant']}" + (f" ({epochs} epochs)" if epochs else ""))
 
 
 def _fail(err: CoreError) -> NoReturn:
@@ -105,7 +107,7 @@ def _fail(err: CoreError) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-FINISHED_MARKER = "report.json"  # written last by run_job: its presence means the run finished
+FINISHED_MARKER = REPORT_JSON  # written last by run_job: its presence means the run finished
 
 
 def _check_out_dir(out: Path, resume: bool, force: bool) -> None:
@@ -166,12 +168,17 @@ def catalogue() -> None:
     """List architectures, datasets and objectives with their defaults."""
     from core.data.datasets import dataset_catalogue
     from core.models.zoo import list_models
-    from core.spec import OBJECTIVE_TYPES
+    from core.pruning.methods import METHODS
+    from core.spec import OBJECTIVE_TYPES, EvaluationSpec
 
     data = {
         "architectures": list_models(),
         "datasets": dataset_catalogue(),
         "objectives": {name: cls().model_dump() for name, cls in OBJECTIVE_TYPES.items()},
+        "pruning_methods": {name: method.description for name, method in METHODS.items()},
+        # every evaluation setting the pipeline reads, with its default and what it means
+        "evaluation": {name: {"default": field.get_default(call_default_factory=True), "description": field.description}
+                       for name, field in EvaluationSpec.model_fields.items()},
         # pgd and trades: eps and step_size left out take the default of the chosen norm
         "objective_defaults_by_norm": {
             name: cls.defaults_by_norm() for name, cls in OBJECTIVE_TYPES.items() if hasattr(cls, "defaults_by_norm")

@@ -10,16 +10,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
+from core.data.datasets import DATASETS
 from core.errors import CoreError
+from core.objectives import OBJECTIVES, ObjectiveSpec
+from core.pruning.methods import METHODS
 
-EPS_8_255 = 8 / 255
-STEP_2_255 = 2 / 255
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm"]  # re-exported
+DatasetName = DATASETS.literal()
+MethodName = METHODS.literal()
 
 
 # ---------------------------------------------------------------- model and data
@@ -42,9 +43,6 @@ class ModelSpec(StrictModel):
         return v
 
 
-DatasetName = Literal["mnist5k", "mnist", "cifar10", "svhn", "imagefolder", "npz"]
-
-
 class DatasetSpec(StrictModel):
     name: DatasetName = "mnist5k"
     data_dir: str = "data"
@@ -57,137 +55,33 @@ class DatasetSpec(StrictModel):
     max_train_samples: int | None = Field(None, ge=1, le=100_000_000)
     max_test_samples: int | None = Field(None, ge=1, le=100_000_000)
     augment: bool = False
+    image_size: int | None = Field(
+        None, ge=8, le=4096, description="imagefolder: resize and centre-crop every image to this size.")
     num_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetSpec":
-        if self.name in ("npz", "imagefolder") and not self.path:
+        if DATASETS.get(self.name).needs_path and not self.path:
             raise ValueError(f"dataset {self.name!r} needs 'path'")
         return self
 
 
 # ---------------------------------------------------------------- objectives
-Norm = Literal["linf", "l2"]
+# Built from the registry (``core.objectives``): each objective module holds its own spec model.
+OBJECTIVE_TYPES: dict[str, type[ObjectiveSpec]] = {name: cls.Spec for name, cls in OBJECTIVES.items()}
+# Objectives whose loss or certificate needs the bound code; their architectures are checked at submission.
+BOUND_OBJECTIVES: tuple[str, ...] = tuple(name for name, cls in OBJECTIVES.items() if cls.needs_bounds)
+Objective = Annotated[Union[tuple(OBJECTIVE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]
+DEFAULT_OBJECTIVE = "trades"
 
 
-class NaturalObjective(StrictModel):
-    """Plain cross-entropy on clean inputs."""
-
-    type: Literal["natural"] = "natural"
-
-
-# The ball an attack objective trains on when the spec names only the norm: (eps, step size).
-# l_inf: the reference's CIFAR setting, 8/255 with step 2/255 (METHOD.md). Read as an l_2 radius, 8/255
-# is a tiny ball (the l_inf ball of 8/255 reaches l_2 distance 8/255 * sqrt(3072) = 1.74 on a 3x32x32
-# image): no robustness to speak of. So l_2 takes the common CIFAR-10 l_2 threat model, eps 0.5 (RobustBench's l_2 track; Rice et al.
-# 2020), with step 0.125 = 2.5 * eps / 10 (Madry et al.'s 2.5·eps/steps rule for the default 10 steps;
-# the same ratio eps/4 as 2/255 to 8/255).
-NORM_DEFAULTS: dict[str, tuple[float, float]] = {"linf": (EPS_8_255, STEP_2_255), "l2": (0.5, 0.125)}
-
-
-def norm_defaults(norm: str) -> dict[str, float]:
-    """The default ``eps`` and ``step_size`` of an attack in ``norm`` (see ``NORM_DEFAULTS``)."""
-    eps, step = NORM_DEFAULTS[norm]
-    return {"eps": eps, "step_size": step}
-
-
-class PGDObjective(StrictModel):
-    """Madry et al.: cross-entropy on PGD adversarial examples.
-
-    ``eps`` and ``step_size`` left out (or null) take the default of ``norm``, each on its own: l_inf
-    8/255 and 2/255, l_2 0.5 and 0.125 (``NORM_DEFAULTS``). A validated objective always holds numbers.
-    """
-
-    type: Literal["pgd"] = "pgd"
-    norm: Norm = "linf"
-    eps: float | None = Field(
-        None, gt=0, description="Radius of the ball; null = the norm's default (linf 8/255, l2 0.5).")
-    step_size: float | None = Field(
-        None, gt=0, description="PGD step; null = the norm's default (linf 2/255, l2 0.125).")
-    steps: int = Field(10, ge=1, le=1000)
-    random_start: bool = True
-    relu_backward: Literal["exact", "smooth"] = Field(
-        "smooth", description="Gradient the training attack follows through ReLUs: 'smooth' (default) "
-        "backpropagates sigmoid(x/relu_tau) through every ReLU so the attack sees perturbations that switch "
-        "inactive units on (sparse networks otherwise learn to mask gradients); 'exact' is the plain gradient "
-        "of the reference code. The forward, and so the loss trained on, is the network's own.")
-    relu_tau: float = Field(0.1, gt=0, le=10, description="Temperature of the smooth ReLU backward.")
-
-    @model_validator(mode="after")
-    def _norm_defaults(self) -> "PGDObjective":
-        # Refilled on every validation (also when ``norm`` is reassigned) unless the user set the value;
-        # object.__setattr__ because a validated assignment here would re-enter this validator.
-        for name, value in norm_defaults(self.norm).items():
-            if getattr(self, name) is None or name not in self.model_fields_set:
-                object.__setattr__(self, name, value)
-        return self
-
-    @classmethod
-    def defaults_by_norm(cls) -> dict[str, dict[str, Any]]:
-        """The full defaults for each norm, as the catalogues show them (``eps``/``step_size`` differ)."""
-        return {norm: cls(norm=norm).model_dump(mode="json") for norm in NORM_DEFAULTS}
-
-
-class TradesObjective(PGDObjective):
-    """Zhang et al. TRADES: CE(f(x), y) + beta * KL(f(x) || f(x')), x' by PGD on the KL term."""
-
-    type: Literal["trades"] = "trades"  # type: ignore[assignment]
-    beta: float = Field(6.0, ge=0)
-
-
-class SmoothingObjective(StrictModel):
-    """Randomized smoothing training: stability training (default) or Gaussian augmentation."""
-
-    type: Literal["smoothing"] = "smoothing"
-    sigma: float = Field(0.25, gt=0)
-    beta: float = Field(6.0, ge=0)
-    mode: Literal["stability", "gaussian"] = "stability"
-
-
-class MixTrainObjective(StrictModel):
-    """Wang et al. 2018: natural CE plus a sampled symbolic-interval bound loss."""
-
-    type: Literal["mixtrain"] = "mixtrain"
-    eps: float = Field(0.007, gt=0)
-    sample_prob: float = Field(0.8, ge=0, le=1)
-    subset_size: int = Field(5, ge=1, le=10_000)
-    ramp_epochs: int = Field(15, ge=0, le=10_000)
-    lambda_init: float = Field(0.1, ge=0)
-    lambda_growth: float = Field(2.5, ge=1)
-    lambda_every: int = Field(5, ge=1, le=10_000)
-    lambda_max: float = Field(50.0, ge=0)
-
-
-class CrownIBPObjective(StrictModel):
-    """Zhang et al. 2020 CROWN-IBP: CE of negated margin lower bounds, beta*CROWN + (1-beta)*IBP."""
-
-    type: Literal["crown_ibp"] = "crown_ibp"
-    eps: float = Field(0.007, gt=0)
-    ramp_epochs: int = Field(120, ge=0, le=10_000)
-    kappa: float = Field(0.0, ge=0, le=1)
-
-
-Objective = Annotated[
-    Union[
-        NaturalObjective, PGDObjective, TradesObjective, SmoothingObjective, MixTrainObjective, CrownIBPObjective
-    ],
-    Field(discriminator="type"),
-]
-OBJECTIVE_TYPES: dict[str, type[StrictModel]] = {
-    "natural": NaturalObjective,
-    "pgd": PGDObjective,
-    "trades": TradesObjective,
-    "smoothing": SmoothingObjective,
-    "mixtrain": MixTrainObjective,
-    "crown_ibp": CrownIBPObjective,
-}
-# Objectives whose certificate needs the bound code; their architectures are checked at submission.
-BOUND_OBJECTIVES = ("mixtrain", "crown_ibp")
+def _default_objective() -> ObjectiveSpec:
+    return OBJECTIVE_TYPES[DEFAULT_OBJECTIVE]()
 
 
 # ---------------------------------------------------------------- pruning and stages
 class PruningSpec(StrictModel):
-    methods: list[Literal["hydra", "lwm"]] = Field(default_factory=lambda: ["hydra"], min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["hydra"], min_length=1)
     k: list[float] = Field(
         default_factory=lambda: [0.01],
         min_length=1,
@@ -254,6 +148,7 @@ class EvaluationSpec(StrictModel):
     pgd_smooth_relu: bool = Field(
         True, description="Also run PGD through the smooth ReLU backward (a BPDA-style surrogate gradient "
         "that sees past inactive ReLUs) and count it in the worst case.")
+    pgd_smooth_tau: float = Field(0.1, gt=0, le=10, description="Temperature of that smooth ReLU backward.")
     sample_seed: int | None = Field(
         None, ge=0, le=2**31 - 1, description="Seed of the class-stratified evaluation samples (default: the "
         "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.")
@@ -282,7 +177,7 @@ class JobSpec(StrictModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    objective: Objective = Field(default_factory=TradesObjective)
+    objective: Objective = Field(default_factory=_default_objective)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     stages: StagesSpec = Field(default_factory=StagesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -301,7 +196,7 @@ class JobSpec(StrictModel):
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
         return self
 
-    def objective_for(self, stage: str) -> StrictModel:
+    def objective_for(self, stage: str) -> ObjectiveSpec:
         """The objective a stage trains with: its own override, else the job's."""
         stage_spec = getattr(self.stages, stage, None)
         if stage_spec is not None and stage_spec.objective is not None:

@@ -7,18 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.objectives import adversarial as objectives
+from typing import Literal
+
+import core.objectives as objectives
 from core.errors import CoreError
+from core.objectives import OBJECTIVES, Objective, ObjectiveSpec, build_objective, register_objective
+from core.objectives import _attack as attack_mod
+from core.objectives.natural import NaturalTraining as NaturalObjective
+from core.objectives.pgd import PGDTraining as PGDObjective
+from core.objectives.trades import TradesTraining as TradesObjective
+from core.pipeline import training as training_mod
+from core.pipeline.training import train_step
 from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
-from core.objectives.adversarial import (
-    NaturalObjective,
-    Objective,
-    PGDObjective,
-    TradesObjective,
-    build_objective,
-    register_objective,
-    train_step,
-)
 
 
 class ModeRecorder(nn.Module):
@@ -93,7 +93,7 @@ def test_trades_loss_is_the_formula(monkeypatch):
         seen.update(kw)
         return x_adv
 
-    monkeypatch.setattr(objectives, "pgd", fake_pgd)
+    monkeypatch.setattr(attack_mod, "pgd", fake_pgd)
     model.eval()
     with torch.no_grad():
         clean_eval = model(x)
@@ -122,13 +122,13 @@ def test_adversarial_loss_exceeds_natural():
 
 def test_train_step_same_for_dense_and_masked(monkeypatch):
     calls = {"n": 0}
-    original = objectives.refresh_masks
+    original = training_mod.refresh_masks
 
     def counting(model):
         calls["n"] += 1
         original(model)
 
-    monkeypatch.setattr(objectives, "refresh_masks", counting)
+    monkeypatch.setattr(training_mod, "refresh_masks", counting)
     x, y = batch()
     obj = TradesObjective(steps=2)
     dense, _ = small_model()
@@ -148,10 +148,11 @@ def test_train_step_same_for_dense_and_masked(monkeypatch):
 
 
 def test_builder_accepts_spec_models_and_refuses_unknown():
-    spec = pytest.importorskip("core.spec")
-    obj = build_objective(spec.TradesObjective(beta=3.0, steps=5))
+    from core.spec import OBJECTIVE_TYPES
+
+    obj = build_objective(OBJECTIVE_TYPES["trades"](beta=3.0, steps=5))
     assert isinstance(obj, TradesObjective) and obj.beta == 3.0 and obj.steps == 5
-    assert isinstance(build_objective(spec.PGDObjective(norm="l2", eps=0.25)), PGDObjective)
+    assert isinstance(build_objective(OBJECTIVE_TYPES["pgd"](norm="l2", eps=0.25)), PGDObjective)
     with pytest.raises(CoreError) as err:
         build_objective({"type": "free_lunch"})
     assert err.value.field == "objective.type" and "trades" in err.value.message
@@ -160,28 +161,51 @@ def test_builder_accepts_spec_models_and_refuses_unknown():
     assert err.value.field == "objective.eps"
 
 
-def test_register_objective_plugs_in():
-    class Constant:
-        name = "constant"
+def test_direct_construction_validates_like_the_spec():
+    assert TradesObjective(beta=2.0).cfg.relu_backward == "smooth"  # the spec's default, one source
+    with pytest.raises(CoreError) as err:
+        TradesObjective(beta=-1.0)
+    assert err.value.field == "objective.beta"
 
-        def __init__(self, cfg):
-            self.value = cfg.value
+
+def test_register_objective_plugs_in():
+    class ConstantSpec(ObjectiveSpec):
+        type: Literal["constant_test"] = "constant_test"
+        value: float = 1.0
+
+    class Constant(Objective):
+        name = "constant_test"
+        Spec = ConstantSpec
 
         def loss(self, model, x, y):
             logits = model(x)
-            return logits.sum() * 0 + self.value, logits.detach()
+            return logits.sum() * 0 + self.cfg.value, logits.detach()
 
         def describe(self):
             return {"type": self.name}
 
-    register_objective("constant_test", Constant)
-    obj = build_objective({"type": "constant_test", "value": 2.0})  # dicts reach plug-ins as attributes
-    assert obj.value == 2.0
-    with pytest.raises(ValueError):
-        register_objective("trades", Constant)
+    register_objective(Constant)
+    try:
+        obj = build_objective({"type": "constant_test", "value": 2.0})  # validated by its own spec model
+        assert isinstance(obj, Constant) and obj.cfg.value == 2.0 and not obj.certifies and obj.attacked
+        with pytest.raises(CoreError) as err:
+            build_objective({"type": "constant_test", "valeu": 2.0})
+        assert err.value.field == "objective.valeu"
+        with pytest.raises(ValueError):  # a taken name
+            OBJECTIVES.register("trades", Constant)
+
+        class Misnamed(Constant):
+            name = "other_name"
+
+        with pytest.raises(ValueError):  # the spec's type must be the objective's name
+            register_objective(Misnamed)
+    finally:
+        OBJECTIVES.unregister("constant_test")
+    assert "constant_test" not in objectives.known_objectives()
 
 
-def test_certified_objectives_load_as_plugins():
-    pytest.importorskip("core.objectives.certified")
-    assert {"smoothing", "mixtrain", "crown_ibp"} <= set(objectives.known_objectives())
-    assert build_objective({"type": "smoothing"}).name
+def test_every_objective_module_registers_itself():
+    assert set(objectives.known_objectives()) == {"natural", "pgd", "trades", "smoothing", "mixtrain", "crown_ibp"}
+    for name, cls in OBJECTIVES.items():
+        assert cls.Spec.model_fields["type"].default == name
+        assert build_objective({"type": name}).describe()["type"] == name

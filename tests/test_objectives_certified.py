@@ -1,7 +1,6 @@
 """The verifiable objectives: losses that train masked scores, the schedules of METHOD.md, and the
-certified numbers of evaluate_certified, each tagged with its method."""
+certified numbers of their certify(), each tagged with its method."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,18 +10,16 @@ from core.certify.bounds import ibp_bounds, margin_spec
 from core.errors import CoreError
 from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
 from core.models.zoo import create_model
-from core.objectives.certified import (
-    FACTORIES,
-    CrownIBP,
-    MixTrain,
-    evaluate_certified,
-    make_crown_ibp,
-    make_mixtrain,
-    make_smoothing,
-    robust_ce,
-)
 from core.certify.smoothing import CERTIFY_METHOD
-from core.spec import CrownIBPObjective, EvaluationSpec, MixTrainObjective, SmoothingObjective
+from core.objectives import OBJECTIVES as REGISTRY
+from core.objectives import build_objective
+from core.objectives._bounded import robust_ce
+from core.objectives.crown_ibp import CrownIBP, CrownIBPObjective
+from core.objectives.mixtrain import MixTrain, MixTrainObjective
+from core.objectives.smoothing import SmoothingObjective, SmoothingTraining
+from core.spec import EvaluationSpec
+
+make_smoothing, make_mixtrain, make_crown_ibp = SmoothingTraining, MixTrain, CrownIBP
 
 
 def tiny_masked_mnist(stage: str = "prune"):
@@ -139,32 +136,34 @@ def test_crown_ibp_eps_and_beta_ramp_per_iteration():
         obj.set_epoch(0, "warmup")
 
 
-def test_factories_take_method_md_defaults_from_a_bare_config():
-    bare = SimpleNamespace(type="x")
-    assert vars(make_smoothing(bare)) == {"sigma": 0.25, "beta": 6.0, "mode": "stability"}
-    m = make_mixtrain(bare)
+def test_objectives_take_method_md_defaults():
+    s = make_smoothing()
+    assert (s.sigma, s.beta, s.mode) == (0.25, 6.0, "stability")
+    m = make_mixtrain().cfg
     assert (m.eps, m.sample_prob, m.subset_size, m.ramp_epochs) == (0.007, 0.8, 5, 15)
     assert (m.lambda_init, m.lambda_growth, m.lambda_every, m.lambda_max) == (0.1, 2.5, 5, 50.0)
-    c = make_crown_ibp(bare)
+    c = make_crown_ibp().cfg
     assert (c.eps, c.ramp_epochs, c.kappa) == (0.007, 120, 0.0)
-    assert set(FACTORIES) == {"smoothing", "mixtrain", "crown_ibp"}
-    assert "CROWN" in m.describe()["bound"] and "IBP" in c.describe()["bound"]
-    assert CERTIFY_METHOD in make_smoothing(bare).describe()["certificate"]
+    assert {name for name, cls in REGISTRY.items() if build_objective({"type": name}).certifies} == {
+        "smoothing", "mixtrain", "crown_ibp"}
+    assert {name for name, cls in REGISTRY.items() if cls.needs_bounds} == {"mixtrain", "crown_ibp"}
+    assert "CROWN" in make_mixtrain().describe()["bound"] and "IBP" in make_crown_ibp().describe()["bound"]
+    assert CERTIFY_METHOD in make_smoothing().describe()["certificate"]
 
 
 # ---------------------------------------------------------------- certification
 def test_evaluate_certified_tags_every_number_with_its_method():
     model, x, y = tiny_masked_mnist("eval")
     ev = EvaluationSpec(smoothing_n0=10, smoothing_n=60, smoothing_radii=[0.0, 0.25], certify_max_samples=4)
-    smooth = evaluate_certified(model, SmoothingObjective(), (x[:4], y[:4]), ev)  # the caller draws the sample
+    smooth = make_smoothing().certify(model, x[:4], y[:4], ev, seed=3)  # the caller draws the sample
+    assert "noise seed 3" in smooth["procedures"]["smoothed_acc"]  # the job's seed, not always 0
     assert {"certified_acc@0", "certified_acc@0.25", "smoothed_acc", "abstain_rate", "mean_certified_radius"} <= set(smooth)
     assert smooth["details"]["num_samples"] == 4 and smooth["method"] == CERTIFY_METHOD
     assert set(smooth["procedures"]) | {"mean_certified_radius"} == set(smooth["methods"])
     assert smooth["certified_acc@0.25"] <= smooth["certified_acc@0"] <= smooth["smoothed_acc"]
     for cfg in (CrownIBPObjective(eps=0.01), MixTrainObjective(eps=0.01)):
-        out = evaluate_certified(model, cfg, (x, y), ev)
+        out = build_objective(cfg).certify(model, x, y, ev, seed=0)
         assert set(out["procedures"]) == set(out["methods"]) == {"verified_acc_ibp", "verified_acc_crown_ibp"}
         assert "IBP" in out["procedures"]["verified_acc_ibp"] and "eps=0.01" in out["procedures"]["verified_acc_ibp"]
         assert 0 <= out["verified_acc_ibp"] <= out["details"]["clean_acc"]
-    with pytest.raises(CoreError):
-        evaluate_certified(model, SimpleNamespace(type="pgd"), (x, y), ev)
+    assert build_objective({"type": "pgd"}).certify(model, x, y, ev, seed=0) is None

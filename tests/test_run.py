@@ -5,12 +5,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.objectives import adversarial as objectives_mod
+from core.pipeline import plan as plan_mod
+from core.pipeline import training as objectives_mod
 from core.pipeline import runner as run_mod
 from core.callbacks import RunCallbacks
 from core.errors import RunCanceled
 from core.io.export import load_compressed, load_compressed_model
-from core.pipeline.runner import plan_steps, run_job
+from core.pipeline.plan import plan_steps
+from core.pipeline.runner import run_job
 from core.spec import load_spec
 
 TINY = {
@@ -194,7 +196,7 @@ def test_a_bound_objective_refuses_an_unsupported_layer_before_any_training(monk
 
 
 def test_step_schedule_divides_by_10_at_75_and_by_100_at_90_percent():
-    from core.pipeline.runner import lr_at
+    from core.pipeline.training import lr_at
     from core.spec import StageSpec
 
     stage = StageSpec(epochs=100, lr=0.1, schedule="step")
@@ -211,6 +213,6 @@ def test_resume_mismatch_lists_nested_differences():
              "evaluation": {"a": 1}}
     current = {"seed": 1, "stages": {"prune": {"lr": 0.2, "epochs": 2}, "finetune": {"lr": 0.01}},
                "pruning": {"k": [0.1, 0.05]}, "evaluation": {"a": 1, "b": 2}}
-    assert run_mod._differing_fields(saved, current) == [
+    assert plan_mod.differing_fields(saved, current) == [
         "evaluation.b", "pruning.k", "stages.finetune", "stages.prune.lr"]
-    assert run_mod._differing_fields(saved, saved) == []
+    assert plan_mod.differing_fields(saved, saved) == []

@@ -12,7 +12,8 @@ from torch import nn
 from core.robust.attacks import smooth_relu_backward
 from core.data.datasets import TensorImageDataset
 from core.pipeline.evaluate import evaluate_variant, validate
-from core.pipeline.runner import plan_steps, run_job
+from core.pipeline.plan import plan_steps
+from core.pipeline.runner import run_job
 from core.spec import load_spec
 
 TINY = {

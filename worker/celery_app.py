@@ -33,9 +33,8 @@ from __future__ import annotations
 from celery import Celery
 
 from service.settings import Settings, get_settings
+from service.tasks import REAP_TASK, RUN_JOB_TASK
 
-RUN_JOB_TASK = "hydra.run_job"
-REAP_TASK = "hydra.reap"
 MAINTENANCE_QUEUE = "maintenance"
 REAP_INTERVAL_S = 15.0
 REDIS_VISIBILITY_TIMEOUT_S = 3600

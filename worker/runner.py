@@ -31,6 +31,7 @@ from celery import Celery
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, ResumeMismatch, RunCanceled
+from core.vocab import CHECKPOINT_NAME
 from service.db import jobs as db_jobs
 from service.db import uploads as db_uploads
 from service.db.session import session_scope
@@ -43,7 +44,6 @@ from worker.signals import shutdown_requested
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CANCEL_POLL_INTERVAL_S = 1.0
 UPLOAD_TRIES = 3
 TRACEBACK_LINES = 15
@@ -56,7 +56,7 @@ CONTENT_TYPES = {
 
 
 def checkpoint_key(job_id: str) -> str:
-    return f"jobs/{job_id}/checkpoints/{CHECKPOINT_FILE}"
+    return f"jobs/{job_id}/checkpoints/{CHECKPOINT_NAME}"
 
 
 def artifact_key(job_id: str, name: str) -> str:
@@ -197,34 +197,36 @@ class JobAttempt:
         self.callbacks = JobCallbacks(settings, store, lease)
 
     # -- inputs ------------------------------------------------------------------------------
-    def _resolve_spec(self, spec_dict: dict[str, Any], tenant_id: int) -> Any:
-        """Validate the stored spec and point ``model:<id>`` / ``dataset:<id>`` at local copies.
+    def _resolve_inputs(self, spec_dict: dict[str, Any], tenant_id: int) -> tuple[Any, Any]:
+        """Validate the stored spec and download the uploads it names (``model:<id>``,
+        ``dataset:<id>``); returns the spec unchanged and the ``RunInputs`` holding the local copies.
 
-        The local paths depend only on ``work_dir`` and the job id, so every attempt (on workers that
-        share ``HYDRA_WORK_DIR``) builds the same spec and the checkpoint's spec check passes."""
+        The spec stays the user's (spec.json, the report and the resume check see ``model:<id>``);
+        only the inputs point at this worker's files."""
+        from core.pipeline.runner import RunInputs
         from core.spec import load_spec
 
         spec = load_spec(spec_dict)
-        inputs = Path(self.settings.work_dir) / self.job_id / "inputs"
-        ref = spec.model.checkpoint
-        if ref and ref.startswith("model:"):
+        folder = Path(self.settings.work_dir) / self.job_id / "inputs"
+        model_path: str | None = spec.model.checkpoint
+        if model_path and model_path.startswith("model:"):
             with session_scope(self.settings) as session:
-                row = db_uploads.get_model(session, tenant_id, ref.removeprefix("model:"))
+                row = db_uploads.get_model(session, tenant_id, model_path.removeprefix("model:"))
             if row is None:
-                raise CoreError("model_not_found", "model.checkpoint", f"no uploaded model {ref!r}")
-            local = inputs / ("model.safetensors" if row.format == "safetensors" else "model.pt")
+                raise CoreError("model_not_found", "model.checkpoint", f"no uploaded model {model_path!r}")
+            local = folder / ("model.safetensors" if row.format == "safetensors" else "model.pt")
             self._download(row.storage_key, local)
-            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": str(local)})})
-        ref = spec.dataset.path
-        if ref and ref.startswith("dataset:"):
+            model_path = str(local)
+        dataset_path: str | None = spec.dataset.path
+        if dataset_path and dataset_path.startswith("dataset:"):
             with session_scope(self.settings) as session:
-                row = db_uploads.get_dataset(session, tenant_id, ref.removeprefix("dataset:"))
+                row = db_uploads.get_dataset(session, tenant_id, dataset_path.removeprefix("dataset:"))
             if row is None:
-                raise CoreError("dataset_not_found", "dataset.path", f"no uploaded dataset {ref!r}")
-            local = inputs / "dataset.npz"
+                raise CoreError("dataset_not_found", "dataset.path", f"no uploaded dataset {dataset_path!r}")
+            local = folder / "dataset.npz"
             self._download(row.storage_key, local)
-            spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": str(local)})})
-        return spec
+            dataset_path = str(local)
+        return spec, RunInputs(model_checkpoint=model_path, dataset_path=dataset_path)
 
     def _download(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +236,7 @@ class JobAttempt:
         """Make the run folder's checkpoint the store's: the store holds the last one uploaded under a
         lease, a local file may be a leftover of an attempt that lost it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        local = self.run_dir / CHECKPOINT_FILE
+        local = self.run_dir / CHECKPOINT_NAME
         key = checkpoint_key(self.job_id)
         if self.store.exists(key):
             self.store.get_to_path(key, local)
@@ -243,28 +245,25 @@ class JobAttempt:
         return False
 
     # -- the run -----------------------------------------------------------------------------
-    def _run(self, spec: Any, spec_dict: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, spec: Any, inputs: Any) -> dict[str, Any]:
         from core.pipeline.runner import run_job
-        from core.spec import load_spec
 
-        # spec.json and the report name uploads as the user did (model:<id>), not by local paths
-        record = load_spec(spec_dict).model_dump(mode="json")
         try:
-            return run_job(spec, self.run_dir, self.callbacks, resume=True, record_spec=record)
+            return run_job(spec, self.run_dir, self.callbacks, resume=True, inputs=inputs)
         except ResumeMismatch as err:
             # The stored checkpoint was written under a spec that validates differently now (the
             # service was upgraded mid-job and a default changed): not resumable, so start over
-            # rather than fail. Local input paths never cause this: the resume check ignores them.
+            # rather than fail. The spec core checks is the user's, so local input paths never differ.
             self._event("checkpoint_discarded", {"reason": err.message, "fields": err.fields})
-            (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-            return run_job(spec, self.run_dir, self.callbacks, resume=False, record_spec=record)
+            (self.run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+            return run_job(spec, self.run_dir, self.callbacks, resume=False, inputs=inputs)
 
     def run(self, spec_dict: dict[str, Any], tenant_id: int) -> str:
         try:
-            spec = self._resolve_spec(spec_dict, tenant_id)
+            spec, inputs = self._resolve_inputs(spec_dict, tenant_id)
             resumed = self._fetch_checkpoint()
             self._event("attempt_started", {"attempt": self.lease.attempt, "resumed_from_checkpoint": resumed})
-            report = self._run(spec, spec_dict)
+            report = self._run(spec, inputs)
         except RunCanceled as exc:
             return self._stopped(str(exc))
         except CoreError as err:

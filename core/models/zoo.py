@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import CoreError
+from core.registry import Registry
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -66,7 +67,7 @@ class _Entry:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, _Entry] = {}
+MODELS: Registry[_Entry] = Registry("architecture", "model.arch")
 
 
 def register_model(name: str, *, input_shape: Sequence[int], normalization: str, description: str | None = None):
@@ -77,7 +78,7 @@ def register_model(name: str, *, input_shape: Sequence[int], normalization: str,
         params = inspect.signature(builder).parameters
         defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
         doc = description or (inspect.getdoc(builder) or name).splitlines()[0]
-        _REGISTRY[name] = _Entry(builder, doc, tuple(input_shape), normalization, defaults)
+        MODELS.register(name, _Entry(builder, doc, tuple(input_shape), normalization, defaults))
         return builder
 
     return wrap
@@ -95,7 +96,7 @@ def list_models() -> dict[str, dict[str, Any]]:
             "input_shape": list(e.input_shape),
             "num_classes": e.defaults.get("num_classes"),
         }
-        for name, e in sorted(_REGISTRY.items())
+        for name, e in MODELS.items()
     }
 
 
@@ -111,12 +112,12 @@ def create_model(name: str, **kwargs: Any) -> NormalizedModel:
         net, in_channels = _torchvision(name[len(TORCHVISION_PREFIX):], kwargs), 3
         default_norm = "imagenet"
     else:
-        entry = _REGISTRY.get(name)
-        if entry is None:
+        if name not in MODELS:
             raise CoreError(
                 "unknown_architecture", "model.arch",
-                f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}, torchvision:<name>",
+                f"unknown architecture {name!r}; known: {', '.join(MODELS.names())}, torchvision:<name>",
             )
+        entry = MODELS.get(name)
         _check_kwargs(name, entry, kwargs)
         net = entry.builder(**kwargs)
         in_channels = kwargs.get("in_channels", entry.defaults.get("in_channels", entry.input_shape[0]))

@@ -18,28 +18,24 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from core.robust.suite import MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
+from core.robust.suite import ATTACKS, MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
 from core.robust.attacks import pgd
+from core.config import EPS_8_255
 from core.data.datasets import test_loader
+from core.objectives import build_objective
 from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
 from core.spec import JobSpec
 from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
 
-CERTIFIED_OBJECTIVES = ("smoothing", "mixtrain", "crown_ibp")
-# Objectives whose threat model is an l_p ball an attack can search (smoothing certifies the smoothed
-# classifier, which a white-box attack on the base network does not measure).
-ATTACKED_OBJECTIVES = ("natural", "pgd", "trades", "mixtrain", "crown_ibp")
-AUTOATTACK_KEYS = {"apgd-ce": "apgd_ce_acc", "apgd-t": "apgd_t_acc", "fab-t": "fab_t_acc",
-                   "apgd-dlr": "apgd_dlr_acc", "square": "square_acc"}
 
 
 def attack_settings(spec: JobSpec) -> dict[str, Any]:
     """The l_p ball the job is evaluated on: the evaluation's own, else the objective's, else 8/255 l_inf."""
-    obj = spec.objective
+    ball = spec.objective.ball()
     ev = spec.evaluation
-    eps = ev.eps or getattr(obj, "eps", None) or 8 / 255
-    norm = ev.norm or getattr(obj, "norm", None) or "linf"
-    step = ev.pgd_step_size or getattr(obj, "step_size", None) or eps / 4
+    eps = ev.eps or (ball.eps if ball else EPS_8_255)
+    norm = ev.norm or (ball.norm if ball else "linf")
+    step = ev.pgd_step_size or (ball.step_size if ball and ball.step_size else eps / 4)
     return {"norm": norm, "eps": float(eps), "step_size": float(step)}
 
 
@@ -143,21 +139,23 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
     clean = clean_flags(model, x, y, bs)
     tally.add_flags("benign_acc", clean, f"top-1 accuracy {on}")
     checks: dict[str, Any] = {}
-    if spec.objective.type in ATTACKED_OBJECTIVES:
+    objective = build_objective(spec.objective)
+    if objective.attacked:
         ball = f"{a['norm']} eps={a['eps']:.4g}"
         torch.manual_seed(seed)
         flags_pgd = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
                               steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs)
-        tally.add_flags("pgd_acc", flags_pgd, (
+        tally.add_flags(ATTACKS.get("pgd").metric, flags_pgd, (
             f"PGD-{ev.pgd_steps} (ours; {ball}, step={a['step_size']:.4g}, {ev.pgd_restarts} random "
             f"start(s), cross-entropy, per-example worst case) {on}"))
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
         if ev.pgd_smooth_relu:
             flags_smooth = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
-                                     steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs, relu_tau=0.1)
-            tally.add_flags("pgd_smooth_acc", flags_smooth, (
-                f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/0.1), a "
+                                     steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs,
+                                     relu_tau=ev.pgd_smooth_tau)
+            tally.add_flags(ATTACKS.get("pgd_smooth").metric, flags_smooth, (
+                f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/{ev.pgd_smooth_tau:g}), a "
                 f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"))
             worst &= flags_smooth
             robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
@@ -177,7 +175,7 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
                 per_attack["pgd_smooth"] = float(flags_smooth[pos].float().mean())
             aa_all = clean[pos].clone()
             for attack, f in aa.items():
-                key = AUTOATTACK_KEYS[attack]
+                key = ATTACKS.get(attack).metric
                 tally.add_flags(key, f, f"{attack.upper()} alone, from {description}; {ball} {robust_on}")
                 per_attack[attack] = float(f.float().mean())
                 aa_all &= f
@@ -191,14 +189,13 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
             f"is classified correctly clean and under every attack, {robust_on}"))
     result: dict[str, Any] = {"samples": samples, "checks": checks, "n_test": len(big),
                               "interval_method": INTERVAL_METHOD}
-    if spec.objective.type in CERTIFIED_OBJECTIVES:
-        from core.objectives.certified import evaluate_certified
-
+    if objective.certifies:
         cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
         cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
         samples["certified"] = describe_sample(cert_ds, full, seed)
         xc, yc = _tensors(cert_ds)
-        cert = evaluate_certified(model, spec.objective, (xc.to(device), yc.to(device)), ev, seed=seed)
+        cert = objective.certify(model, xc.to(device), yc.to(device), ev, seed)
+        assert cert is not None
         procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
         n_cert = len(cert_idx)
         for key, value in cert.items():

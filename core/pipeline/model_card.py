@@ -14,21 +14,21 @@ from typing import Any
 
 import yaml
 
+from core.pruning.methods import METHODS
 from core.spec import JobSpec
+from core.vocab import DENSE, card_name, dense_name
 
-CARD_SUFFIX = ".model_card.md"
-
-_METHODS = {
-    "dense": "the dense network (no pruning)",
-    "hydra": "HYDRA: pruning scores trained with the robust objective (the weights frozen), the top-k "
-             "weights per layer kept (then finetuned where the spec has a finetune stage)",
-    "lwm": "LWM: the largest-magnitude pretrained weights kept (one shot), then finetuned where the spec says",
-}
-_STAGES_OF = {"dense": ("pretrain",), "hydra": ("prune", "finetune"), "lwm": ("finetune",)}
+DENSE_DESCRIPTION = "the dense network (no pruning)"
 
 
-def card_name(variant: str) -> str:
-    return f"{variant}{CARD_SUFFIX}"
+def _method_description(method: str) -> str:
+    return DENSE_DESCRIPTION if method == DENSE else METHODS.get(method).description
+
+
+def _stages_of(method: str) -> tuple[str, ...]:
+    if method == DENSE:
+        return ("pretrain",)
+    return ("prune", "finetune") if METHODS.get(method).trains_scores else ("finetune",)
 
 
 def _kind(metric: str) -> str:
@@ -45,11 +45,11 @@ def _pct(value: Any) -> str:
 
 def _front_matter(variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any],
                   shown: dict[str, Any]) -> str:
-    method = result.get("method") or "dense"
+    method = result.get("method") or DENSE
     dataset = str(info.get("name") or spec.dataset.name)
     metrics = result.get("metrics") or {}
     tags = ["pytorch", "safetensors", "image-classification", "adversarial-robustness", f"objective-{spec.objective.type}"]
-    if method != "dense":
+    if method != DENSE:
         tags += ["pruning", "sparse", method]
     entries = [{"type": "accuracy", "name": name, "value": round(float(value), 6)}
                for name, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
@@ -80,9 +80,8 @@ def _checkpoint(shown: dict[str, Any]) -> str | None:
 
 
 def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> str | None:
-    if (result.get("method") or "dense") != "dense":
-        seed = result.get("seed")
-        return "dense" if spec.seeds is None else f"dense_s{seed}"
+    if (result.get("method") or DENSE) != DENSE:
+        return dense_name(None if spec.seeds is None else result.get("seed"))
     return _checkpoint(shown)
 
 
@@ -93,7 +92,7 @@ def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -
              "- input: " + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
              + "pixels in [0, 1]; the input normalisation is part of the network",
              f"- classes: {info.get('num_classes')}",
-             f"- compression: {_METHODS.get(result.get('method') or 'dense', result.get('method'))}"
+             f"- compression: {_method_description(result.get('method') or DENSE)}"
              + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else "")]
     return lines + [""]
 
@@ -158,15 +157,15 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
 
 
 def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> list[str]:
-    method = result.get("method") or "dense"
+    method = result.get("method") or DENSE
     lines = ["## Training", "",
              f"Seed {result.get('seed', spec.seed)}; dataset `{spec.dataset.name}` "
              f"(batch size {spec.dataset.batch_size}"
              + (f", at most {spec.dataset.max_train_samples} training samples" if spec.dataset.max_train_samples
                 else "") + ").", "",
              "| stage | epochs | lr | optimizer | schedule | objective |", "|---|---:|---:|---|---|---|"]
-    stages = list(_STAGES_OF.get(method, ()))
-    if method != "dense" and spec.stages.pretrain is not None:
+    stages = list(_stages_of(method))
+    if method != DENSE and spec.stages.pretrain is not None:
         stages = ["pretrain (the parent)", *stages]
     for label in stages:
         name = label.split(" ")[0]
@@ -187,7 +186,7 @@ def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any],
     checkpoint = _checkpoint(shown)
     start = (f"the uploaded/pretrained checkpoint `{checkpoint}` ({spec.model.checkpoint_format})"
              if checkpoint else "a fresh random initialisation")
-    if (result.get("method") or "dense") == "dense":
+    if (result.get("method") or DENSE) == DENSE:
         how = "then pretrained with the stage above" if spec.stages.pretrain and spec.stages.pretrain.epochs else \
             "used as is (no pretraining stage)"
         return lines + [f"None: this is the dense network. It starts from {start}, {how}.", ""]
@@ -213,12 +212,12 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     lines = ["## How to load it", ""]
     if "compressed" in arts:
         lines += ["The compressed artifact (sparse, with the architecture in its metadata):", "", "```python",
-                  "from core.io.export import load_compressed_model", "",
+                  "from core import load_compressed_model", "",
                   f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
                   "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)", "```", ""]
-    if "dense" in arts:
+    if "dense" in arts:  # the dense export format
         lines += ["The dense safetensors (effective weights, no pruning state) into the plain architecture:", "",
-                  "```python", "from safetensors.torch import load_file", "from core.models.zoo import create_model", "",
+                  "```python", "from safetensors.torch import load_file", "from core import create_model", "",
                   f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
                   f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
                   "model.eval()", "```", "",
@@ -237,11 +236,11 @@ def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info:
     ``info``; ``parent``: the dense network's result (its artifacts are named) for a pruned variant;
     ``record``: the spec as the user wrote it (``spec.json``; default: ``spec``), shown in the card."""
     shown = record if record is not None else spec.model_dump(mode="json")
-    method = result.get("method") or "dense"
+    method = result.get("method") or DENSE
     title = f"# {variant}"
     summary = (f"A {'dense' if method == 'dense' else 'pruned'} `{spec.model.arch}` classifier for "
                f"`{info.get('name') or spec.dataset.name}`, trained with the `{spec.objective.type}` objective"
-               + ("" if method == "dense" else f" and compressed with {method.upper()}")
+               + ("" if method == DENSE else f" and compressed with {method.upper()}")
                + (f" (job `{spec.name}`)" if spec.name else "") + ".")
     sp = result.get("sparsity")
     metrics = result.get("metrics") or {}
@@ -255,4 +254,4 @@ def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info:
     return "\n".join(parts + body).rstrip() + "\n"
 
 
-__all__ = ["render_model_card", "card_name", "CARD_SUFFIX"]
+__all__ = ["render_model_card", "card_name"]

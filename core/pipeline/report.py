@@ -13,7 +13,10 @@ from typing import Any
 from core.callbacks import RunCallbacks
 from core.pipeline.evaluate import attack_settings
 from core.io.export import file_digest
+from core.objectives import objective_class
+from core.pruning.methods import METHODS
 from core.spec import JobSpec
+from core.vocab import DENSE, PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
 from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 
 REPORT_FORMAT = "hydra-compress-report/2"
@@ -38,7 +41,7 @@ def comparison_rows(results: dict[str, Any], multi_seed: bool = False) -> list[d
             if fmt != "model_card":  # network files only: compressed_bytes, dense_bytes
                 row[f"{fmt}_bytes"] = art["size"]
         rows.append(row)
-    rows.sort(key=lambda row: (row["method"] != "dense", row["method"], -row["k"], row["seed"] or 0))
+    rows.sort(key=lambda row: (row["method"] != DENSE, row["method"], -row["k"], row["seed"] or 0))
     return rows
 
 
@@ -134,7 +137,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Sparsity is counted from the weights stored in each compressed artifact, over all conv and "
         "linear weights (biases and BatchNorm are never pruned). Numbers are from the last epoch.",
         "",
-        "![accuracy against compression](comparison.png)",
+        f"![accuracy against compression]({PLOT_NAME})",
         "",
     ]
     return "\n".join(lines)
@@ -169,13 +172,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str,
     fig, ax = plt.subplots(figsize=(6, 4))
     for metric, style in (("benign_acc", "--o"), (robust_metric, "-s")):
         pts = _plot_points(rows, aggregate, metric)
-        for method, color in (("hydra", "tab:blue"), ("lwm", "tab:orange")):
+        for method, color in zip(METHODS.names(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
             mine = sorted((p for p in pts if p[0] == method), key=lambda p: p[1])
             if mine:
                 ax.errorbar([100 * p[1] for p in mine], [100 * p[2] for p in mine],
                             yerr=[[100 * p[3] for p in mine], [100 * p[4] for p in mine]], fmt=style,
                             color=color, capsize=3, label=f"{method} {metric}")
-        dense = [p for p in pts if p[0] == "dense"]
+        dense = [p for p in pts if p[0] == DENSE]
         if dense:
             ax.axhline(100 * dense[0][2], color="grey", ls=style[:-1] or "-", lw=1, label=f"dense {metric}")
     ax.set_title("error bars: " + ("std over seeds" if aggregate else "95% Clopper-Pearson"), fontsize=8)
@@ -189,20 +192,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str,
 
 
 def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
-    """The headline robust number: the certificate for verifiable objectives, else PGD."""
-    # MixTrain's training bound L_sym is the CROWN-IBP bound: its headline is that bound at test time.
-    preferred = {"smoothing": "certified_acc", "crown_ibp": "verified_acc_crown_ibp", "mixtrain": "verified_acc_crown_ibp"}
-    want = preferred.get(spec.objective.type)
-    if want is None and any("robust_acc" in row for row in rows):
-        return "robust_acc"  # the per-example worst case over every attack run
-    if want:
-        keys = [key for key in (rows[0] if rows else {}) if key.startswith(want)]
-        if want == "certified_acc":  # at radius 0 it is only clean accuracy: headline the first r > 0
-            positive = [k for k in keys if "@" in k and float(k.split("@", 1)[1]) > 0]
-            keys = positive or keys
-        if keys:
-            return keys[0]
-    return "pgd_acc"
+    """The headline robust number: the objective's own (its certificate, for the verifiable ones),
+    else the per-example worst case over every attack run, else PGD."""
+    keys = list(rows[0]) if rows else []
+    chosen = objective_class(spec.objective.type).headline(keys)
+    if chosen is not None:
+        return chosen
+    return "robust_acc" if any("robust_acc" in row for row in rows) else "pgd_acc"
 
 
 def write_reports(
@@ -212,7 +208,6 @@ def write_reports(
     results: dict[str, Any],
     device: str,
     cb: RunCallbacks,
-    record_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     multi = spec.seeds is not None
     rows = comparison_rows(results, multi)
@@ -233,25 +228,25 @@ def write_reports(
         "device": device,
         "headline_robust_metric": robust,
         "comparison": rows,
-        "seeds": [r["seed"] for r in rows if r["method"] == "dense"] if multi else None,
+        "seeds": [r["seed"] for r in rows if r["method"] == DENSE] if multi else None,
         "aggregate": aggregate,
         "interval_method": INTERVAL_METHOD,
         "samples": samples,
         "procedures": procedures,
         "variants": results,
-        "spec": record_spec if record_spec is not None else spec.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json"),
     }
-    plot_comparison(rows, out / "comparison.png", robust, aggregate)
-    (out / "report.md").write_text(render_markdown(report))
+    plot_comparison(rows, out / PLOT_NAME, robust, aggregate)
+    (out / REPORT_MD).write_text(render_markdown(report))
     artifacts = {}
-    for name in ("comparison.png", "report.md", "spec.json"):
+    for name in RUN_ARTIFACTS:
         size, digest = file_digest(out / name)
         artifacts[name] = {"size": size, "sha256": digest}
         cb.on_artifact(name, out / name, size, digest)
     report["artifacts"] = artifacts
-    tmp = out / "report.json.tmp"
+    tmp = out / f"{REPORT_JSON}.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=float))
-    tmp.replace(out / "report.json")
-    size, digest = file_digest(out / "report.json")
-    cb.on_artifact("report.json", out / "report.json", size, digest)
+    tmp.replace(out / REPORT_JSON)
+    size, digest = file_digest(out / REPORT_JSON)
+    cb.on_artifact(REPORT_JSON, out / REPORT_JSON, size, digest)
     return report

@@ -1,13 +1,15 @@
-"""Run a job spec: pretrain → (per variant) prune → finetune → evaluate → export.
+"""Run a job spec: pretrain → (per variant) prune → finetune → export → evaluate, then the reports.
 
-A *variant* is one (method, k) pair of the spec; all variants start from the same pretrained network,
-so a spec with HYDRA and LWM at several k is the paper's comparison table in one run.
+The plan (``core.pipeline.plan``) is a list of steps. After every epoch and every finished step one
+checkpoint (``core.vocab.CHECKPOINT_NAME``) is written atomically with everything needed to continue
+bit-for-bit: the model with scores and masks, the optimizer, the RNG states, the cursor (step,
+epoch) and the results so far. The learning rate is a pure function of the iteration (no scheduler
+object to save), and the data order a pure function of (seed, epoch). See docs/ARCHITECTURE.md.
 
-The whole run is a list of *steps* (training phases with epochs, and evaluate/export steps). After
-every epoch and every finished step one checkpoint (``checkpoint.pt``) is written atomically with
-everything needed to continue bit-for-bit: the model with scores and masks, the optimizer, the RNG
-states, the cursor (step, epoch) and the results so far. The learning rate is a pure function of the
-iteration (no scheduler object to save), and the data order a pure function of (seed, epoch).
+The core/worker seam: ``run_job`` takes the user's spec exactly as written (it is what ``spec.json``,
+the report and the resume check see) and, separately, :class:`RunInputs`: the local files standing
+for the spec's references (a worker downloads ``model:<id>`` / ``dataset:<id>`` uploads and passes
+their paths). Nothing of the spec is rewritten or ignored for the worker's sake.
 """
 from __future__ import annotations
 
@@ -22,83 +24,45 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.io import checkpoint as ckpt
-from core.certify.bounds import check_supported
 from core.callbacks import RunCallbacks
+from core.certify.bounds import check_supported
 from core.data.datasets import build_datasets, train_loader
 from core.errors import CoreError, ResumeMismatch, RunCanceled
-from core.pipeline.evaluate import attack_settings, evaluate_variant, sparsity_from_export, validate
-from core.pruning.masked import (
-    convert_to_masked,
-    init_scores,
-    masked_layers,
-    refresh_masks,
-    set_keep_fraction,
-    set_stage,
-)
+from core.io import checkpoint as ckpt
 from core.models.zoo import create_model
-from core.objectives.adversarial import build_objective, train_step
-from core.spec import BOUND_OBJECTIVES, JobSpec, StageSpec
+from core.objectives import Objective, build_objective, objective_class
+from core.pipeline.evaluate import evaluate_variant, sparsity_from_export, validate
+from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
+from core.pipeline.training import lr_at, make_optimizer, train_step
+from core.pruning.masked import convert_to_masked, init_scores, masked_layers, refresh_masks, set_keep_fraction, set_stage
+from core.pruning.methods import METHODS
+from core.spec import JobSpec, StageSpec
+from core.vocab import (
+    CHECKPOINT_NAME,
+    EPOCH_FINISHED,
+    EVALUATION_FINISHED,
+    RUN_FINISHED,
+    SPEC_NAME,
+    STAGE_FINISHED,
+    STAGE_STARTED,
+    artifact_name,
+    card_name,
+    dense_name,
+)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-DENSE = "dense"
+CHECKPOINT_FORMAT = "hydra-compress-checkpoint/1"
 
 
 @dataclass(frozen=True)
-class Step:
-    kind: str  # "pretrain" | "prune" | "finetune" | "evaluate"
-    variant: str  # "dense" or e.g. "hydra_k0.01" (with "_s<seed>" in a multi-seed job)
-    method: str | None = None
-    k: float = 1.0
-    seed: int = 0  # the training seed of this network
-    seed_start: bool = False  # the first step of its seed in a multi-seed job: reseed, fresh network
+class RunInputs:
+    """The local files behind the spec's references; None = the spec's own value is a local path."""
 
-    @property
-    def trains(self) -> bool:
-        return self.kind in ("pretrain", "prune", "finetune")
+    model_checkpoint: str | Path | None = None
+    dataset_path: str | Path | None = None
 
-
-def variant_name(method: str, k: float, seed: int | None = None) -> str:
-    """``hydra_k0.01``; in a multi-seed job ``hydra_k0.01_s3`` (``base_variant`` strips the seed)."""
-    return f"{method}_k{k:g}" + ("" if seed is None else f"_s{seed}")
-
-
-def base_variant(name: str, seed: int | None) -> str:
-    suffix = f"_s{seed}"
-    return name[: -len(suffix)] if seed is not None and name.endswith(suffix) else name
-
-
-def job_seeds(spec: JobSpec) -> list[int]:
-    """The training seeds of a job: ``seeds`` when given, else ``[seed]``."""
-    return list(spec.seeds) if spec.seeds else [spec.seed]
-
-
-def plan_steps(spec: JobSpec) -> list[Step]:
-    """The ordered steps of a run. Stages the spec leaves out (``null`` or 0 epochs) are skipped.
-
-    A multi-seed job (``seeds``) repeats the whole plan once per seed, seed after seed, each from its
-    own freshly initialised (or freshly loaded) network; names carry ``_s<seed>``."""
-    st = spec.stages
-    steps: list[Step] = []
-    multi = spec.seeds is not None
-    for seed in job_seeds(spec):
-        tag = seed if multi else None
-        first = len(steps)
-        dense = DENSE if not multi else f"{DENSE}_s{seed}"
-        if st.pretrain is not None and st.pretrain.epochs > 0:
-            steps.append(Step("pretrain", dense, seed=seed))
-        steps.append(Step("evaluate", dense, seed=seed))
-        for method in spec.pruning.methods:
-            for k in spec.pruning.k:
-                name = variant_name(method, k, tag)
-                if method == "hydra" and st.prune is not None and st.prune.epochs > 0:
-                    steps.append(Step("prune", name, method, k, seed))
-                if st.finetune is not None and st.finetune.epochs > 0:
-                    steps.append(Step("finetune", name, method, k, seed))
-                steps.append(Step("evaluate", name, method, k, seed))
-        if multi:
-            steps[first] = Step(**{**steps[first].__dict__, "seed_start": True})
-    return steps
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> RunInputs:
+        return cls(spec.model.checkpoint, spec.dataset.path)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -109,106 +73,52 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def lr_at(stage: StageSpec, iteration: int, total: int) -> float:
-    """Learning rate after ``iteration`` of ``total`` iterations (linear warmup, then the schedule)."""
-    per_epoch = max(1, total // max(1, stage.epochs))
-    warm = stage.warmup_epochs * per_epoch
-    if iteration < warm:
-        return stage.lr * (iteration + 1) / warm
-    t = (iteration - warm) / max(1, total - warm)
-    if stage.schedule == "cosine":
-        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-    if stage.schedule == "step":
-        # lr/10 from 75% and lr/100 from 90% of the (post-warmup) training, the reference's step
-        # schedule (utils/schedules.py) as written. Its if/elif chain tests ">= 0.75" first, so its
-        # ">= 0.9" branch is unreachable and it actually stays at lr/10 to the end; we do the /100 it names.
-        return stage.lr * (0.1 ** (int(t >= 0.75) + int(t >= 0.9)))
-    return stage.lr
-
-
-def make_optimizer(model: nn.Module, stage: StageSpec) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise CoreError("nothing_to_train", "stages", "this stage has no trainable parameters")
-    if stage.optimizer == "adam":
-        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
-
-
 def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
     kwargs = dict(spec.model.kwargs)
     kwargs.setdefault("num_classes", info["num_classes"])
     return convert_to_masked(create_model(spec.model.arch, **kwargs))
 
 
-def _resume_key(spec: JobSpec) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: the whole spec but the worker-local paths of
-    its inputs (a worker re-downloads the same upload to a different temporary path)."""
-    key = spec.model_dump(mode="json")
-    key["model"].pop("checkpoint", None)
-    key["dataset"].pop("path", None)
-    return key
-
-
-def _differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two ``_resume_key`` dicts differ (``stages.prune.lr``, ``pruning.k``); a
-    key only one side has counts as differing. Lists are compared whole (``pruning.k``), except lists
-    of mappings of equal length, which recurse by index (``evaluation.x.0.y``)."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        out: list[str] = []
-        for key in sorted(set(saved) | set(current), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key not in saved or key not in current:
-                out.append(path)
-            else:
-                out.extend(_differing_fields(saved[key], current[key], path))
-        return out
-    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
-            and all(isinstance(v, dict) for v in saved + current)):
-        return [p for i, (a, b) in enumerate(zip(saved, current))
-                for p in _differing_fields(a, b, f"{prefix}.{i}" if prefix else str(i))]
-    return [] if saved == current else [prefix or "spec"]
-
-
 class _Runner:
-    def __init__(
-        self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, record: dict[str, Any]
-    ) -> None:
+    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs) -> None:
         self.spec = spec
-        self.record = record  # the spec as spec.json and the report show it
+        self.inputs = inputs
         self.out = out_dir
         self.cb = callbacks
         self.device = resolve_device(spec.device)
         self.steps = plan_steps(spec)
-        self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed)
+        dataset_path = inputs.dataset_path if inputs.dataset_path is not None else spec.dataset.path
+        self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed, dataset_path)
         # Seed before the network is built: its initial weights are part of what a seed repeats.
         first_seed = job_seeds(spec)[0]
         torch.manual_seed(first_seed)
         random.seed(first_seed)
         self.model = build_network(spec, self.info).to(self.device)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
-        if objectives & set(BOUND_OBJECTIVES):  # refuse now, naming the layer, not hours into the job
-            check_supported(self.model)
+        if any(objective_class(name).needs_bounds for name in objectives):
+            check_supported(self.model)  # refuse now, naming the layer, not hours into the job
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
         self.cursor = (0, 0)  # (step index, epochs done within it)
         self.optimizer: torch.optim.Optimizer | None = None
+        self._resume_optimizer: dict[str, Any] | None = None
         self.started = time.time()
-        self.steps_per_epoch = math.ceil(self._n_train() / spec.dataset.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_ds) / spec.dataset.batch_size)  # type: ignore[arg-type]
         self.total_iters = sum(self._stage(s).epochs for s in self.steps if s.trains) * self.steps_per_epoch
         self.done_iters = 0
         path = out_dir / CHECKPOINT_NAME
         if resume and path.exists():
             self._restore(ckpt.load_checkpoint(path))
         else:
-            if spec.model.checkpoint:
-                ckpt.load_weights(spec.model.checkpoint, self.model, spec.model.checkpoint_format)
+            self._load_starting_weights()
             if not any(s.kind == "pretrain" for s in self.steps):
                 self.pretrained = self._dense_state()
 
     # -- state ------------------------------------------------------------------------------
-    def _n_train(self) -> int:
-        return len(self.train_ds)
+    def _load_starting_weights(self) -> None:
+        source = self.inputs.model_checkpoint
+        if source is not None:
+            ckpt.load_weights(source, self.model, self.spec.model.checkpoint_format)
 
     def _stage(self, step: Step) -> StageSpec:
         stage = getattr(self.spec.stages, step.kind)
@@ -220,7 +130,7 @@ class _Runner:
 
     def _save(self) -> None:
         state = {
-            "format": "hydra-compress-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "cursor": list(self.cursor),
             "done_iters": self.done_iters,
             "model": self.model.state_dict(),
@@ -236,7 +146,7 @@ class _Runner:
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved_spec = JobSpec.model_validate_json(state["spec"])
-        differing = _differing_fields(_resume_key(saved_spec), _resume_key(self.spec))
+        differing = differing_fields(saved_spec.model_dump(mode="json"), self.spec.model_dump(mode="json"))
         if differing:
             raise ResumeMismatch(differing)
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
@@ -249,7 +159,6 @@ class _Runner:
 
     # -- steps ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._resume_optimizer: dict[str, Any] | None = getattr(self, "_resume_optimizer", None)
         start_step, start_epoch = self.cursor
         for index in range(start_step, len(self.steps)):
             step = self.steps[index]
@@ -271,17 +180,16 @@ class _Runner:
         torch.manual_seed(seed)
         random.seed(seed)
         self.model = build_network(self.spec, self.info).to(self.device)
-        if self.spec.model.checkpoint:
-            ckpt.load_weights(self.spec.model.checkpoint, self.model, self.spec.model.checkpoint_format)
+        self._load_starting_weights()
         has_pretrain = any(s.kind == "pretrain" for s in self.steps)
         self.pretrained = None if has_pretrain else self._dense_state()
 
     def _enter_variant(self, step: Step) -> None:
         """Start a variant from the shared pretrained network with its mask (scaled score init)."""
-        assert self.pretrained is not None
+        assert self.pretrained is not None and step.method is not None
         self.model.load_state_dict(self.pretrained)
-        method_init = self.spec.pruning.score_init if step.method == "hydra" else "scaled"
-        init_scores(self.model, method_init)
+        method = METHODS.get(step.method)
+        init_scores(self.model, self.spec.pruning.score_init if method.uses_score_init else "scaled")
         set_keep_fraction(self.model, step.k)
         refresh_masks(self.model)
 
@@ -298,15 +206,15 @@ class _Runner:
         self._resume_optimizer = None
         objective = build_objective(self.spec.objective_for(step.kind))
         total = stage.epochs * self.steps_per_epoch
-        self.cb.on_event("stage_started", {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
+        self.cb.on_event(STAGE_STARTED, {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
             metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
             self._save()
             payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
-            self.cb.on_event("epoch_finished", {**payload, "metrics": metrics})
-        self.cb.on_event("stage_finished", {"stage": step.kind, "variant": step.variant})
+            self.cb.on_event(EPOCH_FINISHED, {**payload, "metrics": metrics})
+        self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
 
     def _continues_variant(self, index: int, step: Step) -> bool:
         """True when the previous step trained this same variant (finetune after prune, evaluate after
@@ -314,7 +222,8 @@ class _Runner:
         prev = self.steps[index - 1] if index > 0 else None
         return prev is not None and prev.trains and prev.variant == step.variant
 
-    def _train_epoch(self, step: Step, stage: StageSpec, objective: Any, epoch: int, total: int) -> dict[str, float]:
+    def _train_epoch(self, step: Step, stage: StageSpec, objective: Objective, epoch: int,
+                     total: int) -> dict[str, float]:
         model, opt = self.model, self.optimizer
         assert opt is not None
         model.train()
@@ -330,8 +239,7 @@ class _Runner:
             iteration = epoch * n_batches + i
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, iteration, total)
-            if hasattr(objective, "set_epoch"):
-                objective.set_epoch(epoch, step.kind, i / n_batches)
+            objective.set_epoch(epoch, step.kind, i / n_batches)
             # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
             loss, logits = train_step(model, objective, opt, x, y, refresh=refresh)
             if not torch.isfinite(loss):
@@ -359,7 +267,10 @@ class _Runner:
             self._enter_variant(step)
         set_stage(self.model, "eval")
         self.model.eval()
+        self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
         artifacts = self._export(step)
+        self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant})
+        self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
         # Attack what the user downloads: the exported network rebuilt from its file with plain layers
         # (no masks, no cached products), not the in-memory training model.
         network = self._exported_network(artifacts)
@@ -373,21 +284,21 @@ class _Runner:
             result["sparsity"] = sparsity_from_export(self.out / artifacts["compressed"]["name"], names)
         self.results[step.variant] = result
         self._write_model_card(step, result)
-        self.cb.on_event("evaluation_finished", {"variant": step.variant, "metrics": result["metrics"]})
+        self.cb.on_event(EVALUATION_FINISHED, {"variant": step.variant, "metrics": result["metrics"]})
+        self.cb.on_event(STAGE_FINISHED, {"stage": "evaluate", "variant": step.variant})
 
     def _write_model_card(self, step: Step, result: dict[str, Any]) -> None:
         """``<variant>.model_card.md`` beside the variant's network files (Hugging Face conventions),
         reported as an artifact like them and named in ``result["artifacts"]["model_card"]``."""
         from core.io.export import file_digest
-        from core.pipeline.model_card import card_name, render_model_card
+        from core.pipeline.model_card import render_model_card
 
         parent = None
         if step.method is not None:
-            dense = DENSE if self.spec.seeds is None else f"{DENSE}_s{step.seed}"
-            parent = self.results.get(dense)
+            parent = self.results.get(dense_name(None if self.spec.seeds is None else step.seed))
         name = card_name(step.variant)
         path = self.out / name
-        card = render_model_card(step.variant, result, self.spec, self.info, parent, self.record)
+        card = render_model_card(step.variant, result, self.spec, self.info, parent)
         ckpt.atomic_write_bytes(path, card.encode())
         size, digest = file_digest(path)
         result["artifacts"]["model_card"] = {"name": name, "size": size, "sha256": digest}
@@ -414,7 +325,7 @@ class _Runner:
         }
         out: dict[str, Any] = {}
         for fmt in self.spec.export.formats:
-            name = f"{step.variant}.{fmt}.safetensors"
+            name = artifact_name(step.variant, fmt)
             path = self.out / name
             writer = export_compressed if fmt == "compressed" else export_dense
             info = writer(self.model, path, meta)
@@ -425,8 +336,8 @@ class _Runner:
     def _finish(self) -> dict[str, Any]:
         from core.pipeline.report import write_reports
 
-        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb, self.record)
-        self.cb.on_event("run_finished", {"variants": sorted(self.results)})
+        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
+        self.cb.on_event(RUN_FINISHED, {"variants": sorted(self.results)})
         return report
 
 
@@ -435,18 +346,17 @@ def run_job(
     out_dir: str | Path,
     callbacks: RunCallbacks | None = None,
     resume: bool = False,
-    record_spec: dict[str, Any] | None = None,
+    inputs: RunInputs | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` into ``out_dir`` and return the report. With ``resume`` and a checkpoint present,
-    continue from it; a finished run resumed again only rewrites the reports. ``record_spec`` is the
-    spec as ``spec.json`` and the report record it (default: ``spec``): a caller that pointed inputs
-    at local copies (the worker) records the references its user wrote instead."""
+    continue from it (``ResumeMismatch`` names the spec fields that differ from the checkpoint's); a
+    finished run resumed again only rewrites the reports. ``inputs``: the local files behind the
+    spec's references (default: the spec's own paths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = record_spec if record_spec is not None else spec.model_dump(mode="json")
-    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume, record)
-    (out / "spec.json").write_text(json.dumps(record, indent=2))
+    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume, inputs or RunInputs.from_spec(spec))
+    (out / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     return runner.run()
 
 
-__all__ = ["run_job", "plan_steps", "variant_name", "attack_settings", "CHECKPOINT_NAME"]
+__all__ = ["RunInputs", "run_job", "resolve_device", "build_network", "CHECKPOINT_NAME"]

@@ -53,11 +53,11 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
+from core.pruning.methods import METHODS
 from core.pruning.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
 
 ALLOCATIONS = ("uniform", "global", "learned")
 GRANULARITIES = ("unstructured", "channel")
-_TRAINED_METHODS = ("hydra",)
 
 
 def _check_k(k: Any) -> float:
@@ -80,7 +80,7 @@ def check_pruning_combination(method: str, allocation: str, granularity: str) ->
     if granularity not in GRANULARITIES:
         raise CoreError("invalid_granularity", "pruning.granularity",
                         f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
-    if allocation == "learned" and method not in _TRAINED_METHODS:
+    if allocation == "learned" and not METHODS.get(method).trains_scores:
         raise CoreError("invalid_allocation", "pruning.allocation",
                         f"learned allocation trains per-layer rates with the scores; {method!r} trains no scores")
     if granularity == "channel" and allocation != "uniform":

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import CoreError
+from core.vocab import MODEL_MODES
 
-STAGES = ("pretrain", "prune", "finetune", "eval")
+STAGES = MODEL_MODES  # core.vocab
 SCORE_INITS = ("scaled", "kaiming_normal", "kaiming_uniform")
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,9 +31,40 @@ from torch import Tensor, nn
 
 from core.robust.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
+from core.registry import Registry
 
 MASKING_MARGIN = 0.02
-GRADIENT_FREE = frozenset({"square"})
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """One attack of the evaluation suite: the report's metric key for it and what it is."""
+
+    name: str
+    metric: str
+    gradient_free: bool
+    description: str
+
+
+ATTACKS: Registry[AttackInfo] = Registry("attack", "evaluation")
+
+
+def register_attack(info: AttackInfo) -> AttackInfo:
+    return ATTACKS.register(info.name, info)
+
+
+for _info in (
+    AttackInfo("pgd", "pgd_acc", False, "PGD (ours, the paper's attack): cross-entropy, random start(s)"),
+    AttackInfo("pgd_smooth", "pgd_smooth_acc", False,
+               "PGD through the smooth ReLU backward (a BPDA-style surrogate gradient)"),
+    AttackInfo("apgd-ce", "apgd_ce_acc", False, "APGD with the cross-entropy loss (AutoAttack, reference code)"),
+    AttackInfo("apgd-t", "apgd_t_acc", False, "APGD-T, targeted DLR loss (AutoAttack, reference code)"),
+    AttackInfo("apgd-dlr", "apgd_dlr_acc", False, "APGD with the untargeted DLR loss (AutoAttack, reference code)"),
+    AttackInfo("fab-t", "fab_t_acc", False, "FAB-T, targeted minimum-norm attack (AutoAttack, reference code)"),
+    AttackInfo("square", "square_acc", True, "Square, gradient-free random search (AutoAttack, reference code)"),
+):
+    register_attack(_info)
+GRADIENT_FREE = frozenset(name for name, info in ATTACKS.items() if info.gradient_free)
 
 
 def autoattack_plan(num_classes: int, version: str = "standard") -> tuple[list[str], str]:
@@ -115,8 +147,8 @@ def pgd_flags(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float, 
 def masking_check(accuracies: dict[str, float]) -> dict[str, Any]:
     """Flag possible gradient masking: the best gradient-free attack beats the best gradient attack
     (lowest accuracy) by more than ``MASKING_MARGIN``."""
-    free = {a: v for a, v in accuracies.items() if a in GRADIENT_FREE}
-    grad = {a: v for a, v in accuracies.items() if a not in GRADIENT_FREE}
+    free = {a: v for a, v in accuracies.items() if ATTACKS.get(a).gradient_free}
+    grad = {a: v for a, v in accuracies.items() if not ATTACKS.get(a).gradient_free}
     if not free or not grad:
         return {"possible_gradient_masking": False, "reason": "needs a gradient-free and a gradient attack"}
     best_free = min(free, key=free.__getitem__)
@@ -133,4 +165,4 @@ def masking_check(accuracies: dict[str, float]) -> dict[str, Any]:
     }
 
 
-__all__ = ["clean_flags", "pgd_flags", "autoattack_flags", "masking_check", "autoattack_plan", "MASKING_MARGIN"]
+__all__ = ["ATTACKS", "AttackInfo", "register_attack", "clean_flags", "pgd_flags", "autoattack_flags", "masking_check", "autoattack_plan", "MASKING_MARGIN"]

@@ -10,7 +10,8 @@ import pytest
 
 from core.pipeline import runner as run_mod
 from core.errors import CoreError, ResumeMismatch
-from worker.runner import CHECKPOINT_FILE, JobAttempt
+from core.vocab import CHECKPOINT_NAME as CHECKPOINT_FILE
+from worker.runner import JobAttempt
 
 SPEC = {"device": "cpu", "model": {"arch": "cnn_small_mnist"}}
 
@@ -29,7 +30,7 @@ def test_a_mismatched_checkpoint_is_discarded_naming_the_fields(tmp_path, monkey
 
     calls: list[bool] = []
 
-    def run_job(spec, out, callbacks, resume=False, record_spec=None):  # type: ignore[no-untyped-def]
+    def run_job(spec, out, callbacks, resume=False, inputs=None):  # type: ignore[no-untyped-def]
         calls.append(resume)
         if resume:
             assert (out / CHECKPOINT_FILE).exists()
@@ -40,7 +41,7 @@ def test_a_mismatched_checkpoint_is_discarded_naming_the_fields(tmp_path, monkey
     monkeypatch.setattr(run_mod, "run_job", run_job)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"old")
     job, events = attempt(tmp_path)
-    assert job._run(load_spec(SPEC), SPEC) == {"ok": True}
+    assert job._run(load_spec(SPEC), None) == {"ok": True}
     assert calls == [True, False]
     assert events == [("checkpoint_discarded", {
         "reason": "the checkpoint was written by a different spec: objective.eps, objective.step_size differ",
@@ -50,13 +51,13 @@ def test_a_mismatched_checkpoint_is_discarded_naming_the_fields(tmp_path, monkey
 def test_other_core_errors_are_not_taken_for_a_mismatch(tmp_path, monkeypatch) -> None:
     from core.spec import load_spec
 
-    def run_job(spec, out, callbacks, resume=False, record_spec=None):  # type: ignore[no-untyped-def]
+    def run_job(spec, out, callbacks, resume=False, inputs=None):  # type: ignore[no-untyped-def]
         raise CoreError("diverged", "stages.pretrain.lr", "the loss became nan")
 
     monkeypatch.setattr(run_mod, "run_job", run_job)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"kept")
     job, events = attempt(tmp_path)
     with pytest.raises(CoreError) as info:
-        job._run(load_spec(SPEC), SPEC)
+        job._run(load_spec(SPEC), None)
     assert info.value.code == "diverged" and events == []
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == b"kept"

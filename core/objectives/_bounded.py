@@ -1,0 +1,67 @@
+"""What the bound-trained objectives (mixtrain, crown_ibp) share: the eps ramp, the robust CE, the
+certificate (verified accuracy under IBP and CROWN-IBP) and its headline.
+
+Ramps apply in ``pretrain`` only; ``prune`` and ``finetune`` use the target eps from the first batch
+(docs/METHOD.md). Before any ``set_epoch`` call an objective behaves as in prune/finetune at epoch 0.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.certify.bounds import pad_margins
+from core.certify.certificates import bound_certificate
+from core.config import Ball
+from core.objectives.base import Objective, check_stage
+
+if TYPE_CHECKING:
+    from core.spec import EvaluationSpec
+
+CERTIFICATE = "verified accuracy under IBP and CROWN-IBP (l_inf ball ∩ [0, 1])"
+
+
+def ramp_fraction(epoch: int, stage: str, iteration_fraction: float, ramp_epochs: int) -> float:
+    """Linear ramp 0 → 1 over the first ``ramp_epochs`` epochs of pretraining, per iteration
+    (``epoch + iteration_fraction``); 1 throughout prune and finetune, and when ``ramp_epochs == 0``."""
+    check_stage(stage)
+    if stage != "pretrain" or ramp_epochs <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (epoch + iteration_fraction) / ramp_epochs))
+
+
+def robust_ce(lower_margins: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy of the negated margin lower bounds: logits ``-m`` with ``m_j <= z_y - z_j``
+    (``m_y = 0``), i.e. CE of the upper bounds of ``z_j - z_y`` — the loss of CROWN-IBP and MixTrain."""
+    return F.cross_entropy(-pad_margins(lower_margins, y, num_classes), y)
+
+
+class BoundTraining(Objective):
+    """An objective whose loss propagates bounds over the l_inf ball of ``cfg.eps``."""
+
+    needs_bounds = True
+
+    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec,
+                seed: int) -> dict[str, Any]:
+        ball = self.cfg.ball()
+        assert ball is not None
+        eps = float(evaluation.eps or ball.eps)
+        return bound_certificate(model, x, y, eps=eps, bounds=evaluation.bounds,
+                                 batch_size=evaluation.bound_batch_size, extra_details=self.certificate_details())
+
+    def certificate_details(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def headline(cls, metric_keys: list[str]) -> str | None:
+        # MixTrain's training bound L_sym is the CROWN-IBP bound: its headline is that bound at test time.
+        for key in ("verified_acc_crown_ibp", "verified_acc_ibp"):
+            if key in metric_keys:
+                return key
+        return None
+
+
+def linf_ball(eps: float) -> Ball:
+    return Ball("linf", float(eps))
