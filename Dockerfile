@@ -18,7 +18,8 @@ RUN test -f README.md || touch README.md; \
     && pip install . \
     && pip uninstall -y hydra-compress
 
-# The code, installed in place: migrations/ and alembic.ini stay next to the packages.
+# The code, installed in place. migrations/ is a package (hydra-service migrate finds it wherever it is
+# installed); alembic.ini is only for running `alembic` by hand in the container.
 COPY core ./core
 COPY api ./api
 COPY worker ./worker

@@ -82,7 +82,7 @@ def setup_database(args: argparse.Namespace) -> tuple[str, str]:
     url = f"postgresql+psycopg://{args.pg_user}@{args.pg_host}:{args.pg_port}/{name}"
     from alembic import command
 
-    from service.cli import alembic_config
+    from migrations import alembic_config
 
     cfg = alembic_config(url)
     cfg.attributes["configure_logging"] = False
@@ -120,7 +120,7 @@ def setup_sqlite(tmp: str) -> str:
     url = f"sqlite:///{tmp}/hydra.db"
     from alembic import command
 
-    from service.cli import alembic_config
+    from migrations import alembic_config
 
     cfg = alembic_config(url)
     cfg.attributes["configure_logging"] = False

@@ -1,9 +1,10 @@
 """Alembic environment: migrates the database named by the service settings.
 
 The URL comes from ``service.settings`` (``HYDRA_DATABASE_URL``) so there is one source of
-configuration; a caller may override it by setting ``sqlalchemy.url`` on the Config (the CLI's
-``migrate --url`` and the tests do). SQLite is migrated in batch mode, since it cannot ALTER
-constraints in place.
+configuration; a caller may override it by setting ``sqlalchemy.url`` on the Config
+(``migrations.alembic_config(url)``: ``hydra-service migrate --database-url`` and the tests do). The
+logging of ``alembic.ini`` is applied only when Alembic runs from that file (``alembic`` by hand).
+SQLite is migrated in batch mode, since it cannot ALTER constraints in place.
 """
 from __future__ import annotations
 

@@ -1,11 +1,27 @@
-"""STYLE.md's dependency rules: core is pure PyTorch; the API enqueues by name, never imports the worker."""
+"""STYLE.md's dependency rules, from the imports in the source (lazy ones inside functions included).
+
+The layers, lowest first: ``core`` (pure PyTorch) and ``service`` (settings, database, storage);
+``migrations`` (Alembic, on ``service``'s models); ``api`` and ``worker``, which never import each
+other (the API enqueues by task name); ``launch``, the only package that may import both (the
+console entry points, the embedded launcher, the demo). ``hydra_client`` imports no other package
+of ours. No import cycle between the packages.
+"""
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = {
     "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis",
-    "boto3", "botocore", "api", "worker", "service",
+    "boto3", "botocore", "api", "worker", "service", "launch", "migrations",
+}
+# package -> the packages of ours it must not import
+FORBIDDEN = {
+    "service": {"api", "worker", "launch", "migrations"},  # the lowest layer (migrations/env.py imports it)
+    "migrations": {"api", "worker", "launch"},
+    "api": {"worker", "launch"},
+    "worker": {"api", "launch"},
+    "hydra_client": {"core", "service", "api", "worker", "launch", "migrations"},
 }
 
 
@@ -20,6 +36,22 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
+def our_packages() -> list[str]:
+    """The top-level packages the wheel ships (pyproject's ``packages.find`` includes)."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    names = sorted({pattern.rstrip("*").rstrip(".") for pattern in include})
+    assert all((ROOT / name / "__init__.py").is_file() for name in names), names
+    return names
+
+
+def package_imports(package: str) -> dict[str, set[str]]:
+    """file -> the other packages of ours it imports."""
+    ours = set(our_packages())
+    return {
+        str(p.relative_to(ROOT)): (imported_roots(p) & ours) - {package} for p in (ROOT / package).rglob("*.py")
+    }
+
+
 def test_core_imports_no_service_libraries():
     bad = {
         str(p.relative_to(ROOT)): sorted(imported_roots(p) & FORBIDDEN_IN_CORE) for p in (ROOT / "core").rglob("*.py")
@@ -32,9 +64,43 @@ def test_api_never_imports_the_worker():
     assert bad == []
 
 
+def test_each_package_imports_only_the_layers_below_it():
+    assert set(FORBIDDEN) | {"core", "launch"} == set(our_packages())  # a new package gets a rule here
+    bad = {
+        file: sorted(roots & FORBIDDEN[package])
+        for package in FORBIDDEN
+        for file, roots in package_imports(package).items()
+        if roots & FORBIDDEN[package]
+    }
+    assert bad == {}
+
+
+def test_only_launch_imports_both_api_and_worker():
+    both = [
+        package for package in our_packages()
+        if {"api", "worker"} <= set().union(*package_imports(package).values())
+    ]
+    assert both == ["launch"]
+
+
+def test_no_import_cycle_between_packages():
+    graph = {package: set().union(*package_imports(package).values()) for package in our_packages()}
+    done: set[str] = set()
+
+    def visit(package: str, path: list[str]) -> None:
+        assert package not in path, f"import cycle: {' -> '.join(path + [package])}"
+        if package not in done:
+            for dependency in sorted(graph[package]):
+                visit(dependency, path + [package])
+            done.add(package)
+
+    for package in graph:
+        visit(package, [])
+
+
 def test_no_unsafe_torch_load():
     offenders = []
-    for p in list(ROOT.glob("core/**/*.py")) + list(ROOT.glob("api/**/*.py")) + list(ROOT.glob("worker/**/*.py")) + list(ROOT.glob("service/**/*.py")):
+    for p in [p for package in our_packages() for p in (ROOT / package).rglob("*.py")]:
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and getattr(
                 getattr(node.func, "value", None), "id", None

@@ -78,7 +78,7 @@ class EmbeddedService:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.serve_log, "wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "launch.service_cli", "serve", "--port", str(self.port)],
                 cwd=self.root, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
             )
         key_path = self.root / "var" / "admin.key"
@@ -96,7 +96,7 @@ class EmbeddedService:
         raise RuntimeError(f"the service did not come up:\n{self.serve_log.read_text()}")
 
     def create_key(self, tenant: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "service.cli", "create-key", "--tenant", tenant],
+        out = subprocess.run([sys.executable, "-m", "launch.service_cli", "create-key", "--tenant", tenant],
                              cwd=self.root, env=self.env(), capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()[0]
 

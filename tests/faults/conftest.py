@@ -106,7 +106,7 @@ def make_stack(pg_template_dir: Path) -> Iterator[Callable[..., Scenario]]:
         if moto:
             env.update({"HYDRA_S3_ENDPOINT_URL": moto.endpoint, "HYDRA_S3_BUCKET": moto.bucket,
                         "HYDRA_S3_ACCESS_KEY": "test", "HYDRA_S3_SECRET_KEY": "test"})
-        from service.cli import alembic_config
+        from migrations import alembic_config
         from service.db.keys import create_api_key
         from service.db.session import session_scope
         from service.settings import Settings

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from service.cli import alembic_config
+from migrations import alembic_config
 
 PG_HOST = os.environ.get("HYDRA_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("HYDRA_TEST_PG_PORT", "5432"))

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_helpers import assert_error, build_app
 
-from service.cli import app as cli_app
+from launch.service_cli import app as cli_app
 from service.db import keys
 from service.db.session import session_scope
 

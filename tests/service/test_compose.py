@@ -104,6 +104,6 @@ def test_worker_reserves_a_gpu() -> None:
 
 def test_dockerfile_ships_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for folder in ("core", "api", "worker", "service", "migrations"):
+    for folder in ("core", "api", "worker", "service", "hydra_client", "launch", "migrations"):
         assert f"COPY {folder} " in dockerfile
     assert "alembic.ini" in dockerfile

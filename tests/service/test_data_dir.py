@@ -20,7 +20,7 @@ def _cli(args: list[str], cwd: Path, data: Path | None, home: Path) -> subproces
     env.update({"HOME": str(home), "PYTHONPATH": str(ROOT)})
     if data is not None:
         env["HYDRA_DATA_DIR"] = str(data)
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "launch.service_cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

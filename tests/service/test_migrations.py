@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 from svc_helpers import create_database, drop_database, pg_url
 
-from service.cli import alembic_config
+from migrations import alembic_config
 from service.db.base import Base
 
 TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts", "models", "datasets"}

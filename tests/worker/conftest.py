@@ -30,7 +30,7 @@ def _migrate(database_url: str) -> None:
     """Bring a fresh database to the latest schema through the project's Alembic revisions."""
     from alembic import command
 
-    from service.cli import alembic_config
+    from migrations import alembic_config
 
     cfg = alembic_config(database_url)
     cfg.attributes["configure_logging"] = False

@@ -41,7 +41,7 @@ def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")} | {"HYDRA_DATA_DIR": str(data)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-m", "launch.service_cli", "serve", "--port", str(port)], cwd=cwd,
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     key_path = data / "admin.key"

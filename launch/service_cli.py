@@ -1,8 +1,12 @@
-"""``hydra-service``: admin commands for the service (keys, migrations).
+"""``hydra-service``: run and administer the service (migrate, keys, serve, worker, demo).
 
-Other commands (``serve``, ``worker``, ``demo``) are added to the same ``app`` elsewhere with
-``@app.command()``; each command imports what it needs inside its body, so ``hydra-service --help``
-stays fast and a command never pays for another's dependencies.
+This is the ``launch`` layer (see ``launch/__init__.py``): it may use ``api``, ``worker`` and
+``service`` together. Each command imports what it needs inside its body, so ``hydra-service --help``
+stays fast and a command never pays for another's dependencies. Everything it needs ships in the
+wheel: the Alembic migrations (the ``migrations`` package), the embedded launcher
+(``launch.embedded``) and the demo with its spec (``launch.demo``).
+
+    python -m launch.service_cli COMMAND ...     # the same as ``hydra-service COMMAND ...``
 """
 from __future__ import annotations
 
@@ -18,22 +22,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def alembic_config(database_url: str | None = None):  # type: ignore[no-untyped-def]
-    """An Alembic config for our migrations, wherever the command runs from.
-
-    ``database_url`` overrides the settings' URL (tests and one-off maintenance)."""
-    from alembic.config import Config
-
-    ini = REPO_ROOT / "alembic.ini"
-    config = Config(str(ini)) if ini.is_file() else Config()
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
-    if database_url:
-        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
-
 
 def _settings():  # type: ignore[no-untyped-def]
     from service.settings import get_settings
@@ -47,10 +35,19 @@ def migrate(
     database_url: Annotated[str | None, typer.Option("--database-url", help="Instead of HYDRA_DATABASE_URL.")] = None,
 ) -> None:
     """Bring the database schema up to date (safe to run on every deploy)."""
-    from alembic import command
+    import logging
+
+    from migrations import upgrade
+    from service.logs import configure_logging
 
     url = database_url or _settings().database_url
-    command.upgrade(alembic_config(url), revision)
+    try:
+        json_lines = _settings().log_json
+    except ValueError:  # settings that do not validate (say, env=prod without S3) do not block --database-url
+        json_lines = False
+    configure_logging(json_lines, process="migrate")  # Alembic's "Running upgrade ..." lines, on stderr
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # not its start-up chatter
+    upgrade(url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -58,7 +55,7 @@ def _ready_db():  # type: ignore[no-untyped-def]
     """The settings, with their database migrated to the latest schema first: a key command in a
     fresh data directory must not fail on ``no such table`` (nor leave an empty database behind).
     Migrating is idempotent, the same revisions ``migrate`` and ``serve`` apply."""
-    from service.embedded import migrate as migrate_db
+    from launch.embedded import migrate as migrate_db
 
     settings = _settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -117,8 +114,7 @@ def list_keys(tenant: Annotated[str | None, typer.Option("--tenant")] = None) ->
 
 
 # ----------------------------------------------------------------------------- serve, worker, demo
-# (the embedded launcher, the worker and the demo; owned by the worker side: service/embedded.py,
-# worker/, scripts/demo.py)
+# (the embedded launcher, the worker and the demo: launch/embedded.py, worker/, launch/demo.py)
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
@@ -128,7 +124,7 @@ def serve(
 ) -> None:
     """Run the embedded service: API + worker + reaper; SQLite and a local object folder in the data
     directory (HYDRA_DATA_DIR, default ~/.local/share/hydra-compress; see `hydra-service data-dir`)."""
-    from service.embedded import serve as run_embedded
+    from launch.embedded import serve as run_embedded
 
     run_embedded(host, port, with_worker=worker, log_level=log_level)
 
@@ -154,17 +150,10 @@ def worker(
     "demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 )
 def demo(ctx: typer.Context) -> None:
-    """Run the end-to-end demo (scripts/demo.py; pass --help after 'demo' for its options)."""
-    import importlib.util
+    """Run the end-to-end demo (launch/demo.py; pass --help after 'demo' for its options)."""
+    from launch.demo import main
 
-    path = REPO_ROOT / "scripts" / "demo.py"
-    spec = importlib.util.spec_from_file_location("hydra_demo", path)
-    if spec is None or spec.loader is None:
-        typer.echo(f"demo script not found at {path}", err=True)
-        raise typer.Exit(2)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    raise typer.Exit(module.main(list(ctx.args)))
+    raise typer.Exit(main(list(ctx.args)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ the machine can read it, and reused on later starts while it still authenticates
 
 Ctrl-C (or SIGTERM) stops the API, then sends SIGTERM to the worker, which checkpoints the running job,
 hands it back to the queue and exits; the next ``serve`` resumes it from that checkpoint.
+
+With ``HYDRA_LOG_JSON`` on, every line this process writes is one JSON object (``service.logs``):
+uvicorn's own lines (its ``log_config``), Python warnings, and the launcher's messages, which are then
+log records instead of plain ``print``s (the admin key is then not printed, only the file it is in).
+The worker writes its log to ``<data dir>/worker.log``.
+
+This module is in ``launch``, the one layer that imports both ``api`` and ``worker``.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from service.logs import configure_logging, uvicorn_log_config
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +47,6 @@ log = logging.getLogger(__name__)
 LOCAL_TENANT = "local"
 ADMIN_KEY_FILE = "admin.key"
 WORKER_STOP_TIMEOUT_S = 120  # SageMaker's contract for a training job to stop on SIGTERM
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def var_dir(settings: Settings) -> Path:
@@ -60,14 +67,17 @@ def state_env(settings: Settings) -> dict[str, str]:
 
 
 def migrate(settings: Settings) -> None:
-    """Bring the database to the latest schema (Alembic, the same revisions as production)."""
-    from alembic import command
+    """Bring the database to the latest schema (Alembic, the same revisions as production), quietly:
+    Alembic's INFO lines on every start would say nothing a user needs (warnings still show)."""
+    from migrations import upgrade
 
-    from service.cli import alembic_config
-
-    config = alembic_config(settings.database_url)
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(max(level, logging.WARNING))
+    try:
+        upgrade(settings.database_url, "head")
+    finally:
+        alembic_log.setLevel(level)
 
 
 def _write_secret(path: Path, secret: str) -> None:
@@ -178,7 +188,15 @@ def serve(
     import uvicorn
 
     settings = settings or get_settings()
+    json_lines = settings.log_json
+    configure_logging(json_lines)  # before anything logs: the migration, the worker's start, the reaper
+    if json_lines:
+        logging.captureWarnings(True)  # a library's warning is a JSON line too, not plain text on stderr
+    say = _say_json if json_lines else _say_plain
     if not _port_free(host, port):
+        if json_lines:
+            log.error("port %s on %s is in use; pass --port", port, host)
+            raise SystemExit(1)
         raise SystemExit(f"port {port} on {host} is in use; pass --port")
     state = var_dir(settings)
     state.mkdir(parents=True, exist_ok=True)
@@ -196,17 +214,21 @@ def serve(
     reaper = start_reaper_thread(settings, celery) if with_reaper else None
 
     url = f"http://{host}:{port}"
-    print(f"HYDRA service on {url}  (API docs: {url}/docs)", flush=True)
-    print(f"admin API key (tenant '{LOCAL_TENANT}'): {token}", flush=True)
-    print(f"  also in {key_path} (mode 0600); worker log: {state / 'worker.log'}", flush=True)
-    print("Ctrl-C to stop (a running job checkpoints and resumes on the next start)", flush=True)
+    say(f"HYDRA service on {url}  (API docs: {url}/docs)")
+    if json_lines:  # a log pipeline is no place for a key: say where it is
+        say(f"admin API key (tenant '{LOCAL_TENANT}') in {key_path} (mode 0600); worker log: {state / 'worker.log'}")
+    else:
+        say(f"admin API key (tenant '{LOCAL_TENANT}'): {token}")
+        say(f"  also in {key_path} (mode 0600); worker log: {state / 'worker.log'}")
+    say("Ctrl-C to stop (a running job checkpoints and resumes on the next start)")
 
     from api.main import create_app
 
     # The app object of *these* settings (``api.main:create_app`` as a factory would re-read the env).
     # A bounded graceful shutdown: an open event stream (a client following a job) must not hold it.
+    # uvicorn's own lines (startup, errors, access) through our filters, and as JSON when asked.
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=3)
+                            log_config=uvicorn_log_config(json_lines), timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     # uvicorn restores the previous handlers after shutting down and re-raises the signal it caught:
     # make SIGTERM an exception then (not an instant exit), so the worker is stopped in order below.
@@ -216,15 +238,25 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping: API down; asking the worker to checkpoint and stop...", flush=True)
+        say("stopping: API down; asking the worker to checkpoint and stop...")
         if reaper is not None:
             reaper[1].set()
         if worker is not None:
             started = time.monotonic()
             code = stop_worker(worker)
-            print(f"worker stopped (exit {code}) in {time.monotonic() - started:.1f}s", flush=True)
+            say(f"worker stopped (exit {code}) in {time.monotonic() - started:.1f}s")
         celery.close()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _say_plain(message: str) -> None:
+    """A message for the person at the terminal (plain-text mode): on stdout, as is."""
+    print(message, flush=True)
+
+
+def _say_json(message: str) -> None:
+    """The same message as a log record (JSON mode): one JSON line on stderr, keys redacted."""
+    log.info("%s", message)
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
