@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.errors import install_error_handlers
 from api.docs import install_docs
+from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
 from api.metrics import install_metrics
 from api.openapi import install_openapi

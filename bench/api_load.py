@@ -92,9 +92,10 @@ def setup_database(args: argparse.Namespace) -> tuple[str, str]:
 
 def seed(url: str) -> tuple[str, str, int]:
     """A tenant key and one job to poll; returns (token, job_id, tenant_id)."""
+    from sqlalchemy.orm import sessionmaker
+
     from service.db import jobs, keys
     from service.db.session import build_engine
-    from sqlalchemy.orm import sessionmaker
 
     engine = build_engine(url, one_shot=True)
     with sessionmaker(bind=engine, expire_on_commit=False)() as session:
@@ -105,9 +106,10 @@ def seed(url: str) -> tuple[str, str, int]:
 
 
 def count_jobs(url: str, tenant_id: int) -> int:
+    from sqlalchemy.orm import sessionmaker
+
     from service.db import jobs
     from service.db.session import build_engine
-    from sqlalchemy.orm import sessionmaker
 
     engine = build_engine(url, one_shot=True)
     with sessionmaker(bind=engine)() as session:

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.certify.bounds import crown_ibp_bounds, ibp_bounds, margin_spec  # noqa: E402
-from core.models.zoo import create_model  # noqa: E402
-from core.certify.smoothing import Smooth  # noqa: E402
+from core.certify.bounds import crown_ibp_bounds, ibp_bounds, margin_spec
+from core.certify.smoothing import Smooth
+from core.models.zoo import create_model
 
 BATCH = 64
 EPS = 0.007

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from core.io.export import export_compressed, information_bound_bytes, load_compressed  # noqa: E402
-from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction  # noqa: E402
-from core.models.zoo import create_model  # noqa: E402
+from core.io.export import export_compressed, information_bound_bytes, load_compressed
+from core.models.zoo import create_model
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
 
 KEEP = (0.1, 0.05, 0.01)
 

@@ -24,13 +24,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from core.io.export_onnx import export_onnx  # noqa: E402
-from core.pruning.masked import convert_to_masked  # noqa: E402
-from core.pipeline.measure import count_macs, count_params, median_seconds, ort_forward, ort_session, torch_forward, torch_threads  # noqa: E402
-from core.models.zoo import create_model  # noqa: E402
-from core.pruning.structured import ChannelPruning, rebuild_pruned  # noqa: E402
+from core.io.export_onnx import export_onnx
+from core.models.zoo import create_model
+from core.pipeline.measure import (
+    count_macs,
+    count_params,
+    median_seconds,
+    ort_forward,
+    ort_session,
+    torch_forward,
+    torch_threads,
+)
+from core.pruning.masked import convert_to_masked
+from core.pruning.structured import ChannelPruning, rebuild_pruned
 
 ARCHS = ("vgg16_bn", "resnet18")
 KEEP = ("0.5", "0.25")

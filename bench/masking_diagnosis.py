@@ -15,11 +15,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from core.robust.suite import autoattack_flags, clean_flags
-from core.robust.attacks import pgd
 from core.data.datasets import build_datasets
-from core.io.export import load_compressed_model
 from core.data.sampling import stratified_subset
+from core.io.export import load_compressed_model
+from core.robust.attacks import pgd
+from core.robust.suite import autoattack_flags, clean_flags
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage  # noqa: E402
-from core.models.zoo import create_model  # noqa: E402
-from core.objectives.trades import TradesTraining as TradesObjective  # noqa: E402
-from core.pipeline.training import train_step  # noqa: E402
+from core.models.zoo import create_model
+from core.objectives.trades import TradesTraining as TradesObjective
+from core.pipeline.training import train_step
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage
 
 WARMUP = 2
 K = 0.01

@@ -27,7 +27,8 @@ _PUBLIC = {
     "load_compressed_model": "core.io.export",
     "CoreError": "core.errors",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = ["CoreError", "JobSpec", "RunInputs", "create_model", "list_models", "load_compressed_model", "load_spec",
+           "run_job"]
 
 if TYPE_CHECKING:
     from core.errors import CoreError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import IO, Any, NoReturn, Optional
+from typing import IO, Any, NoReturn
 
 import typer
 from tqdm import tqdm
@@ -129,7 +129,7 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (artifacts, checkpoint, reports)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in the run folder."),
-    device: Optional[str] = typer.Option(None, help="Override the spec's device (auto, cpu, cuda, cuda:N)."),
+    device: str | None = typer.Option(None, help="Override the spec's device (auto, cpu, cuda, cuda:N)."),
 ) -> None:
     """Run a job spec: pretrain, prune, finetune, evaluate, export."""
     from core.pipeline.preflight import preflight, shape_error
@@ -155,10 +155,10 @@ def run(
         _fail(shape)
     except RunCanceled as exc:
         typer.echo(f"stopped: {exc}; resume with --resume", err=True)
-        raise typer.Exit(code=3)
+        raise typer.Exit(code=3) from None
     except KeyboardInterrupt:
         typer.echo("\ninterrupted; the last epoch checkpoint stands: rerun with --resume", err=True)
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
     typer.echo(render_markdown(report).split("## How")[0])
     typer.echo(f"artifacts and report in {out}")
 

@@ -13,13 +13,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
-from core.data.datasets import DATASETS
+from core.data.datasets import DatasetSpec
 from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.methods import METHODS
 
-__all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm"]  # re-exported
-DatasetName = DATASETS.literal()
+__all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
 MethodName = METHODS.literal()
 
 
@@ -43,35 +42,12 @@ class ModelSpec(StrictModel):
         return v
 
 
-class DatasetSpec(StrictModel):
-    name: DatasetName = "mnist5k"
-    data_dir: str = "data"
-    download: bool = False
-    path: str | None = Field(None, description="npz file or image-folder root (or an uploaded dataset id).")
-    num_classes: int | None = Field(None, ge=2, le=100_000, description="Declared classes for npz/imagefolder.")
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    batch_size: int = Field(128, ge=1, le=4096)
-    test_batch_size: int = Field(256, ge=1, le=8192)
-    max_train_samples: int | None = Field(None, ge=1, le=100_000_000)
-    max_test_samples: int | None = Field(None, ge=1, le=100_000_000)
-    augment: bool = False
-    image_size: int | None = Field(
-        None, ge=8, le=4096, description="imagefolder: resize and centre-crop every image to this size.")
-    num_workers: int = Field(0, ge=0, le=64)
-
-    @model_validator(mode="after")
-    def _path_needed(self) -> "DatasetSpec":
-        if DATASETS.get(self.name).needs_path and not self.path:
-            raise ValueError(f"dataset {self.name!r} needs 'path'")
-        return self
-
-
 # ---------------------------------------------------------------- objectives
 # Built from the registry (``core.objectives``): each objective module holds its own spec model.
 OBJECTIVE_TYPES: dict[str, type[ObjectiveSpec]] = {name: cls.Spec for name, cls in OBJECTIVES.items()}
 # Objectives whose loss or certificate needs the bound code; their architectures are checked at submission.
 BOUND_OBJECTIVES: tuple[str, ...] = tuple(name for name, cls in OBJECTIVES.items() if cls.needs_bounds)
-Objective = Annotated[Union[tuple(OBJECTIVE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]
+Objective = Annotated[Union[tuple(OBJECTIVE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
 DEFAULT_OBJECTIVE = "trades"
 
 
@@ -191,7 +167,7 @@ class JobSpec(StrictModel):
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
     @model_validator(mode="after")
-    def _start_point(self) -> "JobSpec":
+    def _start_point(self) -> JobSpec:
         if self.stages.pretrain is None and self.model.checkpoint is None:
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
         return self
@@ -224,7 +200,7 @@ def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
                 data = yaml.safe_load(text) or {}
             else:
                 data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
+        except Exception as exc:
             raise CoreError("spec_unparsable", "spec", f"{path} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CoreError("invalid_spec", "spec", "the spec must be a mapping")

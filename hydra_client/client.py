@@ -414,7 +414,7 @@ class Client:
         arch: str,
         kwargs: dict[str, Any] | None = None,
         *,
-        format: str = "auto",  # noqa: A002 - the API's field name
+        format: str = "auto",
         name: str | None = None,
     ) -> dict[str, Any]:
         """Upload a network (safetensors, or a weights-only torch state dict) for architecture ``arch``;

@@ -119,8 +119,8 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     """Download ``variant``'s compressed network, verify its sha256, reload it and re-measure it."""
     import torch
 
-    from core.data.datasets import build_datasets
     from core import load_compressed_model
+    from core.data.datasets import build_datasets
     from core.spec import load_spec
 
     name = f"{variant}.compressed.safetensors"

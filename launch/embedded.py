@@ -121,7 +121,7 @@ def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> 
     It runs in its own session so a Ctrl-C in the terminal reaches only this launcher, which then
     stops the worker in order (SIGTERM: checkpoint, hand the job back, exit)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "ab")  # noqa: SIM115 - closed by stop_worker
+    log_file = open(log_path, "ab")
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "--pool", "solo", "-Q", settings.queue_name, "-n", f"{name}@%h", "--loglevel", "INFO",

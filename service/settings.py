@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         return values
 
     @model_validator(mode="after")
-    def _refuse_unsafe_production(self) -> "Settings":
+    def _refuse_unsafe_production(self) -> Settings:
         """In prod, fail at start-up rather than run on defaults that only make sense on one machine."""
         if self.env != "prod":
             return self

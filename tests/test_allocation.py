@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import CoreError
 from core.pruning.allocation import (
     LearnedAllocation,
     allocation_report,
@@ -18,7 +19,6 @@ from core.pruning.allocation import (
     global_keep_counts,
     project_counts,
 )
-from core.errors import CoreError
 from core.pruning.masked import convert_to_masked, kept_count, masked_layers, set_stage
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.robust.attacks import pgd
 from core.errors import CoreError
 from core.pruning.masked import convert_to_masked, set_keep_fraction, set_stage
+from core.robust.attacks import pgd
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:

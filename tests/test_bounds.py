@@ -15,8 +15,8 @@ from core.certify.bounds import (
     verified_counts,
 )
 from core.errors import CoreError
-from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
 from core.models.zoo import create_model
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
 
 CERTIFIED_CNNS = ["cnn_small_mnist", "cnn_large_mnist", "cnn_small_cifar", "cnn_large_cifar"]
 

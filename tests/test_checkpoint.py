@@ -8,17 +8,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from core.errors import CoreError
 from core.io import checkpoint as ckpt
 from core.io.checkpoint import (
     capture_rng_state,
     load_checkpoint,
-    load_weights,
     restore_rng_state,
     save_checkpoint,
 )
-from core.errors import CoreError
-from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
+from core.io.weights import load_weights
 from core.models.zoo import create_model
+from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
 
 ARCH = "cnn_small_mnist"
 

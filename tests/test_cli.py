@@ -4,10 +4,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from core.pipeline import report as report_mod
-from core.pipeline import runner as run_mod
 from core.cli import app
 from core.errors import ResumeMismatch
+from core.pipeline import report as report_mod
+from core.pipeline import runner as run_mod
 
 runner = CliRunner()
 SPEC = {

@@ -21,8 +21,8 @@ from core.io.export import (
     rice_decode,
     rice_encode,
 )
-from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
 from core.models.zoo import create_model
+from core.pruning.masked import convert_to_masked, init_scores, masked_layers, set_keep_fraction
 
 ARCH = "cnn_small_mnist"
 META = {"arch": ARCH, "kwargs": {"num_classes": 10}, "variant": "hydra-k0.1"}

@@ -12,8 +12,8 @@ from torch import nn
 from core.errors import CoreError
 from core.io.export_channel import export_channel_pruned, load_channel_pruned, read_channel_pruned
 from core.io.export_onnx import check_onnx_parity, export_onnx, onnx_metadata
-from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
 from core.models.zoo import create_model
+from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction
 from core.pruning.structured import ChannelPruning, rebuild_pruned
 
 

@@ -109,3 +109,21 @@ def test_no_unsafe_torch_load():
                 if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
                     offenders.append(f"{p.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_no_import_cycle_between_modules():
+    """No module reaches itself through imports (lazy ones inside functions included; imports under
+    TYPE_CHECKING excluded). The import-linter contracts in pyproject.toml (run by .ci/run) keep the
+    layers; this keeps every module of every layer out of cycles."""
+    import grimp
+
+    graph = grimp.build_graph(*our_packages(), exclude_type_checking_imports=True)
+    cycles = set()
+    for importer in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(importer):
+            if imported == importer or imported.startswith(importer + "."):
+                continue  # a package importing its own submodule (its public face)
+            chain = graph.find_shortest_chain(importer=imported, imported=importer)
+            if chain and not importer.startswith(imported + "."):
+                cycles.add(" -> ".join((importer, *chain)))
+    assert sorted(cycles) == []

@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from core.pruning import masked
 from core.errors import CoreError
+from core.pruning import masked
 from core.pruning.masked import (
     MaskedConv2d,
     MaskedLinear,
     convert_to_masked,
-    shared_effective_weights,
     init_scores,
     layer_sparsity,
     masked_layers,
     refresh_masks,
     set_keep_fraction,
     set_stage,
+    shared_effective_weights,
 )
 
 

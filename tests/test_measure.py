@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from core.io.export_onnx import export_onnx
-from core.pruning.masked import convert_to_masked, set_keep_fraction
 from core.pipeline.measure import (
     compare_to_dense,
     count_macs,
@@ -17,6 +16,7 @@ from core.pipeline.measure import (
     peak_memory_bytes,
     sparse_macs,
 )
+from core.pruning.masked import convert_to_masked, set_keep_fraction
 from core.pruning.structured import ChannelPruning, rebuild_pruned
 
 

@@ -110,7 +110,7 @@ def test_a_run_writes_a_card_beside_every_network_and_reports_it(tmp_path):
             art = result["artifacts"][fmt]
             assert art["name"] in card and art["sha256"] in card
             assert hashlib.sha256((tmp_path / art["name"]).read_bytes()).hexdigest() == art["sha256"]
-        for metric, value in result["metrics"].items():
+        for metric in result["metrics"]:
             assert f"`{metric}`" in card and result["procedures"][metric].split()[0] in card
         assert f"{100 * result['sparsity']['total']:.2f}%" in card
     hydra_card = (tmp_path / "hydra_k0.1.model_card.md").read_text()

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from core.errors import CoreError
-from core.pruning.masked import convert_to_masked
 from core.models.zoo import Normalize, NormalizedModel, create_model, list_models
+from core.pruning.masked import convert_to_masked
 
 # parameter counts of the paper's networks (10 classes); METHOD.md quotes 15.3M, 5.85M, 25.6M, ~0.21M, ~2.47M
 PAPER_SIZES = {

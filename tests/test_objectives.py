@@ -2,12 +2,12 @@
 computed once, and the builder accepts dicts, spec models and plug-ins."""
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from typing import Literal
 
 import core.objectives as objectives
 from core.errors import CoreError

@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from core.certify.bounds import ibp_bounds, margin_spec
-from core.errors import CoreError
-from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
-from core.models.zoo import create_model
 from core.certify.smoothing import CERTIFY_METHOD
+from core.errors import CoreError
+from core.models.zoo import create_model
 from core.objectives import OBJECTIVES as REGISTRY
 from core.objectives import build_objective
 from core.objectives._bounded import robust_ce
 from core.objectives.crown_ibp import CrownIBP, CrownIBPObjective
 from core.objectives.mixtrain import MixTrain, MixTrainObjective
 from core.objectives.smoothing import SmoothingObjective, SmoothingTraining
+from core.pruning.masked import convert_to_masked, masked_layers, set_keep_fraction, set_stage
 from core.spec import EvaluationSpec
 
 make_smoothing, make_mixtrain, make_crown_ibp = SmoothingTraining, MixTrain, CrownIBP
@@ -101,7 +101,7 @@ def test_crown_ibp_training_lowers_its_loss():
 # ---------------------------------------------------------------- schedules
 def test_mixtrain_lambda_schedule_matches_the_formula():
     obj = make_mixtrain(MixTrainObjective())
-    for e in range(0, 120):
+    for e in range(120):
         expected = min(50.0, 0.1 * 2.5 ** math.floor(max(e - 15, 0) / 5))
         assert obj.lambda_at(e, "pretrain") == pytest.approx(expected, rel=1e-12)
         expected = min(50.0, 0.1 * 2.5 ** math.floor(e / 5))  # L = 0 in prune and finetune

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.pipeline import preflight as preflight_mod
 from core.errors import CoreError
+from core.pipeline import preflight as preflight_mod
 from core.pipeline.preflight import dataset_signature, preflight, shape_error
 from core.spec import load_spec
 

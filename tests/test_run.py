@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.pipeline import plan as plan_mod
-from core.pipeline import training as objectives_mod
-from core.pipeline import runner as run_mod
 from core.callbacks import RunCallbacks
 from core.errors import RunCanceled
 from core.io.export import load_compressed, load_compressed_model
+from core.pipeline import plan as plan_mod
+from core.pipeline import runner as run_mod
+from core.pipeline import training as objectives_mod
 from core.pipeline.plan import plan_steps
 from core.pipeline.runner import run_job
 from core.spec import load_spec

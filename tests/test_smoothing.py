@@ -7,8 +7,8 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from core.errors import CoreError
 from core.certify.smoothing import ABSTAIN, CERTIFY_METHOD, Smooth, certify_dataset, lower_confidence_bound
+from core.errors import CoreError
 
 SIGMA = 0.5
 ALPHA = 0.001

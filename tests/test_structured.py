@@ -9,8 +9,8 @@ from torch import nn
 from torch.func import functional_call
 
 from core.errors import CoreError
+from core.models.zoo import VGG, Normalize, NormalizedModel, WideResNet, create_model
 from core.pruning.masked import convert_to_masked, masked_layers, set_stage
-from core.models.zoo import VGG, NormalizedModel, Normalize, WideResNet, create_model
 from core.pruning.structured import ChannelPruning, check_channel_supported, rebuild_pruned
 
 
@@ -83,7 +83,7 @@ def test_rebuilt_network_gives_the_masked_logits(arch):
 def test_masks_are_whole_filters_and_residual_partners_share_them():
     model, cp, _ = channel_pruned(BUILDERS["resnet18"], 0.25)
     layers = dict(masked_layers(model))
-    for name, layer in layers.items():
+    for layer in layers.values():
         rows = layer.mask.flatten(1)
         kept_rows = rows.any(1)
         cols = layer.mask.transpose(0, 1).flatten(1).any(1)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.robust.attacks import smooth_relu_backward
 from core.data.datasets import TensorImageDataset
 from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.plan import plan_steps
 from core.pipeline.runner import run_job
+from core.robust.attacks import smooth_relu_backward
 from core.spec import load_spec
 
 TINY = {

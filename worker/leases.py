@@ -38,7 +38,7 @@ class Lease:
     def interval_s(self) -> float:
         return max(0.5, self.settings.lease_seconds / 4)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.job_id[:8]}", daemon=True)
         self._thread.start()
         return self
@@ -55,7 +55,7 @@ class Lease:
         try:
             with session_scope(self.settings) as session:
                 held = db_jobs.heartbeat(session, self.job_id, self.owner, self.attempt, self.settings.lease_seconds)
-        except Exception:  # noqa: BLE001 - a database blip is not a lost lease; the expiry decides
+        except Exception:
             log.warning("heartbeat of job %s failed; retrying", self.job_id, exc_info=True)
             return True
         if not held:

@@ -83,7 +83,7 @@ def sweep(settings: Settings, app: Celery, unsent_after_s: float = UNSENT_AFTER_
         try:
             send_job(app, settings, job_id)
             sent.append(job_id)
-        except Exception:  # noqa: BLE001 - the next sweep tries again
+        except Exception:
             log.warning("reaper could not send job %s", job_id, exc_info=True)
     if requeued or sent:
         log.info("reaper: requeued %s, sent %s", requeued, sent)
@@ -101,7 +101,7 @@ def run_forever(
     while not stop.is_set():
         try:
             sweep(settings, app, unsent_after_s)
-        except Exception:  # noqa: BLE001 - a database blip must not end the reaper
+        except Exception:
             log.warning("reaper sweep failed", exc_info=True)
         stop.wait(interval_s)
 

@@ -94,7 +94,7 @@ class JobCallbacks(RunCallbacks):
                     lease_seconds=self.settings.lease_seconds,
                     **fields,
                 )
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("progress of job %s not recorded", self.job_id, exc_info=True)
             return
         if not held:
@@ -147,7 +147,7 @@ class JobCallbacks(RunCallbacks):
         try:
             with session_scope(self.settings) as session:
                 db_jobs.append_event(session, self.job_id, kind, payload)
-        except Exception:  # noqa: BLE001 - a lost milestone is better than a lost run
+        except Exception:
             log.warning("event %s of job %s not recorded", kind, self.job_id, exc_info=True)
 
     def should_cancel(self) -> bool:
@@ -159,7 +159,7 @@ class JobCallbacks(RunCallbacks):
             try:
                 with session_scope(self.settings) as session:
                     self.cancel_requested = db_jobs.is_cancel_requested(session, self.job_id)
-            except Exception:  # noqa: BLE001 - a missed poll only delays the cancel by a second
+            except Exception:
                 log.warning("cancel poll of job %s failed", self.job_id, exc_info=True)
         return self.cancel_requested
 
@@ -170,7 +170,7 @@ class JobCallbacks(RunCallbacks):
             return
         try:
             self._upload(checkpoint_key(self.job_id), path)
-        except Exception:  # noqa: BLE001 - keep training: the next epoch's upload may work
+        except Exception:
             log.error("checkpoint of job %s not uploaded; a crash now resumes from an older one", self.job_id,
                       exc_info=True)
 
@@ -306,7 +306,7 @@ class JobAttempt:
         if self.app is not None:
             try:
                 send_job(self.app, self.settings, self.job_id)
-            except Exception:  # noqa: BLE001 - the reaper re-sends unsent queued jobs
+            except Exception:
                 log.warning("could not re-send job %s; the reaper will", self.job_id, exc_info=True)
         log.info("job %s handed back to the queue (%s)", self.job_id, detail)
         return "requeued"

@@ -82,5 +82,5 @@ def _pool_child_started(**_: object) -> None:
         from service.settings import get_settings
 
         get_engine(get_settings()).dispose(close=False)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.debug("no engine to dispose in the pool child", exc_info=True)

@@ -10,8 +10,8 @@ import logging
 from celery.exceptions import Reject
 
 from service.settings import get_settings
-from worker.signals import shutdown_requested, sigterm_stops_the_run
 from worker.celery_app import REAP_TASK, RUN_JOB_TASK, app
+from worker.signals import shutdown_requested, sigterm_stops_the_run
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,16 @@ from api.deps import (
     get_app_settings,
 )
 from api.errors import ApiError, ErrorCode
+from api.schemas import (
+    ERROR_RESPONSES as ERRORS,
+)
+from api.schemas import (
+    ArtifactsPublic,
+    JobDetail,
+    JobEventPublic,
+    JobEventsPublic,
+    JobsPublic,
+)
 from api.validation import (
     ARTIFACT_NAME_PATTERN,
     ID_PATTERN,
@@ -37,14 +47,6 @@ from api.validation import (
     check_json_types,
     check_model_kwargs,
     check_storable,
-)
-from api.schemas import (
-    ERROR_RESPONSES as ERRORS,
-    ArtifactsPublic,
-    JobDetail,
-    JobEventPublic,
-    JobEventsPublic,
-    JobsPublic,
 )
 from core.spec import BOUND_OBJECTIVES, JobSpec
 from service.db import jobs, uploads

@@ -27,8 +27,8 @@ Soundness is in exact arithmetic; float32 rounding can move a bound by ~1e-6 rel
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,8 @@ sampling loop costs little more than the forward passes themselves.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,8 +1,9 @@
-"""Datasets and loaders: every image is a float tensor in [0, 1], channels first.
+"""Datasets: the registry of ``dataset.name`` loaders and the spec section (``DatasetSpec``) they read.
 
-Normalisation lives inside the model (``core.models.zoo.NormalizedModel``) so attacks and smoothing
-noise work in pixel space. Shuffling is drawn from a ``torch.Generator`` seeded by ``(seed, epoch)``
-only, so a run resumed at epoch ``e`` sees exactly the batches the uninterrupted run would have.
+Every image is a float tensor in [0, 1], channels first. Normalisation lives inside the model
+(``core.models.zoo.NormalizedModel``) so attacks and smoothing noise work in pixel space. The loaders
+(the order of the batches) are in ``core.data.loaders``. To add a dataset, register a loader here with
+:func:`register_dataset` (CONTRIBUTING.md, "Adding a dataset").
 
 Bad input raises ``CoreError`` naming the spec field (``dataset.path``, ``dataset.data_dir``, ...).
 """
@@ -10,23 +11,22 @@ from __future__ import annotations
 
 import importlib.util
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from pydantic import Field, ValidationError, model_validator
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from core.config import StrictModel
+from core.data.loaders import EpochSampler, epoch_generator, test_loader, train_loader
 from core.errors import CoreError
 from core.registry import Registry
 
-if TYPE_CHECKING:
-    from core.spec import DatasetSpec
 
 # Fixed seed of the train/test split of datasets that ship without one (mnist5k, npz, imagefolder):
 # every run of every job holds out the same samples, so results stay comparable across seeds.
@@ -360,9 +360,34 @@ def _imagefolder_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     return train, test, found, tuple(int(s) for s in test[0][0].shape)
 
 
-def _as_spec(cfg: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
-    from core.spec import DatasetSpec  # the spec module imports this one for the registry
+# ---------------------------------------------------------------------------------- the spec section
+DatasetName = DATASETS.literal()
 
+
+class DatasetSpec(StrictModel):
+    name: DatasetName = "mnist5k"
+    data_dir: str = "data"
+    download: bool = False
+    path: str | None = Field(None, description="npz file or image-folder root (or an uploaded dataset id).")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="Declared classes for npz/imagefolder.")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    batch_size: int = Field(128, ge=1, le=4096)
+    test_batch_size: int = Field(256, ge=1, le=8192)
+    max_train_samples: int | None = Field(None, ge=1, le=100_000_000)
+    max_test_samples: int | None = Field(None, ge=1, le=100_000_000)
+    augment: bool = False
+    image_size: int | None = Field(
+        None, ge=8, le=4096, description="imagefolder: resize and centre-crop every image to this size.")
+    num_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetSpec":
+        if DATASETS.get(self.name).needs_path and not self.path:
+            raise ValueError(f"dataset {self.name!r} needs 'path'")
+        return self
+
+
+def _as_spec(cfg: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
     if isinstance(cfg, DatasetSpec):
         return cfg
     try:
@@ -398,58 +423,6 @@ def build_datasets(cfg: DatasetSpec | Mapping[str, Any], seed: int,
     return train, test, info
 
 
-# ---------------------------------------------------------------------------------- loaders
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator determined by (seed, epoch) alone: the shuffle of an epoch never depends on history."""
-    words = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed((int(words[0]) << 31) ^ int(words[1]))
-
-
-class EpochSampler(Sampler[int]):
-    """Shuffles with ``epoch_generator(seed, epoch)``; call ``set_epoch`` like ``DistributedSampler``.
-
-    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of the same permutation
-    (padded by wrapping so all ranks see the same number of batches).
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError("rank must be in [0, num_replicas)")
-        self.n, self.seed, self.epoch = n, seed, epoch
-        self.num_replicas, self.rank = num_replicas, rank
-        self.per_rank = -(-n // num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        if self.num_replicas > 1:
-            pad = self.per_rank * self.num_replicas - self.n
-            order = torch.cat([order, order[:pad]])[self.rank :: self.num_replicas]
-        return iter(order.tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank if self.num_replicas > 1 else self.n
-
-
-def train_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
-    """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches."""
-    sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, persistent_workers=False,
-                      generator=epoch_generator(seed, epoch))  # seeds worker processes reproducibly
-
-
-def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Evaluation loader: fixed order, no shuffling."""
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-
-test_loader.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
-
-
 def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping[str, Any], seed: int,
                  epoch: int = 0) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders with the spec's batch sizes and worker count."""
@@ -460,7 +433,11 @@ def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping
     )
 
 
+
+
+# the loaders live in core.data.loaders; re-exported here for the callers that build and load at once
 __all__ = [
-    "build_datasets", "make_loaders", "train_loader", "test_loader", "EpochSampler", "epoch_generator",
-    "TensorImageDataset", "dataset_catalogue", "SPLIT_SEED",
+    "DATASETS", "DatasetSource", "DatasetSpec", "TensorImageDataset", "build_datasets", "dataset_catalogue",
+    "make_loaders", "register_dataset", "train_loader", "test_loader", "EpochSampler", "epoch_generator",
+    "SPLIT_SEED",
 ]

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.io.checkpoint import atomic_write_bytes
 from core.errors import CoreError
+from core.io.checkpoint import atomic_write_bytes
 
 COMPRESSED_FORMAT = "hydra-compressed-v1"
 DENSE_FORMAT = "hydra-dense-v1"

@@ -18,15 +18,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from core.robust.suite import ATTACKS, MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
-from core.robust.attacks import pgd
 from core.config import EPS_8_255
 from core.data.datasets import test_loader
-from core.objectives import build_objective
 from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
-from core.spec import JobSpec
+from core.objectives import build_objective
 from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
-
+from core.robust.attacks import pgd
+from core.robust.suite import ATTACKS, MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
+from core.spec import JobSpec
 
 
 def attack_settings(spec: JobSpec) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
                         f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}")
     try:
         out = _forward(model, shape, device)
-    except Exception as meta_exc:  # noqa: BLE001 - confirm on the CPU, and quote its message
+    except Exception as meta_exc:
         if device == "meta" and sum(p.numel() for p in model.parameters()) > MAX_REAL_BUILD_PARAMS:
             # never allocate a giant network (model.kwargs can ask for one) just to word the refusal
             raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
@@ -143,7 +143,7 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
         real = model if device == "cpu" else _build_cpu(arch, kwargs)
         try:
             out = _forward(real, shape, "cpu")
-        except Exception as exc:  # noqa: BLE001 - any failure of the forward means the job cannot run
+        except Exception as exc:
             raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
                             f"{_first_line(exc)}{_arch_hint(arch)}") from exc
     if out.dim() != 2:
@@ -177,7 +177,7 @@ def _build_cpu(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
             return create_model(arch, **kwargs)
         except CoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a builder refusing its arguments is bad input, not a bug
+        except Exception as exc:
             raise CoreError("invalid_model_kwargs", "model.kwargs",
                             f"{arch} cannot be built: {_first_line(exc)}") from exc
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from core.callbacks import RunCallbacks
-from core.pipeline.evaluate import attack_settings
 from core.io.export import file_digest
 from core.objectives import objective_class
+from core.pipeline.evaluate import attack_settings
+from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 from core.pruning.methods import METHODS
 from core.spec import JobSpec
 from core.vocab import DENSE, PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
-from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 
 REPORT_FORMAT = "hydra-compress-report/2"
 

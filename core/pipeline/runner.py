@@ -29,12 +29,20 @@ from core.certify.bounds import check_supported
 from core.data.datasets import build_datasets, train_loader
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
+from core.io.weights import load_weights
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, sparsity_from_export, validate
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
 from core.pipeline.training import lr_at, make_optimizer, train_step
-from core.pruning.masked import convert_to_masked, init_scores, masked_layers, refresh_masks, set_keep_fraction, set_stage
+from core.pruning.masked import (
+    convert_to_masked,
+    init_scores,
+    masked_layers,
+    refresh_masks,
+    set_keep_fraction,
+    set_stage,
+)
 from core.pruning.methods import METHODS
 from core.spec import JobSpec, StageSpec
 from core.vocab import (
@@ -118,7 +126,7 @@ class _Runner:
     def _load_starting_weights(self) -> None:
         source = self.inputs.model_checkpoint
         if source is not None:
-            ckpt.load_weights(source, self.model, self.spec.model.checkpoint_format)
+            load_weights(source, self.model, self.spec.model.checkpoint_format)
 
     def _stage(self, step: Step) -> StageSpec:
         stage = getattr(self.spec.stages, step.kind)

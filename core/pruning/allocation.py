@@ -53,8 +53,8 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.pruning.methods import METHODS
 from core.pruning.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
+from core.pruning.methods import METHODS
 
 ALLOCATIONS = ("uniform", "global", "learned")
 GRANULARITIES = ("unstructured", "channel")
@@ -108,7 +108,7 @@ def _global_masks(model: nn.Module, k: float, min_per_layer: int) -> dict[str, T
     keys = torch.cat([layer.scores.detach().abs().reshape(-1).to(device, torch.float32) for _, layer in layers])
     if min_per_layer > 0:
         offset = 0
-        for (_, layer), n in zip(layers, sizes):
+        for (_, _layer), n in zip(layers, sizes):
             best = torch.topk(keys[offset:offset + n], min(min_per_layer, n), sorted=False).indices
             keys[offset + best] = math.inf
             offset += n
@@ -244,7 +244,7 @@ class LearnedAllocation(nn.Module):
         """Each layer's ``keep`` from its rate (at least one weight), then its mask from ``|scores|``."""
         workspace = _Workspace()
         rates = self.rates().detach().double().tolist()
-        for (name, layer), r in zip(self._aligned(model), rates):
+        for (_name, layer), r in zip(self._aligned(model), rates):
             n = layer.mask.numel()
             layer.keep.fill_(min(1.0, max(r, 1.0 / n)))
             layer.refresh_mask(workspace)

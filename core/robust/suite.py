@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.robust.attacks import pgd, smooth_relu_backward
 from core.errors import CoreError
 from core.registry import Registry
+from core.robust.attacks import pgd, smooth_relu_backward
 
 MASKING_MARGIN = 0.02
 

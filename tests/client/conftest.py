@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from embedded_service import EmbeddedService  # noqa: E402
+from embedded_service import EmbeddedService
 
 
 @pytest.fixture(scope="module")

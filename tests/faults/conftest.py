@@ -106,13 +106,13 @@ def make_stack(pg_template_dir: Path) -> Iterator[Callable[..., Scenario]]:
         if moto:
             env.update({"HYDRA_S3_ENDPOINT_URL": moto.endpoint, "HYDRA_S3_BUCKET": moto.bucket,
                         "HYDRA_S3_ACCESS_KEY": "test", "HYDRA_S3_SECRET_KEY": "test"})
+        from alembic import command
+
         from migrations import alembic_config
         from service.db.keys import create_api_key
         from service.db.session import session_scope
         from service.settings import Settings
         from worker.celery_app import create_celery
-
-        from alembic import command
 
         cfg = alembic_config(pg.url)
         cfg.attributes["configure_logging"] = False

@@ -18,11 +18,11 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from svc_helpers import Key, RecordingQueue, build_app, create_database, drop_database, migrate, pg_url  # noqa: E402
+from svc_helpers import Key, RecordingQueue, build_app, create_database, drop_database, migrate, pg_url
 
-from service.db import keys  # noqa: E402
-from service.db.session import session_scope  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.db import keys
+from service.db.session import session_scope
+from service.settings import Settings
 
 
 @pytest.fixture(scope="session")

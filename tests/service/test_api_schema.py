@@ -73,7 +73,7 @@ def test_the_job_schema_states_the_rules_the_code_enforces(client: TestClient, k
     assert SEMANTIC_CODES_DOCUMENTED(schema)
 
 
-def SEMANTIC_CODES_DOCUMENTED(schema: dict) -> bool:  # noqa: N802 - reads as the assertion it is
+def SEMANTIC_CODES_DOCUMENTED(schema: dict) -> bool:
     from api.openapi import SEMANTIC_422
 
     return all(code in schema["paths"][path][method]["description"]

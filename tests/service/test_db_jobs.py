@@ -7,8 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from svc_helpers import migrate
 from sqlalchemy.orm import Session
+from svc_helpers import migrate
 
 from service.db import jobs, keys
 from service.db.base import JobStatus, utcnow

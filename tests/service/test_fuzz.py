@@ -93,7 +93,7 @@ def standard_error_body(ctx: Any, response: Any, case: Any) -> bool | None:
         return None
     try:
         body = response.json()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AssertionError(f"error {response.status_code} is not JSON: {response.content[:200]!r}") from exc
     if not isinstance(body, dict) or set(body) != ERROR_KEYS:
         raise AssertionError(f"error {response.status_code} has body {body!r}, not {sorted(ERROR_KEYS)}")

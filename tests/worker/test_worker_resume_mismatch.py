@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from core.pipeline import runner as run_mod
 from core.errors import CoreError, ResumeMismatch
+from core.pipeline import runner as run_mod
 from core.vocab import CHECKPOINT_NAME as CHECKPOINT_FILE
 from worker.runner import JobAttempt
 
