@@ -27,7 +27,6 @@ from core.data.loaders import EpochSampler, epoch_generator, test_loader, train_
 from core.errors import CoreError
 from core.registry import Registry
 
-
 # Fixed seed of the train/test split of datasets that ship without one (mnist5k, npz, imagefolder):
 # every run of every job holds out the same samples, so results stay comparable across seeds.
 SPLIT_SEED = 0
@@ -381,7 +380,7 @@ class DatasetSpec(StrictModel):
     num_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DatasetSpec":
+    def _path_needed(self) -> DatasetSpec:
         if DATASETS.get(self.name).needs_path and not self.path:
             raise ValueError(f"dataset {self.name!r} needs 'path'")
         return self
