@@ -54,7 +54,7 @@ class ErrorCode(enum.Enum):
         return self.value[1]
 
 
-_BY_STATUS = {}
+_BY_STATUS: dict[Any, Any] = {}
 for _member in ErrorCode:
     _BY_STATUS.setdefault(_member.status, _member)
 

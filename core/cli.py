@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, RunCanceled
-from core.vocab import REPORT_JSON
+from core.vocab import REPORT_JSON, REPORT_MD
 
 app = typer.Typer(add_completion=False, help="Robust network compression with HYDRA.", no_args_is_help=True)
 
@@ -119,7 +119,7 @@ def _check_out_dir(out: Path, resume: bool, force: bool) -> None:
         raise CoreError("run_exists", "--out",
                         f"{out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it, "
                         "--resume to keep it, or choose another folder")
-    for name in (FINISHED_MARKER, "report.md"):  # a forced rerun that fails must not leave the old report
+    for name in (FINISHED_MARKER, REPORT_MD):  # a forced rerun that fails must not leave the old report
         (out / name).unlink(missing_ok=True)
 
 

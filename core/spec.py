@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from core.certify.bounds import BOUND_METHODS, BoundMethod
 from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
 from core.data.datasets import DatasetSpec
 from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.methods import METHODS
+from core.vocab import EXPORT_FORMATS, ExportFormat
 
 __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
-MethodName = METHODS.literal()
 
 
 # ---------------------------------------------------------------- model and data
@@ -47,7 +48,12 @@ class ModelSpec(StrictModel):
 OBJECTIVE_TYPES: dict[str, type[ObjectiveSpec]] = {name: cls.Spec for name, cls in OBJECTIVES.items()}
 # Objectives whose loss or certificate needs the bound code; their architectures are checked at submission.
 BOUND_OBJECTIVES: tuple[str, ...] = tuple(name for name, cls in OBJECTIVES.items() if cls.needs_bounds)
-Objective = Annotated[Union[tuple(OBJECTIVE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
+if TYPE_CHECKING:  # the checker sees the base types; Pydantic sees the enumerations of the registries
+    Objective = ObjectiveSpec
+    MethodName = str
+else:
+    Objective = Annotated[Union[tuple(OBJECTIVE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
+    MethodName = METHODS.literal()
 DEFAULT_OBJECTIVE = "trades"
 
 
@@ -105,10 +111,10 @@ class StagesSpec(StrictModel):
 # ---------------------------------------------------------------- evaluation and export
 class EvaluationSpec(StrictModel):
     pgd_steps: int = Field(50, ge=1, le=10_000, description="Final PGD attack steps (the paper quotes PGD-50).")
-    pgd_restarts: int = Field(1, ge=1, le=100)
+    pgd_restarts: int = Field(1, ge=1, le=100, description="Random starts of the final PGD (per-example worst case).")
     pgd_step_size: float | None = Field(None, gt=0, description="Defaults to the objective's step size.")
     eps: float | None = Field(None, gt=0, description="Defaults to the objective's eps.")
-    norm: Norm | None = None
+    norm: Norm | None = Field(None, description="Threat model norm; defaults to the objective's (else linf).")
     val_pgd_steps: int = Field(10, ge=1, le=10_000, description="PGD steps of the per-epoch validation.")
     val_max_samples: int | None = Field(512, ge=1, le=100_000_000, description="Samples of the per-epoch validation.")
     max_samples: int | None = Field(
@@ -120,7 +126,7 @@ class EvaluationSpec(StrictModel):
     autoattack_max_samples: int | None = Field(
         1000, ge=1, le=1_000_000, description="Test samples attacked by PGD + AutoAttack for the headline "
         "robust accuracy (a class-stratified sample nested in the max_samples one; null = all).")
-    autoattack_version: Literal["standard"] = "standard"
+    autoattack_version: Literal["standard"] = Field("standard", description="AutoAttack version (the standard one).")
     pgd_smooth_relu: bool = Field(
         True, description="Also run PGD through the smooth ReLU backward (a BPDA-style surrogate gradient "
         "that sees past inactive ReLUs) and count it in the worst case.")
@@ -129,19 +135,21 @@ class EvaluationSpec(StrictModel):
         None, ge=0, le=2**31 - 1, description="Seed of the class-stratified evaluation samples (default: the "
         "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.")
     # certification (randomized smoothing, bounds)
-    smoothing_n0: int = Field(100, ge=1, le=10_000_000)
-    smoothing_n: int = Field(10_000, ge=1, le=10_000_000)
-    smoothing_alpha: float = Field(0.001, gt=0, lt=0.5)
-    smoothing_radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    smoothing_n0: int = Field(100, ge=1, le=10_000_000, description="CERTIFY: noise samples that select the class.")
+    smoothing_n: int = Field(10_000, ge=1, le=10_000_000, description="CERTIFY: noise samples that estimate pA.")
+    smoothing_alpha: float = Field(0.001, gt=0, lt=0.5, description="CERTIFY: failure probability of the certificate.")
+    smoothing_radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+                                         description="l_2 radii at which certified accuracy is reported.")
     certify_max_samples: int | None = Field(
         500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample).")
     smoothing_batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
     bound_batch_size: int = Field(64, ge=1, le=100_000, description="Samples per batch of the IBP/CROWN bounds.")
-    bounds: list[Literal["ibp", "crown_ibp"]] = Field(default_factory=lambda: ["ibp", "crown_ibp"])
+    bounds: list[BoundMethod] = Field(default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
+                                      description="Bounds whose verified accuracy is reported (ibp, crown_ibp).")
 
 
 class ExportSpec(StrictModel):
-    formats: list[Literal["compressed", "dense"]] = Field(default_factory=lambda: ["compressed", "dense"])
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))  # type: ignore[arg-type]
 
 
 class JobSpec(StrictModel):
@@ -208,4 +216,4 @@ def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CoreError("invalid_spec", _field_of(first), first["msg"]) from exc
+        raise CoreError("invalid_spec", _field_of(dict(first)), first["msg"]) from exc

@@ -5,7 +5,7 @@ torch and of any service library, so every layer may import it.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 # ------------------------------------------------------------------ stages
 TRAIN_STAGES = ("pretrain", "prune", "finetune")
@@ -51,7 +51,8 @@ REPORT_MD = "report.md"
 PLOT_NAME = "comparison.png"
 #: The run-level artifacts, in the order the report lists them (report.json is written last).
 RUN_ARTIFACTS = (PLOT_NAME, REPORT_MD, SPEC_NAME)
-EXPORT_FORMATS = ("compressed", "dense")
+ExportFormat = Literal["compressed", "dense"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 def artifact_name(variant: str, fmt: str) -> str:

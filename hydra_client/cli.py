@@ -17,6 +17,7 @@ core's local commands under one ``hydra-compress``); ``app`` here has them alone
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -189,7 +190,7 @@ def download(
     if len(names) > 1:
         out.mkdir(parents=True, exist_ok=True)
     for item in names:
-        path = _calling(lambda item=item: client.download(job_id, item, out))
+        path = _calling(functools.partial(client.download, job_id, item, out))
         info = sizes.get(item, {})
         typer.echo(f"{path}  {info.get('size', path.stat().st_size)} bytes  sha256 {info.get('sha256', '')} ok")
 

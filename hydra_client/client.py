@@ -91,7 +91,8 @@ def _retry_after(response: httpx.Response | None, attempt: int) -> float:
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
     """Server-Sent Events from the lines of a stream: ``(event, data, id)`` per dispatched event."""
-    kind, data, event_id = "message", [], None
+    kind, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

@@ -122,8 +122,9 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     from core import load_compressed_model
     from core.data.datasets import build_datasets
     from core.spec import load_spec
+    from core.vocab import artifact_name
 
-    name = f"{variant}.compressed.safetensors"
+    name = artifact_name(variant, "compressed")
     listing = {a["name"]: a for a in client.artifacts(job_id)}
     if name not in listing:
         print(f"no artifact {name}; artifacts: {sorted(listing)}")
@@ -145,7 +146,7 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
 
     spec = load_spec(report["spec"])
     _, test_ds, _ = build_datasets(spec.dataset, spec.seed)
-    n = int(report["variants"][variant].get("n_test") or len(test_ds))
+    n = int(report["variants"][variant].get("n_test") or len(test_ds))  # type: ignore[arg-type]  # a map-style Dataset has __len__
     x = torch.stack([test_ds[i][0] for i in range(n)])
     y = torch.as_tensor([int(test_ds[i][1]) for i in range(n)])
     model = load_compressed_model(path).eval()

@@ -229,7 +229,7 @@ def configure_logging(json_lines: bool, process: str = "api", level: int | str |
     _process_name = process
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         if level is None and root.level == logging.WARNING:

@@ -72,7 +72,7 @@ def sweep(settings: Settings, app: Celery, unsent_after_s: float = UNSENT_AFTER_
     with session_scope(settings) as session:
         requeued = db_jobs.requeue_stale_jobs(session)
         # a message older than its expiry was dropped unread; a little slack for clock skew
-        resend_after = settings.task_expires_seconds + 60 if settings.task_expires_seconds else None
+        resend_after: float | None = settings.task_expires_seconds + 60 if settings.task_expires_seconds else None
         if restarted:  # whatever the broker held may be gone: every queued job gets a message again
             resend_after, unsent_after_s = 0.0, 0.0
             log.warning("reaper: the broker restarted (new run id); re-sending every queued job")

@@ -220,11 +220,11 @@ class JobAttempt:
         dataset_path: str | None = spec.dataset.path
         if dataset_path and dataset_path.startswith("dataset:"):
             with session_scope(self.settings) as session:
-                row = db_uploads.get_dataset(session, tenant_id, dataset_path.removeprefix("dataset:"))
-            if row is None:
+                dataset_row = db_uploads.get_dataset(session, tenant_id, dataset_path.removeprefix("dataset:"))
+            if dataset_row is None:
                 raise CoreError("dataset_not_found", "dataset.path", f"no uploaded dataset {dataset_path!r}")
             local = folder / "dataset.npz"
-            self._download(row.storage_key, local)
+            self._download(dataset_row.storage_key, local)
             dataset_path = str(local)
         return spec, RunInputs(model_checkpoint=model_path, dataset_path=dataset_path)
 

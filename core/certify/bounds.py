@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,8 @@ from torch import nn
 from core.errors import CoreError
 
 SUPPORTED_LAYERS = "Normalize, Conv2d, Linear, ReLU, Flatten, Identity (and the masked Conv2d/Linear subclasses)"
-BOUND_METHODS = ("ibp", "crown_ibp")
+BoundMethod = Literal["ibp", "crown_ibp"]
+BOUND_METHODS: tuple[str, ...] = get_args(BoundMethod)
 METHOD_DESCRIPTIONS = {
     "ibp": "IBP: interval bound propagation (Gowal et al. 2018), specification folded into the last linear layer",
     "crown_ibp": (

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -287,9 +287,10 @@ def _load_imagefolder(cfg: DatasetSpec, path: str | None) -> tuple[Dataset, Data
 
 def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     """A seeded subset of at most ``limit`` samples (nested: a larger limit keeps the smaller's samples)."""
-    if not limit or limit >= len(ds):
+    n = len(ds)  # type: ignore[arg-type]  # map-style: has __len__
+    if not limit or limit >= n:
         return ds
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).numpy()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     return Subset(ds, np.sort(order[:limit]).tolist())
 
 
@@ -360,7 +361,10 @@ def _imagefolder_source(cfg: DatasetSpec, path: str | None) -> Loaded:
 
 
 # ---------------------------------------------------------------------------------- the spec section
-DatasetName = DATASETS.literal()
+if TYPE_CHECKING:
+    DatasetName = str
+else:
+    DatasetName = DATASETS.literal()
 
 
 class DatasetSpec(StrictModel):

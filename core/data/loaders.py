@@ -49,7 +49,7 @@ class EpochSampler(Sampler[int]):
 def train_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
                  drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches."""
-    sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)
+    sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)  # type: ignore[arg-type]  # map-style: has __len__
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=False,
                       generator=epoch_generator(seed, epoch))  # seeds worker processes reproducibly

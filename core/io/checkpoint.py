@@ -58,7 +58,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -135,10 +138,11 @@ def load_checkpoint(path: str | os.PathLike[str], field: str | None = None) -> d
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, in a form that survives ``weights_only`` loading."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    words = np.asarray(keys).astype(np.int64)  # the legacy state: a (str, uint32 array, ...) tuple
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "numpy": (kind, torch.from_numpy(words), int(pos), int(has_gauss), float(gauss)),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

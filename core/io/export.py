@@ -83,7 +83,7 @@ def rice_decode(unary: np.ndarray, rem: np.ndarray, count: int, k: int) -> np.nd
     if ends.size != count:
         raise ValueError(f"unary stream holds {ends.size} codes, expected {count}")
     quotients = np.diff(ends, prepend=-1) - 1
-    bits = np.unpackbits(rem)
+    bits: np.ndarray = np.unpackbits(rem)
     if bits.size < count * k or bits.size - count * k >= 8:
         raise ValueError(f"remainder stream has {bits.size} bits, expected {count * k} (+ padding)")
     bits = bits[: count * k].reshape(count, k).astype(np.int64)

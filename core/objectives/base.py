@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 class ObjectiveSpec(StrictModel):
     """The ``objective:`` section of a job spec; subclasses set ``type: Literal["<name>"]``."""
 
-    type: str
+    type: str = ""  # every subclass sets Literal["<name>"] with that default
 
     def ball(self) -> Ball | None:
         """The l_p ball this objective trains for; the evaluation attacks it unless the evaluation

@@ -82,4 +82,5 @@ class SmoothingTraining(Objective):
         # At radius 0 it is only the smoothed classifier's accuracy: headline the first radius > 0.
         keys = [k for k in metric_keys if k.startswith("certified_acc@")]
         positive = [k for k in keys if float(k.split("@", 1)[1]) > 0]
-        return (positive or keys or [None])[0]
+        chosen = positive or keys
+        return chosen[0] if chosen else None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from core.errors import CoreError
 from core.spec import JobSpec
@@ -115,6 +116,7 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     kwargs = dict(spec.model.kwargs)
     if num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
+    model: nn.Module
     try:
         with torch.device("meta"):  # no memory, no init: only the shapes
             model, device = create_model(arch, **kwargs), "meta"  # bad kwargs: CoreError on model.kwargs

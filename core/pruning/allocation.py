@@ -115,8 +115,10 @@ def _global_masks(model: nn.Module, k: float, min_per_layer: int) -> dict[str, T
     if target >= total:
         flat = torch.ones(total, dtype=torch.bool, device=device)
     else:
-        flat = _threshold_mask(keys, target)
-        if flat is None:  # ties at the threshold: an exact top-k decides among them
+        found = _threshold_mask(keys, target)
+        if found is not None:
+            flat = found
+        else:  # ties at the threshold: an exact top-k decides among them
             flat = torch.zeros(total, dtype=torch.bool, device=device)
             flat[torch.topk(keys, target, sorted=False).indices] = True
     out, offset = {}, 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,9 @@ class _MaskedMixin:
     def _init_masked_state(self) -> None:
         w = self.weight
         self.scores = nn.Parameter(torch.empty_like(w), requires_grad=False)
-        self.register_buffer("mask", torch.ones_like(w, requires_grad=False), persistent=True)
-        self.register_buffer("keep", torch.ones((), dtype=torch.float64, device=w.device), persistent=True)
+        module = cast(nn.Module, self)  # a mixin of nn.Conv2d / nn.Linear
+        module.register_buffer("mask", torch.ones_like(w, requires_grad=False), persistent=True)
+        module.register_buffer("keep", torch.ones((), dtype=torch.float64, device=w.device), persistent=True)
         self._keep_key: tuple | None = None
         self._keep_value = 1.0
         self._shared_depth = 0
@@ -257,7 +258,7 @@ def _to_masked(layer: nn.Module) -> nn.Module:
     new.scores = nn.Parameter(_scaled_scores(w), requires_grad=False)
     new.mask = torch.ones_like(w, requires_grad=False)
     new.keep = torch.ones((), dtype=torch.float64, device=w.device)
-    new._keep_key = None
+    new._keep_key = None  # type: ignore[assignment]
     new.train(layer.training)
     return new
 

@@ -104,7 +104,7 @@ class AsyncReader:
                 try:
                     async with self.pool.connection() as conn:
                         cursor = await conn.execute(JOB_VIEWS_SQL, (ids,))
-                        rows = {row["id"]: row for row in await cursor.fetchall()}
+                        rows: dict[str, Any] = {row["id"]: row for row in await cursor.fetchall()}  # type: ignore[call-overload]  # dict_row
                 except Exception as exc:  # noqa: BLE001 - every waiter gets the error
                     for futures in batch.values():
                         for future in futures:
@@ -125,7 +125,7 @@ class AsyncReader:
             row = await cursor.fetchone()
         if row is None:
             return None
-        return Principal(api_key_id=row["id"], tenant_id=row["tenant_id"], tenant_name=row["name"])
+        return Principal(api_key_id=row["id"], tenant_id=row["tenant_id"], tenant_name=row["name"])  # type: ignore[call-overload]  # dict_row
 
 
 def build_async_reader(settings: Settings) -> AsyncReader | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -196,3 +196,11 @@ class Dataset(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE/DELETE touched (SQLAlchemy types ``execute`` as a plain ``Result``; for DML it
+    is a ``CursorResult``, which has ``rowcount``)."""
+    from sqlalchemy.engine import CursorResult
+
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -38,6 +38,7 @@ from service.db.base import (
     JobStatus,
     UTCDateTime,
     new_id,
+    rowcount,
     utcnow,
 )
 
@@ -168,7 +169,7 @@ def list_jobs(
     if status is not None:
         where.append(Job.status == status)
     count = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
-    rows: Select[tuple[Job]] = (
+    rows: Select[Any] = (
         select(Job)
         .where(*where)
         .order_by(Job.created_at.desc(), Job.id)
@@ -176,7 +177,7 @@ def list_jobs(
         .offset(offset)
         .execution_options(populate_existing=True)
     )
-    jobs = list(session.execute(rows).scalars())
+    jobs: list[Job] = list(session.execute(rows).scalars())
     session.commit()
     return jobs, count
 
@@ -234,7 +235,7 @@ def heartbeat(session: Session, job_id: str, owner: str, attempt: int, lease_sec
         execution_options=_NO_SYNC,
     )
     session.commit()
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def record_progress(
@@ -281,7 +282,7 @@ def record_progress(
         stmt = stmt.values(lease_expires_at=now + (row[0] - row[1]))
     result = session.execute(stmt, execution_options=_NO_SYNC)
     session.commit()
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def finish_job(
@@ -312,7 +313,7 @@ def finish_job(
     result = session.execute(
         update(Job).where(*_lease_held(job_id, owner, attempt)).values(**values), execution_options=_NO_SYNC
     )
-    done = result.rowcount == 1
+    done = rowcount(result) == 1
     if done:
         payload: dict[str, Any] = {"status": status, "attempt": attempt}
         if error_reason:
@@ -343,7 +344,7 @@ def release_job(session: Session, job_id: str, owner: str, attempt: int, reason:
         ),
         execution_options=_NO_SYNC,
     )
-    done = result.rowcount == 1
+    done = rowcount(result) == 1
     if done:
         payload = {
             "status": JobStatus.QUEUED.value,
@@ -392,7 +393,7 @@ def request_cancel(session: Session, tenant_id: int | None, job_id: str) -> Job 
         .values(status=JobStatus.CANCELED.value, cancel_requested=True, finished_at=now, updated_at=now),
         execution_options=_NO_SYNC,
     )
-    if result.rowcount == 1:
+    if rowcount(result) == 1:
         session.add(_event(job_id, "status", {"status": JobStatus.CANCELED.value, "reason": "canceled by user"}))
     else:
         result = session.execute(
@@ -401,7 +402,7 @@ def request_cancel(session: Session, tenant_id: int | None, job_id: str) -> Job 
             .values(cancel_requested=True, updated_at=now),
             execution_options=_NO_SYNC,
         )
-        if result.rowcount == 1:
+        if rowcount(result) == 1:
             session.add(_event(job_id, "cancel_requested", {}))
     session.commit()
     return get_job(session, tenant_id, job_id)
@@ -454,7 +455,7 @@ def requeue_stale_jobs(session: Session, now: datetime | None = None) -> list[st
             .values(**values),
             execution_options=_NO_SYNC,
         )
-        if result.rowcount == 1:
+        if rowcount(result) == 1:
             payload["status"] = values["status"]
             session.add(_event(job_id, "status", payload))
             if values["status"] == JobStatus.QUEUED.value:

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.base import ApiKey, Tenant, utcnow
+from service.db.base import ApiKey, Tenant, rowcount, utcnow
 
 PREFIX_LENGTH = 8
 
@@ -82,7 +82,7 @@ def revoke_keys(session: Session, prefix: str) -> int:
         execution_options={"synchronize_session": False},
     )
     session.commit()
-    return result.rowcount
+    return rowcount(result)
 
 
 def list_api_keys(session: Session, tenant_name: str | None = None) -> list[tuple[ApiKey, str]]:
