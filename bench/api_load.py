@@ -23,6 +23,7 @@ Run on Postgres + Redis (production) and on the embedded default (SQLite + the S
 Usage: ``python bench/api_load.py --json`` (targets: ratio >= 0.5, errors == 0, created == expected).
 The exactly-once part also runs in the suite, in process: tests/service/test_load.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,8 +131,9 @@ def setup_sqlite(tmp: str) -> str:
     return url
 
 
-def start_server(args: argparse.Namespace, url: str, port: int, queue: str, tmp: str,
-                 broker_url: str | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    args: argparse.Namespace, url: str, port: int, queue: str, tmp: str, broker_url: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "HYDRA_ENV": "dev",
@@ -147,9 +149,22 @@ def start_server(args: argparse.Namespace, url: str, port: int, queue: str, tmp:
         "HYDRA_DB_MAX_OVERFLOW": "20",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "bench.api_load:bench_app",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-        "--no-access-log", "--log-level", "warning", "--backlog", "4096",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "bench.api_load:bench_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "4096",
     ]
     server = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
@@ -257,8 +272,12 @@ def cleanup_redis(redis_url: str, queue: str) -> None:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
-    parser.add_argument("--database", choices=("postgres", "sqlite", "both"), default="both",
-                        help="Postgres + Redis, the embedded SQLite default, or both (default)")
+    parser.add_argument(
+        "--database",
+        choices=("postgres", "sqlite", "both"),
+        default="both",
+        help="Postgres + Redis, the embedded SQLite default, or both (default)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
@@ -340,8 +359,11 @@ def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         "enqueue": "disabled" if args.no_enqueue else ("redis" if backend == "postgres" else "sqlite broker"),
     }
     if not args.json or burst["error_samples"]:
-        print(f"{backend}: bare {bare_rps:.0f} req/s, status {status_rps:.0f} req/s, ratio {result['ratio']}, "
-              f"{jobs_created}/{burst['expected']} jobs, POST statuses {burst['statuses']}", file=sys.stderr)
+        print(
+            f"{backend}: bare {bare_rps:.0f} req/s, status {status_rps:.0f} req/s, ratio {result['ratio']}, "
+            f"{jobs_created}/{burst['expected']} jobs, POST statuses {burst['statuses']}",
+            file=sys.stderr,
+        )
         if burst["error_samples"]:
             print(f"sample POST errors: {burst['error_samples']}", file=sys.stderr)
     return result

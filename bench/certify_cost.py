@@ -15,6 +15,7 @@ round are printed beside them.
 Usage: ``python bench/certify_cost.py [--json] [--repeats N]``; with ``--json`` the last line is the
 JSON object of the three ratios.
 """
+
 from __future__ import annotations
 
 import argparse

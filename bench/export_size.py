@@ -8,6 +8,7 @@ of ``core.io.export.information_bound_bytes``, their ratio (target <= 1.20), and
 
     python bench/export_size.py [--arch vgg16_bn] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,20 @@ def measure(arch: str, k: float, folder: Path, repeat: int) -> dict[str, float]:
         load_compressed(path)
         decode_s = min(decode_s, time.perf_counter() - t0)
     bound = information_bound_bytes(model)
-    dense = sum(t.numel() * t.element_size() for key, t in model.net.state_dict().items()
-                if not key.endswith((".scores", ".mask", ".keep")))  # the unpruned float32 file
-    return {"sparsity": round(1 - k, 4), "bytes": info["size"], "bound": bound, "ratio": info["size"] / bound,
-            "dense_weight_bytes": dense, "encode_s": encode_s, "decode_s": decode_s}
+    dense = sum(
+        t.numel() * t.element_size()
+        for key, t in model.net.state_dict().items()
+        if not key.endswith((".scores", ".mask", ".keep"))
+    )  # the unpruned float32 file
+    return {
+        "sparsity": round(1 - k, 4),
+        "bytes": info["size"],
+        "bound": bound,
+        "ratio": info["size"] / bound,
+        "dense_weight_bytes": dense,
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+    }
 
 
 def main() -> None:
@@ -60,18 +71,24 @@ def main() -> None:
         for k in KEEP:
             row = measure(args.arch, k, Path(tmp), max(1, args.repeat))
             rows.append(row)
-            print(f"{args.arch} sparsity {row['sparsity']:.2f}: {row['bytes']:>10,d} B  bound {row['bound']:>10,d} B  "
-                  f"ratio {row['ratio']:.4f}  ({row['bytes'] / row['dense_weight_bytes']:.2%} of dense)  "
-                  f"encode {row['encode_s']:.2f}s  decode {row['decode_s']:.2f}s")
+            print(
+                f"{args.arch} sparsity {row['sparsity']:.2f}: {row['bytes']:>10,d} B  bound {row['bound']:>10,d} B  "
+                f"ratio {row['ratio']:.4f}  ({row['bytes'] / row['dense_weight_bytes']:.2%} of dense)  "
+                f"encode {row['encode_s']:.2f}s  decode {row['decode_s']:.2f}s"
+            )
     if args.json:
-        print(json.dumps({
-            "ratios": {str(r["sparsity"]): round(r["ratio"], 4) for r in rows},
-            "bytes": {str(r["sparsity"]): r["bytes"] for r in rows},
-            "bound": {str(r["sparsity"]): r["bound"] for r in rows},
-            "encode_s": {str(r["sparsity"]): round(r["encode_s"], 3) for r in rows},
-            "decode_s": {str(r["sparsity"]): round(r["decode_s"], 3) for r in rows},
-            "arch": args.arch,
-        }))
+        print(
+            json.dumps(
+                {
+                    "ratios": {str(r["sparsity"]): round(r["ratio"], 4) for r in rows},
+                    "bytes": {str(r["sparsity"]): r["bytes"] for r in rows},
+                    "bound": {str(r["sparsity"]): r["bound"] for r in rows},
+                    "encode_s": {str(r["sparsity"]): round(r["encode_s"], 3) for r in rows},
+                    "decode_s": {str(r["sparsity"]): round(r["decode_s"], 3) for r in rows},
+                    "arch": args.arch,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ dense seconds / pruned seconds. Targets: every 0.25 ratio >= 3.0 and every 0.5 r
 ``--json`` ends the output with one line:
 ``{"vgg16_bn": {"0.5": {"torch_b1": r, "torch_b64": r, "ort_b1": r, "ort_b64": r}, "0.25": {...}}, "resnet18": {...}}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ def bench_arch(arch: str, folder: Path, threads: int, repeats: int) -> dict[str,
         nets[k] = pruned(arch, dense, float(k))
     x1 = torch.rand(1, *SHAPE)
     for name, net in nets.items():
-        print(f"{arch} {name:>5}: {count_params(net) / 1e6:7.3f} M params, {count_macs(net, x1) / 1e6:8.1f} M MACs",
-              flush=True)
+        print(
+            f"{arch} {name:>5}: {count_params(net) / 1e6:7.3f} M params, {count_macs(net, x1) / 1e6:8.1f} M MACs",
+            flush=True,
+        )
     paths = {}
     for name, net in nets.items():
         paths[name] = folder / f"{arch}-{name}.onnx"
@@ -79,15 +82,20 @@ def bench_arch(arch: str, folder: Path, threads: int, repeats: int) -> dict[str,
     out: dict[str, dict[str, float]] = {k: {} for k in KEEP}
     with torch_threads(threads):
         for b in BATCHES:
-            times = median_seconds({n: torch_forward(net, b, SHAPE) for n, net in nets.items()},
-                                   repeats=repeats, warmup=2, min_sample_s=0.05)
+            times = median_seconds(
+                {n: torch_forward(net, b, SHAPE) for n, net in nets.items()},
+                repeats=repeats,
+                warmup=2,
+                min_sample_s=0.05,
+            )
             for k in KEEP:
                 out[k][f"torch_b{b}"] = round(times["dense"] / times[k], 3)
             print(f"{arch} torch b{b}: " + ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items()), flush=True)
         sessions = {n: ort_session(str(p), threads) for n, p in paths.items()}
         for b in BATCHES:
-            times = median_seconds({n: ort_forward(s, b, SHAPE) for n, s in sessions.items()},
-                                   repeats=repeats, warmup=2, min_sample_s=0.05)
+            times = median_seconds(
+                {n: ort_forward(s, b, SHAPE) for n, s in sessions.items()}, repeats=repeats, warmup=2, min_sample_s=0.05
+            )
             for k in KEEP:
                 out[k][f"ort_b{b}"] = round(times["dense"] / times[k], 3)
             print(f"{arch} ort   b{b}: " + ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items()), flush=True)
@@ -109,7 +117,11 @@ def main() -> None:
         for k, ratios in per_k.items():
             target = 3.0 if k == "0.25" else 1.7
             verdict = "ok" if min(ratios.values()) >= target else "BELOW TARGET"
-            print(f"{arch} keep {k}: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()) + f"  (target >= {target}: {verdict})")
+            print(
+                f"{arch} keep {k}: "
+                + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items())
+                + f"  (target >= {target}: {verdict})"
+            )
     if args.json:
         print(json.dumps(result, sort_keys=False))
 

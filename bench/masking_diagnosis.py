@@ -7,6 +7,7 @@ gradient is exactly zero (float32 saturation or dead ReLUs), the logit-margin di
 share of dead hidden units, and robust accuracy under PGD with cross-entropy vs. the margin (CW)
 loss vs. Square — so the cause is a measurement, not a guess. Last line JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,21 +42,28 @@ def main() -> None:
     (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
     zero_grad = (g.flatten(1).abs().sum(1) == 0).float().mean().item()
     top2 = logits.detach().topk(2, dim=1).values
-    margin = (top2[:, 0] - top2[:, 1])
+    margin = top2[:, 0] - top2[:, 1]
     x = x.detach()
     # dead units: hidden ReLU outputs that are zero on every test input
     acts: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: acts.append(o.detach())) for m in model.modules()
-             if isinstance(m, torch.nn.ReLU)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
+        for m in model.modules()
+        if isinstance(m, torch.nn.ReLU)
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
         h.remove()
     dead = [float((a.flatten(2).amax(2) if a.dim() == 4 else a).amax(0).le(0).float().mean()) for a in acts]
     clean = clean_flags(model, x, y, 256)
-    res = {"clean": float(clean.float().mean()), "zero_ce_grad_share": zero_grad,
-           "margin_median": float(margin.median()), "margin_p90": float(margin.quantile(0.9)),
-           "dead_units_per_relu": dead}
+    res = {
+        "clean": float(clean.float().mean()),
+        "zero_ce_grad_share": zero_grad,
+        "margin_median": float(margin.median()),
+        "margin_p90": float(margin.quantile(0.9)),
+        "dead_units_per_relu": dead,
+    }
     for loss in ("ce",):
         adv = pgd(model, x, y, eps=args.eps, step_size=args.step, steps=args.steps, loss=loss)
         res[f"pgd_{loss}"] = float((model(adv).argmax(1) == y).float().mean())
@@ -69,6 +77,7 @@ def main() -> None:
         xa = torch.min(torch.max(xa.detach() + args.step * gg.sign(), x - args.eps), x + args.eps).clamp(0, 1)
     res["pgd_margin"] = float((model(xa).argmax(1) == y).float().mean())
     from core.robust.attacks import smooth_relu_backward
+
     for tau in (0.03, 0.1, 0.3):
         with smooth_relu_backward(model, tau):
             adv = pgd(model, x, y, eps=args.eps, step_size=args.step, steps=args.steps, loss="ce", restarts=2)

@@ -9,6 +9,7 @@ to cancel machine noise; each figure is the median of ``--steps`` timed iteratio
 
     python bench/prune_step.py --arch resnet18 --batch-size 32 --steps 10 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for it in range(WARMUP + args.steps):
-        order = names[it % 3:] + names[: it % 3]  # rotate: no variant always runs first
+        order = names[it % 3 :] + names[: it % 3]  # rotate: no variant always runs first
         for name in order:
             model, opt, refresh = variants[name]
             t0, c0 = time.perf_counter(), time.process_time()
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
                 times[name].append(dt)
                 cpu[name].append(dc)
         if it >= WARMUP:
-            print(f"iter {it - WARMUP + 1}/{args.steps}: "
-                  + ", ".join(f"{n} {times[n][-1]:.3f}s (cpu {cpu[n][-1]:.3f}s)" for n in names), flush=True)
+            print(
+                f"iter {it - WARMUP + 1}/{args.steps}: "
+                + ", ".join(f"{n} {times[n][-1]:.3f}s (cpu {cpu[n][-1]:.3f}s)" for n in names),
+                flush=True,
+            )
 
     med = {n: statistics.median(times[n]) for n in names}
     med_cpu = {n: statistics.median(cpu[n]) for n in names}
@@ -107,14 +111,20 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
         "finetune_ratio_min": round(min(times["finetune"]) / min(times["dense"]), 4),
         "finetune_ratio_cpu": round(med_cpu["finetune"] / med_cpu["dense"], 4),
     }
-    print(f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={K}, {args.threads} threads, "
-          f"median of {args.steps}:")
+    print(
+        f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={K}, {args.threads} threads, "
+        f"median of {args.steps}:"
+    )
     print(f"  prune step    {med['prune']:.3f}s  ({result['ratio']:.3f}x dense; cpu {result['ratio_cpu']:.3f}x)")
     print(f"  dense step    {med['dense']:.3f}s")
-    print(f"  finetune step {med['finetune']:.3f}s  ({result['finetune_ratio']:.3f}x dense; "
-          f"cpu {result['finetune_ratio_cpu']:.3f}x)")
-    print(f"  fastest iterations: prune {min(times['prune']):.3f}s, dense {min(times['dense']):.3f}s, "
-          f"finetune {min(times['finetune']):.3f}s ({result['ratio_min']:.3f}x, {result['finetune_ratio_min']:.3f}x)")
+    print(
+        f"  finetune step {med['finetune']:.3f}s  ({result['finetune_ratio']:.3f}x dense; "
+        f"cpu {result['finetune_ratio_cpu']:.3f}x)"
+    )
+    print(
+        f"  fastest iterations: prune {min(times['prune']):.3f}s, dense {min(times['dense']):.3f}s, "
+        f"finetune {min(times['finetune']):.3f}s ({result['ratio_min']:.3f}x, {result['finetune_ratio_min']:.3f}x)"
+    )
     if args.json:
         print(json.dumps(result))
     return result

@@ -12,6 +12,7 @@ exports). ``core`` imports no web, database, queue or storage library.
 
 Names are resolved on first use (PEP 562), so ``import core.errors`` does not import torch.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -27,8 +28,16 @@ _PUBLIC = {
     "load_compressed_model": "core.io.export",
     "CoreError": "core.errors",
 }
-__all__ = ["CoreError", "JobSpec", "RunInputs", "create_model", "list_models", "load_compressed_model", "load_spec",
-           "run_job"]
+__all__ = [
+    "CoreError",
+    "JobSpec",
+    "RunInputs",
+    "create_model",
+    "list_models",
+    "load_compressed_model",
+    "load_spec",
+    "run_job",
+]
 
 if TYPE_CHECKING:
     from core.errors import CoreError

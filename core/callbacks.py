@@ -5,6 +5,7 @@ progress to the job row (throttled), appends events, uploads checkpoints and art
 storage, and answers ``should_cancel`` from the row. Hooks must be cheap or throttle themselves:
 ``on_progress`` and ``should_cancel`` are called once per batch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

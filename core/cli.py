@@ -1,11 +1,12 @@
 """``hydra-compress``: run a job spec locally, with no service at all.
 
-    hydra-compress run examples/demo_mnist5k.yaml --out runs/demo
-    hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --resume
-    hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --force   # overwrite a finished run
-    hydra-compress catalogue
-    hydra-compress inspect runs/demo/hydra_k0.01.compressed.safetensors
+hydra-compress run examples/demo_mnist5k.yaml --out runs/demo
+hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --resume
+hydra-compress run examples/demo_mnist5k.yaml --out runs/demo --force   # overwrite a finished run
+hydra-compress catalogue
+hydra-compress inspect runs/demo/hydra_k0.01.compressed.safetensors
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,7 @@ class ConsoleCallbacks(RunCallbacks):
     only when ``bar_out`` is a terminal (``bars=None``; ``True``/``False`` force it): in a pipe or a log
     file the redraws would flood it, so there it is only the lines, one per epoch and per stage."""
 
-    def __init__(self, out: IO[str] | None = None, bar_out: IO[str] | None = None,
-                 bars: bool | None = None) -> None:
+    def __init__(self, out: IO[str] | None = None, bar_out: IO[str] | None = None, bars: bool | None = None) -> None:
         self._out = out
         self._bar_out = bar_out
         self._bars = bars
@@ -64,16 +64,18 @@ class ConsoleCallbacks(RunCallbacks):
             self.out.write(line + "\n")
             self.out.flush()
 
-    def on_progress(self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float,
-                    metrics: dict[str, float]) -> None:
+    def on_progress(
+        self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float, metrics: dict[str, float]
+    ) -> None:
         if not self.bars:
             return  # off a terminal: the epoch's line says it all
         key = (stage, variant, epoch)
         if key != self.key:
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(desc=f"{stage:8s} {variant or '':14s} {epoch}/{epochs}", unit="batch", leave=False,
-                            file=self.bar_out)
+            self.bar = tqdm(
+                desc=f"{stage:8s} {variant or '':14s} {epoch}/{epochs}", unit="batch", leave=False, file=self.bar_out
+            )
             self.key = key
         assert self.bar is not None
         self.bar.update(1)
@@ -102,8 +104,7 @@ class ConsoleCallbacks(RunCallbacks):
 def _fail(err: CoreError) -> NoReturn:
     """One line, ``error [code] field: message``, on stderr; exit status 2 (bad input, not a crash)."""
     message = " ".join(err.message.split())
-    typer.echo(f"error [{err.code}] {err.field}: {message}" if err.field else f"error [{err.code}] {message}",
-               err=True)
+    typer.echo(f"error [{err.code}] {err.field}: {message}" if err.field else f"error [{err.code}] {message}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -116,9 +117,12 @@ def _check_out_dir(out: Path, resume: bool, force: bool) -> None:
     if resume or not (out / FINISHED_MARKER).exists():
         return
     if not force:
-        raise CoreError("run_exists", "--out",
-                        f"{out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it, "
-                        "--resume to keep it, or choose another folder")
+        raise CoreError(
+            "run_exists",
+            "--out",
+            f"{out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it, "
+            "--resume to keep it, or choose another folder",
+        )
     for name in (FINISHED_MARKER, REPORT_MD):  # a forced rerun that fails must not leave the old report
         (out / name).unlink(missing_ok=True)
 
@@ -177,8 +181,10 @@ def catalogue() -> None:
         "objectives": {name: cls().model_dump() for name, cls in OBJECTIVE_TYPES.items()},
         "pruning_methods": {name: method.description for name, method in METHODS.items()},
         # every evaluation setting the pipeline reads, with its default and what it means
-        "evaluation": {name: {"default": field.get_default(call_default_factory=True), "description": field.description}
-                       for name, field in EvaluationSpec.model_fields.items()},
+        "evaluation": {
+            name: {"default": field.get_default(call_default_factory=True), "description": field.description}
+            for name, field in EvaluationSpec.model_fields.items()
+        },
         # pgd and trades: eps and step_size left out take the default of the chosen norm
         "objective_defaults_by_norm": {
             name: cls.defaults_by_norm() for name, cls in OBJECTIVE_TYPES.items() if hasattr(cls, "defaults_by_norm")
@@ -199,7 +205,9 @@ def inspect(artifact: Path) -> None:
         _fail(err)
     n = sum(t.numel() for t in state.values())
     nnz = sum(int(t.count_nonzero()) for t in state.values())
-    typer.echo(json.dumps({"metadata": meta, "tensors": len(state), "params": n, "nonzero": nnz}, indent=2, default=str))
+    typer.echo(
+        json.dumps({"metadata": meta, "tensors": len(state), "params": n, "nonzero": nnz}, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Kept free of torch so that the job spec (``core.spec``) and every registered config model can be
 validated by the API without the training code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 The API renders it as ``{"error_code", "detail", "field"}``; the CLI prints it. Every check of user
 input in ``core`` raises this, never a bare ``ValueError``, so a caller can tell bad input from a bug.
 """
+
 from __future__ import annotations
 
 
@@ -27,7 +28,8 @@ class ResumeMismatch(CoreError):
         self.fields = list(fields)
         shown = ", ".join(self.fields[:10]) + (f" and {len(self.fields) - 10} more" if len(self.fields) > 10 else "")
         super().__init__(
-            "resume_mismatch", "spec",
+            "resume_mismatch",
+            "spec",
             message or f"the checkpoint was written by a different spec: {shown or 'unknown fields'} differ",
         )
 

@@ -5,6 +5,7 @@ architectures — is a :class:`Registry`. The spec's enumerations (``objective.t
 ``pruning.methods``, ``dataset.name``) are built from the registries, so adding an entry is adding
 one module that registers it (see CONTRIBUTING.md); nothing else lists the names.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,16 +40,21 @@ class Registry(Generic[T]):
 
     def decorator(self, name_of: Callable[[Any], str]) -> Callable[[T], T]:
         """A class decorator registering the class under ``name_of(cls)``."""
+
         def wrap(entry: T) -> T:
             return self.register(name_of(entry), entry)
+
         return wrap
 
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
         except KeyError:
-            raise CoreError(f"unknown_{self.kind.replace(' ', '_')}", self.field,
-                            f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+            raise CoreError(
+                f"unknown_{self.kind.replace(' ', '_')}",
+                self.field,
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}",
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

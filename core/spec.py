@@ -4,6 +4,7 @@ Defaults are the HYDRA reference code's (METHOD.md). Unknown fields are refused 
 (``extra="forbid"``) so a typo never silently falls back to a default. ``load_spec`` turns any
 validation failure into a ``CoreError`` naming the first offending field.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,34 +119,55 @@ class EvaluationSpec(StrictModel):
     val_pgd_steps: int = Field(10, ge=1, le=10_000, description="PGD steps of the per-epoch validation.")
     val_max_samples: int | None = Field(512, ge=1, le=100_000_000, description="Samples of the per-epoch validation.")
     max_samples: int | None = Field(
-        None, ge=1, le=100_000_000, description="Test samples for the final benign and PGD evaluation (a seeded, "
-        "class-stratified sample; null = the whole test split).")
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Test samples for the final benign and PGD evaluation (a seeded, "
+        "class-stratified sample; null = the whole test split).",
+    )
     autoattack: bool = Field(
-        True, description="Also run AutoAttack (the reference pyautoattack code, standard version) in the "
-        "final evaluation; the headline robust_acc is the per-example worst case over PGD and every attack.")
+        True,
+        description="Also run AutoAttack (the reference pyautoattack code, standard version) in the "
+        "final evaluation; the headline robust_acc is the per-example worst case over PGD and every attack.",
+    )
     autoattack_max_samples: int | None = Field(
-        1000, ge=1, le=1_000_000, description="Test samples attacked by PGD + AutoAttack for the headline "
-        "robust accuracy (a class-stratified sample nested in the max_samples one; null = all).")
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Test samples attacked by PGD + AutoAttack for the headline "
+        "robust accuracy (a class-stratified sample nested in the max_samples one; null = all).",
+    )
     autoattack_version: Literal["standard"] = Field("standard", description="AutoAttack version (the standard one).")
     pgd_smooth_relu: bool = Field(
-        True, description="Also run PGD through the smooth ReLU backward (a BPDA-style surrogate gradient "
-        "that sees past inactive ReLUs) and count it in the worst case.")
+        True,
+        description="Also run PGD through the smooth ReLU backward (a BPDA-style surrogate gradient "
+        "that sees past inactive ReLUs) and count it in the worst case.",
+    )
     pgd_smooth_tau: float = Field(0.1, gt=0, le=10, description="Temperature of that smooth ReLU backward.")
     sample_seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Seed of the class-stratified evaluation samples (default: the "
-        "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.")
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed of the class-stratified evaluation samples (default: the "
+        "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.",
+    )
     # certification (randomized smoothing, bounds)
     smoothing_n0: int = Field(100, ge=1, le=10_000_000, description="CERTIFY: noise samples that select the class.")
     smoothing_n: int = Field(10_000, ge=1, le=10_000_000, description="CERTIFY: noise samples that estimate pA.")
     smoothing_alpha: float = Field(0.001, gt=0, lt=0.5, description="CERTIFY: failure probability of the certificate.")
-    smoothing_radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
-                                         description="l_2 radii at which certified accuracy is reported.")
+    smoothing_radii: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        description="l_2 radii at which certified accuracy is reported.",
+    )
     certify_max_samples: int | None = Field(
-        500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample).")
+        500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample)."
+    )
     smoothing_batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
     bound_batch_size: int = Field(64, ge=1, le=100_000, description="Samples per batch of the IBP/CROWN bounds.")
-    bounds: list[BoundMethod] = Field(default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
-                                      description="Bounds whose verified accuracy is reported (ibp, crown_ibp).")
+    bounds: list[BoundMethod] = Field(
+        default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
+        description="Bounds whose verified accuracy is reported (ibp, crown_ibp).",
+    )
 
 
 class ExportSpec(StrictModel):
@@ -156,8 +178,12 @@ class JobSpec(StrictModel):
     name: str | None = Field(None, max_length=200)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
-        None, min_length=1, max_length=20, description="Repeat every network (pretraining included) once per "
-        "seed; the report gives each seed's numbers and their mean and standard deviation. Overrides seed.")
+        None,
+        min_length=1,
+        max_length=20,
+        description="Repeat every network (pretraining included) once per "
+        "seed; the report gives each seed's numbers and their mean and standard deviation. Overrides seed.",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)

@@ -3,6 +3,7 @@
 Stages, the events a run emits, and the names of the files a run leaves in its folder. Free of
 torch and of any service library, so every layer may import it.
 """
+
 from __future__ import annotations
 
 from typing import Literal, get_args

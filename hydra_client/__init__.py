@@ -4,6 +4,7 @@ Needs only httpx, tqdm and PyYAML: it imports neither torch nor any of the servi
 be used from any machine that can reach the service. See ``hydra_client.client`` for the methods and
 ``hydra_client.cli`` for the command line (``hydra-compress submit/status/wait/download/cancel``).
 """
+
 from hydra_client.client import FINAL_STATUSES, Client, Event, load_spec_file
 from hydra_client.display import comparison_table, event_line
 from hydra_client.errors import HydraError

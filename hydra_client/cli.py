@@ -15,6 +15,7 @@ field are printed) or could not be reached.
 The commands are registered on any typer app with ``register(app)`` (``launch.cli`` adds them to the
 core's local commands under one ``hydra-compress``); ``app`` here has them alone (``hydra-client``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,8 +65,7 @@ def _finish(client: Client, job_id: str, progress: bool) -> NoReturn:
     try:
         row = client.wait(job_id, progress=progress)
     except KeyboardInterrupt:
-        typer.echo(f"\nstopped following job {job_id}; it goes on (hydra-compress cancel {job_id} stops it)",
-                   err=True)
+        typer.echo(f"\nstopped following job {job_id}; it goes on (hydra-compress cancel {job_id} stops it)", err=True)
         raise typer.Exit(130) from None
     except HydraError as err:
         _refused(err)
@@ -94,7 +94,9 @@ def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.", exists=True, dir_okay=False)],
     url: Url = DEFAULT_URL,
     key: Key = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit status says how it ended.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job to its end; the exit status says how it ended.")
+    ] = False,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Submitting again with it returns the same job.")
     ] = None,
@@ -133,8 +135,10 @@ def status(
     stage = ""
     if row.get("stage"):
         stage = f"  {row['stage']} {row.get('variant') or ''} epoch {row.get('epoch') or 0}/{row.get('epochs') or 0}"
-    typer.echo(f"{row['id']}  {row['status']}{stage}  {100 * float(row.get('fraction') or 0):.0f}%  "
-               f"attempt {row.get('attempt')}/{row.get('max_attempts')}")
+    typer.echo(
+        f"{row['id']}  {row['status']}{stage}  {100 * float(row.get('fraction') or 0):.0f}%  "
+        f"attempt {row.get('attempt')}/{row.get('max_attempts')}"
+    )
     if row.get("metrics"):
         typer.echo(f"  metrics: {_metrics_text(row['metrics'])}")
     typer.echo(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
@@ -151,8 +155,10 @@ def list_cmd(
     """Your jobs, newest first."""
     client = _client(url, key)
     for row in _calling(lambda: client.list(status=status_filter, limit=limit)):
-        typer.echo(f"{row['id']}  {row['status']:9s} {100 * float(row.get('fraction') or 0):4.0f}%  "
-                   f"{_fmt_time(row.get('created_at'))}  {row.get('name') or ''}")
+        typer.echo(
+            f"{row['id']}  {row['status']:9s} {100 * float(row.get('fraction') or 0):4.0f}%  "
+            f"{_fmt_time(row.get('created_at'))}  {row.get('name') or ''}"
+        )
 
 
 def report_cmd(
@@ -230,8 +236,14 @@ def register(target: typer.Typer) -> typer.Typer:
     return target
 
 
-app = register(typer.Typer(name="hydra-client", help="Use a HYDRA compression service: submit, follow, "
-                           "download.", no_args_is_help=True, add_completion=False))
+app = register(
+    typer.Typer(
+        name="hydra-client",
+        help="Use a HYDRA compression service: submit, follow, download.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+)
 
 
 def main() -> None:  # pragma: no cover - console script

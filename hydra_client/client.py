@@ -11,6 +11,7 @@
 Every method returns the API's JSON (plain dicts) and raises ``HydraError`` for every failure, with
 the service's ``error_code``, ``detail`` and ``field``.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -74,8 +75,7 @@ def _error_from(response: httpx.Response) -> HydraError:
     except ValueError:
         body = None
     if isinstance(body, dict) and "error_code" in body:
-        return HydraError(str(body["error_code"]), str(body.get("detail", "")), body.get("field"),
-                          response.status_code)
+        return HydraError(str(body["error_code"]), str(body.get("detail", "")), body.get("field"), response.status_code)
     text = response.text.strip()[:500]
     return HydraError(f"http_{response.status_code}", text or response.reason_phrase, None, response.status_code)
 
@@ -138,8 +138,12 @@ class Client:
         return f"Client({self.url!r})"
 
     def _new_http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={**self._headers, "User-Agent": "hydra-client"},
-                            timeout=self.timeout, transport=self._transport)
+        return httpx.Client(
+            base_url=self.url,
+            headers={**self._headers, "User-Agent": "hydra-client"},
+            timeout=self.timeout,
+            transport=self._transport,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -177,8 +181,9 @@ class Client:
         try:
             return response.json()
         except ValueError as exc:
-            raise HydraError("invalid_response", f"{method} {path} did not answer JSON",
-                             status_code=response.status_code) from exc
+            raise HydraError(
+                "invalid_response", f"{method} {path} did not answer JSON", status_code=response.status_code
+            ) from exc
 
     # ------------------------------------------------------------------------- jobs
     def submit(self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None) -> dict[str, Any]:
@@ -219,8 +224,9 @@ class Client:
         ``HydraError('checksum_mismatch')`` and leaves no file behind. Returns the file's path."""
         listing = {a["name"]: a for a in self.artifacts(job_id)}
         if name not in listing:
-            raise HydraError("not_found", f"job {job_id} has no artifact {name!r} (it has: {sorted(listing)})",
-                             "name", 404)
+            raise HydraError(
+                "not_found", f"job {job_id} has no artifact {name!r} (it has: {sorted(listing)})", "name", 404
+            )
         expected = listing[name]
         target = Path(path) if path is not None else Path.cwd()
         if target.is_dir() or (path is not None and str(path).endswith(("/", os.sep))):
@@ -279,14 +285,18 @@ class Client:
         finally:
             http.close()
 
-    def _stream(self, job_id: str, cursor: int, http: httpx.Client, reconnect_for_s: float,
-                stop: threading.Event | None = None) -> Iterator[Event]:
+    def _stream(
+        self, job_id: str, cursor: int, http: httpx.Client, reconnect_for_s: float, stop: threading.Event | None = None
+    ) -> Iterator[Event]:
         failing_since: float | None = None
         while stop is None or not stop.is_set():
             try:
                 with http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", params={"stream": "true", "after": cursor},
-                    headers={"Accept": "text/event-stream"}, timeout=httpx.Timeout(self.timeout, read=60.0),
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    params={"stream": "true", "after": cursor},
+                    headers={"Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(self.timeout, read=60.0),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
@@ -344,8 +354,9 @@ class Client:
         if deadline is not None and time.monotonic() > deadline:
             raise HydraError("timeout", f"job {job_id} is still {row['status']}", "job_id")
 
-    def _wait_with_progress(self, job_id: str, deadline: float | None, poll_interval: float,
-                            out: IO[str]) -> dict[str, Any]:
+    def _wait_with_progress(
+        self, job_id: str, deadline: float | None, poll_interval: float, out: IO[str]
+    ) -> dict[str, Any]:
         from tqdm import tqdm
 
         items: queue.Queue[Event | BaseException | None] = queue.Queue()
@@ -363,8 +374,14 @@ class Client:
         reader = threading.Thread(target=read, name=f"hydra-events-{job_id[:8]}", daemon=True)
         reader.start()
         on_terminal = bool(getattr(out, "isatty", lambda: False)())
-        bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]", leave=True,
-                   file=out, disable=not on_terminal)
+        bar = tqdm(
+            total=100,
+            unit="%",
+            bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]",
+            leave=True,
+            file=out,
+            disable=not on_terminal,
+        )
         ended = False
 
         def write(line: str) -> None:
@@ -395,8 +412,10 @@ class Client:
                 row = self.get(job_id)
                 bar.n = round(100 * float(row.get("fraction") or 0.0), 1)
                 if row.get("stage"):
-                    bar.set_description(f"{row['stage']} {row.get('variant') or ''} {row.get('epoch') or 0}/"
-                                        f"{row.get('epochs') or 0}", refresh=False)
+                    bar.set_description(
+                        f"{row['stage']} {row.get('variant') or ''} {row.get('epoch') or 0}/{row.get('epochs') or 0}",
+                        refresh=False,
+                    )
                 bar.refresh()
                 if row["status"] in FINAL_STATUSES:
                     drain(block_s=5.0)  # the stream's last events (the final status) follow the row
@@ -424,11 +443,17 @@ class Client:
         if name:
             data["name"] = name
         with open(path, "rb") as handle:
-            return self._json("POST", "/v1/models", files={"file": (Path(path).name, handle)}, data=data,
-                              timeout=httpx.Timeout(self.timeout, write=None, read=600.0))
+            return self._json(
+                "POST",
+                "/v1/models",
+                files={"file": (Path(path).name, handle)},
+                data=data,
+                timeout=httpx.Timeout(self.timeout, write=None, read=600.0),
+            )
 
-    def upload_dataset(self, path: str | Path, *, name: str | None = None,
-                       num_classes: int | None = None) -> dict[str, Any]:
+    def upload_dataset(
+        self, path: str | Path, *, name: str | None = None, num_classes: int | None = None
+    ) -> dict[str, Any]:
         """Upload an ``.npz`` dataset; the answer's ``ref`` (``dataset:<id>``) goes in a spec as
         ``dataset.path`` with ``dataset.name: npz``."""
         data: dict[str, Any] = {}
@@ -437,8 +462,13 @@ class Client:
         if num_classes is not None:
             data["num_classes"] = str(num_classes)
         with open(path, "rb") as handle:
-            return self._json("POST", "/v1/datasets", files={"file": (Path(path).name, handle)}, data=data,
-                              timeout=httpx.Timeout(self.timeout, write=None, read=600.0))
+            return self._json(
+                "POST",
+                "/v1/datasets",
+                files={"file": (Path(path).name, handle)},
+                data=data,
+                timeout=httpx.Timeout(self.timeout, write=None, read=600.0),
+            )
 
     def models(self) -> builtins.list[dict[str, Any]]:
         return self._json("GET", "/v1/models")["data"]

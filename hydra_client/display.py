@@ -1,4 +1,5 @@
 """Text for people: one line per job event, and the comparison table of a report."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,10 @@ def event_line(kind: str, event: dict[str, Any]) -> str | None:
     """The line printed for a job event (``None`` for events not worth a line)."""
     p = event.get("payload") or {}
     if kind == "epoch_finished":
-        return (f"{p.get('stage', ''):8s} {p.get('variant', ''):14s} epoch {p.get('epoch')}/{p.get('epochs')}  "
-                + _fmt_metrics(p.get("metrics") or {}))
+        return (
+            f"{p.get('stage', ''):8s} {p.get('variant', ''):14s} epoch {p.get('epoch')}/{p.get('epochs')}  "
+            + _fmt_metrics(p.get("metrics") or {})
+        )
     if kind == "evaluation_finished":
         return f"evaluate {p.get('variant', ''):14s} " + _fmt_metrics(p.get("metrics") or {})
     if kind == "stage_started":
@@ -47,7 +50,9 @@ def comparison_table(report: dict[str, Any]) -> str:
     rows = report.get("comparison") or []
     metrics = report_metrics(report)
     headline = report.get("headline_robust_metric")
-    header = ["network", "sparsity %"] + [f"{m}{'*' if m == headline else ''} %" for m in metrics] + ["compressed bytes"]
+    header = (
+        ["network", "sparsity %"] + [f"{m}{'*' if m == headline else ''} %" for m in metrics] + ["compressed bytes"]
+    )
     body = [
         [str(r.get("variant")), _pct(r.get("sparsity"))]
         + [_pct(r.get(m)) for m in metrics]
@@ -55,8 +60,10 @@ def comparison_table(report: dict[str, Any]) -> str:
         for r in rows
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in [header, *body]]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     procedures = report.get("procedures") or {}
     if metrics:

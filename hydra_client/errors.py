@@ -1,4 +1,5 @@
 """The client's one exception type, carrying the service's error body ``{error_code, detail, field}``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,9 +14,7 @@ class HydraError(Exception):
     ``invalid_response``. ``field`` names the request field at fault (``pruning.k``), if any;
     ``status_code`` is the HTTP status (``None`` when there was no response)."""
 
-    def __init__(
-        self, error_code: str, detail: str, field: str | None = None, status_code: int | None = None
-    ) -> None:
+    def __init__(self, error_code: str, detail: str, field: str | None = None, status_code: int | None = None) -> None:
         self.error_code = error_code
         self.detail = detail
         self.field = field

@@ -9,6 +9,7 @@ same folder.
 ``env.py`` imports ``service`` (the models and settings); ``service`` never imports this package.
 Importing it costs nothing: Alembic is imported inside the functions.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ configuration; a caller may override it by setting ``sqlalchemy.url`` on the Con
 logging of ``alembic.ini`` is applied only when Alembic runs from that file (``alembic`` by hand).
 SQLite is migrated in batch mode, since it cannot ALTER constraints in place.
 """
+
 from __future__ import annotations
 
 from logging.config import fileConfig

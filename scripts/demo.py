@@ -4,6 +4,7 @@ The program is ``launch/demo.py`` (also ``hydra-service demo`` and ``python -m l
 work from an installed wheel); this script only makes this checkout importable, for itself and for
 the service the demo starts, then runs it.
 """
+
 from __future__ import annotations
 
 import os

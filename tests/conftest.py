@@ -1,6 +1,7 @@
 """Suite-wide: the embedded default's data directory (service/settings.py) is a throwaway folder, so
 no test reads or writes the developer's own ``~/.local/share/hydra-compress``. Set before any test
 module builds settings; a test that needs another one sets ``HYDRA_DATA_DIR`` itself."""
+
 from __future__ import annotations
 
 import os

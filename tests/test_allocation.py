@@ -1,6 +1,7 @@
 """Budget allocation: global top-k equals a brute-force top-k, the learned rates meet the global budget
 exactly after finalize, the penalty pulls the kept fraction to the target, and the rate gradient means
 what it says."""
+
 from __future__ import annotations
 
 import random
@@ -24,11 +25,19 @@ from core.pruning.masked import convert_to_masked, kept_count, masked_layers, se
 
 def tiny_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return convert_to_masked(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 20), nn.ReLU(), nn.Linear(20, 5),
-    ))
+    return convert_to_masked(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(12 * 4 * 4, 20),
+            nn.ReLU(),
+            nn.Linear(20, 5),
+        )
+    )
 
 
 def random_scores(model: nn.Module, seed: int = 1) -> None:

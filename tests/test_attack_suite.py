@@ -6,6 +6,7 @@
 - A network whose input gradient is zero everywhere (input quantisation with a zero-gradient round)
   masks gradients: PGD and APGD see nothing, Square does, and the check must flag it.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,9 @@ def test_attacks_are_sound_and_their_worst_case_is_a_linear_models_exact_one(num
     assert 0 < int(exact.sum()) < int(clean.sum())  # a non-trivial case
     torch.manual_seed(0)
     flags_pgd = pgd_flags(model, x, y, norm="linf", eps=EPS, step_size=EPS / 4, steps=20, restarts=1, batch_size=32)
-    aa, description = autoattack_flags(model, x, y, clean, norm="linf", eps=EPS, num_classes=num_classes, seed=0,
-                                       batch_size=32)
+    aa, description = autoattack_flags(
+        model, x, y, clean, norm="linf", eps=EPS, num_classes=num_classes, seed=0, batch_size=32
+    )
     assert list(aa) == autoattack_plan(num_classes)[0] and "pyautoattack" in description
     worst = clean & flags_pgd
     for attack, flags in {"pgd": flags_pgd, **aa}.items():

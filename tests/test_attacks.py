@@ -1,5 +1,6 @@
 """PGD: stays in the ball and in [0, 1], raises the loss, reaches the known worst case of a linear
 classifier, and agrees with torchattacks on a small CNN."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,12 @@ from core.robust.attacks import pgd
 def tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(4 * 4 * 4, 2),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2),
     )
 
 
@@ -147,10 +152,16 @@ def test_agrees_with_torchattacks(trained_cnn):
     assert abs(acc_ours - acc_theirs) <= 0.04
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(norm="l1"), "attack.norm"), (dict(loss="mse"), "attack.loss"), (dict(eps=-1.0), "attack.eps"),
-    (dict(steps=-1), "attack.steps"), (dict(restarts=0), "attack.restarts"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(norm="l1"), "attack.norm"),
+        (dict(loss="mse"), "attack.loss"),
+        (dict(eps=-1.0), "attack.eps"),
+        (dict(steps=-1), "attack.steps"),
+        (dict(restarts=0), "attack.restarts"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, field):
     args = dict(eps=0.1, step_size=0.01, steps=1) | kwargs
     with pytest.raises(CoreError) as err:

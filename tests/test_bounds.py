@@ -1,5 +1,6 @@
 """IBP and CROWN-IBP bounds: closed-form answers on a linear layer, soundness against sampled and
 PGD-found points on random masked networks, tightness, and refusal of layers the code cannot bound."""
+
 import pytest
 import torch
 from torch import nn
@@ -70,9 +71,7 @@ def test_input_box_is_clipped_to_the_pixel_range():
 
 def test_margin_spec_rows_and_padding():
     C = margin_spec(torch.tensor([2, 0]), 3)
-    expected = torch.tensor(
-        [[[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0]], [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]]]
-    )
+    expected = torch.tensor([[[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0]], [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]]])
     torch.testing.assert_close(C, expected)
     padded = pad_margins(torch.tensor([[5.0, 6.0], [7.0, 8.0]]), torch.tensor([2, 0]), 3)
     torch.testing.assert_close(padded, torch.tensor([[5.0, 6.0, 0.0], [0.0, 7.0, 8.0]]))
@@ -82,9 +81,14 @@ def test_margin_spec_rows_and_padding():
 def small_masked_net(seed: int, keep: float) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 8, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 5),
+        nn.Conv2d(1, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 16),
+        nn.ReLU(),
+        nn.Linear(16, 5),
     )
     convert_to_masked(net)
     init_scores(net, "kaiming_normal")  # a random mask, not the magnitude one
@@ -100,7 +104,7 @@ def pgd_worst_margins(model, x, C, eps, steps=30):
     for _ in range(steps):
         adv.requires_grad_(True)
         m = margins(model, adv, C)
-        grad, = torch.autograd.grad(m.min(1).values.sum(), adv)
+        (grad,) = torch.autograd.grad(m.min(1).values.sum(), adv)
         best = torch.minimum(best, m.detach())
         adv = torch.min(torch.max(adv.detach() - eps / 4 * grad.sign(), lo), hi)
     return torch.minimum(best, margins(model, adv, C).detach())

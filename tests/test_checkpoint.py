@@ -1,4 +1,5 @@
 """Checkpoints: atomic, weights-only round trips; strict import of starting networks."""
+
 import os
 import random
 
@@ -216,10 +217,16 @@ def _bad_files(tmp_path):
     return first_w, {"nan": nan, "inf": inf, "shape": shape, "extra": extra, "missing": missing}
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("shape", "shape (2, 3) in the checkpoint"),
-    ("extra", "unexpected keys: head.weight"), ("missing", "missing keys"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("nan", "NaN or Inf"),
+        ("inf", "NaN or Inf"),
+        ("shape", "shape (2, 3) in the checkpoint"),
+        ("extra", "unexpected keys: head.weight"),
+        ("missing", "missing keys"),
+    ],
+)
 def test_bad_checkpoints_are_refused_and_leave_the_model_untouched(tmp_path, case, expected):
     first_w, files = _bad_files(tmp_path)
     path = tmp_path / f"{case}.safetensors"

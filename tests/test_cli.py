@@ -1,4 +1,5 @@
 """The `hydra-compress` console script: a run, a resume of a finished run, and bad input."""
+
 import json
 
 import pytest
@@ -127,8 +128,10 @@ def test_shape_errors_during_a_run_print_one_coded_line(tmp_path, fake_run):
     fake_run.error = RuntimeError("mat1 and mat2 shapes cannot be multiplied (32x2048 and 1568x100)")
     result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert lines(result.output) == ["error [shape_mismatch] model.arch: the network does not fit the data: "
-                                    "mat1 and mat2 shapes cannot be multiplied (32x2048 and 1568x100)"]
+    assert lines(result.output) == [
+        "error [shape_mismatch] model.arch: the network does not fit the data: "
+        "mat1 and mat2 shapes cannot be multiplied (32x2048 and 1568x100)"
+    ]
     fake_run.error = RuntimeError("something else broke")  # a bug keeps its traceback
     result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "y")])
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)

@@ -1,5 +1,6 @@
 """`hydra-compress run` progress suits where it goes: a bar only on a terminal; in a pipe or a log file
 one line per stage, epoch and evaluation, with no bar redraws (carriage returns)."""
+
 import io
 
 from core.cli import ConsoleCallbacks
@@ -14,10 +15,17 @@ def _drive(cb: ConsoleCallbacks) -> None:
         cb.on_event("stage_started", {"stage": stage, "variant": variant, "epochs": epochs})
         for epoch in range(1, epochs + 1):
             for _ in range(BATCHES):
-                cb.on_progress(stage=stage, variant=variant, epoch=epoch, epochs=epochs, fraction=0.0,
-                               metrics=metrics)
-            cb.on_event("epoch_finished", {"stage": stage, "variant": variant, "epoch": epoch, "epochs": epochs,
-                                           "metrics": {**metrics, "val_acc": 0.7}})
+                cb.on_progress(stage=stage, variant=variant, epoch=epoch, epochs=epochs, fraction=0.0, metrics=metrics)
+            cb.on_event(
+                "epoch_finished",
+                {
+                    "stage": stage,
+                    "variant": variant,
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "metrics": {**metrics, "val_acc": 0.7},
+                },
+            )
         cb.on_event("stage_finished", {"stage": stage, "variant": variant})
     for variant in ("dense", "hydra_k0.1"):
         cb.on_event("evaluation_finished", {"variant": variant, "metrics": {"benign_acc": 0.9}})
@@ -31,8 +39,9 @@ def _check_lines(text: str) -> None:
     assert len(epoch_lines) == sum(e for _, _, e in PLAN)  # exactly one line per epoch
     for stage, variant, epochs in PLAN:
         for epoch in range(1, epochs + 1):
-            assert sum(ln.startswith(f"{stage:8s} {variant:14s} epoch {epoch:>3}/{epochs:<3}")
-                       for ln in epoch_lines) == 1
+            assert (
+                sum(ln.startswith(f"{stage:8s} {variant:14s} epoch {epoch:>3}/{epochs:<3}") for ln in epoch_lines) == 1
+            )
     assert len([ln for ln in lines if ln.startswith("evaluate ")]) == 2
     assert len(lines) == len(PLAN) + len(epoch_lines) + 2  # nothing else
 

@@ -1,4 +1,5 @@
 """Datasets and loaders: real offline MNIST digits, strict npz checks, reproducible shuffling."""
+
 import numpy as np
 import pytest
 import torch
@@ -76,8 +77,13 @@ def test_npz_float_channels_first_with_explicit_test_split(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.random((10, 1, 5, 5), dtype=np.float32)
     test_images = rng.random((4, 5, 5)).astype(np.float64)  # (N,H,W) also accepted
-    cfg = _write_npz(tmp_path / "d.npz", images=images, labels=np.arange(10) % 3,
-                     test_images=test_images[:, None], test_labels=np.array([0, 1, 2, 0]))
+    cfg = _write_npz(
+        tmp_path / "d.npz",
+        images=images,
+        labels=np.arange(10) % 3,
+        test_images=test_images[:, None],
+        test_labels=np.array([0, 1, 2, 0]),
+    )
     cfg["num_classes"] = 5
     train, test, info = build_datasets(cfg, seed=0)
     assert info == {"name": "npz", "num_classes": 5, "input_shape": (1, 5, 5), "n_train": 10, "n_test": 4}
@@ -108,8 +114,16 @@ GOOD_LABELS = np.array([0, 1, 0, 1, 0, 1])
         ({"images": GOOD_IMAGES, "labels": GOOD_LABELS[:, None]}, None, "one-dimensional"),
         ({"images": np.zeros((0, 4, 4), np.uint8), "labels": np.zeros(0, np.int64)}, None, "empty"),
         ({"images": GOOD_IMAGES, "labels": GOOD_LABELS, "test_images": GOOD_IMAGES}, None, "together"),
-        ({"images": GOOD_IMAGES, "labels": GOOD_LABELS, "test_images": np.zeros((2, 5, 5), np.uint8),
-          "test_labels": np.array([0, 1])}, None, "test_images"),
+        (
+            {
+                "images": GOOD_IMAGES,
+                "labels": GOOD_LABELS,
+                "test_images": np.zeros((2, 5, 5), np.uint8),
+                "test_labels": np.array([0, 1]),
+            },
+            None,
+            "test_images",
+        ),
     ],
 )
 def test_npz_rejects_bad_content_naming_dataset_path(tmp_path, arrays, num_classes, expected):

@@ -1,4 +1,5 @@
 """Artifacts: exact sparse round trips near the information bound; dense files that need no project code."""
+
 import json
 import math
 
@@ -171,9 +172,14 @@ def test_dense_export_has_effective_weights_and_no_pruning_state(tmp_path):
 def _plain_cnn_small_mnist():
     """The architecture written out with nothing but torch.nn, as a user without our code would."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10),
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
     )
 
 

@@ -1,5 +1,6 @@
 """Deployment artifacts: the channel-pruned safetensors file loads back in one call to the same network,
 and every variant's ONNX file gives PyTorch's logits through onnxruntime, with no project code."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,7 +49,9 @@ def test_channel_artifact_loads_back_in_one_call(tmp_path, resnet_variant):
     info = export_channel_pruned(small, widths, path, meta, [3, 32, 32])
     again = export_channel_pruned(small, widths, tmp_path / "again.safetensors", meta, [3, 32, 32])
     assert info["sha256"] == again["sha256"] and info["size"] == path.stat().st_size
-    dense_bytes = sum(v.numel() * 4 for k, v in model.state_dict().items() if k.endswith("weight") and "scores" not in k)
+    dense_bytes = sum(
+        v.numel() * 4 for k, v in model.state_dict().items() if k.endswith("weight") and "scores" not in k
+    )
     assert info["size"] < dense_bytes / 4  # really smaller: ~1/16 of the conv weights at 25% channels
     loaded = load_channel_pruned(path)
     assert not loaded.training
@@ -96,8 +99,10 @@ def test_onnx_of_dense_and_unstructured_variants_matches_pytorch(tmp_path, k):
     export_onnx(model, path, torch.rand(1, 1, 28, 28))
     assert check_onnx_parity(path, model, torch.rand(7, 1, 28, 28)) <= 1e-4
     # and it runs in a fresh interpreter that imports onnxruntime and numpy only
-    code = ("import numpy as np, onnxruntime as ort; s = ort.InferenceSession(%r, providers=['CPUExecutionProvider']);"
-            "print(s.run(['logits'], {'input': np.random.rand(2, 1, 28, 28).astype(np.float32)})[0].shape)") % str(path)
+    code = (
+        "import numpy as np, onnxruntime as ort; s = ort.InferenceSession(%r, providers=['CPUExecutionProvider']);"
+        "print(s.run(['logits'], {'input': np.random.rand(2, 1, 28, 28).astype(np.float32)})[0].shape)"
+    ) % str(path)
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "(2, 10)"
 

@@ -6,14 +6,29 @@ other (the API enqueues by task name); ``launch``, the only package that may imp
 console entry points, the embedded launcher, the demo). ``hydra_client`` imports no other package
 of ours. No import cycle between the packages.
 """
+
 import ast
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = {
-    "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis",
-    "boto3", "botocore", "api", "worker", "service", "launch", "migrations",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "celery",
+    "kombu",
+    "redis",
+    "boto3",
+    "botocore",
+    "api",
+    "worker",
+    "service",
+    "launch",
+    "migrations",
 }
 # package -> the packages of ours it must not import
 FORBIDDEN = {
@@ -47,9 +62,7 @@ def our_packages() -> list[str]:
 def package_imports(package: str) -> dict[str, set[str]]:
     """file -> the other packages of ours it imports."""
     ours = set(our_packages())
-    return {
-        str(p.relative_to(ROOT)): (imported_roots(p) & ours) - {package} for p in (ROOT / package).rglob("*.py")
-    }
+    return {str(p.relative_to(ROOT)): (imported_roots(p) & ours) - {package} for p in (ROOT / package).rglob("*.py")}
 
 
 def test_core_imports_no_service_libraries():
@@ -77,8 +90,7 @@ def test_each_package_imports_only_the_layers_below_it():
 
 def test_only_launch_imports_both_api_and_worker():
     both = [
-        package for package in our_packages()
-        if {"api", "worker"} <= set().union(*package_imports(package).values())
+        package for package in our_packages() if {"api", "worker"} <= set().union(*package_imports(package).values())
     ]
     assert both == ["launch"]
 
@@ -102,9 +114,11 @@ def test_no_unsafe_torch_load():
     offenders = []
     for p in [p for package in our_packages() for p in (ROOT / package).rglob("*.py")]:
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and getattr(
-                getattr(node.func, "value", None), "id", None
-            ) == "torch":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "load"
+                and getattr(getattr(node.func, "value", None), "id", None) == "torch"
+            ):
                 kw = {k.arg: k.value for k in node.keywords}
                 if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
                     offenders.append(f"{p.relative_to(ROOT)}:{node.lineno}")

@@ -1,5 +1,6 @@
 """Masked layers: exact top-k counts, straight-through gradients, and a mask that changes only when
 the scores do."""
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,15 @@ from core.pruning.masked import (
 def tiny_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
-        nn.Linear(5 * 4 * 4, 7), nn.ReLU(), nn.Linear(7, 3),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3),
     )
 
 
@@ -217,7 +224,7 @@ def test_shared_effective_weights_is_exact_and_computed_once(stage, monkeypatch)
     def step(net, shared: bool):
         net.zero_grad(set_to_none=True)
         torch.manual_seed(0)
-        with (shared_effective_weights(net) if shared else nullcontext()):
+        with shared_effective_weights(net) if shared else nullcontext():
             net.eval()
             x_adv = pgd(net, x, y, eps=0.1, step_size=0.03, steps=3)
             net.train()
@@ -241,7 +248,9 @@ def test_shared_effective_weights_is_exact_and_computed_once(stage, monkeypatch)
     adv, grads = step(net, shared=True)
     assert products["n"] == len(masked_layers(net))  # one W ⊙ M per layer for the whole step
     torch.testing.assert_close(adv, ref_adv, rtol=0, atol=0)
-    assert grads.keys() == ref_grads.keys() and any(n.endswith("scores" if stage == "prune" else "weight") for n in grads)
+    assert grads.keys() == ref_grads.keys() and any(
+        n.endswith("scores" if stage == "prune" else "weight") for n in grads
+    )
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name])
 
@@ -316,8 +325,19 @@ def _reference_kept(n: int, k: float) -> int:
 
 @pytest.mark.parametrize(
     "n, k, kept",
-    [(1000, 0.9, 900), (10, 0.9, 9), (1000, 0.7, 700), (1000, 0.05, 50), (1000, 0.01, 10), (100, 0.01, 1),
-     (7, 0.5, 4), (3, 0.01, 1), (1, 0.01, 1), (4608, 0.1, 461), (1000, 1.0, 1000)],
+    [
+        (1000, 0.9, 900),
+        (10, 0.9, 9),
+        (1000, 0.7, 700),
+        (1000, 0.05, 50),
+        (1000, 0.01, 10),
+        (100, 0.01, 1),
+        (7, 0.5, 4),
+        (3, 0.01, 1),
+        (1, 0.01, 1),
+        (4608, 0.1, 461),
+        (1000, 1.0, 1000),
+    ],
 )
 def test_kept_count_is_the_count_the_decimal_k_means(n, k, kept):
     assert masked.kept_count(n, k) == kept

@@ -1,5 +1,6 @@
 """Inference measurements: parameter and MAC counts against known answers, CPU peak memory against a
 hand count, and one dense-vs-variant comparison end to end (tiny, few repeats)."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,9 +23,16 @@ from core.pruning.structured import ChannelPruning, rebuild_pruned
 
 def conv_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    )
 
 
 def test_parameter_counts_ignore_scores_and_count_nonzeros():
@@ -34,8 +42,9 @@ def test_parameter_counts_ignore_scores_and_count_nonzeros():
     set_keep_fraction(model, 0.5)
     weights = 3 * 8 * 9 + 8 * 8 * 9 + 512 * 10
     kept = sum(n - int((1 - 0.5) * n) for n in (3 * 8 * 9, 8 * 8 * 9, 512 * 10))
-    others = sum(int(p.count_nonzero()) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-                 for p in m.parameters()) + int(model[-1].bias.count_nonzero())
+    others = sum(
+        int(p.count_nonzero()) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
+    ) + int(model[-1].bias.count_nonzero())
     assert count_nonzero_params(model) == kept + others
     assert count_nonzero_params(model) < count_params(model) - weights // 3
 
@@ -78,6 +87,7 @@ def test_median_seconds_times_each_function():
     def make(name):
         def fn():
             calls[name] += 1
+
         return fn
 
     times = median_seconds({"a": make("a"), "b": make("b")}, repeats=4, warmup=1, min_sample_s=0.0)
@@ -95,8 +105,17 @@ def test_compare_to_dense_reports_ratios(tmp_path):
     small, _ = rebuild_pruned(variant, x)
     export_onnx(dense, tmp_path / "d.onnx", x, exporter="torchscript")
     export_onnx(small, tmp_path / "v.onnx", x, exporter="torchscript")
-    out = compare_to_dense(dense, small, (3, 8, 8), dense_onnx=str(tmp_path / "d.onnx"),
-                           variant_onnx=str(tmp_path / "v.onnx"), batches=(1, 4), repeats=3, warmup=1, threads=1)
+    out = compare_to_dense(
+        dense,
+        small,
+        (3, 8, 8),
+        dense_onnx=str(tmp_path / "d.onnx"),
+        variant_onnx=str(tmp_path / "v.onnx"),
+        batches=(1, 4),
+        repeats=3,
+        warmup=1,
+        threads=1,
+    )
     assert out["params"]["ratio"] < 0.5 and out["macs"]["ratio"] < 0.5
     assert set(out["latency"]) == {"torch_cpu_b1", "torch_cpu_b4", "ort_cpu_b1", "ort_cpu_b4"}
     for entry in out["latency"].values():

@@ -1,5 +1,6 @@
 """The model card beside every network: Hugging Face conventions, the measured numbers with their exact
 procedure, sparsity per layer, training spec, parent network, sizes, sha256, how to load it."""
+
 import hashlib
 
 import yaml
@@ -11,33 +12,52 @@ from core.pipeline.runner import run_job
 from core.spec import load_spec
 
 TINY = {
-    "seed": 1, "device": "cpu",
+    "seed": 1,
+    "device": "cpu",
     "model": {"arch": "cnn_small_mnist"},
     "dataset": {"name": "mnist5k", "max_train_samples": 128, "max_test_samples": 60, "batch_size": 64},
     "objective": {"type": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
     "pruning": {"methods": ["hydra"], "k": [0.1]},
     "stages": {"pretrain": {"epochs": 1, "lr": 0.05}, "prune": {"epochs": 1, "lr": 0.1}, "finetune": None},
-    "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 20, "autoattack": False,
-                   "pgd_smooth_relu": False},
+    "evaluation": {
+        "pgd_steps": 2,
+        "val_pgd_steps": 1,
+        "val_max_samples": 20,
+        "autoattack": False,
+        "pgd_smooth_relu": False,
+    },
 }
 INFO = {"name": "mnist5k", "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 128, "n_test": 60}
 PGD_PROC = "PGD-2 (ours; linf eps=0.1, step=0.05, 1 random start(s), cross-entropy) on the 'final' sample"
 RESULT = {
-    "method": "hydra", "k": 0.1, "seed": 1,
+    "method": "hydra",
+    "k": 0.1,
+    "seed": 1,
     "evaluated": "the exported network, reloaded from hydra_k0.1.compressed.safetensors",
     "metrics": {"benign_acc": 0.8125, "pgd_acc": 0.4375, "verified_acc_ibp": 0.25},
-    "procedures": {"benign_acc": "top-1 accuracy on the 'final' sample (60 test samples)", "pgd_acc": PGD_PROC,
-                   "verified_acc_ibp": "verified robust accuracy: every margin lower-bounded above 0 by IBP"},
+    "procedures": {
+        "benign_acc": "top-1 accuracy on the 'final' sample (60 test samples)",
+        "pgd_acc": PGD_PROC,
+        "verified_acc_ibp": "verified robust accuracy: every margin lower-bounded above 0 by IBP",
+    },
     "intervals": {"benign_acc": [0.7, 0.9], "pgd_acc": [0.31, 0.56], "verified_acc_ibp": [0.15, 0.37]},
     "counts": {"benign_acc": [49, 60], "pgd_acc": [26, 60], "verified_acc_ibp": [15, 60]},
     "samples": {"final": {"n": 60, "of": 60, "per_class": {"0": 6}, "how": "the whole test split"}},
     "checks": {"gradient_masking": {"possible_gradient_masking": False}},
     "interval_method": "two-sided 95% Clopper-Pearson interval from the sample count",
-    "sparsity": {"total": 0.9, "prunable_params": 1000, "kept_params": 100,
-                 "layers": {"net.0": {"n": 256, "nnz": 26, "sparsity": 1 - 26 / 256},
-                            "net.6": {"n": 744, "nnz": 74, "sparsity": 1 - 74 / 744}}},
-    "artifacts": {"compressed": {"name": "hydra_k0.1.compressed.safetensors", "size": 4321, "sha256": "a" * 64},
-                  "dense": {"name": "hydra_k0.1.dense.safetensors", "size": 98765, "sha256": "b" * 64}},
+    "sparsity": {
+        "total": 0.9,
+        "prunable_params": 1000,
+        "kept_params": 100,
+        "layers": {
+            "net.0": {"n": 256, "nnz": 26, "sparsity": 1 - 26 / 256},
+            "net.6": {"n": 744, "nnz": 74, "sparsity": 1 - 74 / 744},
+        },
+    },
+    "artifacts": {
+        "compressed": {"name": "hydra_k0.1.compressed.safetensors", "size": 4321, "sha256": "a" * 64},
+        "dense": {"name": "hydra_k0.1.dense.safetensors", "size": 98765, "sha256": "b" * 64},
+    },
 }
 PARENT = {"artifacts": {"compressed": {"name": "dense.compressed.safetensors", "size": 11, "sha256": "c" * 64}}}
 
@@ -56,8 +76,19 @@ def test_card_from_a_result_names_every_number_with_its_procedure():
     assert meta["base_model"] == "dense"
     values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert values == {"benign_acc": 0.8125, "pgd_acc": 0.4375, "verified_acc_ibp": 0.25}
-    for section in ("# hydra_k0.1", "## Architecture", "## Sparsity", "## Evaluation", "### Benign",
-                    "### Robust", "### Certified", "## Training", "## Parent network", "## Files", "## How to load it"):
+    for section in (
+        "# hydra_k0.1",
+        "## Architecture",
+        "## Sparsity",
+        "## Evaluation",
+        "### Benign",
+        "### Robust",
+        "### Certified",
+        "## Training",
+        "## Parent network",
+        "## Files",
+        "## How to load it",
+    ):
         assert section in card, section
     assert "`cnn_small_mnist`" in card and '"num_classes": 10' in card
     assert "90.00%" in card and "| `net.0` | 256 | 26 | 89.84% |" in card  # total and per-layer sparsity

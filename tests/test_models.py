@@ -1,4 +1,5 @@
 """The architecture registry: every model builds, the paper's sizes are right, normalisation is inside."""
+
 from __future__ import annotations
 
 import pytest

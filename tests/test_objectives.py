@@ -1,5 +1,6 @@
 """Objectives: the losses are the papers' formulas, the attack runs in eval mode with the clean target
 computed once, and the builder accepts dicts, spec models and plug-ins."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -36,8 +37,9 @@ class ModeRecorder(nn.Module):
 def small_model(seed: int = 0) -> tuple[nn.Module, ModeRecorder]:
     torch.manual_seed(seed)
     rec = ModeRecorder()
-    model = nn.Sequential(rec, nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        rec, nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     return model, rec
 
 

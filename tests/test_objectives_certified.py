@@ -1,5 +1,6 @@
 """The verifiable objectives: losses that train masked scores, the schedules of METHOD.md, and the
 certified numbers of their certify(), each tagged with its method."""
+
 import math
 
 import pytest
@@ -64,7 +65,7 @@ def test_mixtrain_adds_the_weighted_bound_loss():
     torch.manual_seed(1)
     loss, logits = obj.loss(model, x, y)
     natural = F.cross_entropy(logits, y)
-    lam = 0.1 * 2.5 ** 3  # epoch 30, L = 15: floor(15 / 5) = 3
+    lam = 0.1 * 2.5**3  # epoch 30, L = 15: floor(15 / 5) = 3
     assert obj.current_lambda == pytest.approx(lam)
     sym = obj.sym_loss(model, x, y, 10)  # permutation-invariant: same examples, same mean
     torch.testing.assert_close(loss, natural + lam * sym, rtol=1e-5, atol=1e-6)
@@ -145,7 +146,10 @@ def test_objectives_take_method_md_defaults():
     c = make_crown_ibp().cfg
     assert (c.eps, c.ramp_epochs, c.kappa) == (0.007, 120, 0.0)
     assert {name for name, cls in REGISTRY.items() if build_objective({"type": name}).certifies} == {
-        "smoothing", "mixtrain", "crown_ibp"}
+        "smoothing",
+        "mixtrain",
+        "crown_ibp",
+    }
     assert {name for name, cls in REGISTRY.items() if cls.needs_bounds} == {"mixtrain", "crown_ibp"}
     assert "CROWN" in make_mixtrain().describe()["bound"] and "IBP" in make_crown_ibp().describe()["bound"]
     assert CERTIFY_METHOD in make_smoothing().describe()["certificate"]
@@ -157,7 +161,9 @@ def test_evaluate_certified_tags_every_number_with_its_method():
     ev = EvaluationSpec(smoothing_n0=10, smoothing_n=60, smoothing_radii=[0.0, 0.25], certify_max_samples=4)
     smooth = make_smoothing().certify(model, x[:4], y[:4], ev, seed=3)  # the caller draws the sample
     assert "noise seed 3" in smooth["procedures"]["smoothed_acc"]  # the job's seed, not always 0
-    assert {"certified_acc@0", "certified_acc@0.25", "smoothed_acc", "abstain_rate", "mean_certified_radius"} <= set(smooth)
+    assert {"certified_acc@0", "certified_acc@0.25", "smoothed_acc", "abstain_rate", "mean_certified_radius"} <= set(
+        smooth
+    )
     assert smooth["details"]["num_samples"] == 4 and smooth["method"] == CERTIFY_METHOD
     assert set(smooth["procedures"]) | {"mean_certified_radius"} == set(smooth["methods"])
     assert smooth["certified_acc@0.25"] <= smooth["certified_acc@0"] <= smooth["smoothed_acc"]

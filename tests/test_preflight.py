@@ -1,5 +1,6 @@
 """The submission-time dry forward: a network that cannot take its dataset's inputs is refused, naming
 the field, before anything loads or trains; a network that fits passes, cheaply."""
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,15 @@ def refused(s, dataset_info=None) -> CoreError:
     return info.value
 
 
-@pytest.mark.parametrize("arch, dataset", [("cnn_small_mnist", "mnist5k"), ("cnn_large_mnist", "mnist"),
-                                           ("cnn_small_cifar", "cifar10"), ("resnet18", "svhn")])
+@pytest.mark.parametrize(
+    "arch, dataset",
+    [
+        ("cnn_small_mnist", "mnist5k"),
+        ("cnn_large_mnist", "mnist"),
+        ("cnn_small_cifar", "cifar10"),
+        ("resnet18", "svhn"),
+    ],
+)
 def test_networks_that_fit_their_dataset_pass(arch, dataset):
     assert preflight(spec(arch, dataset)) is None
 

@@ -1,4 +1,5 @@
 """The pipeline end to end on real MNIST digits (mnist5k), tiny: stages, variants, resume, reports."""
+
 import json
 
 import pytest
@@ -63,13 +64,19 @@ def finished(tmp_path_factory):
 def test_plan_follows_the_spec():
     kinds = [(s.kind, s.variant) for s in plan_steps(tiny())]
     assert kinds == [
-        ("pretrain", "dense"), ("evaluate", "dense"),
-        ("prune", "hydra_k0.05"), ("finetune", "hydra_k0.05"), ("evaluate", "hydra_k0.05"),
-        ("finetune", "lwm_k0.05"), ("evaluate", "lwm_k0.05"),
+        ("pretrain", "dense"),
+        ("evaluate", "dense"),
+        ("prune", "hydra_k0.05"),
+        ("finetune", "hydra_k0.05"),
+        ("evaluate", "hydra_k0.05"),
+        ("finetune", "lwm_k0.05"),
+        ("evaluate", "lwm_k0.05"),
     ]
     # robust sub-network of a non-robust network: natural pretraining, robust pruning, no finetune
-    spec = tiny(stages={"pretrain": {"epochs": 1, "lr": 0.05, "objective": {"type": "natural"}}, "finetune": None},
-                pruning={"methods": ["hydra"], "k": [0.5]})
+    spec = tiny(
+        stages={"pretrain": {"epochs": 1, "lr": 0.05, "objective": {"type": "natural"}}, "finetune": None},
+        pruning={"methods": ["hydra"], "k": [0.5]},
+    )
     assert [s.kind for s in plan_steps(spec)] == ["pretrain", "evaluate", "prune", "evaluate"]
     assert spec.objective_for("pretrain").type == "natural" and spec.objective_for("prune").type == "pgd"
 
@@ -85,8 +92,15 @@ def test_run_produces_reports_and_artifacts(finished):
         assert sp["total"] == pytest.approx(0.95, abs=0.01)
         for layer in sp["layers"].values():
             assert layer["nnz"] == layer["n"] - int((1 - 0.05) * layer["n"])
-    for f in ("report.json", "report.md", "comparison.png", "spec.json", "hydra_k0.05.compressed.safetensors",
-              "lwm_k0.05.dense.safetensors", "dense.dense.safetensors"):
+    for f in (
+        "report.json",
+        "report.md",
+        "comparison.png",
+        "spec.json",
+        "hydra_k0.05.compressed.safetensors",
+        "lwm_k0.05.dense.safetensors",
+        "dense.dense.safetensors",
+    ):
         assert (out / f).exists(), f
     assert "PGD-3" in report["procedures"]["pgd_acc"]
     epochs = [p for k, p in rec.events if k == "epoch_finished"]
@@ -209,10 +223,22 @@ def test_step_schedule_divides_by_10_at_75_and_by_100_at_90_percent():
 
 
 def test_resume_mismatch_lists_nested_differences():
-    saved = {"seed": 1, "stages": {"prune": {"lr": 0.1, "epochs": 2}, "finetune": None}, "pruning": {"k": [0.1]},
-             "evaluation": {"a": 1}}
-    current = {"seed": 1, "stages": {"prune": {"lr": 0.2, "epochs": 2}, "finetune": {"lr": 0.01}},
-               "pruning": {"k": [0.1, 0.05]}, "evaluation": {"a": 1, "b": 2}}
+    saved = {
+        "seed": 1,
+        "stages": {"prune": {"lr": 0.1, "epochs": 2}, "finetune": None},
+        "pruning": {"k": [0.1]},
+        "evaluation": {"a": 1},
+    }
+    current = {
+        "seed": 1,
+        "stages": {"prune": {"lr": 0.2, "epochs": 2}, "finetune": {"lr": 0.01}},
+        "pruning": {"k": [0.1, 0.05]},
+        "evaluation": {"a": 1, "b": 2},
+    }
     assert plan_mod.differing_fields(saved, current) == [
-        "evaluation.b", "pruning.k", "stages.finetune", "stages.prune.lr"]
+        "evaluation.b",
+        "pruning.k",
+        "stages.finetune",
+        "stages.prune.lr",
+    ]
     assert plan_mod.differing_fields(saved, saved) == []

@@ -1,4 +1,5 @@
 """Capped evaluations see every class in proportion, reproducibly, and nested."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,5 +1,6 @@
 """Randomized smoothing against a known answer: a linear base classifier, whose smoothed classifier
 has a closed-form top-class probability and certified radius (Cohen et al. 2019, sec. 3)."""
+
 import math
 
 import pytest
@@ -112,7 +113,9 @@ def _tiny_trained_model():
 def test_certify_dataset_summary_on_a_tiny_trained_model():
     model, x, y = _tiny_trained_model()
     radii = [0.0, 0.1, 0.25, 0.5]
-    res = certify_dataset(model, (x, y), sigma=0.25, n0=50, n=400, alpha=ALPHA, radii=radii, max_samples=30, batch_size=128, seed=1)
+    res = certify_dataset(
+        model, (x, y), sigma=0.25, n0=50, n=400, alpha=ALPHA, radii=radii, max_samples=30, batch_size=128, seed=1
+    )
     assert res["method"] == CERTIFY_METHOD
     assert res["num_samples"] == 30 and (res["n0"], res["n"], res["alpha"], res["sigma"]) == (50, 400, ALPHA, 0.25)
     acc = [res["certified_accuracy_at"][r] for r in radii]
@@ -122,5 +125,7 @@ def test_certify_dataset_summary_on_a_tiny_trained_model():
     assert 0 <= res["abstain_rate"] <= 1 and res["mean_certified_radius"] >= 0
     # the largest certifiable radius with n=400 samples caps the mean
     assert res["mean_certified_radius"] <= 0.25 * norm.ppf(ALPHA ** (1 / 400))
-    again = certify_dataset(model, (x, y), sigma=0.25, n0=50, n=400, alpha=ALPHA, radii=radii, max_samples=30, batch_size=128, seed=1)
+    again = certify_dataset(
+        model, (x, y), sigma=0.25, n0=50, n=400, alpha=ALPHA, radii=radii, max_samples=30, batch_size=128, seed=1
+    )
     assert again == res  # seeded: reproducible

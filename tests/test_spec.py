@@ -1,4 +1,5 @@
 """The job spec refuses bad input with the field named, and carries the paper's defaults."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """Intervals and seed summaries against known answers."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,10 @@ def test_clopper_pearson_known_value_and_coverage_shape():
     # the definition: beta quantiles Beta(k, n-k+1) at 2.5% and Beta(k+1, n-k) at 97.5%
     lo, hi = clopper_pearson(632, 1000)
     assert lo == pytest.approx(0.6012559, abs=1e-6) and hi == pytest.approx(0.6619643, abs=1e-6)
-    assert clopper_pearson(5, 10)[1] - clopper_pearson(5, 10)[0] > clopper_pearson(500, 1000)[1] - clopper_pearson(500, 1000)[0]
+    assert (
+        clopper_pearson(5, 10)[1] - clopper_pearson(5, 10)[0]
+        > clopper_pearson(500, 1000)[1] - clopper_pearson(500, 1000)[0]
+    )
 
 
 def test_accuracy_with_interval_and_bad_counts():

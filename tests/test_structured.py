@@ -1,5 +1,6 @@
 """Channel granularity: whole filters masked, the straight-through gradient of the channel scores, and
 the physical rebuild that gives the masked network's logits for a VGG, a ResNet and a WRN."""
+
 from __future__ import annotations
 
 import pytest

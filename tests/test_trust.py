@@ -1,5 +1,6 @@
 """What a report claims is checkable: worst case over attacks, fair samples, intervals, seeds, and the
 smooth ReLU backward that removes the gradient masking of very sparse networks."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from core.robust.attacks import smooth_relu_backward
 from core.spec import load_spec
 
 TINY = {
-    "seed": 1, "device": "cpu",
+    "seed": 1,
+    "device": "cpu",
     "model": {"arch": "cnn_small_mnist"},
     "dataset": {"name": "mnist5k", "max_train_samples": 128, "max_test_samples": 60, "batch_size": 64},
     "objective": {"type": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
@@ -55,8 +57,9 @@ def test_capped_evaluations_on_a_class_sorted_split_see_every_class():
     labels = torch.arange(10).repeat_interleave(30)  # class-sorted, 300 samples
     images = (labels.float() / 9).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()
     ds = TensorImageDataset(images, labels)
-    spec = load_spec({**TINY, "evaluation": {"max_samples": 50, "autoattack": False, "pgd_smooth_relu": False,
-                                             "pgd_steps": 1}})
+    spec = load_spec(
+        {**TINY, "evaluation": {"max_samples": 50, "autoattack": False, "pgd_smooth_relu": False, "pgd_steps": 1}}
+    )
     result = evaluate_variant(_Constant(), ds, spec, torch.device("cpu"), num_classes=10)
     assert result["samples"]["final"]["per_class"] == {str(c): 5 for c in range(10)}
     assert result["metrics"]["benign_acc"] == 1.0
@@ -64,26 +67,42 @@ def test_capped_evaluations_on_a_class_sorted_split_see_every_class():
     lo, hi = result["intervals"]["benign_acc"]
     assert hi == 1.0 and 0.9 < lo < 1.0
     # the per-epoch validation sample is stratified too: first-N would have been classes 0 and 1 only
-    assert validate(_Constant(), ds, load_spec({**TINY, "evaluation": {"val_max_samples": 20}}),
-                    torch.device("cpu"))["val_acc"] == 1.0
+    assert (
+        validate(_Constant(), ds, load_spec({**TINY, "evaluation": {"val_max_samples": 20}}), torch.device("cpu"))[
+            "val_acc"
+        ]
+        == 1.0
+    )
 
 
 def test_multi_seed_jobs_repeat_every_network_and_report_mean_and_std(tmp_path):
     spec = load_spec({**TINY, "seeds": [0, 1], "evaluation": {**TINY["evaluation"], "autoattack": False}})
     names = [s.variant for s in plan_steps(spec)]
-    assert names == ["dense_s0", "dense_s0", "hydra_k0.1_s0", "hydra_k0.1_s0",
-                     "dense_s1", "dense_s1", "hydra_k0.1_s1", "hydra_k0.1_s1"]
+    assert names == [
+        "dense_s0",
+        "dense_s0",
+        "hydra_k0.1_s0",
+        "hydra_k0.1_s0",
+        "dense_s1",
+        "dense_s1",
+        "hydra_k0.1_s1",
+        "hydra_k0.1_s1",
+    ]
     report = run_job(spec, tmp_path)
     assert report["seeds"] == [0, 1]
     agg = {a["variant"]: a for a in report["aggregate"]}
     assert set(agg) == {"dense", "hydra_k0.1"}
     per_seed = agg["hydra_k0.1"]["benign_acc"]["per_seed"]
-    assert per_seed == {"0": report["variants"]["hydra_k0.1_s0"]["metrics"]["benign_acc"],
-                        "1": report["variants"]["hydra_k0.1_s1"]["metrics"]["benign_acc"]}
+    assert per_seed == {
+        "0": report["variants"]["hydra_k0.1_s0"]["metrics"]["benign_acc"],
+        "1": report["variants"]["hydra_k0.1_s1"]["metrics"]["benign_acc"],
+    }
     assert agg["hydra_k0.1"]["benign_acc"]["mean"] == pytest.approx(sum(per_seed.values()) / 2)
     # the two seeds really trained different networks
-    assert report["variants"]["dense_s0"]["artifacts"]["compressed"]["sha256"] != \
-        report["variants"]["dense_s1"]["artifacts"]["compressed"]["sha256"]
+    assert (
+        report["variants"]["dense_s0"]["artifacts"]["compressed"]["sha256"]
+        != report["variants"]["dense_s1"]["artifacts"]["compressed"]["sha256"]
+    )
     md = (tmp_path / "report.md").read_text()
     assert "Mean ± standard deviation over seeds [0, 1]" in md and "±" in md
 

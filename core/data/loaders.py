@@ -3,6 +3,7 @@
 Shuffling is drawn from a ``torch.Generator`` seeded by ``(seed, epoch)`` only, so a run resumed at
 epoch ``e`` sees exactly the batches the uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -46,13 +47,27 @@ class EpochSampler(Sampler[int]):
         return self.per_rank if self.num_replicas > 1 else self.n
 
 
-def train_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+def train_loader(
+    ds: Dataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
     """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches."""
     sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)  # type: ignore[arg-type]  # map-style: has __len__
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, persistent_workers=False,
-                      generator=epoch_generator(seed, epoch))  # seeds worker processes reproducibly
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        generator=epoch_generator(seed, epoch),
+    )  # seeds worker processes reproducibly
 
 
 def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
@@ -61,5 +76,3 @@ def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoade
 
 
 test_loader.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
-
-

@@ -12,6 +12,7 @@ Any prefix of that order then holds every class in proportion to its share of th
 sample per class), and a smaller prefix is contained in a larger one, so the attack suite's sample is
 a subset of the PGD sample and per-example worst cases line up.
 """
+
 from __future__ import annotations
 
 from collections import Counter

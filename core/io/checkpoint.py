@@ -7,6 +7,7 @@
   restricted to what that loader accepts (tensors, numbers, strings, bytes, None, dicts, lists,
   tuples); ``save_checkpoint`` converts numpy values and refuses anything else *before* writing.
 """
+
 from __future__ import annotations
 
 import os
@@ -110,8 +111,10 @@ def _why_torch_refused(err: Exception) -> str:
         if line.startswith("Unsupported operand"):
             return f"a pickle the weights-only loader cannot read ({line}); refused, nothing was executed"
         if "legacy .tar format" in line:
-            return "it is in torch's legacy .tar format, which cannot be read without unpickling code; re-save it " \
-                   "with torch.save (or as safetensors)"
+            return (
+                "it is in torch's legacy .tar format, which cannot be read without unpickling code; re-save it "
+                "with torch.save (or as safetensors)"
+            )
     first = lines[0] if lines else type(err).__name__
     return f"{type(err).__name__}: {first[:300]}"
 
@@ -123,7 +126,9 @@ def _torch_load(path: Path, field: str | None) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # refused pickle payloads, corrupt zips, truncated files
         raise CoreError(
-            "invalid_checkpoint", field, f"{path.name} is not a loadable weights-only torch file: {_why_torch_refused(err)}",
+            "invalid_checkpoint",
+            field,
+            f"{path.name} is not a loadable weights-only torch file: {_why_torch_refused(err)}",
         ) from err
 
 
@@ -161,5 +166,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write", "atomic_write_bytes", "capture_rng_state",
-           "restore_rng_state"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write",
+    "atomic_write_bytes",
+    "capture_rng_state",
+    "restore_rng_state",
+]

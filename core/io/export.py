@@ -18,6 +18,7 @@ Compressed format (``export_compressed``), a safetensors file, so reading it nev
 Loading gives back the effective weights bit for bit, except that a pruned negative weight
 (``-w * 0 = -0.0``) comes back as ``+0.0``: equal as numbers, so every output is identical.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,7 @@ FIELD = "model.checkpoint"
 MAX_ELEMENTS = 1 << 31  # refuse files that claim more weights than any catalogue model has by far
 _SEP = "::"
 _DERIVED = ("scores", "mask", "keep")
-_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16,
-                 "float64": torch.float64}
+_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
 
 
 # ----------------------------------------------------------------------------- Golomb-Rice codec
@@ -132,7 +132,7 @@ def _net_part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     """The plain network's entries of a full-model state dict, keys without ``prefix``."""
     if not prefix:
         return dict(state)
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _normalization(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -201,8 +201,12 @@ def _encode(weight: torch.Tensor) -> tuple[dict[str, Any], np.ndarray, np.ndarra
     if positions.size * item * 8 + _rice_cost_bits(gaps, k) >= flat.size * item * 8:
         return None
     unary, rem = rice_encode(gaps, k)
-    entry = {"shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch."),
-             "nnz": int(positions.size), "k": k}
+    entry = {
+        "shape": list(weight.shape),
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "nnz": int(positions.size),
+        "k": k,
+    }
     return entry, flat[positions], unary, rem
 
 
@@ -213,8 +217,12 @@ def _json_metadata(metadata: dict[str, Any], extra: dict[str, Any]) -> str:
 def _normalize_meta(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     if "normalize.mean" not in tensors:
         return {}
-    return {"normalize": {"mean": tensors["normalize.mean"].reshape(-1).tolist(),
-                          "std": tensors["normalize.std"].reshape(-1).tolist()}}
+    return {
+        "normalize": {
+            "mean": tensors["normalize.mean"].reshape(-1).tolist(),
+            "std": tensors["normalize.std"].reshape(-1).tolist(),
+        }
+    }
 
 
 def export_compressed(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any]) -> dict[str, Any]:
@@ -270,19 +278,28 @@ def _invalid(message: str) -> CoreError:
 
 def _slice(entry: dict[str, Any], part: str, array: np.ndarray, key: str) -> np.ndarray:
     span = entry.get(part)
-    if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(i, int) for i in span)
-            or not 0 <= span[0] <= span[1] <= array.size):
+    if (
+        not isinstance(span, list)
+        or len(span) != 2
+        or not all(isinstance(i, int) for i in span)
+        or not 0 <= span[0] <= span[1] <= array.size
+    ):
         raise _invalid(f"{key}: bad {part} offsets {span}")
-    return array[span[0]:span[1]]
+    return array[span[0] : span[1]]
 
 
 def _decode_entry(key: str, entry: Any, shared: dict[str, np.ndarray]) -> torch.Tensor:
     if not isinstance(entry, dict) or not {"shape", "dtype", "nnz", "k"} <= entry.keys():
         raise _invalid(f"{key}: malformed codec entry")
     shape, dtype_name, nnz, k = entry["shape"], entry["dtype"], entry["nnz"], entry["k"]
-    if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
-            or dtype_name not in _FLOAT_DTYPES or not isinstance(nnz, int) or not isinstance(k, int)
-            or not 0 <= k <= 62):
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(s, int) and s >= 0 for s in shape)
+        or dtype_name not in _FLOAT_DTYPES
+        or not isinstance(nnz, int)
+        or not isinstance(k, int)
+        or not 0 <= k <= 62
+    ):
         raise _invalid(f"{key}: malformed codec entry {entry}")
     n = math.prod(shape)
     if not 0 <= nnz <= n or n > MAX_ELEMENTS:
@@ -305,8 +322,9 @@ def _decode_entry(key: str, entry: Any, shared: dict[str, np.ndarray]) -> torch.
     return out.reshape(shape)
 
 
-def read_artifact(path: str | os.PathLike[str], expected_format: str, kind: str
-                  ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_artifact(
+    path: str | os.PathLike[str], expected_format: str, kind: str
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """``(header, tensors)`` of a HYDRA safetensors artifact whose header says ``expected_format``."""
     from safetensors import safe_open
 
@@ -340,7 +358,7 @@ def _read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
         if not name.startswith(_SEP):
             state[name] = tensor
             continue
-        part = name[len(_SEP):]
+        part = name[len(_SEP) :]
         expected = torch.uint8 if part in ("unary", "rem") else _FLOAT_DTYPES.get(part.removeprefix("values:"))
         if not part.startswith(("unary", "rem", "values:")) or tensor.dtype != expected or tensor.dim() != 1:
             raise _invalid(f"{path.name}: unexpected stream {name!r} ({tensor.dtype}, {tuple(tensor.shape)})")
@@ -423,7 +441,16 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
 
 
 __all__ = [
-    "export_compressed", "load_compressed", "load_compressed_model", "export_dense", "file_digest",
-    "information_bound_bytes", "safetensors_bytes", "rice_encode", "rice_decode", "best_rice_parameter",
-    "COMPRESSED_FORMAT", "DENSE_FORMAT",
+    "export_compressed",
+    "load_compressed",
+    "load_compressed_model",
+    "export_dense",
+    "file_digest",
+    "information_bound_bytes",
+    "safetensors_bytes",
+    "rice_encode",
+    "rice_decode",
+    "best_rice_parameter",
+    "COMPRESSED_FORMAT",
+    "DENSE_FORMAT",
 ]

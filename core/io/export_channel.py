@@ -13,6 +13,7 @@ The loader builds the architecture at full width with ``core.models.zoo.create_m
 stored widths with Torch-Pruning (each coupled group keeps its first ``w`` channels — the values do
 not matter, they are loaded next) and loads the tensors with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def _invalid(message: str) -> CoreError:
     return CoreError("invalid_checkpoint", FIELD, message)
 
 
-def export_channel_pruned(small: nn.Module, widths: dict[str, int], path: str | os.PathLike[str],
-                          metadata: dict[str, Any], input_shape: list[int] | tuple[int, ...]) -> dict[str, Any]:
+def export_channel_pruned(
+    small: nn.Module,
+    widths: dict[str, int],
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any],
+    input_shape: list[int] | tuple[int, ...],
+) -> dict[str, Any]:
     """Write the rebuilt network ``small`` (from :func:`core.pruning.structured.rebuild_pruned`) with its
     ``widths``; ``metadata`` must name ``arch`` (and ``kwargs``) for the loader. Atomic, byte-
     reproducible. Returns ``{"size", "sha256"}``."""
@@ -48,7 +54,9 @@ def export_channel_pruned(small: nn.Module, widths: dict[str, int], path: str | 
     tensors = {k: v.detach().cpu().contiguous() for k, v in small.state_dict().items()}
     header = {
         "format": CHANNEL_FORMAT,
-        "metadata": json.dumps({**metadata, "kwargs": metadata.get("kwargs", {}) or {}}, sort_keys=True, allow_nan=False),
+        "metadata": json.dumps(
+            {**metadata, "kwargs": metadata.get("kwargs", {}) or {}}, sort_keys=True, allow_nan=False
+        ),
         "widths": json.dumps(dict(sorted(widths.items())), separators=(",", ":")),
         "input_shape": json.dumps([int(s) for s in input_shape]),
     }
@@ -57,7 +65,9 @@ def export_channel_pruned(small: nn.Module, widths: dict[str, int], path: str | 
     return {"size": size, "sha256": digest}
 
 
-def read_channel_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int], list[int]]:
+def read_channel_pruned(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int], list[int]]:
     """``(tensors, metadata, widths, input_shape)`` of a channel artifact, validated."""
     path = Path(path)
     header, tensors = read_artifact(path, CHANNEL_FORMAT, "channel-pruned")
@@ -67,13 +77,21 @@ def read_channel_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, torch.T
         input_shape = json.loads(header.get("input_shape", "[]"))
     except json.JSONDecodeError as err:
         raise _invalid(f"{path.name}: unreadable header ({err})") from err
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("arch"), str) or not isinstance(metadata.get("kwargs", {}), dict):
+    if (
+        not isinstance(metadata, dict)
+        or not isinstance(metadata.get("arch"), str)
+        or not isinstance(metadata.get("kwargs", {}), dict)
+    ):
         raise _invalid(f"{path.name}: the metadata names no architecture ('arch', 'kwargs')")
-    if not isinstance(widths, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                               for k, v in widths.items()):
+    if not isinstance(widths, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in widths.items()
+    ):
         raise _invalid(f"{path.name}: malformed widths")
-    if (not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 3
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_SIDE for s in input_shape)):
+    if (
+        not isinstance(input_shape, list)
+        or not 1 <= len(input_shape) <= 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_SIDE for s in input_shape)
+    ):
         raise _invalid(f"{path.name}: malformed input_shape {input_shape!r}")
     return tensors, metadata, widths, input_shape
 

@@ -13,6 +13,7 @@ Running it anywhere::
     sess = ort.InferenceSession("hydra_k0.25.onnx", providers=["CPUExecutionProvider"])
     logits = sess.run(["logits"], {"input": images.astype(np.float32)})[0]   # images in [0, 1]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,14 @@ OPSET = 18
 PARITY_ATOL = 1e-4
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: Tensor, *,
-                metadata: dict[str, Any] | None = None, exporter: str = "dynamo") -> dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_input: Tensor,
+    *,
+    metadata: dict[str, Any] | None = None,
+    exporter: str = "dynamo",
+) -> dict[str, Any]:
     """Write ``model`` (plain or masked; evaluated in eval mode) as one ONNX file with a dynamic batch
     dimension; ``metadata`` goes into the model's ``metadata_props`` (JSON values). Atomic. Returns
     ``{"size", "sha256"}``."""
@@ -56,13 +63,29 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
-                torch.onnx.export(plain, (x,), tmp, dynamo=True, external_data=False, opset_version=OPSET,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=({0: batch},), verbose=False)
+                torch.onnx.export(
+                    plain,
+                    (x,),
+                    tmp,
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: batch},),
+                    verbose=False,
+                )
             else:
-                torch.onnx.export(plain, (x,), tmp, dynamo=False, opset_version=OPSET,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                torch.onnx.export(
+                    plain,
+                    (x,),
+                    tmp,
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
         if metadata:
             _set_metadata(tmp, metadata)
         os.replace(tmp, path)
@@ -71,8 +94,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
             os.unlink(tmp)
         if isinstance(err, CoreError):
             raise
-        raise CoreError("onnx_export_failed", "export.formats",
-                        f"the network could not be exported to ONNX ({type(err).__name__}: {err})") from err
+        raise CoreError(
+            "onnx_export_failed",
+            "export.formats",
+            f"the network could not be exported to ONNX ({type(err).__name__}: {err})",
+        ) from err
     size, digest = file_digest(path)
     return {"size": size, "sha256": digest}
 
@@ -97,8 +123,9 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 @torch.no_grad()
-def check_onnx_parity(path: str | os.PathLike[str], model: nn.Module, inputs: Tensor, *,
-                      atol: float = PARITY_ATOL) -> float:
+def check_onnx_parity(
+    path: str | os.PathLike[str], model: nn.Module, inputs: Tensor, *, atol: float = PARITY_ATOL
+) -> float:
     """Run the ONNX file with onnxruntime (CPU) and ``model`` (eval) on ``inputs``; return the largest
     absolute logit difference, raising ``CoreError`` when it exceeds ``atol``."""
     import onnxruntime as ort
@@ -113,6 +140,9 @@ def check_onnx_parity(path: str | os.PathLike[str], model: nn.Module, inputs: Te
         model.train(was_training)
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
     if not diff <= atol:
-        raise CoreError("onnx_mismatch", "export.formats",
-                        f"the ONNX export differs from PyTorch by {diff:.3g} (> {atol}) on the check inputs")
+        raise CoreError(
+            "onnx_mismatch",
+            "export.formats",
+            f"the ONNX export differs from PyTorch by {diff:.3g} (> {atol}) on the check inputs",
+        )
     return diff

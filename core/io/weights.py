@@ -13,6 +13,7 @@ real length), the sizes a file declares are bounded by what the target network c
 anything is allocated, and a pickle is only ever read by torch's weights-only unpickler
 (``core.io.checkpoint``), whose refusal is reported naming what the pickle tried to load.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,24 @@ from core.io.checkpoint import FIELD, _torch_load
 _MAX_LISTED_PROBLEMS = 25
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024  # bytes of JSON; a catalogue network needs a few kB
 # safetensors dtypes and their item sizes (bytes)
-_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_ST_ITEMSIZE = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 
 
 # ----------------------------------------------------------------------------- importing weights
@@ -58,8 +75,13 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     return "unknown"
 
 
-_KIND_TEXT = {"zip": "a zip archive (torch's checkpoint format)", "tar": "a tar archive",
-              "pickle": "a Python pickle", "empty": "empty", "unknown": "not a recognised weights format"}
+_KIND_TEXT = {
+    "zip": "a zip archive (torch's checkpoint format)",
+    "tar": "a tar archive",
+    "pickle": "a Python pickle",
+    "empty": "empty",
+    "unknown": "not a recognised weights format",
+}
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -87,11 +109,14 @@ def safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise _invalid(f"{path.name}: truncated ({size} bytes; a safetensors file starts with an 8-byte length)")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_SAFETENSORS_HEADER:
-            raise _invalid(f"{path.name}: the safetensors header claims {n} bytes, over the limit of "
-                           f"{MAX_SAFETENSORS_HEADER}")
+            raise _invalid(
+                f"{path.name}: the safetensors header claims {n} bytes, over the limit of {MAX_SAFETENSORS_HEADER}"
+            )
         if 8 + n > size:
-            raise _invalid(f"{path.name}: the safetensors header claims {n} bytes but the file has only {size - 8} "
-                           "after the length (truncated, or a lying header)")
+            raise _invalid(
+                f"{path.name}: the safetensors header claims {n} bytes but the file has only {size - 8} "
+                "after the length (truncated, or a lying header)"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
@@ -112,30 +137,41 @@ def safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _ST_ITEMSIZE:
             raise _invalid(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise _invalid(f"{path.name}: tensor {name!r} has a malformed shape {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-                or offsets[0] > offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
             raise _invalid(f"{path.name}: tensor {name!r} has malformed data_offsets {offsets!r}")
         count = math.prod(shape)
         need = count * _ST_ITEMSIZE[dtype]
         if offsets[1] - offsets[0] != need:
-            raise _invalid(f"{path.name}: tensor {name!r} is {dtype} {shape}, which needs {need} bytes, but its "
-                           f"offsets span {offsets[1] - offsets[0]}")
+            raise _invalid(
+                f"{path.name}: tensor {name!r} is {dtype} {shape}, which needs {need} bytes, but its "
+                f"offsets span {offsets[1] - offsets[0]}"
+            )
         tensors[name] = (dtype, tuple(shape), offsets[0], offsets[1])
         elements += count
     data_len = size - 8 - n
     cursor = 0
     for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
         if begin != cursor:
-            problem = "overlaps the tensor before it" if begin < cursor else f"leaves {begin - cursor} bytes unaccounted"
+            problem = (
+                "overlaps the tensor before it" if begin < cursor else f"leaves {begin - cursor} bytes unaccounted"
+            )
             raise _invalid(f"{path.name}: tensor {name!r} (offsets {begin}-{end}) {problem}")
         cursor = end
     if cursor != data_len:
-        what = (f"declares {cursor} bytes of tensor data but the file holds {data_len} (truncated, or a lying header)"
-                if cursor > data_len else f"has {data_len - cursor} bytes after its last tensor")
+        what = (
+            f"declares {cursor} bytes of tensor data but the file holds {data_len} (truncated, or a lying header)"
+            if cursor > data_len
+            else f"has {data_len - cursor} bytes after its last tensor"
+        )
         raise _invalid(f"{path.name}: the safetensors header {what}")
     return {"tensors": tensors, "metadata": metadata, "elements": elements}
 
@@ -153,8 +189,9 @@ def _compressed_elements(path: Path, metadata: dict[str, str]) -> int:
     total = 0
     for key, entry in codec.items():
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise _invalid(f"{path.name}: codec entry {key!r} has a malformed shape")
         total += math.prod(shape)
     return total
@@ -169,8 +206,10 @@ def _read_safetensors(path: Path, max_elements: int | None = None) -> tuple[dict
     if compressed:
         declared += _compressed_elements(path, header["metadata"])
     if max_elements is not None and declared > max_elements:
-        raise _invalid(f"{path.name} declares {declared} values, more than the {max_elements} the network can "
-                       "hold; refused before decoding")
+        raise _invalid(
+            f"{path.name} declares {declared} values, more than the {max_elements} the network can "
+            "hold; refused before decoding"
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -217,8 +256,10 @@ def _check_zip(path: Path, max_bytes: int | None) -> None:
         raise _invalid(f"{path.name} is a zip archive but not a torch checkpoint (no data.pkl; it holds {names})")
     total = sum(info.file_size for info in infos)
     if max_bytes is not None and total > max_bytes:
-        raise _invalid(f"{path.name} unpacks to {total} bytes, more than the {max_bytes} a checkpoint of this "
-                       "network can need; refused before reading")
+        raise _invalid(
+            f"{path.name} unpacks to {total} bytes, more than the {max_bytes} a checkpoint of this "
+            "network can need; refused before reading"
+        )
 
 
 def precheck_weights_file(path: str | os.PathLike[str], fmt: str = "auto") -> str:
@@ -231,15 +272,17 @@ def precheck_weights_file(path: str | os.PathLike[str], fmt: str = "auto") -> st
     if fmt == "safetensors" and kind != "safetensors":
         raise _invalid(f"{path.name} was declared safetensors but it is {_KIND_TEXT[kind]}; refused")
     if kind in ("empty", "unknown"):
-        raise _invalid(f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA "
-                       "checkpoint")
+        raise _invalid(
+            f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA checkpoint"
+        )
     if kind == "safetensors":
         safetensors_header(path)
     return kind
 
 
-def read_state_dict(path: str | os.PathLike[str], fmt: str = "auto", max_bytes: int | None = None
-                    ) -> tuple[dict[str, torch.Tensor], str]:
+def read_state_dict(
+    path: str | os.PathLike[str], fmt: str = "auto", max_bytes: int | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of a weights file and the format they were read as ("safetensors", "compressed",
     "state_dict" or "hydra"), keys as stored. Never unpickles code.
 
@@ -258,8 +301,9 @@ def read_state_dict(path: str | os.PathLike[str], fmt: str = "auto", max_bytes: 
             raise _invalid(f"{path.name} was declared a torch {fmt} checkpoint but it is a safetensors file")
         return _read_safetensors(path, None if max_bytes is None else max_bytes // 2)
     if kind in ("empty", "unknown"):
-        raise _invalid(f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA "
-                       "checkpoint")
+        raise _invalid(
+            f"{path.name} is {_KIND_TEXT[kind]}: expected safetensors, a torch state dict or a HYDRA checkpoint"
+        )
     if kind == "zip":
         _check_zip(path, max_bytes)
     state = _unwrap_state_dict(_torch_load(path, FIELD))
@@ -279,7 +323,7 @@ def _rename(source: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dic
     for original, value in source.items():
         key = original
         while key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         if key.endswith(".popup_scores"):
             key = key[: -len(".popup_scores")] + ".scores"
         renamed[key] = (original, value)
@@ -288,7 +332,7 @@ def _rename(source: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dic
         return k if k.startswith(("net.", "normalize.")) else f"net.{k}"
 
     def strip_net(k: str) -> str:
-        return k[len("net."):] if k.startswith("net.") else k
+        return k[len("net.") :] if k.startswith("net.") else k
 
     candidates = [{fix(k): v for k, v in renamed.items()} for fix in (str, add_net, strip_net)]
     best = max(candidates, key=lambda c: (len(target_keys & c.keys()), -len(c.keys() - target_keys)))
@@ -305,8 +349,9 @@ def _derived_keys(model: nn.Module, target: dict[str, torch.Tensor]) -> set[str]
     return optional & target.keys()
 
 
-def _check(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], optional: set[str],
-           origin: dict[str, str]) -> list[str]:
+def _check(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], optional: set[str], origin: dict[str, str]
+) -> list[str]:
     problems: list[str] = []
     unexpected = sorted(origin[k] for k in source.keys() - target.keys())
     if unexpected:
@@ -320,8 +365,12 @@ def _check(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], opt
         if tuple(src.shape) != tuple(dst.shape):
             problems.append(f"{key}: shape {tuple(src.shape)} in the checkpoint, {tuple(dst.shape)} in the model")
             continue
-        if (src.is_floating_point() != dst.is_floating_point() or src.is_complex() or src.dtype == torch.bool
-                or (dst.is_floating_point() and src.dtype != dst.dtype)):
+        if (
+            src.is_floating_point() != dst.is_floating_point()
+            or src.is_complex()
+            or src.dtype == torch.bool
+            or (dst.is_floating_point() and src.dtype != dst.dtype)
+        ):
             # float16 (or float64) where the network holds float32 is refused, not silently cast
             problems.append(f"{key}: dtype {src.dtype} in the checkpoint, {dst.dtype} in the model")
             continue
@@ -340,8 +389,9 @@ def _state_bytes(target: dict[str, torch.Tensor]) -> int:
     return 8 * 8 * sum(t.numel() for t in target.values()) + (1 << 20)
 
 
-def check_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto"
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def check_weights(
+    path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every check of ``load_weights`` (format, keys, shapes, dtypes, finiteness), copying nothing:
     ``model`` may live on the ``meta`` device. Returns the renamed tensors to load and
     ``{"format", "loaded", "derived"}``. Raises ``CoreError("invalid_checkpoint", ...)``."""
@@ -359,8 +409,9 @@ def check_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "au
     return source, {"format": detected, "loaded": sorted(source), "derived": sorted(target.keys() - source.keys())}
 
 
-def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto",
-                 keep: float | None = None) -> dict[str, Any]:
+def load_weights(
+    path: str | os.PathLike[str], model: nn.Module, fmt: str = "auto", keep: float | None = None
+) -> dict[str, Any]:
     """Import a starting network into ``model`` (a ``create_model`` network, masked or not).
 
     ``fmt``: "auto" | "safetensors" | "state_dict" | "hydra". Keys may be those of the whole
@@ -392,5 +443,11 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, fmt: str = "aut
     return info
 
 
-__all__ = ["load_weights", "check_weights", "read_state_dict", "sniff_format", "precheck_weights_file",
-           "safetensors_header"]
+__all__ = [
+    "load_weights",
+    "check_weights",
+    "read_state_dict",
+    "sniff_format",
+    "precheck_weights_file",
+    "safetensors_header",
+]

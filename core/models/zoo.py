@@ -6,6 +6,7 @@ state dict loads into the same architecture built with plain ``nn`` layers (the 
 ``net`` alone, with mean/std as metadata). The certified-setting CNNs are flat ``nn.Sequential``s of
 Conv2d/ReLU/Flatten/Linear only, so the interval/CROWN bound code can walk them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -109,12 +110,13 @@ def create_model(name: str, **kwargs: Any) -> NormalizedModel:
     norm_name = kwargs.pop("normalization", None)
     mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
     if name.startswith(TORCHVISION_PREFIX):
-        net, in_channels = _torchvision(name[len(TORCHVISION_PREFIX):], kwargs), 3
+        net, in_channels = _torchvision(name[len(TORCHVISION_PREFIX) :], kwargs), 3
         default_norm = "imagenet"
     else:
         if name not in MODELS:
             raise CoreError(
-                "unknown_architecture", "model.arch",
+                "unknown_architecture",
+                "model.arch",
                 f"unknown architecture {name!r}; known: {', '.join(MODELS.names())}, torchvision:<name>",
             )
         entry = MODELS.get(name)
@@ -128,18 +130,26 @@ def create_model(name: str, **kwargs: Any) -> NormalizedModel:
 def _check_kwargs(name: str, entry: _Entry, kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - set(entry.defaults))
     if unknown:
-        raise CoreError("invalid_model_kwargs", "model.kwargs",
-                        f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(entry.defaults))}, "
-                        "normalization, mean, std")
+        raise CoreError(
+            "invalid_model_kwargs",
+            "model.kwargs",
+            f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(entry.defaults))}, "
+            "normalization, mean, std",
+        )
     for key in ("num_classes", "in_channels"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] < 1):
-            raise CoreError("invalid_model_kwargs", "model.kwargs", f"{key} must be a positive integer, got {kwargs[key]!r}")
+            raise CoreError(
+                "invalid_model_kwargs", "model.kwargs", f"{key} must be a positive integer, got {kwargs[key]!r}"
+            )
 
 
 def _normalize(norm_name: str, mean: Any, std: Any, in_channels: int) -> Normalize:
     if norm_name not in NORMALIZATIONS:
-        raise CoreError("invalid_normalization", "model.kwargs.normalization",
-                        f"unknown normalization {norm_name!r}; known: {', '.join(NORMALIZATIONS)}")
+        raise CoreError(
+            "invalid_normalization",
+            "model.kwargs.normalization",
+            f"unknown normalization {norm_name!r}; known: {', '.join(NORMALIZATIONS)}",
+        )
     preset = NORMALIZATIONS[norm_name] or ((0.0,), (1.0,))
     mean = list(mean) if mean is not None else list(preset[0])
     std = list(std) if std is not None else list(preset[1])
@@ -148,8 +158,11 @@ def _normalize(norm_name: str, mean: Any, std: Any, in_channels: int) -> Normali
     if len(std) == 1:
         std = std * in_channels
     if len(mean) != in_channels or len(std) != in_channels:
-        raise CoreError("invalid_normalization", "model.kwargs.mean",
-                        f"mean/std need 1 or {in_channels} values, got {len(mean)} and {len(std)}")
+        raise CoreError(
+            "invalid_normalization",
+            "model.kwargs.mean",
+            f"mean/std need 1 or {in_channels} values, got {len(mean)} and {len(std)}",
+        )
     if any(not s > 0 for s in std):
         raise CoreError("invalid_normalization", "model.kwargs.std", f"std must be > 0, got {std}")
     return Normalize(mean, std)
@@ -160,8 +173,11 @@ def _torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
 
     known = torchvision.models.list_models(module=torchvision.models)
     if tv_name not in known:
-        raise CoreError("unknown_architecture", "model.arch",
-                        f"torchvision has no classifier {tv_name!r}; known: {', '.join(sorted(known))}")
+        raise CoreError(
+            "unknown_architecture",
+            "model.arch",
+            f"torchvision has no classifier {tv_name!r}; known: {', '.join(sorted(known))}",
+        )
     try:
         return torchvision.models.get_model(tv_name, weights=None, **kwargs)
     except (TypeError, ValueError) as err:
@@ -172,26 +188,42 @@ def _torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
 def _cnn_small(in_channels: int, input_size: int, num_classes: int) -> nn.Sequential:
     side = _after_two_stride2(input_size)
     return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(32 * side * side, 100), nn.ReLU(), nn.Linear(100, num_classes),
+        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * side * side, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
     )
 
 
 def _cnn_large(in_channels: int, input_size: int, num_classes: int) -> nn.Sequential:
     side = _after_two_stride2(input_size)
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, stride=1, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=1, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(64 * side * side, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes),
+        nn.Conv2d(in_channels, 32, 3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * side * side, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, num_classes),
     )
 
 
 def _after_two_stride2(input_size: int) -> int:
     if not isinstance(input_size, int) or input_size < 4:
-        raise CoreError("invalid_model_kwargs", "model.kwargs", f"input_size must be an integer >= 4, got {input_size!r}")
+        raise CoreError(
+            "invalid_model_kwargs", "model.kwargs", f"input_size must be an integer >= 4, got {input_size!r}"
+        )
     side = input_size
     for _ in range(2):
         side = (side + 2 - 4) // 2 + 1
@@ -242,7 +274,10 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
         self.classifier = nn.Sequential(
-            nn.Linear(c * 2 * 2, 256), nn.ReLU(inplace=True), nn.Linear(256, 256), nn.ReLU(inplace=True),
+            nn.Linear(c * 2 * 2, 256),
+            nn.ReLU(inplace=True),
+            nn.Linear(256, 256),
+            nn.ReLU(inplace=True),
             nn.Linear(256, num_classes),
         )
 
@@ -287,10 +322,14 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         blocks = []
         for i, stride in enumerate((1, 2, 2)):
-            blocks.append(nn.Sequential(*[
-                _WideBasic(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1)
-                for j in range(n)
-            ]))
+            blocks.append(
+                nn.Sequential(
+                    *[
+                        _WideBasic(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1)
+                        for j in range(n)
+                    ]
+                )
+            )
         self.block1, self.block2, self.block3 = blocks
         self.bn = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
@@ -346,7 +385,9 @@ class CifarResNet(nn.Module):
         layers, c = [], 64
         for i, n in enumerate(blocks):
             width, stride = 64 * 2**i, 1 if i == 0 else 2
-            layers.append(nn.Sequential(*[_BasicBlock(c if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)]))
+            layers.append(
+                nn.Sequential(*[_BasicBlock(c if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)])
+            )
             c = width
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(c, num_classes)

@@ -4,6 +4,7 @@
 spec's ``objective`` union from ``OBJECTIVES``. To add an objective, add a module here (and its
 test): CONTRIBUTING.md, "Adding an objective".
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -32,5 +33,13 @@ def known_objectives() -> list[str]:
     return OBJECTIVES.names()
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveSpec", "build_objective", "check_stage", "known_objectives",
-           "objective_class", "register_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveSpec",
+    "build_objective",
+    "check_stage",
+    "known_objectives",
+    "objective_class",
+    "register_objective",
+]

@@ -1,4 +1,5 @@
 """What the adversarial-training objectives (pgd, trades) share: the attack's spec fields and its run."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -18,16 +19,20 @@ class AttackSpec(ObjectiveSpec):
 
     norm: Norm = "linf"
     eps: float | None = Field(
-        None, gt=0, description="Radius of the ball; null = the norm's default (linf 8/255, l2 0.5).")
+        None, gt=0, description="Radius of the ball; null = the norm's default (linf 8/255, l2 0.5)."
+    )
     step_size: float | None = Field(
-        None, gt=0, description="PGD step; null = the norm's default (linf 2/255, l2 0.125).")
+        None, gt=0, description="PGD step; null = the norm's default (linf 2/255, l2 0.125)."
+    )
     steps: int = Field(10, ge=1, le=1000)
     random_start: bool = True
     relu_backward: Literal["exact", "smooth"] = Field(
-        "smooth", description="Gradient the training attack follows through ReLUs: 'smooth' (default) "
+        "smooth",
+        description="Gradient the training attack follows through ReLUs: 'smooth' (default) "
         "backpropagates sigmoid(x/relu_tau) through every ReLU so the attack sees perturbations that switch "
         "inactive units on (sparse networks otherwise learn to mask gradients); 'exact' is the plain gradient "
-        "of the reference code. The forward, and so the loss trained on, is the network's own.")
+        "of the reference code. The forward, and so the loss trained on, is the network's own.",
+    )
     relu_tau: float = Field(0.1, gt=0, le=10, description="Temperature of the smooth ReLU backward.")
 
     @model_validator(mode="after")
@@ -64,8 +69,13 @@ class AttackTraining(Objective):
 
     def attack_settings(self) -> dict[str, Any]:
         ball = self.cfg.ball()
-        return {"norm": ball.norm, "eps": ball.eps, "step_size": ball.step_size, "steps": self.cfg.steps,
-                "random_start": self.cfg.random_start}
+        return {
+            "norm": ball.norm,
+            "eps": ball.eps,
+            "step_size": ball.step_size,
+            "steps": self.cfg.steps,
+            "random_start": self.cfg.random_start,
+        }
 
     # the settings as attributes, for reports and tests
     @property

@@ -4,6 +4,7 @@ certificate (verified accuracy under IBP and CROWN-IBP) and its headline.
 Ramps apply in ``pretrain`` only; ``prune`` and ``finetune`` use the target eps from the first batch
 (docs/METHOD.md). Before any ``set_epoch`` call an objective behaves as in prune/finetune at epoch 0.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -43,13 +44,21 @@ class BoundTraining(Objective):
 
     needs_bounds = True
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec,
-                seed: int) -> dict[str, Any]:
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    ) -> dict[str, Any]:
         ball = self.cfg.ball()
         assert ball is not None
         eps = float(evaluation.eps or ball.eps)
-        return bound_certificate(model, x, y, eps=eps, bounds=evaluation.bounds,
-                                 batch_size=evaluation.bound_batch_size, extra_details=self.certificate_details())
+        return bound_certificate(
+            model,
+            x,
+            y,
+            eps=eps,
+            bounds=evaluation.bounds,
+            batch_size=evaluation.bound_batch_size,
+            extra_details=self.certificate_details(),
+        )
 
     def certificate_details(self) -> dict[str, Any]:
         return {}

@@ -13,6 +13,7 @@ An objective is one module of ``core/objectives/`` holding two classes:
 ``core.spec`` builds the ``objective`` union from the registry, so the module is the whole change
 (CONTRIBUTING.md, "Adding an objective").
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -80,8 +81,9 @@ class Objective(ABC):
     def describe(self) -> dict[str, Any]:
         """What exactly is optimised, for the report."""
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec,
-                seed: int) -> dict[str, Any] | None:
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    ) -> dict[str, Any] | None:
         """The certified numbers of ``model`` on the sample ``(x, y)``, or None (no certificate).
 
         Returns metrics at the top level, ``procedures`` (how each fraction of the sample was measured;

@@ -1,4 +1,5 @@
 """``crown_ibp``: Zhang et al. 2020 CROWN-IBP training; certified by IBP/CROWN-IBP."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -68,8 +69,9 @@ class CrownIBP(BoundTraining):
             with torch.no_grad():
                 logits = model(x)
         num_classes = logits.shape[1]
-        lower = mixed_lower_bound(model, x, self.current_eps, margin_spec(y, num_classes).to(x.dtype),
-                                  self.current_beta)
+        lower = mixed_lower_bound(
+            model, x, self.current_eps, margin_spec(y, num_classes).to(x.dtype), self.current_beta
+        )
         robust = robust_ce(lower, y, num_classes)
         if kappa > 0:
             return kappa * F.cross_entropy(logits, y) + (1 - kappa) * robust, logits.detach()
@@ -78,7 +80,10 @@ class CrownIBP(BoundTraining):
     def describe(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "type": self.name, "eps": c.eps, "ramp_epochs": c.ramp_epochs, "kappa": c.kappa,
+            "type": self.name,
+            "eps": c.eps,
+            "ramp_epochs": c.ramp_epochs,
+            "kappa": c.kappa,
             "loss": "kappa * CE(f(x), y) + (1 - kappa) * CE(-m, y), m = beta * CROWN-IBP + (1 - beta) * IBP "
             "lower bounds of z_y - z_j, beta = 1 - eps_t / eps",
             "bound": f"{METHOD_DESCRIPTIONS['crown_ibp']}; {METHOD_DESCRIPTIONS['ibp']}",

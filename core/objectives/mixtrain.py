@@ -1,4 +1,5 @@
 """``mixtrain``: Wang et al. 2018, natural CE plus a sampled bound loss; certified by IBP/CROWN-IBP."""
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,10 @@ class MixTrain(BoundTraining):
     def describe(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "type": self.name, "eps": c.eps, "sample_prob": c.sample_prob, "subset_size": c.subset_size,
+            "type": self.name,
+            "eps": c.eps,
+            "sample_prob": c.sample_prob,
+            "subset_size": c.subset_size,
             "ramp_epochs": c.ramp_epochs,
             "lambda": f"{c.lambda_init} * {c.lambda_growth}^floor(max(e - L, 0) / {c.lambda_every}), "
             f"capped at {c.lambda_max}",

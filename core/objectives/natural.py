@@ -1,4 +1,5 @@
 """``natural``: plain cross-entropy on clean inputs (the benign baseline; evaluated by the attacks)."""
+
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -1,4 +1,5 @@
 """``pgd``: Madry et al., cross-entropy on PGD adversarial examples."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -41,6 +42,12 @@ class PGDTraining(AttackTraining):
         return loss, clean
 
     def describe(self) -> dict[str, Any]:
-        return {"type": self.name, "loss": "CE(f(x'), y), x' = PGD maximising CE (model in eval mode)",
-                "attack": {**self.attack_settings(), "relu_backward": self.cfg.relu_backward,
-                           "relu_tau": self.cfg.relu_tau}}
+        return {
+            "type": self.name,
+            "loss": "CE(f(x'), y), x' = PGD maximising CE (model in eval mode)",
+            "attack": {
+                **self.attack_settings(),
+                "relu_backward": self.cfg.relu_backward,
+                "relu_tau": self.cfg.relu_tau,
+            },
+        }

@@ -1,4 +1,5 @@
 """``smoothing``: randomized-smoothing training, certified by Cohen et al.'s CERTIFY."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
@@ -67,15 +68,31 @@ class SmoothingTraining(Objective):
             if self.cfg.mode == "stability"
             else "CE(f(x + delta), y), delta ~ N(0, sigma^2 I)"
         )
-        return {"type": self.name, "mode": self.cfg.mode, "sigma": self.cfg.sigma, "beta": self.cfg.beta,
-                "loss": loss, "certificate": f"{CERTIFY_METHOD} (l_2 radius sigma * PhiInv(pA_lower))"}
+        return {
+            "type": self.name,
+            "mode": self.cfg.mode,
+            "sigma": self.cfg.sigma,
+            "beta": self.cfg.beta,
+            "loss": loss,
+            "certificate": f"{CERTIFY_METHOD} (l_2 radius sigma * PhiInv(pA_lower))",
+        }
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec,
-                seed: int) -> dict[str, Any]:
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    ) -> dict[str, Any]:
         ev = evaluation
-        return smoothing_certificate(model, x, y, sigma=self.cfg.sigma, n0=ev.smoothing_n0, n=ev.smoothing_n,
-                                     alpha=ev.smoothing_alpha, radii=ev.smoothing_radii,
-                                     batch_size=ev.smoothing_batch_size, seed=seed)
+        return smoothing_certificate(
+            model,
+            x,
+            y,
+            sigma=self.cfg.sigma,
+            n0=ev.smoothing_n0,
+            n=ev.smoothing_n,
+            alpha=ev.smoothing_alpha,
+            radii=ev.smoothing_radii,
+            batch_size=ev.smoothing_batch_size,
+            seed=seed,
+        )
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:

@@ -1,4 +1,5 @@
 """``trades``: Zhang et al. TRADES, CE plus β·KL between clean and adversarial predictions."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -52,7 +53,14 @@ class TradesTraining(AttackTraining):
         return natural + self.cfg.beta * robust, logits.detach()
 
     def describe(self) -> dict[str, Any]:
-        return {"type": self.name, "loss": "CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')), batch mean",
-                "beta": self.cfg.beta, "attack": {**self.attack_settings(), "relu_backward": self.cfg.relu_backward,
-                                                  "start": "x + 0.001 N(0, 1)",
-                                                  "maximises": "KL to the clean eval-mode prediction"}}
+        return {
+            "type": self.name,
+            "loss": "CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')), batch mean",
+            "beta": self.cfg.beta,
+            "attack": {
+                **self.attack_settings(),
+                "relu_backward": self.cfg.relu_backward,
+                "start": "x + 0.001 N(0, 1)",
+                "maximises": "KL to the clean eval-mode prediction",
+            },
+        }

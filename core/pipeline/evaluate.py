@@ -8,6 +8,7 @@ class-stratified sample, see ``core.data.sampling``) and its 95% Clopper-Pearson
 ``counts``), so a report never shows a robust accuracy without saying which attack, on what, and how
 sure.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -115,8 +116,9 @@ class _Tally:
         self.add(key, int(flags.sum()), int(flags.numel()), procedure)
 
 
-def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device,
-                     num_classes: int | None = None) -> dict[str, Any]:
+def evaluate_variant(
+    model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device, num_classes: int | None = None
+) -> dict[str, Any]:
     """Final evaluation of one network: metrics, the procedure, sample and interval of each."""
     ev = spec.evaluation
     a = attack_settings(spec)
@@ -142,20 +144,48 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
     if objective.attacked:
         ball = f"{a['norm']} eps={a['eps']:.4g}"
         torch.manual_seed(seed)
-        flags_pgd = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
-                              steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs)
-        tally.add_flags(ATTACKS.get("pgd").metric, flags_pgd, (
-            f"PGD-{ev.pgd_steps} (ours; {ball}, step={a['step_size']:.4g}, {ev.pgd_restarts} random "
-            f"start(s), cross-entropy, per-example worst case) {on}"))
+        flags_pgd = pgd_flags(
+            model,
+            x,
+            y,
+            norm=a["norm"],
+            eps=a["eps"],
+            step_size=a["step_size"],
+            steps=ev.pgd_steps,
+            restarts=ev.pgd_restarts,
+            batch_size=bs,
+        )
+        tally.add_flags(
+            ATTACKS.get("pgd").metric,
+            flags_pgd,
+            (
+                f"PGD-{ev.pgd_steps} (ours; {ball}, step={a['step_size']:.4g}, {ev.pgd_restarts} random "
+                f"start(s), cross-entropy, per-example worst case) {on}"
+            ),
+        )
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
         if ev.pgd_smooth_relu:
-            flags_smooth = pgd_flags(model, x, y, norm=a["norm"], eps=a["eps"], step_size=a["step_size"],
-                                     steps=ev.pgd_steps, restarts=ev.pgd_restarts, batch_size=bs,
-                                     relu_tau=ev.pgd_smooth_tau)
-            tally.add_flags(ATTACKS.get("pgd_smooth").metric, flags_smooth, (
-                f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/{ev.pgd_smooth_tau:g}), a "
-                f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"))
+            flags_smooth = pgd_flags(
+                model,
+                x,
+                y,
+                norm=a["norm"],
+                eps=a["eps"],
+                step_size=a["step_size"],
+                steps=ev.pgd_steps,
+                restarts=ev.pgd_restarts,
+                batch_size=bs,
+                relu_tau=ev.pgd_smooth_tau,
+            )
+            tally.add_flags(
+                ATTACKS.get("pgd_smooth").metric,
+                flags_smooth,
+                (
+                    f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/{ev.pgd_smooth_tau:g}), a "
+                    f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"
+                ),
+            )
             worst &= flags_smooth
             robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
         if ev.autoattack:
@@ -163,11 +193,23 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
             pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
             sub_ds = Subset(test_ds, small.tolist()) if len(small) < full else test_ds
             samples["robust"] = describe_sample(sub_ds, full, seed)
-            robust_on = (f"on the 'robust' sample ({len(small)} test samples, nested in the 'final' one)"
-                         if len(small) < len(big) else on)
-            aa, description = autoattack_flags(model, x[pos], y[pos], clean[pos], norm=a["norm"], eps=a["eps"],
-                                               num_classes=num_classes, seed=seed, batch_size=bs,
-                                               version=ev.autoattack_version)
+            robust_on = (
+                f"on the 'robust' sample ({len(small)} test samples, nested in the 'final' one)"
+                if len(small) < len(big)
+                else on
+            )
+            aa, description = autoattack_flags(
+                model,
+                x[pos],
+                y[pos],
+                clean[pos],
+                norm=a["norm"],
+                eps=a["eps"],
+                num_classes=num_classes,
+                seed=seed,
+                batch_size=bs,
+                version=ev.autoattack_version,
+            )
             worst = worst[pos]
             per_attack = {"pgd": float(flags_pgd[pos].float().mean())}
             if ev.pgd_smooth_relu:
@@ -180,14 +222,24 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
                 aa_all &= f
                 worst &= f
                 robust_attacks.append(attack.upper())
-            tally.add_flags("autoattack_acc", aa_all, f"{description}; {ball}, per-example worst case over its "
-                            f"attacks {robust_on}")
+            tally.add_flags(
+                "autoattack_acc", aa_all, f"{description}; {ball}, per-example worst case over its attacks {robust_on}"
+            )
             checks["gradient_masking"] = masking_check(per_attack)
-        tally.add_flags("robust_acc", worst, (
-            f"per-example worst case over {', '.join(robust_attacks)} ({ball}): an example counts only if it "
-            f"is classified correctly clean and under every attack, {robust_on}"))
-    result: dict[str, Any] = {"samples": samples, "checks": checks, "n_test": len(big),
-                              "interval_method": INTERVAL_METHOD}
+        tally.add_flags(
+            "robust_acc",
+            worst,
+            (
+                f"per-example worst case over {', '.join(robust_attacks)} ({ball}): an example counts only if it "
+                f"is classified correctly clean and under every attack, {robust_on}"
+            ),
+        )
+    result: dict[str, Any] = {
+        "samples": samples,
+        "checks": checks,
+        "n_test": len(big),
+        "interval_method": INTERVAL_METHOD,
+    }
     if objective.certifies:
         cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
         cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
@@ -201,15 +253,13 @@ def evaluate_variant(model: nn.Module, test_ds: Dataset, spec: JobSpec, device: 
             if not isinstance(value, (int, float)):
                 continue
             if key in procedures:  # a fraction of the certified sample: count and interval
-                tally.add(key, int(round(float(value) * n_cert)), n_cert,
-                          f"{procedures[key]} (the 'certified' sample)")
+                tally.add(key, int(round(float(value) * n_cert)), n_cert, f"{procedures[key]} (the 'certified' sample)")
             else:
                 tally.metrics[key] = float(value)
         _soundness_check(tally.metrics, checks)
         result["certification"] = cert
     model.train(was_training)
-    result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts,
-                  intervals=tally.intervals)
+    result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts, intervals=tally.intervals)
     return result
 
 
@@ -222,9 +272,11 @@ def _soundness_check(metrics: dict[str, float], checks: dict[str, Any]) -> None:
     worst = max(verified, key=verified.__getitem__)
     checks["certificate_below_attack"] = {
         "ok": bool(verified[worst] <= empirical + MASKING_MARGIN),
-        "verified": verified[worst], "empirical_robust": empirical, "metric": worst,
+        "verified": verified[worst],
+        "empirical_robust": empirical,
+        "metric": worst,
         "rule": "a verified accuracy above the empirical robust accuracy (beyond sampling noise) would "
-                "mean an unsound bound or a broken attack",
+        "mean an unsound bound or a broken attack",
     }
 
 

@@ -20,6 +20,7 @@
   counted. Both are stated in ``method``.
 Ratios are ``variant / dense`` (``speedup`` = dense / variant for latency).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,8 +110,14 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def median_seconds(fns: dict[str, Callable[[], Any]], *, repeats: int = 15, warmup: int = 3,
-                   min_sample_s: float = 0.02, sync: Callable[[], None] | None = None) -> dict[str, float]:
+def median_seconds(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int = 15,
+    warmup: int = 3,
+    min_sample_s: float = 0.02,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """Median seconds per call of each function, timed interleaved (one sample of each per round, the
     order rotating); a sample is as many calls as make it last ``min_sample_s``."""
     sync = sync or (lambda: None)
@@ -127,7 +134,7 @@ def median_seconds(fns: dict[str, Callable[[], Any]], *, repeats: int = 15, warm
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn, n = fns[name], calls[name]
             sync()
             t0 = time.perf_counter()
@@ -138,8 +145,9 @@ def median_seconds(fns: dict[str, Callable[[], Any]], *, repeats: int = 15, warm
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def torch_forward(model: nn.Module, batch: int, input_shape: Sequence[int], device: str | torch.device = "cpu",
-                  seed: int = 0) -> Callable[[], Any]:
+def torch_forward(
+    model: nn.Module, batch: int, input_shape: Sequence[int], device: str | torch.device = "cpu", seed: int = 0
+) -> Callable[[], Any]:
     """A no-argument callable running one ``inference_mode`` forward of ``model`` (eval) at ``batch``."""
     device = torch.device(device)
     model = model.to(device).eval()
@@ -230,8 +238,9 @@ def _state_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def peak_memory_bytes(model: nn.Module, batch: int, input_shape: Sequence[int],
-                      device: str | torch.device = "cpu") -> int:
+def peak_memory_bytes(
+    model: nn.Module, batch: int, input_shape: Sequence[int], device: str | torch.device = "cpu"
+) -> int:
     """Peak bytes of one inference forward at ``batch``: weights + input + live activations (CPU,
     counted tensors) or the CUDA allocator's peak (see the module docstring). Masked layers are
     measured as their plain copies (scores are not part of the deployed network)."""
@@ -257,10 +266,19 @@ def _ratio(dense: float, variant: float) -> dict[str, float]:
     return {"dense": dense, "variant": variant, "ratio": variant / dense if dense else float("nan")}
 
 
-def compare_to_dense(dense: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
-                     device: str | torch.device = "cpu", dense_onnx: str | None = None,
-                     variant_onnx: str | None = None, batches: Sequence[int] = (1, 64), repeats: int = 15,
-                     warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
+def compare_to_dense(
+    dense: nn.Module,
+    variant: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    device: str | torch.device = "cpu",
+    dense_onnx: str | None = None,
+    variant_onnx: str | None = None,
+    batches: Sequence[int] = (1, 64),
+    repeats: int = 15,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Parameters, MACs, latency (torch on ``device``, onnxruntime CPU when both ONNX files are given)
     at each batch size, and peak memory at the largest batch — dense and variant measured in this
     process, with their ratios. Keys: ``params``, ``nonzero_params``, ``macs``, ``sparse_macs``,
@@ -278,27 +296,43 @@ def compare_to_dense(dense: nn.Module, variant: nn.Module, input_shape: Sequence
     plain_dense, plain_variant = to_plain(dense), to_plain(variant)
     with torch_threads(threads):
         for b in batches:
-            times = median_seconds({"dense": torch_forward(plain_dense, b, input_shape, device),
-                                    "variant": torch_forward(plain_variant, b, input_shape, device)},
-                                   repeats=repeats, warmup=warmup, sync=_sync_for(device))
-            out["latency"][f"torch_{device.type}_b{b}"] = {**_ratio(times["dense"], times["variant"]),
-                                                           "speedup": times["dense"] / times["variant"]}
+            times = median_seconds(
+                {
+                    "dense": torch_forward(plain_dense, b, input_shape, device),
+                    "variant": torch_forward(plain_variant, b, input_shape, device),
+                },
+                repeats=repeats,
+                warmup=warmup,
+                sync=_sync_for(device),
+            )
+            out["latency"][f"torch_{device.type}_b{b}"] = {
+                **_ratio(times["dense"], times["variant"]),
+                "speedup": times["dense"] / times["variant"],
+            }
         if dense_onnx and variant_onnx:
             sessions = {"dense": ort_session(dense_onnx, threads), "variant": ort_session(variant_onnx, threads)}
             for b in batches:
-                times = median_seconds({k: ort_forward(s, b, input_shape) for k, s in sessions.items()},
-                                       repeats=repeats, warmup=warmup)
-                out["latency"][f"ort_cpu_b{b}"] = {**_ratio(times["dense"], times["variant"]),
-                                                   "speedup": times["dense"] / times["variant"]}
+                times = median_seconds(
+                    {k: ort_forward(s, b, input_shape) for k, s in sessions.items()}, repeats=repeats, warmup=warmup
+                )
+                out["latency"][f"ort_cpu_b{b}"] = {
+                    **_ratio(times["dense"], times["variant"]),
+                    "speedup": times["dense"] / times["variant"],
+                }
     b = max(batches)
-    out["peak_memory"] = {"batch": b, **_ratio(peak_memory_bytes(dense, b, input_shape, device),
-                                                peak_memory_bytes(variant, b, input_shape, device))}
+    out["peak_memory"] = {
+        "batch": b,
+        **_ratio(peak_memory_bytes(dense, b, input_shape, device), peak_memory_bytes(variant, b, input_shape, device)),
+    }
     out["method"] = {
         "latency": f"median of {repeats} interleaved samples after {warmup} warmup calls, torch.inference_mode, "
-                   f"threads={threads if threads is not None else torch.get_num_threads()}",
-        "peak_memory": ("torch.cuda.max_memory_allocated over one forward" if device.type == "cuda" else
-                        "parameter+buffer+input bytes plus the peak of live tensor bytes in one forward "
-                        "(TorchDispatchMode storage tracking)"),
+        f"threads={threads if threads is not None else torch.get_num_threads()}",
+        "peak_memory": (
+            "torch.cuda.max_memory_allocated over one forward"
+            if device.type == "cuda"
+            else "parameter+buffer+input bytes plus the peak of live tensor bytes in one forward "
+            "(TorchDispatchMode storage tracking)"
+        ),
         "macs": "torch_pruning.utils.count_ops_and_params (layer shapes)",
     }
     return out

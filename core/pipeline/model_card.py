@@ -7,6 +7,7 @@ certified numbers each with the exact procedure that measured it (sample, 95% in
 spec (objective and stages), the parent network it was pruned from, the artifacts' sizes and sha256,
 and how to load it. Rendered from the evaluation result alone (no torch), so it says what was measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,26 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
-def _front_matter(variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any],
-                  shown: dict[str, Any]) -> str:
+def _front_matter(
+    variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any], shown: dict[str, Any]
+) -> str:
     method = result.get("method") or DENSE
     dataset = str(info.get("name") or spec.dataset.name)
     metrics = result.get("metrics") or {}
-    tags = ["pytorch", "safetensors", "image-classification", "adversarial-robustness", f"objective-{spec.objective.type}"]
+    tags = [
+        "pytorch",
+        "safetensors",
+        "image-classification",
+        "adversarial-robustness",
+        f"objective-{spec.objective.type}",
+    ]
     if method != DENSE:
         tags += ["pruning", "sparse", method]
-    entries = [{"type": "accuracy", "name": name, "value": round(float(value), 6)}
-               for name, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    entries = [
+        {"type": "accuracy", "name": name, "value": round(float(value), 6)}
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
     meta = {
         "library_name": "pytorch",
         "pipeline_tag": "image-classification",
@@ -60,14 +71,18 @@ def _front_matter(variant: str, result: dict[str, Any], spec: JobSpec, info: dic
         "datasets": [dataset],
         "metrics": ["accuracy"],
         "base_model": _parent_name(result, spec, shown),
-        "model-index": [{
-            "name": variant,
-            "results": [{
-                "task": {"type": "image-classification", "name": "Image classification"},
-                "dataset": {"type": dataset, "name": dataset, "split": "test"},
-                "metrics": entries,
-            }],
-        }],
+        "model-index": [
+            {
+                "name": variant,
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image classification"},
+                        "dataset": {"type": dataset, "name": dataset, "split": "test"},
+                        "metrics": entries,
+                    }
+                ],
+            }
+        ],
     }
     if meta["base_model"] is None:
         del meta["base_model"]
@@ -87,13 +102,17 @@ def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -
 
 def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
-    lines = ["## Architecture", "",
-             f"- architecture: `{spec.model.arch}` (from `core.models.zoo`), arguments `{json.dumps(kwargs)}`",
-             "- input: " + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
-             + "pixels in [0, 1]; the input normalisation is part of the network",
-             f"- classes: {info.get('num_classes')}",
-             f"- compression: {_method_description(result.get('method') or DENSE)}"
-             + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else "")]
+    lines = [
+        "## Architecture",
+        "",
+        f"- architecture: `{spec.model.arch}` (from `core.models.zoo`), arguments `{json.dumps(kwargs)}`",
+        "- input: "
+        + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
+        + "pixels in [0, 1]; the input normalisation is part of the network",
+        f"- classes: {info.get('num_classes')}",
+        f"- compression: {_method_description(result.get('method') or DENSE)}"
+        + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else ""),
+    ]
     return lines + [""]
 
 
@@ -104,10 +123,14 @@ def _sparsity(result: dict[str, Any]) -> list[str]:
         k = result.get("k")
         target = f" (target: {_pct(1 - k)} from k = {k:g})" if isinstance(k, (int, float)) else ""
         return lines + [f"Not measured: no compressed artifact was exported{target}.", ""]
-    lines += [f"Total: **{_pct(sp['total'])}** of the {sp.get('prunable_params', 0):,} prunable (conv/linear) "
-              f"weights are zero; {sp.get('kept_params', 0):,} kept. Counted from the tensors stored in the "
-              "compressed artifact, not from the spec.", "",
-              "| layer | weights | nonzero | sparsity |", "|---|---:|---:|---:|"]
+    lines += [
+        f"Total: **{_pct(sp['total'])}** of the {sp.get('prunable_params', 0):,} prunable (conv/linear) "
+        f"weights are zero; {sp.get('kept_params', 0):,} kept. Counted from the tensors stored in the "
+        "compressed artifact, not from the spec.",
+        "",
+        "| layer | weights | nonzero | sparsity |",
+        "|---|---:|---:|---:|",
+    ]
     for layer, row in (sp.get("layers") or {}).items():
         lines.append(f"| `{layer}` | {row['n']:,} | {row['nnz']:,} | {_pct(row['sparsity'])} |")
     return lines + [""]
@@ -121,13 +144,20 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
     lines = ["## Evaluation", ""]
     if result.get("evaluated"):
         lines += [f"Measured on {result['evaluated']}.", ""]
-    for kind, title in (("benign", "Benign"), ("robust", "Robust (empirical, under attack)"),
-                        ("certified", "Certified")):
+    for kind, title in (
+        ("benign", "Benign"),
+        ("robust", "Robust (empirical, under attack)"),
+        ("certified", "Certified"),
+    ):
         names = [m for m in metrics if _kind(m) == kind]
         if not names:
             continue
-        lines += [f"### {title}", "", "| metric | value | 95% interval | correct / n | procedure |",
-                  "|---|---:|---|---:|---|"]
+        lines += [
+            f"### {title}",
+            "",
+            "| metric | value | 95% interval | correct / n | procedure |",
+            "|---|---:|---|---:|---|",
+        ]
         for m in names:
             ci = intervals.get(m)
             ci_text = f"[{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "–"
@@ -144,8 +174,10 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
     if samples:
         lines += ["Samples:", ""]
         for name, s in samples.items():
-            lines.append(f"- `{name}`: {s.get('n')} of {s.get('of')} test samples, {s.get('how')}; per class "
-                         f"{json.dumps(s.get('per_class'))}")
+            lines.append(
+                f"- `{name}`: {s.get('n')} of {s.get('of')} test samples, {s.get('how')}; per class "
+                f"{json.dumps(s.get('per_class'))}"
+            )
         lines.append("")
     checks = result.get("checks") or {}
     if checks:
@@ -158,12 +190,17 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
 
 def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> list[str]:
     method = result.get("method") or DENSE
-    lines = ["## Training", "",
-             f"Seed {result.get('seed', spec.seed)}; dataset `{spec.dataset.name}` "
-             f"(batch size {spec.dataset.batch_size}"
-             + (f", at most {spec.dataset.max_train_samples} training samples" if spec.dataset.max_train_samples
-                else "") + ").", "",
-             "| stage | epochs | lr | optimizer | schedule | objective |", "|---|---:|---:|---|---|---|"]
+    lines = [
+        "## Training",
+        "",
+        f"Seed {result.get('seed', spec.seed)}; dataset `{spec.dataset.name}` "
+        f"(batch size {spec.dataset.batch_size}"
+        + (f", at most {spec.dataset.max_train_samples} training samples" if spec.dataset.max_train_samples else "")
+        + ").",
+        "",
+        "| stage | epochs | lr | optimizer | schedule | objective |",
+        "|---|---:|---:|---|---|---|",
+    ]
     stages = list(_stages_of(method))
     if method != DENSE and spec.stages.pretrain is not None:
         stages = ["pretrain (the parent)", *stages]
@@ -173,22 +210,38 @@ def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> l
         if stage is None or stage.epochs == 0:
             continue
         objective = spec.objective_for(name).model_dump(mode="json")
-        lines.append(f"| {label} | {stage.epochs} | {stage.lr:g} | {stage.optimizer} | {stage.schedule} | "
-                     f"`{json.dumps(objective)}` |")
-    lines += ["", "<details><summary>The whole job spec</summary>", "", "```json",
-              json.dumps(shown, indent=2, default=str), "```", "", "</details>", ""]
+        lines.append(
+            f"| {label} | {stage.epochs} | {stage.lr:g} | {stage.optimizer} | {stage.schedule} | "
+            f"`{json.dumps(objective)}` |"
+        )
+    lines += [
+        "",
+        "<details><summary>The whole job spec</summary>",
+        "",
+        "```json",
+        json.dumps(shown, indent=2, default=str),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
     return lines
 
 
-def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any],
-            parent: dict[str, Any] | None) -> list[str]:
+def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any], parent: dict[str, Any] | None) -> list[str]:
     lines = ["## Parent network", ""]
     checkpoint = _checkpoint(shown)
-    start = (f"the uploaded/pretrained checkpoint `{checkpoint}` ({spec.model.checkpoint_format})"
-             if checkpoint else "a fresh random initialisation")
+    start = (
+        f"the uploaded/pretrained checkpoint `{checkpoint}` ({spec.model.checkpoint_format})"
+        if checkpoint
+        else "a fresh random initialisation"
+    )
     if (result.get("method") or DENSE) == DENSE:
-        how = "then pretrained with the stage above" if spec.stages.pretrain and spec.stages.pretrain.epochs else \
-            "used as is (no pretraining stage)"
+        how = (
+            "then pretrained with the stage above"
+            if spec.stages.pretrain and spec.stages.pretrain.epochs
+            else "used as is (no pretraining stage)"
+        )
         return lines + [f"None: this is the dense network. It starts from {start}, {how}.", ""]
     name = _parent_name(result, spec, shown)
     lines.append(f"Pruned from the dense network `{name}` of this run (itself from {start}).")
@@ -211,26 +264,48 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
     lines = ["## How to load it", ""]
     if "compressed" in arts:
-        lines += ["The compressed artifact (sparse, with the architecture in its metadata):", "", "```python",
-                  "from core import load_compressed_model", "",
-                  f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
-                  "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)", "```", ""]
+        lines += [
+            "The compressed artifact (sparse, with the architecture in its metadata):",
+            "",
+            "```python",
+            "from core import load_compressed_model",
+            "",
+            f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
+            "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)",
+            "```",
+            "",
+        ]
     if "dense" in arts:  # the dense export format
-        lines += ["The dense safetensors (effective weights, no pruning state) into the plain architecture:", "",
-                  "```python", "from safetensors.torch import load_file", "from core import create_model", "",
-                  f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
-                  f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
-                  "model.eval()", "```", "",
-                  "Without this project: it loads with `load_state_dict` into the same layers written in plain "
-                  "`torch.nn`; apply `(x - mean) / std` from the file's `normalize_mean` / `normalize_std` header "
-                  "metadata first.", ""]
+        lines += [
+            "The dense safetensors (effective weights, no pruning state) into the plain architecture:",
+            "",
+            "```python",
+            "from safetensors.torch import load_file",
+            "from core import create_model",
+            "",
+            f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
+            f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
+            "model.eval()",
+            "```",
+            "",
+            "Without this project: it loads with `load_state_dict` into the same layers written in plain "
+            "`torch.nn`; apply `(x - mean) / std` from the file's `normalize_mean` / `normalize_std` header "
+            "metadata first.",
+            "",
+        ]
     if not arts:
         lines += ["No network file was exported for this variant.", ""]
     return lines
 
 
-def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any],
-                      parent: dict[str, Any] | None = None, record: dict[str, Any] | None = None) -> str:
+def render_model_card(
+    variant: str,
+    result: dict[str, Any],
+    spec: JobSpec,
+    info: dict[str, Any],
+    parent: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> str:
     """The card of network ``variant`` from its evaluation ``result`` (``metrics``, ``procedures``,
     ``intervals``, ``samples``, ``checks``, ``sparsity``, ``artifacts``), the job ``spec`` and the dataset
     ``info``; ``parent``: the dense network's result (its artifacts are named) for a pruned variant;
@@ -238,10 +313,13 @@ def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info:
     shown = record if record is not None else spec.model_dump(mode="json")
     method = result.get("method") or DENSE
     title = f"# {variant}"
-    summary = (f"A {'dense' if method == 'dense' else 'pruned'} `{spec.model.arch}` classifier for "
-               f"`{info.get('name') or spec.dataset.name}`, trained with the `{spec.objective.type}` objective"
-               + ("" if method == DENSE else f" and compressed with {method.upper()}")
-               + (f" (job `{spec.name}`)" if spec.name else "") + ".")
+    summary = (
+        f"A {'dense' if method == 'dense' else 'pruned'} `{spec.model.arch}` classifier for "
+        f"`{info.get('name') or spec.dataset.name}`, trained with the `{spec.objective.type}` objective"
+        + ("" if method == DENSE else f" and compressed with {method.upper()}")
+        + (f" (job `{spec.name}`)" if spec.name else "")
+        + "."
+    )
     sp = result.get("sparsity")
     metrics = result.get("metrics") or {}
     headline = [f"sparsity {_pct(sp['total'])}"] if sp else []
@@ -249,8 +327,15 @@ def render_model_card(variant: str, result: dict[str, Any], spec: JobSpec, info:
     parts = [_front_matter(variant, result, spec, info, shown), title, "", summary, ""]
     if headline:
         parts += ["Headline: " + ", ".join(headline) + ".", ""]
-    body = (_architecture(result, spec, info) + _sparsity(result) + _evaluation(result) + _training(result, spec, shown)
-            + _parent(result, spec, shown, parent) + _artifacts(result) + _usage(result, spec, info))
+    body = (
+        _architecture(result, spec, info)
+        + _sparsity(result)
+        + _evaluation(result)
+        + _training(result, spec, shown)
+        + _parent(result, spec, shown, parent)
+        + _artifacts(result)
+        + _usage(result, spec, info)
+    )
     return "\n".join(parts + body).rstrip() + "\n"
 
 

@@ -4,6 +4,7 @@ A *variant* is one (method, k) pair of the spec; all variants start from the sam
 so a spec with HYDRA and LWM at several k is the paper's comparison table in one run. A multi-seed
 job (``seeds``) repeats the whole plan once per seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -79,8 +80,15 @@ def differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
             else:
                 out.extend(differing_fields(saved[key], current[key], path))
         return out
-    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
-            and all(isinstance(v, dict) for v in saved + current)):
-        return [p for i, (a, b) in enumerate(zip(saved, current))
-                for p in differing_fields(a, b, f"{prefix}.{i}" if prefix else str(i))]
+    if (
+        isinstance(saved, list)
+        and isinstance(current, list)
+        and len(saved) == len(current)
+        and all(isinstance(v, dict) for v in saved + current)
+    ):
+        return [
+            p
+            for i, (a, b) in enumerate(zip(saved, current))
+            for p in differing_fields(a, b, f"{prefix}.{i}" if prefix else str(i))
+        ]
     return [] if saved == current else [prefix or "spec"]

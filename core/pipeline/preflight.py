@@ -18,6 +18,7 @@ ResNet-50); only if that raises is the network built for real on the CPU, batch 
 so the refusal quotes PyTorch's own CPU message (not for networks above ``MAX_REAL_BUILD_PARAMS``:
 ``model.kwargs`` can ask for an enormous one). Nothing is cached.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -130,27 +131,39 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     channels = _input_channels(model)
     if channels is not None and channels != shape[0]:
         field = "model.kwargs.in_channels" if "in_channels" in spec.model.kwargs else "model.arch"
-        hint = ("set model.kwargs.in_channels (with a normalization of as many channels)"
-                if not arch.startswith("torchvision:")
-                else "torchvision classifiers take 3 channels") + " or choose another architecture"
-        raise CoreError(INCOMPATIBLE, field,
-                        f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}")
+        hint = (
+            "set model.kwargs.in_channels (with a normalization of as many channels)"
+            if not arch.startswith("torchvision:")
+            else "torchvision classifiers take 3 channels"
+        ) + " or choose another architecture"
+        raise CoreError(
+            INCOMPATIBLE, field, f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}"
+        )
     try:
         out = _forward(model, shape, device)
     except Exception as meta_exc:
         if device == "meta" and sum(p.numel() for p in model.parameters()) > MAX_REAL_BUILD_PARAMS:
             # never allocate a giant network (model.kwargs can ask for one) just to word the refusal
-            raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
-                            f"{_first_line(meta_exc)}{_arch_hint(arch)}") from meta_exc
+            raise CoreError(
+                INCOMPATIBLE,
+                "model.arch",
+                f"{arch} cannot take the inputs of {where}: {_first_line(meta_exc)}{_arch_hint(arch)}",
+            ) from meta_exc
         real = model if device == "cpu" else _build_cpu(arch, kwargs)
         try:
             out = _forward(real, shape, "cpu")
         except Exception as exc:
-            raise CoreError(INCOMPATIBLE, "model.arch", f"{arch} cannot take the inputs of {where}: "
-                            f"{_first_line(exc)}{_arch_hint(arch)}") from exc
+            raise CoreError(
+                INCOMPATIBLE,
+                "model.arch",
+                f"{arch} cannot take the inputs of {where}: {_first_line(exc)}{_arch_hint(arch)}",
+            ) from exc
     if out.dim() != 2:
-        raise CoreError(INCOMPATIBLE, "model.arch",
-                        f"{arch} gives outputs of shape {tuple(out.shape)} on {where}, not (batch, classes)")
+        raise CoreError(
+            INCOMPATIBLE,
+            "model.arch",
+            f"{arch} gives outputs of shape {tuple(out.shape)} on {where}, not (batch, classes)",
+        )
     if num_classes is not None and out.shape[1] != num_classes:
         field = "model.kwargs.num_classes" if "num_classes" in spec.model.kwargs else "model.arch"
         raise CoreError(INCOMPATIBLE, field, f"{arch} gives {out.shape[1]} outputs but {where} needs {num_classes}")
@@ -163,9 +176,20 @@ def shape_error(exc: BaseException) -> CoreError | None:
     if not isinstance(exc, (RuntimeError, ValueError, AssertionError)):
         return None
     text = str(exc)
-    markers = ("shapes cannot be multiplied", "size mismatch", "must match the size", "Output size is too small",
-               "Invalid channel dimensions", "to have", "channels, but got", "Wrong image", "Expected input",
-               "Expected more than 1 value per channel", "same reduction dim", "Given groups")
+    markers = (
+        "shapes cannot be multiplied",
+        "size mismatch",
+        "must match the size",
+        "Output size is too small",
+        "Invalid channel dimensions",
+        "to have",
+        "channels, but got",
+        "Wrong image",
+        "Expected input",
+        "Expected more than 1 value per channel",
+        "same reduction dim",
+        "Given groups",
+    )
     if not any(m in text for m in markers):
         return None
     return CoreError(SHAPE_ERROR, "model.arch", f"the network does not fit the data: {_first_line(exc)}")
@@ -180,8 +204,9 @@ def _build_cpu(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
         except CoreError:
             raise
         except Exception as exc:
-            raise CoreError("invalid_model_kwargs", "model.kwargs",
-                            f"{arch} cannot be built: {_first_line(exc)}") from exc
+            raise CoreError(
+                "invalid_model_kwargs", "model.kwargs", f"{arch} cannot be built: {_first_line(exc)}"
+            ) from exc
 
 
 def _forward(model: torch.nn.Module, shape: tuple[int, ...], device: str) -> torch.Tensor:

@@ -4,6 +4,7 @@
 Every accuracy carries its 95% Clopper-Pearson interval; a multi-seed job (``seeds``) adds, per
 network, the mean and standard deviation over seeds and each seed's value (``aggregate``), and the
 table and plot show those."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ def comparison_rows(results: dict[str, Any], multi_seed: bool = False) -> list[d
     """One row per network, dense first, then by method, decreasing k and seed."""
     rows = []
     for name, r in results.items():
-        row: dict[str, Any] = {"variant": name, "base": _base(name, r, multi_seed), "method": r["method"],
-                               "k": r["k"], "seed": r.get("seed")}
+        row: dict[str, Any] = {
+            "variant": name,
+            "base": _base(name, r, multi_seed),
+            "method": r["method"],
+            "k": r["k"],
+            "seed": r.get("seed"),
+        }
         sp = r.get("sparsity")
         row["sparsity"] = sp["total"] if sp else 1.0 - r["k"]
         row.update(r["metrics"])
@@ -52,8 +58,12 @@ def aggregate_rows(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[
         groups.setdefault(row["base"], []).append(row)
     out = []
     for base, members in groups.items():
-        agg: dict[str, Any] = {"variant": base, "method": members[0]["method"], "k": members[0]["k"],
-                               "seeds": [m["seed"] for m in members]}
+        agg: dict[str, Any] = {
+            "variant": base,
+            "method": members[0]["method"],
+            "k": members[0]["k"],
+            "seeds": [m["seed"] for m in members],
+        }
         for key in ["sparsity", *metrics]:
             values = {str(m["seed"]): m[key] for m in members if isinstance(m.get(key), (int, float))}
             if values:
@@ -84,15 +94,21 @@ def _checks_lines(report: dict[str, Any]) -> list[str]:
     for name, r in report["variants"].items():
         masking = r.get("checks", {}).get("gradient_masking")
         if masking and masking.get("possible_gradient_masking"):
-            lines.append(f"- **possible gradient masking in `{name}`**: {masking['best_gradient_free_attack']} "
-                         f"beats the best gradient attack ({masking['best_gradient_attack']}) by "
-                         f"{100 * masking['gap']:.1f} points; trust robust_acc (the worst case), not PGD alone.")
+            lines.append(
+                f"- **possible gradient masking in `{name}`**: {masking['best_gradient_free_attack']} "
+                f"beats the best gradient attack ({masking['best_gradient_attack']}) by "
+                f"{100 * masking['gap']:.1f} points; trust robust_acc (the worst case), not PGD alone."
+            )
         sound = r.get("checks", {}).get("certificate_below_attack")
         if sound and not sound.get("ok"):
-            lines.append(f"- **certificate above attack in `{name}`**: {sound['metric']} {100 * sound['verified']:.1f}% "
-                         f"> robust_acc {100 * sound['empirical_robust']:.1f}%.")
-    return lines or ["- no check flagged (gradient masking: a gradient-free attack beating the best gradient "
-                     "attack by > 2 points; certificates above the attacked accuracy)."]
+            lines.append(
+                f"- **certificate above attack in `{name}`**: {sound['metric']} {100 * sound['verified']:.1f}% "
+                f"> robust_acc {100 * sound['empirical_robust']:.1f}%."
+            )
+    return lines or [
+        "- no check flagged (gradient masking: a gradient-free attack beating the best gradient "
+        "attack by > 2 points; certificates above the attacked accuracy)."
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -108,12 +124,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     if report.get("aggregate"):
-        lines += [f"### Mean ± standard deviation over seeds {report['seeds']}", "",
-                  "| network | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
+        lines += [
+            f"### Mean ± standard deviation over seeds {report['seeds']}",
+            "",
+            "| network | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
+        ]
         for agg in report["aggregate"]:
-            lines.append(f"| {agg['variant']} | {_mean_cell(agg, 'sparsity')}% | "
-                         + " | ".join(_mean_cell(agg, m) for m in metrics) + " |")
+            lines.append(
+                f"| {agg['variant']} | {_mean_cell(agg, 'sparsity')}% | "
+                + " | ".join(_mean_cell(agg, m) for m in metrics)
+                + " |"
+            )
         lines += ["", "### Each seed", ""]
     lines += [
         "| network | sparsity (measured) | " + " | ".join(f"{m} % [95% CI]" for m in metrics) + " | compressed bytes |",
@@ -122,7 +144,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in rows:
         cells = [_cell(r, m) for m in metrics]
         lines.append(
-            f"| {r['variant']} | {_pct(r['sparsity'])}% | " + " | ".join(cells) + f" | {r.get('compressed_bytes', '–')} |"
+            f"| {r['variant']} | {_pct(r['sparsity'])}% | "
+            + " | ".join(cells)
+            + f" | {r.get('compressed_bytes', '–')} |"
         )
     lines += ["", f"Intervals: {INTERVAL_METHOD}.", "", "## Checks", ""]
     lines += _checks_lines(report)
@@ -130,8 +154,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- **{m}**: {desc}" for m, desc in report["procedures"].items()]
     lines += ["", "## Samples", ""]
     for name, sample in report.get("samples", {}).items():
-        lines.append(f"- **{name}**: {sample['n']} of {sample['of']} test samples, {sample['how']}; per class "
-                     + ", ".join(f"{c}: {n}" for c, n in sample["per_class"].items()))
+        lines.append(
+            f"- **{name}**: {sample['n']} of {sample['of']} test samples, {sample['how']}; per class "
+            + ", ".join(f"{c}: {n}" for c, n in sample["per_class"].items())
+        )
     lines += [
         "",
         "Sparsity is counted from the weights stored in each compressed artifact, over all conv and "
@@ -143,8 +169,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot_points(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]] | None, metric: str
-                 ) -> list[tuple[str, float, float, float, float]]:
+def _plot_points(
+    rows: list[dict[str, Any]], aggregate: list[dict[str, Any]] | None, metric: str
+) -> list[tuple[str, float, float, float, float]]:
     """(method, sparsity, value, err_low, err_high) per network: seed mean ± std when there are
     seeds, else the value with its 95% interval."""
     pts = []
@@ -162,8 +189,9 @@ def _plot_points(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]] | N
     return pts
 
 
-def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str,
-                    aggregate: list[dict[str, Any]] | None = None) -> None:
+def plot_comparison(
+    rows: list[dict[str, Any]], path: Path, robust_metric: str, aggregate: list[dict[str, Any]] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,9 +203,15 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, robust_metric: str,
         for method, color in zip(METHODS.names(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
             mine = sorted((p for p in pts if p[0] == method), key=lambda p: p[1])
             if mine:
-                ax.errorbar([100 * p[1] for p in mine], [100 * p[2] for p in mine],
-                            yerr=[[100 * p[3] for p in mine], [100 * p[4] for p in mine]], fmt=style,
-                            color=color, capsize=3, label=f"{method} {metric}")
+                ax.errorbar(
+                    [100 * p[1] for p in mine],
+                    [100 * p[2] for p in mine],
+                    yerr=[[100 * p[3] for p in mine], [100 * p[4] for p in mine]],
+                    fmt=style,
+                    color=color,
+                    capsize=3,
+                    label=f"{method} {metric}",
+                )
         dense = [p for p in pts if p[0] == DENSE]
         if dense:
             ax.axhline(100 * dense[0][2], color="grey", ls=style[:-1] or "-", lw=1, label=f"dense {metric}")

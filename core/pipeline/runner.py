@@ -11,6 +11,7 @@ the report and the resume check see) and, separately, :class:`RunInputs`: the lo
 for the spec's references (a worker downloads ``model:<id>`` / ``dataset:<id>`` uploads and passes
 their paths). Nothing of the spec is rewritten or ignored for the worker's sake.
 """
+
 from __future__ import annotations
 
 import json
@@ -230,8 +231,9 @@ class _Runner:
         prev = self.steps[index - 1] if index > 0 else None
         return prev is not None and prev.trains and prev.variant == step.variant
 
-    def _train_epoch(self, step: Step, stage: StageSpec, objective: Objective, epoch: int,
-                     total: int) -> dict[str, float]:
+    def _train_epoch(
+        self, step: Step, stage: StageSpec, objective: Objective, epoch: int, total: int
+    ) -> dict[str, float]:
         model, opt = self.model, self.optimizer
         assert opt is not None
         model.train()
@@ -283,8 +285,11 @@ class _Runner:
         # (no masks, no cached products), not the in-memory training model.
         network = self._exported_network(artifacts)
         result = evaluate_variant(network, self.test_ds, self.spec, self.device, self.info["num_classes"])
-        result["evaluated"] = ("the exported network, reloaded from " + artifacts["compressed"]["name"]
-                               if "compressed" in artifacts else "the in-memory network (no compressed export)")
+        result["evaluated"] = (
+            "the exported network, reloaded from " + artifacts["compressed"]["name"]
+            if "compressed" in artifacts
+            else "the in-memory network (no compressed export)"
+        )
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
         result["artifacts"] = artifacts
         if "compressed" in artifacts:

@@ -5,6 +5,7 @@
   hundred samples the normal interval leaves [0, 1] or collapses at 0 and 1).
 - Repeated seeds are summarised by mean, sample standard deviation (ddof = 1) and each seed's value.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,12 @@ def seed_summary(values: dict[str, float]) -> dict[str, Any]:
     """Mean, standard deviation (ddof 1; 0 for a single seed) and every seed's value."""
     xs = [float(v) for v in values.values()]
     std = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return {"mean": statistics.fmean(xs), "std": std if math.isfinite(std) else 0.0,
-            "n_seeds": len(xs), "per_seed": dict(values)}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": std if math.isfinite(std) else 0.0,
+        "n_seeds": len(xs),
+        "per_seed": dict(values),
+    }
 
 
 __all__ = ["clopper_pearson", "accuracy_with_interval", "seed_summary", "INTERVAL_METHOD", "CONFIDENCE"]

@@ -1,4 +1,5 @@
 """The training loop's pieces: one optimizer step, the learning-rate schedule, the optimizer."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,15 @@ from core.pruning.masked import refresh_masks
 from core.spec import StageSpec
 
 
-def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               *, refresh: bool = False) -> tuple[Tensor, Tensor]:
+def train_step(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    refresh: bool = False,
+) -> tuple[Tensor, Tensor]:
     """One optimizer step on ``objective``; ``refresh=True`` (prune stage) recomputes the masks after
     the step — the only place a mask changes. Returns the detached loss and the clean logits.
 

@@ -44,6 +44,7 @@ Learned allocation — mechanism
 Hyper-parameters (defaults): ``tau = 0.05``, ``gamma = 10``, ``gamma_steps = 4``, ``gamma_ratio = 0.1``,
 Adam ``lr = 0.01`` (logit units), ``betas = (0.9, 0.999)``, no weight decay.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,9 @@ def _check_k(k: Any) -> float:
 def _layers(model: nn.Module) -> list[tuple[str, Any]]:
     layers = masked_layers(model)
     if not layers:
-        raise CoreError("not_masked", "pruning.allocation", "the model has no masked layers; call convert_to_masked first")
+        raise CoreError(
+            "not_masked", "pruning.allocation", "the model has no masked layers; call convert_to_masked first"
+        )
     return layers
 
 
@@ -75,17 +78,29 @@ def check_pruning_combination(method: str, allocation: str, granularity: str) ->
     """Refuse combinations this module cannot serve, naming the field: ``learned`` needs trained scores
     (HYDRA, not the one-shot LWM/L1 baselines); ``channel`` supports the ``uniform`` allocation only."""
     if allocation not in ALLOCATIONS:
-        raise CoreError("invalid_allocation", "pruning.allocation",
-                        f"unknown allocation {allocation!r}; known: {', '.join(ALLOCATIONS)}")
+        raise CoreError(
+            "invalid_allocation",
+            "pruning.allocation",
+            f"unknown allocation {allocation!r}; known: {', '.join(ALLOCATIONS)}",
+        )
     if granularity not in GRANULARITIES:
-        raise CoreError("invalid_granularity", "pruning.granularity",
-                        f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
+        raise CoreError(
+            "invalid_granularity",
+            "pruning.granularity",
+            f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}",
+        )
     if allocation == "learned" and not METHODS.get(method).trains_scores:
-        raise CoreError("invalid_allocation", "pruning.allocation",
-                        f"learned allocation trains per-layer rates with the scores; {method!r} trains no scores")
+        raise CoreError(
+            "invalid_allocation",
+            "pruning.allocation",
+            f"learned allocation trains per-layer rates with the scores; {method!r} trains no scores",
+        )
     if granularity == "channel" and allocation != "uniform":
-        raise CoreError("invalid_allocation", "pruning.allocation",
-                        f"channel granularity supports the uniform allocation only, not {allocation!r}")
+        raise CoreError(
+            "invalid_allocation",
+            "pruning.allocation",
+            f"channel granularity supports the uniform allocation only, not {allocation!r}",
+        )
 
 
 # ------------------------------------------------------------------ uniform and global
@@ -102,14 +117,17 @@ def _global_masks(model: nn.Module, k: float, min_per_layer: int) -> dict[str, T
     total = sum(sizes)
     target = kept_count(total, k)
     if min_per_layer * len(layers) > target:
-        raise CoreError("invalid_k", "pruning.k", f"k = {k} keeps {target} weights, fewer than "
-                        f"{min_per_layer} in each of the {len(layers)} layers")
+        raise CoreError(
+            "invalid_k",
+            "pruning.k",
+            f"k = {k} keeps {target} weights, fewer than {min_per_layer} in each of the {len(layers)} layers",
+        )
     device = layers[0][1].scores.device
     keys = torch.cat([layer.scores.detach().abs().reshape(-1).to(device, torch.float32) for _, layer in layers])
     if min_per_layer > 0:
         offset = 0
         for (_, _layer), n in zip(layers, sizes):
-            best = torch.topk(keys[offset:offset + n], min(min_per_layer, n), sorted=False).indices
+            best = torch.topk(keys[offset : offset + n], min(min_per_layer, n), sorted=False).indices
             keys[offset + best] = math.inf
             offset += n
     if target >= total:
@@ -123,7 +141,7 @@ def _global_masks(model: nn.Module, k: float, min_per_layer: int) -> dict[str, T
             flat[torch.topk(keys, target, sorted=False).indices] = True
     out, offset = {}, 0
     for (name, layer), n in zip(layers, sizes):
-        out[name] = flat[offset:offset + n].view_as(layer.scores)
+        out[name] = flat[offset : offset + n].view_as(layer.scores)
         offset += n
     return out
 
@@ -147,7 +165,9 @@ def _set_count(layer: Any, count: int) -> None:
 
 
 @torch.no_grad()
-def apply_allocation(model: nn.Module, kind: str, target_k: float, *, min_per_layer: int = 1) -> dict[str, dict[str, Any]]:
+def apply_allocation(
+    model: nn.Module, kind: str, target_k: float, *, min_per_layer: int = 1
+) -> dict[str, dict[str, Any]]:
     """Set every masked layer's mask for allocation ``kind`` at the network budget ``target_k`` and
     return :func:`allocation_report`. ``uniform``: ``set_keep_fraction``; ``global``: one top-k over all
     ``|scores|`` (masks written directly, each layer's ``keep`` = its count / n, so a later per-layer
@@ -162,11 +182,15 @@ def apply_allocation(model: nn.Module, kind: str, target_k: float, *, min_per_la
             layer.mask.copy_(mask)
             _set_count(layer, int(mask.sum()))
     elif kind == "learned":
-        raise CoreError("invalid_allocation", "pruning.allocation",
-                        "learned allocation trains its rates: use LearnedAllocation(model, k)")
+        raise CoreError(
+            "invalid_allocation",
+            "pruning.allocation",
+            "learned allocation trains its rates: use LearnedAllocation(model, k)",
+        )
     else:
-        raise CoreError("invalid_allocation", "pruning.allocation",
-                        f"unknown allocation {kind!r}; known: {', '.join(ALLOCATIONS)}")
+        raise CoreError(
+            "invalid_allocation", "pruning.allocation", f"unknown allocation {kind!r}; known: {', '.join(ALLOCATIONS)}"
+        )
     return allocation_report(model)
 
 
@@ -206,8 +230,17 @@ class LearnedAllocation(nn.Module):
     Finetune and evaluate need nothing: the masks stay as finalised.
     """
 
-    def __init__(self, model: nn.Module, target_k: float, *, tau: float = 0.05, gamma: float = 10.0,
-                 gamma_steps: int = 4, gamma_ratio: float = 0.1, lr: float = 0.01) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_k: float,
+        *,
+        tau: float = 0.05,
+        gamma: float = 10.0,
+        gamma_steps: int = 4,
+        gamma_ratio: float = 0.1,
+        lr: float = 0.01,
+    ) -> None:
         super().__init__()
         k = _check_k(target_k)
         if k >= 1.0:
@@ -215,7 +248,9 @@ class LearnedAllocation(nn.Module):
         layers = _layers(model)
         self.names = [name for name, _ in layers]
         device = layers[0][1].scores.device
-        self.register_buffer("sizes", torch.tensor([l.scores.numel() for _, l in layers], dtype=torch.float64, device=device))
+        self.register_buffer(
+            "sizes", torch.tensor([l.scores.numel() for _, l in layers], dtype=torch.float64, device=device)
+        )
         self.logits = nn.Parameter(torch.full((len(layers),), math.log(k / (1 - k)), device=device))
         self.register_buffer("gamma_now", torch.tensor(gamma * gamma_ratio ** (gamma_steps - 1), dtype=torch.float64))
         self.tau, self.gamma, self.gamma_steps, self.gamma_ratio = tau, gamma, gamma_steps, gamma_ratio
@@ -333,8 +368,13 @@ class LearnedAllocation(nn.Module):
 
     # the rate optimizer's state travels in state_dict (resume continues the same Adam moments)
     def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "tau": self.tau, "gamma": self.gamma,
-                "gamma_steps": self.gamma_steps, "gamma_ratio": self.gamma_ratio}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "tau": self.tau,
+            "gamma": self.gamma,
+            "gamma_steps": self.gamma_steps,
+            "gamma_ratio": self.gamma_ratio,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -11,6 +11,7 @@ scores in ``forward`` is pure waste. Backward is straight-through from ``M`` to 
 extra state (``scores``, ``mask``, ``keep``) travels in ``state_dict`` too (``keep`` is float64 so the
 kept count ``n - floor((1-k)·n)`` does not drift through float32 rounding of ``k``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,8 +108,18 @@ class _MaskedMixin:
         # flags, so any in-place change (optimizer step, refresh_masks, load_state_dict, .to(),
         # set_stage) makes a fresh product even inside the block.
         w, s, m = self.weight, self.scores, self.mask
-        key = (w.data_ptr(), w._version, s.data_ptr(), s._version, m.data_ptr(), m._version,
-               w.requires_grad, s.requires_grad, w.dtype, w.device)
+        key = (
+            w.data_ptr(),
+            w._version,
+            s.data_ptr(),
+            s._version,
+            m.data_ptr(),
+            m._version,
+            w.requires_grad,
+            s.requires_grad,
+            w.dtype,
+            w.device,
+        )
         if self._shared_weight is None or key != self._shared_key:
             if w.requires_grad or s.requires_grad:
                 with torch.enable_grad():
@@ -244,14 +255,22 @@ def _to_masked(layer: nn.Module) -> nn.Module:
     w = layer.weight
     if type(layer) is nn.Conv2d:
         new: nn.Module = MaskedConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-            bias=layer.bias is not None, padding_mode=layer.padding_mode,
-            device="meta", dtype=w.dtype,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            device="meta",
+            dtype=w.dtype,
         )
     else:
-        new = MaskedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                           device="meta", dtype=w.dtype)
+        new = MaskedLinear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta", dtype=w.dtype
+        )
     # Built on "meta" (no wasted init of big layers), then given the real tensors.
     new.weight = layer.weight
     new.bias = layer.bias
@@ -328,8 +347,11 @@ def init_scores(model: nn.Module, method: str = "scaled") -> None:
     paper's ablation; much worse).
     """
     if method not in SCORE_INITS:
-        raise CoreError("invalid_score_init", "pruning.score_init",
-                        f"unknown score initialisation {method!r}; known: {', '.join(SCORE_INITS)}")
+        raise CoreError(
+            "invalid_score_init",
+            "pruning.score_init",
+            f"unknown score initialisation {method!r}; known: {', '.join(SCORE_INITS)}",
+        )
     workspace = _Workspace()
     for _, layer in masked_layers(model):
         if method == "scaled":

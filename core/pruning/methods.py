@@ -5,6 +5,7 @@ Every method starts from the shared pretrained network with importance scores in
 ``prune`` stage then trains the scores under the robust objective. Torch-free, so the job spec
 (``pruning.methods``) can list the names.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,9 +31,21 @@ def register_method(method: PruningMethod) -> PruningMethod:
     return METHODS.register(method.name, method)
 
 
-register_method(PruningMethod(
-    "hydra", "HYDRA (Sehwag et al. 2020): importance scores trained by SGD under the robust objective, "
-    "the top-k of each layer kept, then the kept weights finetuned", trains_scores=True, uses_score_init=True))
-register_method(PruningMethod(
-    "lwm", "Least weight magnitude: keep the top-k |w| of each layer of the pretrained network, then "
-    "finetune (the heuristic baseline)", trains_scores=False, uses_score_init=False))
+register_method(
+    PruningMethod(
+        "hydra",
+        "HYDRA (Sehwag et al. 2020): importance scores trained by SGD under the robust objective, "
+        "the top-k of each layer kept, then the kept weights finetuned",
+        trains_scores=True,
+        uses_score_init=True,
+    )
+)
+register_method(
+    PruningMethod(
+        "lwm",
+        "Least weight magnitude: keep the top-k |w| of each layer of the pretrained network, then "
+        "finetune (the heuristic baseline)",
+        trains_scores=False,
+        uses_score_init=False,
+    )
+)

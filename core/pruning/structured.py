@@ -37,6 +37,7 @@ result gives the masked network's outputs up to float summation order, which it 
 input. Architectures it cannot handle (grouped/depthwise convs, concatenation, attention, norms other
 than BatchNorm, conv types other than Conv2d) are refused with ``CoreError(field="pruning.granularity")``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,13 +73,26 @@ def to_plain(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, MaskedConv2d):
                 new: nn.Module = nn.Conv2d(
-                    child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                    padding=child.padding, dilation=child.dilation, groups=child.groups,
-                    bias=child.bias is not None, padding_mode=child.padding_mode,
-                    device=child.weight.device, dtype=child.weight.dtype)
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=child.padding,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                    padding_mode=child.padding_mode,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
             elif isinstance(child, MaskedLinear):
-                new = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                device=child.weight.device, dtype=child.weight.dtype)
+                new = nn.Linear(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
             else:
                 continue
             new.weight.copy_(child.effective_weight())
@@ -137,8 +151,13 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
     import torch_pruning as tp
 
     _check_modules(plain)
-    allowed = {tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.BN, tp.ops.OPTYPE.ELEMENTWISE,
-               tp.ops.OPTYPE.RESHAPE}
+    allowed = {
+        tp.ops.OPTYPE.CONV,
+        tp.ops.OPTYPE.LINEAR,
+        tp.ops.OPTYPE.BN,
+        tp.ops.OPTYPE.ELEMENTWISE,
+        tp.ops.OPTYPE.RESHAPE,
+    }
     names = {m: n for n, m in plain.named_modules()}
     was_training = plain.training
     plain.eval()
@@ -148,7 +167,9 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
     except CoreError:
         raise
     except Exception as err:  # tracing failures are the architecture's, not the user's input
-        raise _unsupported(f"the network could not be traced for channel pruning ({type(err).__name__}: {err})") from err
+        raise _unsupported(
+            f"the network could not be traced for channel pruning ({type(err).__name__}: {err})"
+        ) from err
     finally:
         plain.train(was_training)
     groups: list[ChannelGroup] = []
@@ -158,8 +179,10 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
         for item in items:
             node = item.dep.target
             if node.type not in allowed:
-                raise _unsupported(f"channel pruning cannot rebuild a network with {node.type.name.lower()} "
-                                   f"operations coupling channels ({node.name})")
+                raise _unsupported(
+                    f"channel pruning cannot rebuild a network with {node.type.name.lower()} "
+                    f"operations coupling channels ({node.name})"
+                )
             if not dg.is_in_channel_pruning_fn(item.dep.handler) and not node.outputs:
                 reaches_output = True
         if reaches_output:  # the classifier's outputs are the logits: never pruned
@@ -170,8 +193,14 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
             module = item.dep.target.module
             if isinstance(module, _PLAIN):
                 dim = 1 if dg.is_in_channel_pruning_fn(item.dep.handler) else 0
-                cg.slices.append(_Slice(names[module], dim, torch.tensor(list(item.idxs), dtype=torch.long),
-                                        torch.tensor(list(item.root_idxs), dtype=torch.long)))
+                cg.slices.append(
+                    _Slice(
+                        names[module],
+                        dim,
+                        torch.tensor(list(item.idxs), dtype=torch.long),
+                        torch.tensor(list(item.root_idxs), dtype=torch.long),
+                    )
+                )
             elif isinstance(module, _NORMS) and names[module] not in cg.norms:
                 cg.norms.append(names[module])
         groups.append(cg)
@@ -190,8 +219,11 @@ def _slice_nonzero(weight: Tensor, s: _Slice, size: int) -> Tensor:
 
 
 def _widths(net: nn.Module) -> dict[str, int]:
-    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for name, m in net.named_modules() if isinstance(m, _PLAIN)}
+    return {
+        name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        for name, m in net.named_modules()
+        if isinstance(m, _PLAIN)
+    }
 
 
 @torch.no_grad()
@@ -242,8 +274,10 @@ def _verify_same(reference: nn.Module, rebuilt: nn.Module, x: Tensor) -> None:
         reference.train(modes[0]), rebuilt.train(modes[1])
     if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
         diff = (a - b).abs().max().item() if a.shape == b.shape else float("nan")
-        raise _unsupported(f"the rebuilt network does not reproduce the masked one (max |diff| {diff:.3g}); "
-                           "this architecture is not supported for channel pruning")
+        raise _unsupported(
+            f"the rebuilt network does not reproduce the masked one (max |diff| {diff:.3g}); "
+            "this architecture is not supported for channel pruning"
+        )
 
 
 @torch.no_grad()
@@ -256,11 +290,15 @@ def apply_widths(model: nn.Module, widths: dict[str, int], example_input: Tensor
     for g in groups:
         width = widths.get(g.name)
         if not isinstance(width, int) or not 1 <= width <= g.size:
-            raise CoreError("invalid_widths", "widths", f"no valid width for {g.name} (got {width!r}, {g.size} channels)")
+            raise CoreError(
+                "invalid_widths", "widths", f"no valid width for {g.name} (got {width!r}, {g.size} channels)"
+            )
         if width < g.size:
             root = modules[g.name]
             pruner = dg.get_pruner_of_module(root)
-            dg.get_pruning_group(root, pruner.prune_out_channels, list(range(width, g.size))).prune(record_history=False)
+            dg.get_pruning_group(root, pruner.prune_out_channels, list(range(width, g.size))).prune(
+                record_history=False
+            )
     got = _widths(model)
     if got != widths:
         bad = sorted(k for k in set(got) | set(widths) if got.get(k) != widths.get(k))
@@ -313,8 +351,11 @@ class ChannelPruning(nn.Module):
         """``scaled``: summed normalised filter L1 norms (first mask = L1-norm filter pruning);
         ``kaiming_normal``/``kaiming_uniform``: random (ablation)."""
         if method not in SCORE_INITS:
-            raise CoreError("invalid_score_init", "pruning.score_init",
-                            f"unknown score initialisation {method!r}; known: {', '.join(SCORE_INITS)}")
+            raise CoreError(
+                "invalid_score_init",
+                "pruning.score_init",
+                f"unknown score initialisation {method!r}; known: {', '.join(SCORE_INITS)}",
+            )
         layers = dict(masked_layers(model))
         for gi, g in enumerate(self.groups):
             score = self.scores[gi]
@@ -353,7 +394,9 @@ class ChannelPruning(nn.Module):
             if n_keep >= g.size:
                 mask.fill_(1.0)
             else:
-                mask.zero_().index_fill_(0, torch.topk(self.scores[gi].detach().abs(), n_keep, sorted=False).indices, 1.0)
+                mask.zero_().index_fill_(
+                    0, torch.topk(self.scores[gi].detach().abs(), n_keep, sorted=False).indices, 1.0
+                )
         for name, layer in masked_layers(model):
             w = layer.weight
             out_vec = torch.ones(w.shape[0], device=w.device, dtype=w.dtype)

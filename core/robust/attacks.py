@@ -10,6 +10,7 @@ library's, written to do no more work than the maths needs:
 - masked layers reuse one ``W ⊙ M`` for every step (``shared_effective_weights``): weights and masks do
   not change inside an attack, so a masked network attacks at dense cost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +54,7 @@ def smooth_relu_backward(model: nn.Module, tau: float = 0.1) -> Iterator[nn.Modu
     network's outputs, and so what an attack's examples are scored on, are unchanged."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     for m in relus:
-        m.forward = (lambda x, _tau=tau: _SmoothBackwardReLU.apply(x, _tau))  # type: ignore[method-assign]
+        m.forward = lambda x, _tau=tau: _SmoothBackwardReLU.apply(x, _tau)  # type: ignore[method-assign]
     try:
         yield model
     finally:
@@ -110,8 +111,19 @@ def _per_example_loss(logits: Tensor, y: Tensor | None, target_prob: Tensor | No
     return F.kl_div(F.log_softmax(logits, dim=1), target_prob, reduction="none").sum(dim=1)
 
 
-def _one_run(model: nn.Module, x: Tensor, y: Tensor | None, target_prob: Tensor | None, *, norm: str,
-             eps: float, step_size: float, steps: int, random_start: bool, loss: str) -> Tensor:
+def _one_run(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None,
+    target_prob: Tensor | None,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool,
+    loss: str,
+) -> Tensor:
     x_adv = _project(_random_start(x, norm, eps, loss), x, norm, eps) if random_start else x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -127,9 +139,20 @@ def _one_run(model: nn.Module, x: Tensor, y: Tensor | None, target_prob: Tensor 
     return x_adv.detach()
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor | None = None, *, norm: str = "linf", eps: float,
-        step_size: float, steps: int, random_start: bool = True, loss: str = "ce",
-        target_logits: Tensor | None = None, restarts: int = 1) -> Tensor:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    norm: str = "linf",
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    loss: str = "ce",
+    target_logits: Tensor | None = None,
+    restarts: int = 1,
+) -> Tensor:
     """Return ``x_adv`` in [0, 1] with ``‖x_adv − x‖ ≤ eps`` (l_inf or l_2) that maximises the loss.
 
     ``loss="ce"``: cross-entropy with labels ``y`` (Madry et al.); random start uniform in the ball.
@@ -166,8 +189,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor | None = None, *, norm: str = "li
 
 
 @torch.no_grad()
-def _worst_case_score(model: nn.Module, x_adv: Tensor, y: Tensor | None, target_prob: Tensor | None,
-                      loss: str) -> Tensor:
+def _worst_case_score(
+    model: nn.Module, x_adv: Tensor, y: Tensor | None, target_prob: Tensor | None, loss: str
+) -> Tensor:
     logits = model(x_adv)
     score = _per_example_loss(logits, y, target_prob, loss)
     if loss == "ce":  # a misclassified example beats any correctly classified one

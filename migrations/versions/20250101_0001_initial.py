@@ -7,6 +7,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01 00:00:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,5 +1,6 @@
 """Fixtures for the client tests: the real embedded service (``hydra-service serve`` in an empty
 folder: SQLite, local objects, SQL broker, a solo worker), with a second tenant's key."""
+
 from __future__ import annotations
 
 import sys

@@ -2,6 +2,7 @@
 (SQLite, local object folder, SQL-backed Celery broker, a solo worker and the reaper) in an empty
 folder, with JSON log lines on, stopped with Ctrl-C at the end. Importable by name from the test
 folders that use it (``sys.path`` is extended by their conftest)."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,11 @@ TINY_SPEC: dict[str, Any] = {
 LONG_SPEC: dict[str, Any] = {
     **TINY_SPEC,
     "name": "long",
-    "stages": {"pretrain": {"epochs": 500, "lr": 0.05}, "prune": {"epochs": 1, "lr": 0.1},
-               "finetune": {"epochs": 1, "lr": 0.01}},
+    "stages": {
+        "pretrain": {"epochs": 500, "lr": 0.05},
+        "prune": {"epochs": 1, "lr": 0.1},
+        "finetune": {"epochs": 1, "lr": 0.01},
+    },
 }
 
 
@@ -70,8 +74,15 @@ class EmbeddedService:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}  # the embedded defaults
-        env.update({"HYDRA_DATA_DIR": str(self.root / "var"), "HYDRA_LOG_JSON": "true", "HYDRA_PROGRESS_MIN_INTERVAL_S": "0.2",
-                    "HYDRA_RATE_LIMIT_PER_MINUTE": "0", "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "HYDRA_DATA_DIR": str(self.root / "var"),
+                "HYDRA_LOG_JSON": "true",
+                "HYDRA_PROGRESS_MIN_INTERVAL_S": "0.2",
+                "HYDRA_RATE_LIMIT_PER_MINUTE": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def start(self, timeout_s: float = 120) -> EmbeddedService:
@@ -79,7 +90,10 @@ class EmbeddedService:
         with open(self.serve_log, "wb") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "launch.service_cli", "serve", "--port", str(self.port)],
-                cwd=self.root, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=self.env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         key_path = self.root / "var" / "admin.key"
         deadline = time.monotonic() + timeout_s
@@ -96,8 +110,14 @@ class EmbeddedService:
         raise RuntimeError(f"the service did not come up:\n{self.serve_log.read_text()}")
 
     def create_key(self, tenant: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "launch.service_cli", "create-key", "--tenant", tenant],
-                             cwd=self.root, env=self.env(), capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "launch.service_cli", "create-key", "--tenant", tenant],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip().splitlines()[0]
 
     def stop(self) -> int | None:

@@ -1,5 +1,6 @@
 """The client's parts that need no service: it imports without torch, parses Server-Sent Events,
 raises one error type, prints tables, and its CLI is wired into ``hydra-compress``."""
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,20 @@ def test_importing_the_client_and_its_cli_imports_no_torch_nor_service_code() ->
 
 
 def test_parse_sse() -> None:
-    lines = ["retry: 2000", "", ": keep-alive", "", "id: 3", "event: status", 'data: {"id":3}', "",
-             "event: end", "data: {", "data: }", ""]
+    lines = [
+        "retry: 2000",
+        "",
+        ": keep-alive",
+        "",
+        "id: 3",
+        "event: status",
+        'data: {"id":3}',
+        "",
+        "event: end",
+        "data: {",
+        "data: }",
+        "",
+    ]
     assert list(parse_sse(iter(lines))) == [("status", '{"id":3}', "3"), ("end", "{\n}", None)]
 
 
@@ -44,11 +57,15 @@ def test_errors_carry_the_service_body_and_retries_honour_retry_after(monkeypatc
         calls.append(request.url.path)
         assert request.headers["Authorization"] == "Bearer secret-key"
         if request.url.path == "/v1/jobs" and request.method == "POST":
-            return httpx.Response(422, json={"error_code": "validation_error", "detail": "pruning.k: too big",
-                                             "field": "pruning.k"})
+            return httpx.Response(
+                422, json={"error_code": "validation_error", "detail": "pruning.k: too big", "field": "pruning.k"}
+            )
         if len(calls) < 3:
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"error_code": "rate_limited",
-                                                                           "detail": "slow down", "field": None})
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "1"},
+                json={"error_code": "rate_limited", "detail": "slow down", "field": None},
+            )
         return httpx.Response(200, json={"id": "j", "status": "queued"})
 
     client = mock_client(handler)
@@ -87,10 +104,26 @@ REPORT = {
     "headline_robust_metric": "robust_acc",
     "procedures": {"benign_acc": "top-1", "pgd_acc": "PGD-2", "robust_acc": "worst case"},
     "comparison": [
-        {"variant": "dense", "method": "dense", "k": 1.0, "sparsity": 0.0, "benign_acc": 0.98, "pgd_acc": 0.9,
-         "robust_acc": 0.89, "compressed_bytes": 666696},
-        {"variant": "hydra_k0.01", "method": "hydra", "k": 0.01, "sparsity": 0.99, "benign_acc": 0.8,
-         "pgd_acc": 0.63, "robust_acc": 0.6, "compressed_bytes": 10500},
+        {
+            "variant": "dense",
+            "method": "dense",
+            "k": 1.0,
+            "sparsity": 0.0,
+            "benign_acc": 0.98,
+            "pgd_acc": 0.9,
+            "robust_acc": 0.89,
+            "compressed_bytes": 666696,
+        },
+        {
+            "variant": "hydra_k0.01",
+            "method": "hydra",
+            "k": 0.01,
+            "sparsity": 0.99,
+            "benign_acc": 0.8,
+            "pgd_acc": 0.63,
+            "robust_acc": 0.6,
+            "compressed_bytes": 10500,
+        },
     ],
 }
 
@@ -98,23 +131,47 @@ REPORT = {
 def test_comparison_table_and_event_lines() -> None:
     table = comparison_table(REPORT)
     lines = table.splitlines()
-    assert lines[0].split() == ["network", "sparsity", "%", "benign_acc", "%", "pgd_acc", "%", "robust_acc*", "%",
-                                "compressed", "bytes"]
+    assert lines[0].split() == [
+        "network",
+        "sparsity",
+        "%",
+        "benign_acc",
+        "%",
+        "pgd_acc",
+        "%",
+        "robust_acc*",
+        "%",
+        "compressed",
+        "bytes",
+    ]
     assert lines[3].split() == ["hydra_k0.01", "99.00", "80.00", "63.00", "60.00", "10500"]
     assert "robust_acc: worst case" in table and "* headline robust number: robust_acc" in table
-    epoch = {"payload": {"stage": "prune", "variant": "hydra_k0.01", "epoch": 2, "epochs": 5,
-                         "metrics": {"loss": 0.5, "train_acc": 0.9}}}
+    epoch = {
+        "payload": {
+            "stage": "prune",
+            "variant": "hydra_k0.01",
+            "epoch": 2,
+            "epochs": 5,
+            "metrics": {"loss": 0.5, "train_acc": 0.9},
+        }
+    }
     assert event_line("epoch_finished", epoch) == "prune    hydra_k0.01    epoch 2/5  loss=0.5000 train_acc=0.9000"
-    assert event_line("status", {"payload": {"status": "failed", "attempt": 2, "error_reason": "boom"}}) == \
-        "status: failed attempt 2: boom"
+    assert (
+        event_line("status", {"payload": {"status": "failed", "attempt": 2, "error_reason": "boom"}})
+        == "status: failed attempt 2: boom"
+    )
     assert event_line("checkpoint_saved", {"payload": {}}) is None
 
 
 def test_wait_off_a_terminal_writes_lines_not_bars(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = iter([{"id": "j", "status": "running", "fraction": 0.5, "stage": "prune", "variant": "v", "epoch": 1,
-                  "epochs": 2}] + [{"id": "j", "status": "succeeded", "fraction": 1.0}] * 10)
-    stream = ('retry: 2000\n\nid: 1\nevent: stage_started\ndata: {"id":1,"kind":"stage_started","payload":'
-              '{"stage":"prune","variant":"v","epochs":2}}\n\nevent: end\ndata: {"status":"succeeded"}\n\n')
+    rows = iter(
+        [{"id": "j", "status": "running", "fraction": 0.5, "stage": "prune", "variant": "v", "epoch": 1, "epochs": 2}]
+        + [{"id": "j", "status": "succeeded", "fraction": 1.0}] * 10
+    )
+    stream = (
+        'retry: 2000\n\nid: 1\nevent: stage_started\ndata: {"id":1,"kind":"stage_started","payload":'
+        '{"stage":"prune","variant":"v","epochs":2}}\n\nevent: end\ndata: {"status":"succeeded"}\n\n'
+    )
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):

@@ -2,6 +2,7 @@
 (``hydra-service serve``: API, a solo Celery worker, SQLite), with JSON logs on: a tiny job submitted
 and followed from the CLI, everything else read back with ``Client``, errors, cancel, uploads, and
 finally the service's own log lines (JSON, with job/attempt/tenant; no key ever)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,14 @@ def cli_job(service: EmbeddedService, tmp_path_factory: pytest.TempPathFactory) 
     from the environment)."""
     spec = tmp_path_factory.mktemp("spec") / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY_SPEC))
-    result = hydra_compress("submit", str(spec), "--wait", "--idempotency-key", "cli-1",
-                            env={"HYDRA_URL": service.url, "HYDRA_API_KEY": service.key})
+    result = hydra_compress(
+        "submit",
+        str(spec),
+        "--wait",
+        "--idempotency-key",
+        "cli-1",
+        env={"HYDRA_URL": service.url, "HYDRA_API_KEY": service.key},
+    )
     job_id = result.stdout.splitlines()[0] if result.stdout else ""
     return result, job_id
 
@@ -47,13 +54,21 @@ def client(service: EmbeddedService) -> Client:
         yield c
 
 
-def test_cli_submit_wait_prints_the_id_progress_and_the_table(cli_job: tuple[Any, str], service: EmbeddedService) -> None:
+def test_cli_submit_wait_prints_the_id_progress_and_the_table(
+    cli_job: tuple[Any, str], service: EmbeddedService
+) -> None:
     result, job_id = cli_job
     assert result.exit_code == 0, (result.output, service.logs()[-4000:])
     assert UUID.match(job_id), result.stdout
     out = result.output
-    for expected in ("-- pretrain dense (1 epochs)", "pretrain dense", "epoch 1/1", "evaluate hydra_k0.1",
-                     "status: succeeded", f"job {job_id} succeeded"):
+    for expected in (
+        "-- pretrain dense (1 epochs)",
+        "pretrain dense",
+        "epoch 1/1",
+        "evaluate hydra_k0.1",
+        "status: succeeded",
+        f"job {job_id} succeeded",
+    ):
         assert expected in out, out
     table = result.stdout
     assert re.search(r"^network\s+sparsity %\s+benign_acc %", table, re.M), table
@@ -63,8 +78,9 @@ def test_cli_submit_wait_prints_the_id_progress_and_the_table(cli_job: tuple[Any
     assert "\r" not in out  # not a terminal: lines, no bar redraws
 
 
-def test_client_reads_the_job_report_events_and_downloads(client: Client, cli_job: tuple[Any, str],
-                                                          tmp_path: Path) -> None:
+def test_client_reads_the_job_report_events_and_downloads(
+    client: Client, cli_job: tuple[Any, str], tmp_path: Path
+) -> None:
     _, job_id = cli_job
     job = client.get(job_id)
     assert job["status"] == "succeeded" and job["fraction"] == 1.0
@@ -91,8 +107,9 @@ def test_client_reads_the_job_report_events_and_downloads(client: Client, cli_jo
     assert client.wait(job_id, progress=True, file=out)["status"] == "succeeded"
 
 
-def test_errors_name_their_code_and_field(client: Client, service: EmbeddedService, other_key: str,
-                                          cli_job: tuple[Any, str]) -> None:
+def test_errors_name_their_code_and_field(
+    client: Client, service: EmbeddedService, other_key: str, cli_job: tuple[Any, str]
+) -> None:
     _, job_id = cli_job
     with pytest.raises(HydraError) as info:
         client.submit({**TINY_SPEC, "pruning": {"methods": ["hydra"], "k": [2.0]}})
@@ -102,8 +119,12 @@ def test_errors_name_their_code_and_field(client: Client, service: EmbeddedServi
         Client(service.url, "not-a-key").list()
     assert info.value.error_code == "unauthorized" and info.value.status_code == 401
     other = Client(service.url, other_key)
-    for call in (lambda: other.get(job_id), lambda: other.report(job_id), lambda: other.cancel(job_id),
-                 lambda: other.download(job_id, "report.json", service.root)):
+    for call in (
+        lambda: other.get(job_id),
+        lambda: other.report(job_id),
+        lambda: other.cancel(job_id),
+        lambda: other.download(job_id, "report.json", service.root),
+    ):
         with pytest.raises(HydraError) as info:
             call()
         assert info.value.error_code == "not_found"  # another tenant's job does not exist for this key
@@ -145,8 +166,11 @@ def test_uploads_are_referenced_by_a_job(client: Client, tmp_path: Path) -> None
     assert model["ref"].startswith("model:") and model["arch"] == "cnn_small_mnist"
     assert {m["id"] for m in client.models()} == {model["id"]}
     assert {d["id"] for d in client.datasets()} == {dataset["id"]}
-    spec = {**LONG_SPEC, "model": {"arch": "cnn_small_mnist", "checkpoint": model["ref"]},
-            "dataset": {"name": "npz", "path": dataset["ref"], "batch_size": 32}}
+    spec = {
+        **LONG_SPEC,
+        "model": {"arch": "cnn_small_mnist", "checkpoint": model["ref"]},
+        "dataset": {"name": "npz", "path": dataset["ref"], "batch_size": 32},
+    }
     job = client.submit(spec)
     assert job["spec"]["model"]["checkpoint"] == model["ref"]
     client.cancel(job["id"])
@@ -167,7 +191,10 @@ def test_cli_status_report_list_download(service: EmbeddedService, cli_job: tupl
     result = hydra_compress("download", job_id, "--out", str(tmp_path), *opts)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "dense.compressed.safetensors", "hydra_k0.1.compressed.safetensors", "lwm_k0.1.compressed.safetensors"]
+        "dense.compressed.safetensors",
+        "hydra_k0.1.compressed.safetensors",
+        "lwm_k0.1.compressed.safetensors",
+    ]
     assert result.stdout.count(" ok") == 3
     result = hydra_compress("download", job_id, "nope.bin", *opts)
     assert result.exit_code == 2 and "[not_found] name:" in result.output
@@ -179,8 +206,9 @@ def test_cli_status_report_list_download(service: EmbeddedService, cli_job: tupl
     assert result.exit_code == 2 and "stages.prune.lr" in result.output and result.stdout == ""
 
 
-def test_service_logs_are_json_with_job_attempt_tenant_and_no_key(service: EmbeddedService, other_key: str,
-                                                                  cli_job: tuple[Any, str]) -> None:
+def test_service_logs_are_json_with_job_attempt_tenant_and_no_key(
+    service: EmbeddedService, other_key: str, cli_job: tuple[Any, str]
+) -> None:
     import httpx
 
     _, job_id = cli_job
@@ -200,8 +228,12 @@ def test_service_logs_are_json_with_job_attempt_tenant_and_no_key(service: Embed
         assert {"ts", "level", "logger", "process", "job_id", "attempt", "tenant", "message"} <= set(record)
     about_job = [r for r in records if job_id in r["message"]]
     assert about_job and all(r["job_id"] == job_id for r in about_job)
-    claimed = [r for r in records if r["logger"] == "worker.runner" and "claimed" in r["message"] and r["job_id"] == job_id]
-    assert claimed and claimed[0]["attempt"] == 1 and claimed[0]["tenant"] == "local" and claimed[0]["process"] == "worker"
+    claimed = [
+        r for r in records if r["logger"] == "worker.runner" and "claimed" in r["message"] and r["job_id"] == job_id
+    ]
+    assert (
+        claimed and claimed[0]["attempt"] == 1 and claimed[0]["tenant"] == "local" and claimed[0]["process"] == "worker"
+    )
     access = [r for r in records if r["logger"] == "uvicorn.access" and f"/v1/jobs/{job_id} " in r["message"]]
     assert any(r["tenant"] == "someone-else" for r in access) and any(r["tenant"] is None for r in access)
     # with JSON logs on, the launcher names the key's file instead of printing the key

@@ -3,6 +3,7 @@ Redis server (and optionally an S3 endpoint behind a cuttable proxy), the ``HYDR
 its processes share, settings for this process (which plays the reaper), a Celery client and an
 API key. Everything is stopped and removed afterwards. The summary table is printed at the end of
 the run (and written to ``$HYDRA_FAULT_SUMMARY`` when set)."""
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,9 @@ class Scenario:
         """An HTTP client of the API (generous timeout: a cold API imports torch on its first submission)."""
         import httpx
 
-        return httpx.Client(base_url=self.stack.api_url, headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=timeout)
+        return httpx.Client(
+            base_url=self.stack.api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
+        )
 
     def sweep(self) -> None:
         """One pass of the reaper, from this process (a database or broker outage is retried later)."""
@@ -104,8 +106,14 @@ def make_stack(pg_template_dir: Path) -> Iterator[Callable[..., Scenario]]:
             "HYDRA_DB_MAX_OVERFLOW": "4",
         }
         if moto:
-            env.update({"HYDRA_S3_ENDPOINT_URL": moto.endpoint, "HYDRA_S3_BUCKET": moto.bucket,
-                        "HYDRA_S3_ACCESS_KEY": "test", "HYDRA_S3_SECRET_KEY": "test"})
+            env.update(
+                {
+                    "HYDRA_S3_ENDPOINT_URL": moto.endpoint,
+                    "HYDRA_S3_BUCKET": moto.bucket,
+                    "HYDRA_S3_ACCESS_KEY": "test",
+                    "HYDRA_S3_SECRET_KEY": "test",
+                }
+            )
         from alembic import command
 
         from migrations import alembic_config

@@ -6,6 +6,7 @@ the test can cut. The shared Postgres (5432) and Redis (6379) are never touched.
 Postgres refuses to run as root; as root, its commands run as the ``postgres`` system user
 (``runuser``), in a folder that user can enter.
 """
+
 from __future__ import annotations
 
 import glob
@@ -96,20 +97,31 @@ class PgCluster:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hydra"
 
     def start(self) -> None:
-        opts = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-        subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.log),
-                                     "-w", "-t", "60", "start"]), check=True, capture_output=True)
+        opts = (
+            f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        subprocess.run(
+            _as_postgres(
+                [pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "60", "start"]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres([pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"]),
+            check=False,
+            capture_output=True,
+        )
 
     def create_database(self) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute('CREATE DATABASE "hydra"')
 
 
@@ -120,8 +132,13 @@ def pg_template(folder: Path) -> Path:
     if os.geteuid() == 0:
         os.chmod(folder, 0o755)
         subprocess.run(["chown", "postgres:postgres", str(folder)], check=True)
-    subprocess.run(_as_postgres([pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                                 "--no-instructions"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"]
+        ),
+        check=True,
+        capture_output=True,
+    )
     return data
 
 
@@ -148,10 +165,23 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else \
-            ["--appendonly", "no"]
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.base),
-               "--save", "", *persistence, "--daemonize", "no", "--logfile", str(self.log)]
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.base),
+            "--save",
+            "",
+            *persistence,
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _port_open(self.port), 30, "redis-server")
 
@@ -245,8 +275,11 @@ class MotoS3:
         self.port = free_port()
         self.log = base / "moto.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(lambda: _port_open(self.port), 60, "moto server")
         self.proxy = CuttableProxy(self.port)
         self.bucket = "hydra-faults"
@@ -259,8 +292,13 @@ class MotoS3:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", aws_access_key_id="test",
-                            aws_secret_access_key="test", region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.port}",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
 
     def stop(self) -> None:
         self.proxy.close()
@@ -325,17 +363,33 @@ class Stack:
         env.update(extra_env or {})
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         handle = Proc(proc, log_path, name)
         self.procs.append(handle)
         return handle
 
     def start_api(self) -> Proc:
         n = sum(1 for p in self.procs if p.name.startswith("api"))
-        api = self._spawn(f"api{n + 1}", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                                          "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level",
-                                          "warning", "--timeout-graceful-shutdown", "3"])
+        api = self._spawn(
+            f"api{n + 1}",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "3",
+            ],
+        )
 
         def up() -> bool:
             assert api.alive(), api.log()[-3000:]
@@ -347,11 +401,27 @@ class Stack:
     def start_worker(self, batch_delay_s: float = 0.0) -> Proc:
         n = sum(1 for p in self.procs if p.name.startswith("worker"))
         name = f"worker{n + 1}"
-        worker = self._spawn(name, [sys.executable, str(WORKER_MAIN), "-Q", self.env["HYDRA_QUEUE_NAME"],
-                                    "-n", f"{name}-{uuid.uuid4().hex[:4]}@%h", "--pool", "prefork",
-                                    "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
-                                    "--without-mingle", "--without-heartbeat"],
-                             {"HYDRA_TEST_BATCH_DELAY_S": str(batch_delay_s)})
+        worker = self._spawn(
+            name,
+            [
+                sys.executable,
+                str(WORKER_MAIN),
+                "-Q",
+                self.env["HYDRA_QUEUE_NAME"],
+                "-n",
+                f"{name}-{uuid.uuid4().hex[:4]}@%h",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            {"HYDRA_TEST_BATCH_DELAY_S": str(batch_delay_s)},
+        )
 
         def ready() -> bool:
             assert worker.alive(), worker.log()[-3000:]
@@ -386,8 +456,9 @@ def summary_table(results: list[Outcome]) -> str:
     for r in results:
         rec = f"{r.recovery_s:.1f}s" if r.recovery_s is not None else "-"
         lines.append(f"{r.scenario:48s} {r.tried:5d} {r.survived:8d} {r.lost:4d} {rec:>9s}  {r.note}")
-    total = Outcome("total", sum(r.tried for r in results), sum(r.survived for r in results),
-                    sum(r.lost for r in results))
+    total = Outcome(
+        "total", sum(r.tried for r in results), sum(r.survived for r in results), sum(r.lost for r in results)
+    )
     lines.append("-" * len(head))
     lines.append(f"{total.scenario:48s} {total.tried:5d} {total.survived:8d} {total.lost:4d}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ submits tiny jobs over HTTP, breaks one thing in the middle and checks what a us
 This process plays the reaper (``worker.reaper.sweep``), as the beat or the embedded thread does in
 production. A summary table (tried / survived / lost, recovery) is printed at the end of the run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,15 @@ def _row(scenario: Any, job_id: str) -> dict[str, Any]:
     with session_scope(scenario.settings) as session:
         job = jobs.get_job(session, None, job_id)
         assert job is not None
-        return {"status": job.status, "attempt": job.attempt, "stage": job.stage, "epoch": job.epoch,
-                "fraction": job.fraction, "error_reason": job.error_reason, "report": job.report}
+        return {
+            "status": job.status,
+            "attempt": job.attempt,
+            "stage": job.stage,
+            "epoch": job.epoch,
+            "fraction": job.fraction,
+            "error_reason": job.error_reason,
+            "report": job.report,
+        }
 
 
 def _events(scenario: Any, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
@@ -55,13 +63,16 @@ def _events(scenario: Any, job_id: str, kind: str | None = None) -> list[dict[st
 
     with session_scope(scenario.settings) as session:
         rows = jobs.list_events(session, job_id, limit=10_000)
-        return [{"kind": e.kind, "payload": e.payload, "at": e.created_at} for e in rows
-                if kind is None or e.kind == kind]
+        return [
+            {"kind": e.kind, "payload": e.payload, "at": e.created_at} for e in rows if kind is None or e.kind == kind
+        ]
 
 
 def _epochs(scenario: Any, job_id: str) -> list[tuple[str, str, int]]:
-    return [(e["payload"]["stage"], e["payload"]["variant"], e["payload"]["epoch"])
-            for e in _events(scenario, job_id, "epoch_finished")]
+    return [
+        (e["payload"]["stage"], e["payload"]["variant"], e["payload"]["epoch"])
+        for e in _events(scenario, job_id, "epoch_finished")
+    ]
 
 
 def _statuses(scenario: Any, job_id: str) -> list[str]:
@@ -136,8 +147,11 @@ def test_worker_sigkill_mid_epoch_resumes_and_matches_an_uninterrupted_run(make_
     assert ref_row["status"] == "succeeded", ref_row
 
     job_id = _submit(client, spec)
-    wait_for(lambda: len(_epochs(scenario, job_id)) >= 1 and _row(scenario, job_id)["epoch"] == 2, 240,
-             "the second pretraining epoch to be under way")
+    wait_for(
+        lambda: len(_epochs(scenario, job_id)) >= 1 and _row(scenario, job_id)["epoch"] == 2,
+        240,
+        "the second pretraining epoch to be under way",
+    )
     time.sleep(2 * SLOW_BATCH_S)  # a batch or two into it: mid-epoch
     slow.kill()  # SIGKILL, main process and pool child
     killed_at = time.monotonic()
@@ -154,8 +168,11 @@ def test_worker_sigkill_mid_epoch_resumes_and_matches_an_uninterrupted_run(make_
     redone = sum(n - 1 for n in Counter(epochs).values())
     listing = {a["name"]: a for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
     ref_listing = {a["name"]: a for a in client.get(f"/v1/jobs/{reference}/artifacts").json()["data"]}
-    same = (row["status"] == "succeeded" and _metrics(row["report"]) == _metrics(ref_row["report"])
-            and listing.get(ARTIFACT, {}).get("sha256") == ref_listing[ARTIFACT]["sha256"])
+    same = (
+        row["status"] == "succeeded"
+        and _metrics(row["report"]) == _metrics(ref_row["report"])
+        and listing.get(ARTIFACT, {}).get("sha256") == ref_listing[ARTIFACT]["sha256"]
+    )
     outcome.survived, outcome.lost = (1, 0) if same and redone <= 1 else (0, 1)
     outcome.note = f"attempts {row['attempt']}, epochs finished twice: {redone}, report equal: {same}"
 
@@ -204,7 +221,9 @@ def test_redis_restarted_mid_job_loses_no_job_and_runs_none_twice(make_stack: An
 
     for job_id in jobs:
         assert rows[job_id]["status"] == "succeeded", (job_id, rows[job_id], _statuses(scenario, job_id))
-        assert rows[job_id]["attempt"] == 1 and _ran_once(scenario, job_id), [e["payload"] for e in _events(scenario, job_id, "status")]
+        assert rows[job_id]["attempt"] == 1 and _ran_once(scenario, job_id), [
+            e["payload"] for e in _events(scenario, job_id, "status")
+        ]
 
 
 def test_postgres_restarted_mid_job_loses_no_job_and_runs_none_twice(make_stack: Any) -> None:
@@ -241,8 +260,9 @@ def test_postgres_restarted_mid_job_loses_no_job_and_runs_none_twice(make_stack:
     # the designed recovery, not a second run: attempts never overlap and no epoch is trained over.
     ok = [j for j in jobs if rows[j]["status"] == "succeeded" and _never_twice_at_once(scenario, j)]
     outcome.survived, outcome.lost = len(ok), len(jobs) - len(ok)
-    outcome.note = ("recovery = API reads again (503 while down); attempts "
-                    + ", ".join(str(rows[j]["attempt"]) for j in jobs))
+    outcome.note = "recovery = API reads again (503 while down); attempts " + ", ".join(
+        str(rows[j]["attempt"]) for j in jobs
+    )
     listed = client.get("/v1/jobs", params={"limit": 200}).json()
     assert listed["count"] == 2  # the refused submission and its retry made one job
 
@@ -280,7 +300,9 @@ def test_api_restarted_mid_job_loses_no_job(make_stack: Any) -> None:
 
     for job_id in jobs:
         assert rows[job_id]["status"] == "succeeded", (job_id, rows[job_id], _statuses(scenario, job_id))
-        assert rows[job_id]["attempt"] == 1 and _ran_once(scenario, job_id), [e["payload"] for e in _events(scenario, job_id, "status")]
+        assert rows[job_id]["attempt"] == 1 and _ran_once(scenario, job_id), [
+            e["payload"] for e in _events(scenario, job_id, "status")
+        ]
 
 
 def test_object_store_unreachable_at_the_end_fails_the_job_with_a_reason(make_stack: Any) -> None:
@@ -293,6 +315,7 @@ def test_object_store_unreachable_at_the_end_fails_the_job_with_a_reason(make_st
     _record(outcome)
 
     job_id = _submit(client, tiny_spec(name="store-outage"))
+
     def training_done() -> bool:  # what is left: the final evaluation, its exports and the report
         return any(e["payload"].get("stage") == "finetune" for e in _events(scenario, job_id, "stage_finished"))
 
@@ -311,8 +334,10 @@ def test_object_store_unreachable_at_the_end_fails_the_job_with_a_reason(make_st
     reason = row["error_reason"] or ""
     handled = row["status"] == "failed" and bool(reason) and retried and intact
     outcome.survived, outcome.lost = (1, 0) if handled else (0, 1)
-    outcome.note = (f"{row['status']} after {'retries' if retried else 'no retry'} ({reason[:40]}...); "
-                    f"{len(listing)} listed, all whole")
+    outcome.note = (
+        f"{row['status']} after {'retries' if retried else 'no retry'} ({reason[:40]}...); "
+        f"{len(listing)} listed, all whole"
+    )
 
     assert row["status"] == "failed", row
     assert "connect" in reason.lower() or "endpoint" in reason.lower(), reason

@@ -1,5 +1,6 @@
 """Fixtures for the operator-facing tests (metrics, logs, offline docs): the real app on a fresh
 database, Postgres (the production database) or SQLite (the embedded default)."""
+
 from __future__ import annotations
 
 import sys
@@ -33,8 +34,15 @@ def pg_url_module() -> Iterator[str]:
 
 
 def _settings(url: str, tmp_path: Path, **extra: object) -> Settings:
-    return Settings(database_url=url, broker_url="memory://", storage_dir=str(tmp_path / "objects"),
-                    work_dir=str(tmp_path / "work"), rate_limit_per_minute=0, auth_cache_seconds=0, **extra)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        storage_dir=str(tmp_path / "objects"),
+        work_dir=str(tmp_path / "work"),
+        rate_limit_per_minute=0,
+        auth_cache_seconds=0,
+        **extra,
+    )
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -1,4 +1,5 @@
 """/docs and /redoc work without internet: their scripts and styles are served by the service."""
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """Log lines: JSON with job_id, attempt and tenant on every line (HYDRA_LOG_JSON), and API keys
 scrubbed from everything logged. (The service's real processes are checked end to end in
 tests/client/test_client_service.py.)"""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,10 @@ def test_redact_removes_keys_and_keeps_ids_and_digests() -> None:
     token = secrets.token_urlsafe(32)
     job_id = "9e55cd33-854c-441e-863f-fa7447834fba"
     sha = "a" * 64
-    text = (f"Authorization: Bearer {token} GET /v1/jobs/{job_id}?api_key={token}&x=1 key={token} "
-            f"authorization={token} bare {token} sha {sha}")
+    text = (
+        f"Authorization: Bearer {token} GET /v1/jobs/{job_id}?api_key={token}&x=1 key={token} "
+        f"authorization={token} bare {token} sha {sha}"
+    )
     clean = logs.redact(text)
     assert token not in clean
     assert job_id in clean and sha in clean and "x=1" in clean
@@ -81,7 +84,9 @@ def test_json_lines_carry_the_request_job_and_tenant(app, make_token, captured, 
     for record in records:
         assert {"ts", "level", "logger", "process", "job_id", "attempt", "tenant", "message"} <= set(record)
     inside = [r for r in records if r["message"].startswith("inside a request")]
-    assert inside and inside[0]["job_id"] == job_id and inside[0]["tenant"] == "acme" and inside[0]["level"] == "warning"
+    assert (
+        inside and inside[0]["job_id"] == job_id and inside[0]["tenant"] == "acme" and inside[0]["level"] == "warning"
+    )
     outside = [r for r in records if r["message"].startswith("status of")]
     assert outside and outside[0]["job_id"] is None and outside[0]["tenant"] is None
     probed = [r for r in records if r["message"].startswith("probing")]
@@ -99,7 +104,11 @@ def test_worker_job_context_reaches_other_threads_and_is_restored(captured) -> N
         thread.join()
     log.info("after")
     records = {r["message"]: r for r in lines(captured)}
-    assert (records["heartbeat"]["job_id"], records["heartbeat"]["attempt"], records["heartbeat"]["tenant"]) == ("j-1", 2, "acme")
+    assert (records["heartbeat"]["job_id"], records["heartbeat"]["attempt"], records["heartbeat"]["tenant"]) == (
+        "j-1",
+        2,
+        "acme",
+    )
     assert records["after"]["job_id"] is None
 
 

@@ -1,5 +1,6 @@
 """``/metrics``: Prometheus text with the HTTP metrics by route and the job metrics read from the
 database at scrape time, on Postgres and on SQLite."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -47,16 +48,40 @@ def test_metrics_count_jobs_queue_leases_heartbeats_and_epochs(app, db_settings,
         assert jobs.claim_job(s, ids[3], "host-c:303:dddd", 600) == 1
         jobs.release_job(s, ids[3], "host-c:303:dddd", 1, "worker shutting down")
         assert jobs.claim_job(s, ids[3], "host-c:303:eeee", 600) == 2
-        s.add_all([
-            JobEvent(job_id=ids[3], kind="stage_started", payload={"stage": "pretrain"}, created_at=now - timedelta(seconds=100)),
-            JobEvent(job_id=ids[3], kind="epoch_finished", payload={"stage": "pretrain", "epoch": 1},
-                     created_at=now - timedelta(seconds=88)),
-            JobEvent(job_id=ids[3], kind="epoch_finished", payload={"stage": "pretrain", "epoch": 2},
-                     created_at=now - timedelta(seconds=48)),
-            JobEvent(job_id=ids[3], kind="stage_started", payload={"stage": "prune"}, created_at=now - timedelta(seconds=47)),
-            JobEvent(job_id=ids[3], kind="epoch_finished", payload={"stage": "prune", "epoch": 1},
-                     created_at=now - timedelta(seconds=44)),
-        ])
+        s.add_all(
+            [
+                JobEvent(
+                    job_id=ids[3],
+                    kind="stage_started",
+                    payload={"stage": "pretrain"},
+                    created_at=now - timedelta(seconds=100),
+                ),
+                JobEvent(
+                    job_id=ids[3],
+                    kind="epoch_finished",
+                    payload={"stage": "pretrain", "epoch": 1},
+                    created_at=now - timedelta(seconds=88),
+                ),
+                JobEvent(
+                    job_id=ids[3],
+                    kind="epoch_finished",
+                    payload={"stage": "pretrain", "epoch": 2},
+                    created_at=now - timedelta(seconds=48),
+                ),
+                JobEvent(
+                    job_id=ids[3],
+                    kind="stage_started",
+                    payload={"stage": "prune"},
+                    created_at=now - timedelta(seconds=47),
+                ),
+                JobEvent(
+                    job_id=ids[3],
+                    kind="epoch_finished",
+                    payload={"stage": "prune", "epoch": 1},
+                    created_at=now - timedelta(seconds=44),
+                ),
+            ]
+        )
         s.commit()
         assert jobs.finish_job(s, ids[3], "host-c:303:eeee", 2, "succeeded", report={})
         jobs.request_cancel(s, tenant_id, ids[4])
@@ -68,8 +93,9 @@ def test_metrics_count_jobs_queue_leases_heartbeats_and_epochs(app, db_settings,
         again = scrape(client)  # the epoch histogram is incremental: a second scrape counts nothing twice
 
     assert value(samples, "hydra_metrics_database_up") == 1
-    assert {st: value(samples, "hydra_jobs", status=st) for st in ("queued", "running", "succeeded", "failed", "canceled")} \
-        == {"queued": 1, "running": 2, "succeeded": 1, "failed": 0, "canceled": 1}
+    assert {
+        st: value(samples, "hydra_jobs", status=st) for st in ("queued", "running", "succeeded", "failed", "canceled")
+    } == {"queued": 1, "running": 2, "succeeded": 1, "failed": 0, "canceled": 1}
     assert value(samples, "hydra_queue_depth") == 1
     assert value(samples, "hydra_queue_oldest_age_seconds") >= 0
     assert value(samples, "hydra_jobs_running") == 2
@@ -98,8 +124,12 @@ def test_metrics_answer_when_the_database_is_down(tmp_path) -> None:  # type: ig
 
     from service.settings import Settings
 
-    settings = Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none", broker_url="memory://",
-                        storage_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
+    settings = Settings(
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",
+        broker_url="memory://",
+        storage_dir=str(tmp_path / "o"),
+        work_dir=str(tmp_path / "w"),
+    )
     with TestClient(build_app(settings, RecordingQueue())) as client:
         samples = scrape(client)
     assert value(samples, "hydra_metrics_database_up") == 0

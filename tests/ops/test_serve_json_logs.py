@@ -1,6 +1,7 @@
 """With ``HYDRA_LOG_JSON`` on, ``hydra-service serve`` prints nothing but JSON objects: uvicorn's own
 lines (start-up, access, shutdown), the launcher's messages and everything else, on stdout and stderr;
 and the admin key is not among them (the launcher names its file instead)."""
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,23 @@ def test_serve_prints_only_json_lines(tmp_path: Path) -> None:
     cwd.mkdir()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
-    env.update({"HYDRA_DATA_DIR": str(data), "HYDRA_LOG_JSON": "1", "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
+    env.update(
+        {
+            "HYDRA_DATA_DIR": str(data),
+            "HYDRA_LOG_JSON": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+    )
     out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "launch.service_cli", "serve", "--port", str(port)],
-                                cwd=cwd, env=env, stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launch.service_cli", "serve", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
 
     def output() -> str:
         return f"stdout:\n{out_path.read_text()}\nstderr:\n{err_path.read_text()}"

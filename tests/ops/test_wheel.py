@@ -10,6 +10,7 @@ install of the project from the import system (a module missing from the wheel t
 being found in a checkout) and records, at exit, the file of every module of ours the process loaded
 and its ``sys.path``: each must be in ``<site>``, none in the repository.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,15 +69,22 @@ class Installed:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_") and k != "PYTHONPATH"}
-        env.update({"PYTHONPATH": os.pathsep.join([str(self.site), str(self.probe)]),
-                    "PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1", "HOME": str(self.work / "home"),
-                    "HYDRA_WHEEL_PROBE_DIR": str(self.probe_dir)})
+        env.update(
+            {
+                "PYTHONPATH": os.pathsep.join([str(self.site), str(self.probe)]),
+                "PYTHONSAFEPATH": "1",
+                "PYTHONUNBUFFERED": "1",
+                "HOME": str(self.work / "home"),
+                "HYDRA_WHEEL_PROBE_DIR": str(self.probe_dir),
+            }
+        )
         env.update(extra)
         return env
 
     def run(self, args: list[str], timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, cwd=self.work, env=self.env(**extra), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            args, cwd=self.work, env=self.env(**extra), capture_output=True, text=True, timeout=timeout
+        )
 
     def python(self, code: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return self.run([sys.executable, "-c", code], **extra)
@@ -103,12 +111,31 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     src, dist, site = base / "src", base / "dist", base / "site"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_copy_ignore)  # the build writes build/ and *.egg-info
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-         str(dist), str(src)], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = dist.glob("hydra_compress-*.whl")
-    put = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
-                          str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    put = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert put.returncode == 0, put.stdout + put.stderr
     probe = base / "probe"
     probe.mkdir()
@@ -144,13 +171,24 @@ def test_the_wheel_ships_the_migrations_the_demo_spec_and_the_entry_points(insta
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         entry_points = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert {"migrations/__init__.py", "migrations/env.py", "migrations/script.py.mako",
-            "launch/service_cli.py", "launch/embedded.py", "launch/demo.py", "launch/demo_mnist5k.yaml",
-            "api/templates/base.html", "api/static/hydra.css"} <= names
+    assert {
+        "migrations/__init__.py",
+        "migrations/env.py",
+        "migrations/script.py.mako",
+        "launch/service_cli.py",
+        "launch/embedded.py",
+        "launch/demo.py",
+        "launch/demo_mnist5k.yaml",
+        "api/templates/base.html",
+        "api/static/hydra.css",
+    } <= names
     assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
     assert not {n.split("/")[0] for n in names} & {"tests", "scripts", "bench", "examples"}
-    for line in ("hydra-service = launch.service_cli:app", "hydra-compress = launch.cli:app",
-                 "hydra-client = hydra_client.cli:app"):
+    for line in (
+        "hydra-service = launch.service_cli:app",
+        "hydra-compress = launch.cli:app",
+        "hydra-client = hydra_client.cli:app",
+    ):
         assert line in entry_points
     # one source of truth for the demo spec: the documented examples/ file is the packaged one
     assert (ROOT / "examples" / "demo_mnist5k.yaml").resolve() == (ROOT / "launch" / "demo_mnist5k.yaml").resolve()
@@ -180,9 +218,13 @@ def test_serve_from_the_wheel(installed: Installed, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([str(installed.bin / "hydra-service"), "serve", "--port", str(port)],
-                                cwd=installed.work, env=installed.env(HYDRA_DATA_DIR=str(data)),
-                                stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(installed.bin / "hydra-service"), "serve", "--port", str(port)],
+            cwd=installed.work,
+            env=installed.env(HYDRA_DATA_DIR=str(data)),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 150
         while True:
@@ -208,8 +250,11 @@ def test_serve_from_the_wheel(installed: Installed, tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=30)
     assert "stopping: API down" in log_path.read_text()
-    _assert_only_the_wheel(installed, installed.probes(),
-                           {"launch.service_cli", "launch.embedded", "api.main", "worker.reaper", "migrations"})
+    _assert_only_the_wheel(
+        installed,
+        installed.probes(),
+        {"launch.service_cli", "launch.embedded", "api.main", "worker.reaper", "migrations"},
+    )
 
 
 def test_demo_and_its_spec_from_the_wheel(installed: Installed) -> None:
@@ -217,9 +262,11 @@ def test_demo_and_its_spec_from_the_wheel(installed: Installed) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "usage: hydra-service demo" in out.stdout and "--spec" in out.stdout
     # the spec the demo submits by default is found in the installed package and is a valid job spec
-    code = ("import json; from launch.demo import default_spec; from core.spec import load_spec; "
-            "path = default_spec(); spec = load_spec(path); "
-            "print(json.dumps({'path': str(path), 'name': spec.name, 'methods': list(spec.pruning.methods)}))")
+    code = (
+        "import json; from launch.demo import default_spec; from core.spec import load_spec; "
+        "path = default_spec(); spec = load_spec(path); "
+        "print(json.dumps({'path': str(path), 'name': spec.name, 'methods': list(spec.pruning.methods)}))"
+    )
     out = installed.python(code)
     assert out.returncode == 0, out.stdout + out.stderr
     found = json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,6 +5,7 @@ client replaced by a recorder, and a factory for tenants' API keys.
 Tests isolate themselves by tenant (every ``make_key()`` creates a fresh one), not by truncating
 tables, so they can share one migrated database and stay fast.
 """
+
 from __future__ import annotations
 
 import sys

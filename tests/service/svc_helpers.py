@@ -1,4 +1,5 @@
 """Helpers shared by the service tests (importable by name: ``from svc_helpers import ...``)."""
+
 from __future__ import annotations
 
 import os

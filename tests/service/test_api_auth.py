@@ -1,4 +1,5 @@
 """Authentication, rate limiting and the one error shape, as a client sees them."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Submitting, watching, cancelling and downloading jobs over HTTP, against a real Postgres."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,23 @@ def test_submit_queues_the_job_and_enqueues_it(client: TestClient, key, queue, s
         assert jobs.get_job(s, key.tenant_id, job["id"]).enqueued_at is not None
 
     fetched = client.get(f"/v1/jobs/{job['id']}", headers=key.headers).json()
-    for name in ("id", "status", "stage", "variant", "epoch", "epochs", "fraction", "metrics", "error_reason",
-                 "attempt", "created_at", "started_at", "finished_at", "updated_at", "spec"):
+    for name in (
+        "id",
+        "status",
+        "stage",
+        "variant",
+        "epoch",
+        "epochs",
+        "fraction",
+        "metrics",
+        "error_reason",
+        "attempt",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "spec",
+    ):
         assert name in fetched
     assert fetched["id"] == job["id"]
 
@@ -68,8 +84,10 @@ def test_broker_outage_still_keeps_the_job(client: TestClient, key, queue, setti
         ({"objective": {"type": "magic"}}, "objective"),
         ({"surprise": 1}, "surprise"),
         ({"pruning": {"typo": 1}}, "pruning.typo"),
-        ({"stages": {"finetune": {"epochs": 1, "lr": 0.1, "objective": {"type": "pgd", "stepz": 1}}}},
-         "stages.finetune.objective.stepz"),
+        (
+            {"stages": {"finetune": {"epochs": 1, "lr": 0.1, "objective": {"type": "pgd", "stepz": 1}}}},
+            "stages.finetune.objective.stepz",
+        ),
         ({"dataset": {"name": "npz"}}, "dataset"),
     ],
 )
@@ -139,10 +157,19 @@ def test_bound_objectives_refuse_unsupported_architectures(client: TestClient, k
     [
         ({"model": {"arch": "cnn_small_cifar"}}, "model.arch", "takes 3-channel inputs"),  # on 1-channel mnist5k
         ({"model": {"arch": "cnn_small_mnist"}, "dataset": {"name": "cifar10"}}, "model.arch", "1-channel"),
-        ({"model": {"arch": "cnn_small_mnist", "kwargs": {"in_channels": 3, "normalization": "cifar10"}},
-          "dataset": {"name": "svhn"}}, "model.arch", "shapes cannot be multiplied"),  # built for 28x28
-        ({"model": {"arch": "cnn_small_mnist", "kwargs": {"num_classes": 7}}}, "model.kwargs.num_classes",
-         "gives 7 outputs"),
+        (
+            {
+                "model": {"arch": "cnn_small_mnist", "kwargs": {"in_channels": 3, "normalization": "cifar10"}},
+                "dataset": {"name": "svhn"},
+            },
+            "model.arch",
+            "shapes cannot be multiplied",
+        ),  # built for 28x28
+        (
+            {"model": {"arch": "cnn_small_mnist", "kwargs": {"num_classes": 7}}},
+            "model.kwargs.num_classes",
+            "gives 7 outputs",
+        ),
     ],
 )
 def test_an_architecture_that_does_not_fit_the_dataset_is_refused(  # type: ignore[no-untyped-def]
@@ -163,8 +190,12 @@ def test_an_uploaded_dataset_is_checked_against_its_recorded_shape(client: TestC
     uploaded = client.post("/v1/datasets", headers=key.headers, files={"file": ("rgb.npz", buffer.getvalue())})
     assert uploaded.status_code == 201, uploaded.text
     dataset = {"name": "npz", "path": uploaded.json()["ref"]}
-    body = assert_error(submit(client, key, {"model": {"arch": "cnn_small_mnist"}, "dataset": dataset}),
-                        422, "incompatible_architecture", "model.arch")
+    body = assert_error(
+        submit(client, key, {"model": {"arch": "cnn_small_mnist"}, "dataset": dataset}),
+        422,
+        "incompatible_architecture",
+        "model.arch",
+    )
     assert "3x32x32" in body["detail"]
     ok = submit(client, key, {"model": {"arch": "cnn_small_cifar"}, "dataset": dataset})  # 4 classes: 4 outputs
     assert ok.status_code == 201, ok.text
@@ -212,7 +243,9 @@ def test_idempotency_key_returns_the_same_job(client: TestClient, key, make_key,
     assert queue.sent == [first.json()["id"]]  # sent once
     assert_error(
         submit(client, key, {"name": "idem", "seed": 4}, **{"Idempotency-Key": "abc-123"}),
-        409, "idempotency_key_reused", "Idempotency-Key",
+        409,
+        "idempotency_key_reused",
+        "Idempotency-Key",
     )
     other = make_key()  # keys are per tenant
     assert submit(client, other, spec, **{"Idempotency-Key": "abc-123"}).json()["id"] != first.json()["id"]
@@ -289,8 +322,9 @@ def _run_to_success(settings, job_id: str, delay: float = 0.0) -> None:  # type:
     with session_scope(settings) as s:
         attempt = jobs.claim_job(s, job_id, "worker-1", 60)
         assert attempt == 1
-        jobs.record_progress(s, job_id, "worker-1", attempt, stage="pretrain", epoch=1, epochs=2, fraction=0.5,
-                             metrics={"loss": 0.25})
+        jobs.record_progress(
+            s, job_id, "worker-1", attempt, stage="pretrain", epoch=1, epochs=2, fraction=0.5, metrics={"loss": 0.25}
+        )
         jobs.append_event(s, job_id, "epoch_finished", {"stage": "pretrain", "epoch": 1, "loss": 0.25})
         time.sleep(delay)
         jobs.finish_job(s, job_id, "worker-1", attempt, "succeeded", report={"variants": [{"k": 0.01, "acc": 0.9}]})
@@ -364,7 +398,9 @@ def test_artifact_listing_and_streamed_download(client: TestClient, key, setting
     with session_scope(settings) as s:
         jobs.add_artifact(s, job_id, "model.safetensors", storage_key, len(payload), digest, "application/octet-stream")
     listing = client.get(f"/v1/jobs/{job_id}/artifacts", headers=key.headers).json()
-    assert listing["count"] == 1 and listing["data"][0]["sha256"] == digest and listing["data"][0]["size"] == len(payload)
+    assert (
+        listing["count"] == 1 and listing["data"][0]["sha256"] == digest and listing["data"][0]["size"] == len(payload)
+    )
 
     with client.stream("GET", f"/v1/jobs/{job_id}/artifacts/model.safetensors", headers=key.headers) as response:
         assert response.status_code == 200

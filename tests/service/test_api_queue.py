@@ -1,4 +1,5 @@
 """The API's broker client publishes ``hydra.run_job(job_id)`` by name, against the real Redis."""
+
 from __future__ import annotations
 
 import json

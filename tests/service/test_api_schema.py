@@ -1,6 +1,7 @@
 """The failures schemathesis found (issue 11), each pinned as a fast regression test: the schema says
 what the code accepts, integers that reach SQL are bounded, nothing unstorable reaches the database,
 and ``Allow`` lists every method of a resource."""
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,9 @@ def test_headers_and_form_fields_are_never_nullable_in_the_schema(client: TestCl
     assert_error(client.get(f"/v1/jobs/{job}/events", headers={**key.headers, "Last-Event-ID": "null"}), 422)
     buffer = io.BytesIO()
     np.savez(buffer, images=np.zeros((20, 28, 28), np.uint8), labels=np.arange(20) % 10)
-    uploaded = client.post("/v1/datasets", headers=key.headers, data={"num_classes": "10"},
-                           files={"file": ("d.npz", buffer.getvalue())})
+    uploaded = client.post(
+        "/v1/datasets", headers=key.headers, data={"num_classes": "10"}, files={"file": ("d.npz", buffer.getvalue())}
+    )
     assert uploaded.status_code == 201 and uploaded.json()["num_classes"] == 10, uploaded.text
 
 
@@ -76,28 +78,35 @@ def test_the_job_schema_states_the_rules_the_code_enforces(client: TestClient, k
 def SEMANTIC_CODES_DOCUMENTED(schema: dict) -> bool:
     from api.openapi import SEMANTIC_422
 
-    return all(code in schema["paths"][path][method]["description"]
-               for (method, path), codes in SEMANTIC_422.items() for code in codes)
+    return all(
+        code in schema["paths"][path][method]["description"]
+        for (method, path), codes in SEMANTIC_422.items()
+        for code in codes
+    )
 
 
-@pytest.mark.parametrize("body, field", [
-    ('{"name": "a\\u0000b"}', "name"),  # Postgres text and JSONB refuse NUL: was a 500
-    ('{"stages": {"pretrain": {"epochs": 1, "lr": 1e999}}}', "stages.pretrain.lr"),  # Infinity: was a 500
-    ('{"model": {"kwargs": {"mean": [NaN]}}}', "model.kwargs.mean"),
-    ('{"stages": {"pretrain": {"epochs": true, "lr": 0.1}}}', "stages.pretrain.epochs"),  # lax bool -> int
-    ('{"dataset": {"download": 1}}', "dataset.download"),
-    ('{"seed": "3"}', "seed"),
-    ('{"model": {"kwargs": {"num_classes": 1000000000}}}', "model.kwargs.num_classes"),
-    ('{"device": "cuda:\\u0663"}', "device"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ('{"name": "a\\u0000b"}', "name"),  # Postgres text and JSONB refuse NUL: was a 500
+        ('{"stages": {"pretrain": {"epochs": 1, "lr": 1e999}}}', "stages.pretrain.lr"),  # Infinity: was a 500
+        ('{"model": {"kwargs": {"mean": [NaN]}}}', "model.kwargs.mean"),
+        ('{"stages": {"pretrain": {"epochs": true, "lr": 0.1}}}', "stages.pretrain.epochs"),  # lax bool -> int
+        ('{"dataset": {"download": 1}}', "dataset.download"),
+        ('{"seed": "3"}', "seed"),
+        ('{"model": {"kwargs": {"num_classes": 1000000000}}}', "model.kwargs.num_classes"),
+        ('{"device": "cuda:\\u0663"}', "device"),
+    ],
+)
 def test_unstorable_or_mistyped_values_are_422(client: TestClient, key, body: str, field: str) -> None:
     response = client.post("/v1/jobs", content=body, headers={**key.headers, "Content-Type": "application/json"})
     assert_error(response, 422, "validation_error", field)
 
 
 def test_integral_floats_are_integers(client: TestClient, key) -> None:
-    response = client.post("/v1/jobs", json={"seed": 3.0, "model": {"kwargs": {"num_classes": 10.0}}},
-                           headers=key.headers)
+    response = client.post(
+        "/v1/jobs", json={"seed": 3.0, "model": {"kwargs": {"num_classes": 10.0}}}, headers=key.headers
+    )
     assert response.status_code == 201, response.text
     assert response.json()["spec"]["model"]["kwargs"] == {"num_classes": 10}
 
@@ -106,17 +115,21 @@ def test_nul_in_ids_and_forms_is_422_not_500(client: TestClient, key) -> None:
     assert_error(client.get("/v1/jobs/a%00b", headers=key.headers), 422)
     assert_error(client.get("/v1/models/a%00b", headers=key.headers), 422)
     assert_error(client.get("/v1/jobs/x/artifacts/a%00b", headers=key.headers), 422)
-    response = client.post("/v1/datasets", headers=key.headers, data={"name": "a\x00b"},
-                           files={"file": ("d.npz", b"x")})
+    response = client.post(
+        "/v1/datasets", headers=key.headers, data={"name": "a\x00b"}, files={"file": ("d.npz", b"x")}
+    )
     assert_error(response, 422, "validation_error", "name")
 
 
-@pytest.mark.parametrize("path, methods", [
-    ("/v1/jobs", {"GET", "HEAD", "POST"}),
-    ("/v1/models", {"GET", "HEAD", "POST"}),
-    ("/v1/datasets", {"GET", "HEAD", "POST"}),
-    ("/v1/jobs/abc/cancel", {"POST"}),
-])
+@pytest.mark.parametrize(
+    "path, methods",
+    [
+        ("/v1/jobs", {"GET", "HEAD", "POST"}),
+        ("/v1/models", {"GET", "HEAD", "POST"}),
+        ("/v1/datasets", {"GET", "HEAD", "POST"}),
+        ("/v1/jobs/abc/cancel", {"POST"}),
+    ],
+)
 def test_options_allow_lists_every_method_of_the_resource(client: TestClient, path: str, methods: set) -> None:
     response = client.options(path)
     body = assert_error(response, 405, "method_not_allowed")

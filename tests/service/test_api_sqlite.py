@@ -1,4 +1,5 @@
 """The embedded default: the same API on SQLite (no async reader, sync fallbacks everywhere)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Uploading starting networks and datasets: accepted only if they load, refused with the reason named."""
+
 from __future__ import annotations
 
 import hashlib
@@ -205,7 +206,9 @@ def test_catalogue(client: TestClient, key) -> None:  # type: ignore[no-untyped-
     datasets = {d["name"]: d["info"] for d in client.get("/v1/catalogue/datasets", headers=key.headers).json()["data"]}
     assert {"mnist5k", "npz"} <= set(datasets) and "imagefolder" not in datasets
     assert datasets["mnist5k"]["num_classes"] == 10
-    objectives = {o["name"]: o["info"] for o in client.get("/v1/catalogue/objectives", headers=key.headers).json()["data"]}
+    objectives = {
+        o["name"]: o["info"] for o in client.get("/v1/catalogue/objectives", headers=key.headers).json()["data"]
+    }
     assert set(objectives) == {"natural", "pgd", "trades", "smoothing", "mixtrain", "crown_ibp"}
     assert objectives["pgd"]["defaults"]["eps"] == pytest.approx(8 / 255)
     assert objectives["trades"]["defaults"]["beta"] == 6.0 and objectives["smoothing"]["defaults"]["sigma"] == 0.25
@@ -215,7 +218,15 @@ def test_catalogue(client: TestClient, key) -> None:  # type: ignore[no-untyped-
 
 def test_openapi_documents_every_resource(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/artifacts/{name}", "/v1/models",
-                 "/v1/datasets", "/v1/catalogue/objectives", "/healthz", "/readyz"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/models",
+        "/v1/datasets",
+        "/v1/catalogue/objectives",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths
     assert client.get("/docs").status_code == 200

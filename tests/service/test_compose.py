@@ -1,5 +1,6 @@
 """docker-compose.yml stays in step with the code: settings it sets exist, commands it runs resolve,
 the services a production deployment needs are there, and the worker reserves a GPU."""
+
 from __future__ import annotations
 
 import ast
@@ -45,10 +46,10 @@ def test_every_hydra_variable_is_a_setting(name: str) -> None:
     env = environment(SERVICES[name])
     hydra = {k: v for k, v in env.items() if k.startswith("HYDRA_")}
     assert hydra, f"{name} sets no HYDRA_* variables"
-    unknown = [k for k in hydra if k[len("HYDRA_"):].lower() not in Settings.model_fields]
+    unknown = [k for k in hydra if k[len("HYDRA_") :].lower() not in Settings.model_fields]
     assert unknown == []
     # and together they pass the production checks (no SQLite, no local storage, S3 credentials)
-    settings = Settings(**{k[len("HYDRA_"):].lower(): v for k, v in hydra.items()})
+    settings = Settings(**{k[len("HYDRA_") :].lower(): v for k, v in hydra.items()})
     assert settings.env == "prod" and settings.storage_backend == "s3"
 
 
@@ -64,8 +65,10 @@ def _module_defines(module: str, name: str) -> bool:
     tree = ast.parse(Path(spec.origin).read_text())
     return any(
         isinstance(node, (ast.Assign, ast.AnnAssign, ast.FunctionDef))
-        and (name in [getattr(t, "id", None) for t in getattr(node, "targets", [getattr(node, "target", None)])]
-             or getattr(node, "name", None) == name)
+        and (
+            name in [getattr(t, "id", None) for t in getattr(node, "targets", [getattr(node, "target", None)])]
+            or getattr(node, "name", None) == name
+        )
         for node in tree.body
     )
 

@@ -1,5 +1,6 @@
 """The embedded default's state lives in one data directory, whatever the current directory is:
 ``create-key`` in a fresh one migrates first and prints a key that the service then accepts."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ def _cli(args: list[str], cwd: Path, data: Path | None, home: Path) -> subproces
     env.update({"HOME": str(home), "PYTHONPATH": str(ROOT)})
     if data is not None:
         env["HYDRA_DATA_DIR"] = str(data)
-    return subprocess.run([sys.executable, "-m", "launch.service_cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.service_cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_settings_put_every_embedded_default_under_the_data_dir(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -34,7 +41,10 @@ def test_settings_put_every_embedded_default_under_the_data_dir(tmp_path: Path, 
     s = Settings(data_dir="relative/state", work_dir="/elsewhere/work")
     root = tmp_path / "relative" / "state"  # resolved once: a later chdir does not move it
     assert (s.data_dir, s.database_url, s.broker_url) == (
-        str(root), f"sqlite:///{root}/hydra.db", f"sqla+sqlite:///{root}/broker.db")
+        str(root),
+        f"sqlite:///{root}/hydra.db",
+        f"sqla+sqlite:///{root}/broker.db",
+    )
     assert (s.storage_dir, s.work_dir) == (str(root / "objects"), "/elsewhere/work")  # explicit wins
 
 

@@ -1,5 +1,6 @@
 """The job row's state machine, on Postgres and on SQLite: idempotent creation, the lease that keeps
 two attempts from ever writing to one job, cancellation, the reaper and artifacts."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +88,15 @@ def test_claim_lease_and_refusals(make_session, tenant_id) -> None:  # type: ign
         assert jobs.heartbeat(s, job_id, "w1", 1, 60)
         assert not jobs.heartbeat(s, job_id, "w2", 1, 60)
         assert jobs.record_progress(
-            s, job_id, "w1", 1, stage="prune", variant="hydra-k0.01", epoch=3, epochs=20, fraction=0.4,
+            s,
+            job_id,
+            "w1",
+            1,
+            stage="prune",
+            variant="hydra-k0.01",
+            epoch=3,
+            epochs=20,
+            fraction=0.4,
             metrics={"loss": 0.5, "bad": float("nan")},
         )
         job = jobs.get_job(s, tenant_id, job_id)

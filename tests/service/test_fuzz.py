@@ -16,6 +16,7 @@ What must hold, with schemathesis's checks plus two of our own:
 
 A failure prints each distinct problem once with a curl line to reproduce it.
 """
+
 from __future__ import annotations
 
 import os
@@ -130,21 +131,25 @@ def _budget_torchvision() -> Any:
 def run_schemathesis(app: Any, token: str) -> dict[str, Any]:
     """Run every phase against ``app``; return the failures, the operations exercised and counts."""
     _event_stream_compat()
-    config = schemathesis.Config.from_dict({
-        "seed": SEED,
-        "headers": {"Authorization": f"Bearer {token}"},
-        "generation": {"max-examples": MAX_EXAMPLES},
-        "phases": {
-            "examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
-            "stateful": {"enabled": True, "max-steps": max(12, MAX_EXAMPLES)},
-        },
-        "request-timeout": 5,
-        "max-stream-events": 2,
-        "checks": {"positive_data_acceptance": {"enabled": False}},
-        # the live stream of a queued job never ends by itself: read one event, or for one second
-        "operations": [{"include-path": "/v1/jobs/{job_id}/events", "request-timeout": 1, "max-stream-events": 1}],
-        "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "headers": {"Authorization": f"Bearer {token}"},
+            "generation": {"max-examples": MAX_EXAMPLES},
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": True, "max-steps": max(12, MAX_EXAMPLES)},
+            },
+            "request-timeout": 5,
+            "max-stream-events": 2,
+            "checks": {"positive_data_acceptance": {"enabled": False}},
+            # the live stream of a queued job never ends by itself: read one event, or for one second
+            "operations": [{"include-path": "/v1/jobs/{job_id}/events", "request-timeout": 1, "max-stream-events": 1}],
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+        }
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     failures: dict[tuple[str, str, str], str] = {}
     errors: list[str] = []
@@ -171,25 +176,38 @@ def run_schemathesis(app: Any, token: str) -> dict[str, Any]:
                     case = recorder.cases[case_id].value
                     key = (check.name, f"{case.method.upper()} {case.operation.path}", check.failure_info.failure.title)
                     if key not in failures:
-                        failures[key] = (f"{check.failure_info.failure.message}\n    "
-                                         f"{check.failure_info.code_sample}")
+                        failures[key] = f"{check.failure_info.failure.message}\n    {check.failure_info.code_sample}"
         elif isinstance(event, events.PhaseFinished):
             phases[event.phase.name.value] = round(time.monotonic() - started, 1)
         elif isinstance(event, events.NonFatalError):
             errors.append(f"{event.label}: {event.info.format()}"[:3000])
         elif isinstance(event, events.FatalError):
             errors.append(f"fatal: {event.exception!r}")
-    declared = {f"{method.upper()} {path}" for path, ops in schema.raw_schema["paths"].items()
-                for method in ops if method in ("get", "post", "put", "patch", "delete")}
-    return {"failures": failures, "errors": errors, "exercised": exercised, "declared": declared,
-            "statuses": statuses, "cases": cases, "seconds": time.monotonic() - started, "phases": phases,
-            "slowest": [(k, round(v, 1)) for k, v in slowest.most_common(4)]}
+    declared = {
+        f"{method.upper()} {path}"
+        for path, ops in schema.raw_schema["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    return {
+        "failures": failures,
+        "errors": errors,
+        "exercised": exercised,
+        "declared": declared,
+        "statuses": statuses,
+        "cases": cases,
+        "seconds": time.monotonic() - started,
+        "phases": phases,
+        "slowest": [(k, round(v, 1)) for k, v in slowest.most_common(4)],
+    }
 
 
 def _report(result: dict[str, Any], backend: str) -> str:
-    lines = [f"schemathesis on {backend}: {result['cases']} cases in {result['seconds']:.0f}s, seed {SEED}, "
-             f"statuses {dict(sorted(result['statuses'].items()))}, phases done at (s) {result['phases']}, "
-             f"slowest {result['slowest']}"]
+    lines = [
+        f"schemathesis on {backend}: {result['cases']} cases in {result['seconds']:.0f}s, seed {SEED}, "
+        f"statuses {dict(sorted(result['statuses'].items()))}, phases done at (s) {result['phases']}, "
+        f"slowest {result['slowest']}"
+    ]
     for (check, operation, title), detail in sorted(result["failures"].items()):
         lines.append(f"- [{check}] {operation}: {title}\n    {detail}")
     lines += [f"- error: {e}" for e in result["errors"]]
@@ -200,8 +218,13 @@ def _report(result: dict[str, Any], backend: str) -> str:
 def sqlite_settings(tmp_path: Path) -> Settings:
     url = f"sqlite:///{tmp_path / 'data' / 'hydra.db'}"
     migrate(url)
-    return Settings(database_url=url, broker_url="memory://", storage_dir=str(tmp_path / "objects"),
-                    work_dir=str(tmp_path / "work"), rate_limit_per_minute=0)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        storage_dir=str(tmp_path / "objects"),
+        work_dir=str(tmp_path / "work"),
+        rate_limit_per_minute=0,
+    )
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
@@ -221,5 +244,7 @@ def test_schemathesis_finds_nothing(backend: str, request: pytest.FixtureRequest
     report = _report(result, backend)
     print(report)
     assert not result["failures"] and not result["errors"], report
-    assert result["declared"] <= result["exercised"], f"not exercised: {sorted(result['declared'] - result['exercised'])}"
+    assert result["declared"] <= result["exercised"], (
+        f"not exercised: {sorted(result['declared'] - result['exercised'])}"
+    )
     assert not [code for code in result["statuses"] if code >= 500], report

@@ -14,6 +14,7 @@ extra keys. For each one:
   temp file left in the upload folder;
 - the service still answers ``/healthz`` (and a good file is still accepted: see test_api_uploads).
 """
+
 from __future__ import annotations
 
 import io
@@ -120,8 +121,12 @@ def _zip(members: dict[str, bytes], compress: int = zipfile.ZIP_STORED) -> bytes
 
 def _npz_declaring_terabytes() -> bytes:
     """images.npy whose header says 10^12 x 28 x 28 bytes; the member holds 100."""
-    return _zip({"images.npy": _npy_header((10**12, 28, 28)) + b"\0" * 100,
-                 "labels.npy": _npy_header((10,), "<i8") + b"\0" * 80})
+    return _zip(
+        {
+            "images.npy": _npy_header((10**12, 28, 28)) + b"\0" * 100,
+            "labels.npy": _npy_header((10,), "<i8") + b"\0" * 80,
+        }
+    )
 
 
 def _npz_lying_directory() -> bytes:
@@ -145,8 +150,9 @@ def _hydra_bomb() -> bytes:
     from core.io.export import COMPRESSED_FORMAT
 
     codec = {"net.0.weight": {"shape": [2**31 - 1], "dtype": "float64", "nnz": 0, "k": 0}}
-    return _safetensors({"net.0.bias": torch.zeros(16)},
-                        {"format": COMPRESSED_FORMAT, "codec": json.dumps(codec), "metadata": "{}"})
+    return _safetensors(
+        {"net.0.bias": torch.zeros(16)}, {"format": COMPRESSED_FORMAT, "codec": json.dumps(codec), "metadata": "{}"}
+    )
 
 
 F32x4 = torch.zeros(4).numpy().tobytes()
@@ -154,88 +160,302 @@ F32x4 = torch.zeros(4).numpy().tobytes()
 # name -> (endpoint, file name, builder(marker) -> bytes, form, status, words the detail must contain)
 CORPUS: dict[str, tuple[str, str, Callable[[Path], bytes], dict[str, str], int, tuple[str, ...]]] = {
     # --- pickles, in every container torch reads
-    "pt-zip-object": ("models", "net.pt", lambda m: _torch(Payload(m)), {}, 422, ("posix.system", "nothing was executed")),
-    "pth-state-dict-value": ("models", "net.pth", lambda m: _torch({"net.0.weight": Payload(m)}), {}, 422, ("posix.system",)),
-    "pth-tar-zip": ("models", "net.pth.tar", lambda m: _torch({"state_dict": {"w": Payload(m)}}), {}, 422, ("posix.system",)),
-    "legacy-pickle-stream": ("models", "net.pt", lambda m: _torch({"w": torch.zeros(2), "x": Payload(m)}, legacy=True), {},
-                             422, ("posix.system",)),
+    "pt-zip-object": (
+        "models",
+        "net.pt",
+        lambda m: _torch(Payload(m)),
+        {},
+        422,
+        ("posix.system", "nothing was executed"),
+    ),
+    "pth-state-dict-value": (
+        "models",
+        "net.pth",
+        lambda m: _torch({"net.0.weight": Payload(m)}),
+        {},
+        422,
+        ("posix.system",),
+    ),
+    "pth-tar-zip": (
+        "models",
+        "net.pth.tar",
+        lambda m: _torch({"state_dict": {"w": Payload(m)}}),
+        {},
+        422,
+        ("posix.system",),
+    ),
+    "legacy-pickle-stream": (
+        "models",
+        "net.pt",
+        lambda m: _torch({"w": torch.zeros(2), "x": Payload(m)}, legacy=True),
+        {},
+        422,
+        ("posix.system",),
+    ),
     "legacy-tar": ("models", "net.pth.tar", _legacy_tar, {}, 422, ("legacy .tar",)),
-    "pickle-inside-state-dict": ("models", "net.pt", lambda m: _torch({**_net_state(), "extra": Payload(m)}), {}, 422,
-                                 ("posix.system",)),
-    "pickle-bytes-in-state-dict": ("models", "net.pt", lambda m: _torch({**_net_state(), "blob": pickle.dumps(Payload(m))}),
-                                   {}, 422, ("not tensors", "blob")),
+    "pickle-inside-state-dict": (
+        "models",
+        "net.pt",
+        lambda m: _torch({**_net_state(), "extra": Payload(m)}),
+        {},
+        422,
+        ("posix.system",),
+    ),
+    "pickle-bytes-in-state-dict": (
+        "models",
+        "net.pt",
+        lambda m: _torch({**_net_state(), "blob": pickle.dumps(Payload(m))}),
+        {},
+        422,
+        ("not tensors", "blob"),
+    ),
     "bare-pickle": ("models", "net.pt", lambda m: pickle.dumps(Payload(m)), {}, 422, ("nothing was executed",)),
-    "bare-pickle-protocol-0": ("models", "net.pt", lambda m: pickle.dumps(Payload(m), protocol=0), {}, 422,
-                               ("not a recognised weights format",)),
-    "pickle-renamed-safetensors": ("models", "net.safetensors", lambda m: _torch(Payload(m)), {}, 422,
-                                   ("declared safetensors", "zip archive")),
-    "bare-pickle-renamed-safetensors": ("models", "net.safetensors", lambda m: pickle.dumps(Payload(m)), {}, 422,
-                                        ("declared safetensors", "Python pickle")),
-    "pickle-declared-safetensors": ("models", "net.bin", lambda m: pickle.dumps(Payload(m)), {"format": "safetensors"},
-                                    422, ("declared safetensors",)),
+    "bare-pickle-protocol-0": (
+        "models",
+        "net.pt",
+        lambda m: pickle.dumps(Payload(m), protocol=0),
+        {},
+        422,
+        ("not a recognised weights format",),
+    ),
+    "pickle-renamed-safetensors": (
+        "models",
+        "net.safetensors",
+        lambda m: _torch(Payload(m)),
+        {},
+        422,
+        ("declared safetensors", "zip archive"),
+    ),
+    "bare-pickle-renamed-safetensors": (
+        "models",
+        "net.safetensors",
+        lambda m: pickle.dumps(Payload(m)),
+        {},
+        422,
+        ("declared safetensors", "Python pickle"),
+    ),
+    "pickle-declared-safetensors": (
+        "models",
+        "net.bin",
+        lambda m: pickle.dumps(Payload(m)),
+        {"format": "safetensors"},
+        422,
+        ("declared safetensors",),
+    ),
     # --- safetensors headers that lie
-    "st-offsets-past-the-end": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, F32x4), {}, 422, ("declares 32 bytes", "holds 16")),
-    "st-size-vs-shape": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, F32x4), {}, 422, ("needs 8 bytes", "span 16")),
-    "st-fp16-declared-fp32": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, torch.zeros(4, dtype=torch.float16).numpy().tobytes()),
-        {}, 422, ("needs 16 bytes", "span 8")),
-    "st-duplicate-keys": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},'
-        b' "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', F32x4), {}, 422, ("'w' twice",)),
-    "st-overlapping": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-         "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, F32x4), {}, 422, ("overlaps",)),
-    "st-huge-header": ("models", "net.safetensors", lambda m: _raw_safetensors(b"{" + b" " * 64, b"", length=2**40), {},
-                       422, ("claims 1099511627776 bytes", "over the limit")),
-    "st-header-past-the-file": ("models", "net.safetensors", lambda m: _raw_safetensors(b'{"w": 1}', b"", length=5000),
-                                {}, 422, ("truncated, or a lying header",)),
-    "st-declaring-terabytes": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"w": {"dtype": "F32", "shape": [10**12], "data_offsets": [0, 4 * 10**12]}}, F32x4), {}, 422,
-        ("declares 4000000000000 bytes",)),
-    "st-unknown-dtype": ("models", "net.safetensors", lambda m: _raw_safetensors(
-        {"w": {"dtype": "PY_OBJECT", "shape": [4], "data_offsets": [0, 16]}}, F32x4), {}, 422, ("unknown dtype",)),
-    "st-truncated": ("models", "net.safetensors", lambda m: _safetensors(_net_state())[:-1000], {}, 422,
-                     ("truncated",)),
-    "hydra-compressed-bomb": ("models", "net.safetensors", lambda m: _hydra_bomb(), {}, 422,
-                              ("declares", "more than", "refused before decoding")),
+    "st-offsets-past-the-end": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors({"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, F32x4),
+        {},
+        422,
+        ("declares 32 bytes", "holds 16"),
+    ),
+    "st-size-vs-shape": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, F32x4),
+        {},
+        422,
+        ("needs 8 bytes", "span 16"),
+    ),
+    "st-fp16-declared-fp32": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors(
+            {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
+            torch.zeros(4, dtype=torch.float16).numpy().tobytes(),
+        ),
+        {},
+        422,
+        ("needs 16 bytes", "span 8"),
+    ),
+    "st-duplicate-keys": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors(
+            b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},'
+            b' "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}',
+            F32x4,
+        ),
+        {},
+        422,
+        ("'w' twice",),
+    ),
+    "st-overlapping": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors(
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+            },
+            F32x4,
+        ),
+        {},
+        422,
+        ("overlaps",),
+    ),
+    "st-huge-header": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors(b"{" + b" " * 64, b"", length=2**40),
+        {},
+        422,
+        ("claims 1099511627776 bytes", "over the limit"),
+    ),
+    "st-header-past-the-file": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors(b'{"w": 1}', b"", length=5000),
+        {},
+        422,
+        ("truncated, or a lying header",),
+    ),
+    "st-declaring-terabytes": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors({"w": {"dtype": "F32", "shape": [10**12], "data_offsets": [0, 4 * 10**12]}}, F32x4),
+        {},
+        422,
+        ("declares 4000000000000 bytes",),
+    ),
+    "st-unknown-dtype": (
+        "models",
+        "net.safetensors",
+        lambda m: _raw_safetensors({"w": {"dtype": "PY_OBJECT", "shape": [4], "data_offsets": [0, 16]}}, F32x4),
+        {},
+        422,
+        ("unknown dtype",),
+    ),
+    "st-truncated": (
+        "models",
+        "net.safetensors",
+        lambda m: _safetensors(_net_state())[:-1000],
+        {},
+        422,
+        ("truncated",),
+    ),
+    "hydra-compressed-bomb": (
+        "models",
+        "net.safetensors",
+        lambda m: _hydra_bomb(),
+        {},
+        422,
+        ("declares", "more than", "refused before decoding"),
+    ),
     # --- well-formed files with the wrong content
-    "nan-weights": ("models", "net.safetensors", lambda m: _changed(lambda s, k: s[k].view(-1).__setitem__(0, float("nan"))),
-                    {}, 422, ("NaN or Inf",)),
-    "inf-weights": ("models", "net.safetensors", lambda m: _changed(lambda s, k: s[k].view(-1).__setitem__(-1, float("inf"))),
-                    {}, 422, ("NaN or Inf",)),
-    "fp16-where-fp32": ("models", "net.safetensors", lambda m: _changed(lambda s, k: s.__setitem__(k, s[k].half())), {},
-                        422, ("dtype torch.float16 in the checkpoint, torch.float32 in the model",)),
-    "wrong-shape": ("models", "net.safetensors", lambda m: _changed(lambda s, k: s.__setitem__(k, torch.zeros(2, 3))), {},
-                    422, ("shape (2, 3) in the checkpoint",)),
-    "extra-keys": ("models", "net.safetensors", lambda m: _changed(lambda s, k: s.__setitem__("head.weight", torch.zeros(3))),
-                   {}, 422, ("unexpected keys", "head.weight")),
+    "nan-weights": (
+        "models",
+        "net.safetensors",
+        lambda m: _changed(lambda s, k: s[k].view(-1).__setitem__(0, float("nan"))),
+        {},
+        422,
+        ("NaN or Inf",),
+    ),
+    "inf-weights": (
+        "models",
+        "net.safetensors",
+        lambda m: _changed(lambda s, k: s[k].view(-1).__setitem__(-1, float("inf"))),
+        {},
+        422,
+        ("NaN or Inf",),
+    ),
+    "fp16-where-fp32": (
+        "models",
+        "net.safetensors",
+        lambda m: _changed(lambda s, k: s.__setitem__(k, s[k].half())),
+        {},
+        422,
+        ("dtype torch.float16 in the checkpoint, torch.float32 in the model",),
+    ),
+    "wrong-shape": (
+        "models",
+        "net.safetensors",
+        lambda m: _changed(lambda s, k: s.__setitem__(k, torch.zeros(2, 3))),
+        {},
+        422,
+        ("shape (2, 3) in the checkpoint",),
+    ),
+    "extra-keys": (
+        "models",
+        "net.safetensors",
+        lambda m: _changed(lambda s, k: s.__setitem__("head.weight", torch.zeros(3))),
+        {},
+        422,
+        ("unexpected keys", "head.weight"),
+    ),
     "truncated-torch-zip": ("models", "net.pt", lambda m: _torch(_net_state())[:4000], {}, 422, ("truncated zip",)),
     "npz-as-model": ("models", "net.pt", lambda m: _npz(**_digits()), {}, 422, ("not a torch checkpoint", "data.pkl")),
-    "garbage-model": ("models", "net.pt", lambda m: os.urandom(300).replace(b"\x80", b"\x00").replace(b"PK", b"pk"), {},
-                      422, ("not a recognised weights format",)),
+    "garbage-model": (
+        "models",
+        "net.pt",
+        lambda m: os.urandom(300).replace(b"\x80", b"\x00").replace(b"PK", b"pk"),
+        {},
+        422,
+        ("not a recognised weights format",),
+    ),
     "empty-model": ("models", "net.pt", lambda m: b"", {}, 422, ("empty",)),
     # --- datasets
-    "npz-object-array": ("datasets", "d.npz", lambda m: _npz(images=np.array([Payload(m)] * 4, dtype=object),
-                                                          labels=np.arange(4)), {}, 422, ("Python objects",)),
-    "npz-pickle-member": ("datasets", "d.npz", lambda m: _zip({"images.npy": _npy_header((1, 2, 2)) + b"\0" * 4,
-                                                            "labels.npy": _npy_header((1,)) + b"\0",
-                                                            "evil.pkl": pickle.dumps(Payload(m))}), {}, 422,
-                          ("unexpected member", "evil.pkl")),
+    "npz-object-array": (
+        "datasets",
+        "d.npz",
+        lambda m: _npz(images=np.array([Payload(m)] * 4, dtype=object), labels=np.arange(4)),
+        {},
+        422,
+        ("Python objects",),
+    ),
+    "npz-pickle-member": (
+        "datasets",
+        "d.npz",
+        lambda m: _zip(
+            {
+                "images.npy": _npy_header((1, 2, 2)) + b"\0" * 4,
+                "labels.npy": _npy_header((1,)) + b"\0",
+                "evil.pkl": pickle.dumps(Payload(m)),
+            }
+        ),
+        {},
+        422,
+        ("unexpected member", "evil.pkl"),
+    ),
     "npz-compression-bomb": ("datasets", "d.npz", lambda m: _npz_bomb(), {}, 422, ("unpacks to", "over the limit")),
-    "npz-declaring-terabytes": ("datasets", "d.npz", lambda m: _npz_declaring_terabytes(), {}, 422,
-                                ("declares shape (1000000000000, 28, 28)", "holds 100")),
+    "npz-declaring-terabytes": (
+        "datasets",
+        "d.npz",
+        lambda m: _npz_declaring_terabytes(),
+        {},
+        422,
+        ("declares shape (1000000000000, 28, 28)", "holds 100"),
+    ),
     "npz-lying-directory": ("datasets", "d.npz", lambda m: _npz_lying_directory(), {}, 422, ("unpacks to",)),
     "npz-truncated": ("datasets", "d.npz", lambda m: _npz(**_digits())[:-200], {}, 422, ("not a readable .npz",)),
     "pickle-renamed-npz": ("datasets", "d.npz", lambda m: pickle.dumps(Payload(m)), {}, 422, ("Python pickle",)),
     "npy-not-npz": ("datasets", "d.npz", lambda m: _npy_header((2, 2, 2)) + b"\0" * 8, {}, 422, ("not an .npz",)),
-    "npz-extra-array": ("datasets", "d.npz", lambda m: _npz(**_digits(), secret=np.arange(3)), {}, 422,
-                        ("unexpected member", "secret.npy")),
-    "npz-nan-images": ("datasets", "d.npz", lambda m: _npz(images=np.full((20, 28, 28), np.nan, np.float32),
-                                                        labels=np.arange(20) % 10), {}, 422, ("NaN or Inf",)),
-    "npz-wrong-shapes": ("datasets", "d.npz", lambda m: _npz(images=_digits()["images"], labels=np.arange(7)), {}, 422,
-                         ("has 7 entries",)),
+    "npz-extra-array": (
+        "datasets",
+        "d.npz",
+        lambda m: _npz(**_digits(), secret=np.arange(3)),
+        {},
+        422,
+        ("unexpected member", "secret.npy"),
+    ),
+    "npz-nan-images": (
+        "datasets",
+        "d.npz",
+        lambda m: _npz(images=np.full((20, 28, 28), np.nan, np.float32), labels=np.arange(20) % 10),
+        {},
+        422,
+        ("NaN or Inf",),
+    ),
+    "npz-wrong-shapes": (
+        "datasets",
+        "d.npz",
+        lambda m: _npz(images=_digits()["images"], labels=np.arange(7)),
+        {},
+        422,
+        ("has 7 entries",),
+    ),
     "empty-dataset": ("datasets", "d.npz", lambda m: b"", {}, 422, ("empty",)),
 }
 
@@ -253,15 +473,20 @@ def _stored_objects(settings: Any) -> list[Path]:
 
 
 @pytest.mark.parametrize("case", sorted(CORPUS))
-def test_hostile_file_is_refused_runs_nothing_and_stores_nothing(case: str, hostile_client, key, tmp_path: Path
-                                                                 ) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_file_is_refused_runs_nothing_and_stores_nothing(
+    case: str, hostile_client, key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     client, settings = hostile_client
     endpoint, filename, build, form, status, needles = CORPUS[case]
     marker = tmp_path / "pwned"
     data = build(marker)
     fields = {"arch": ARCH, **form} if endpoint == "models" else dict(form)
-    response = client.post(f"/v1/{endpoint}", headers=key.headers,
-                           files={"file": (filename, data, "application/octet-stream")}, data=fields)
+    response = client.post(
+        f"/v1/{endpoint}",
+        headers=key.headers,
+        files={"file": (filename, data, "application/octet-stream")},
+        data=fields,
+    )
 
     body = assert_error(response, status)
     assert body["field"] in ("file", "format"), body
@@ -279,9 +504,14 @@ def test_hostile_file_is_refused_runs_nothing_and_stores_nothing(case: str, host
 
 def test_a_good_file_is_still_accepted_after_the_corpus(hostile_client, key) -> None:  # type: ignore[no-untyped-def]
     client, settings = hostile_client
-    model = client.post("/v1/models", headers=key.headers, data={"arch": ARCH},
-                        files={"file": ("net.safetensors", _safetensors(_net_state()), "application/octet-stream")})
-    dataset = client.post("/v1/datasets", headers=key.headers,
-                          files={"file": ("d.npz", _npz(**_digits()), "application/octet-stream")})
+    model = client.post(
+        "/v1/models",
+        headers=key.headers,
+        data={"arch": ARCH},
+        files={"file": ("net.safetensors", _safetensors(_net_state()), "application/octet-stream")},
+    )
+    dataset = client.post(
+        "/v1/datasets", headers=key.headers, files={"file": ("d.npz", _npz(**_digits()), "application/octet-stream")}
+    )
     assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
     assert len(_stored_objects(settings)) == 2

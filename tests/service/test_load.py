@@ -1,6 +1,7 @@
 """500 concurrent submissions, with and without Idempotency-Keys, on Postgres and on SQLite: exactly
 the expected rows, one job per key, no 5xx. (bench/api_load.py runs the same burst against a real
 uvicorn server and measures throughput; this is its exactly-once check, in process and fast.)"""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,13 @@ REPEATED_KEYS = 25
 def sqlite_settings(tmp_path: Path) -> Settings:
     url = f"sqlite:///{tmp_path / 'data' / 'hydra.db'}"
     migrate(url)
-    return Settings(database_url=url, broker_url="memory://", storage_dir=str(tmp_path / "objects"),
-                    work_dir=str(tmp_path / "work"), rate_limit_per_minute=0)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        storage_dir=str(tmp_path / "objects"),
+        work_dir=str(tmp_path / "work"),
+        rate_limit_per_minute=0,
+    )
 
 
 async def _burst(app, token: str) -> list[tuple[str | None, int, str]]:  # type: ignore[no-untyped-def]
@@ -43,8 +49,9 @@ async def _burst(app, token: str) -> list[tuple[str | None, int, str]]:  # type:
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
-def test_500_concurrent_submissions_make_exactly_the_expected_jobs(backend: str, request: pytest.FixtureRequest
-                                                                   ) -> None:
+def test_500_concurrent_submissions_make_exactly_the_expected_jobs(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
     settings: Settings = request.getfixturevalue("settings" if backend == "postgres" else "sqlite_settings")
     queue = RecordingQueue()
     app = build_app(settings, queue)

@@ -1,4 +1,5 @@
 """The Alembic history builds exactly the schema of ``service.db.base``, and unwinds cleanly."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Settings: environment names, and production refusing single-machine defaults."""
+
 from __future__ import annotations
 
 import pytest

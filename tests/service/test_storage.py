@@ -1,4 +1,5 @@
 """Both object stores behave the same; S3 is exercised over real HTTP against moto's server."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@ for the browser test the real embedded service (``hydra-service serve``) with he
 driven by Selenium (Debian's ``chromium`` + ``chromium-driver``; scripts/setup.sh installs them).
 
 Screenshots go to ``$HYDRA_TEST_ARTIFACTS/ui`` (default ``/tmp/hydra-test-artifacts/ui``)."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,13 @@ from service.settings import Settings  # noqa: E402
 def sqlite_settings(tmp_path: Path) -> Settings:
     url = f"sqlite:///{tmp_path / 'hydra.db'}"
     migrate(url)
-    return Settings(database_url=url, broker_url="memory://", storage_dir=str(tmp_path / "objects"),
-                    work_dir=str(tmp_path / "work"), rate_limit_per_minute=0)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        storage_dir=str(tmp_path / "objects"),
+        work_dir=str(tmp_path / "work"),
+        rate_limit_per_minute=0,
+    )
 
 
 @pytest.fixture
@@ -52,7 +58,8 @@ def token(sqlite_settings: Settings) -> str:
 def find_chromium() -> tuple[str, str] | None:
     browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if Path(p).exists()), None)
+        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if Path(p).exists()), None
+    )
     return (browser, driver) if browser and driver else None
 
 
@@ -75,21 +82,38 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser(downloads: Path) -> Iterator[Any]:
     found = find_chromium()
     if found is None:
-        pytest.skip("no headless Chromium: install Debian's chromium and chromium-driver "
-                    "(apt-get install -y chromium chromium-driver; scripts/setup.sh does it)")
+        pytest.skip(
+            "no headless Chromium: install Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver; scripts/setup.sh does it)"
+        )
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download anything
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                "--disable-component-update", "--disable-default-apps", "--disable-sync"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-default-apps",
+        "--disable-sync",
+    ):
         options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False,
-                                              "safebrowsing.enabled": False})
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "safebrowsing.enabled": False,
+        },
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})

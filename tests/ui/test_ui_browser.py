@@ -3,6 +3,7 @@ enter the key, submit a spec with a mistake and see the error at its line, submi
 it finish live, read the table, the curves, the plot and the per-layer sparsity, download an artifact
 (sha256 checked), cancel another job, and open /docs. One screenshot per page goes to
 ``$HYDRA_TEST_ARTIFACTS/ui`` (default ``/tmp/hydra-test-artifacts/ui``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,12 @@ def wait_until(driver: Any, condition: Any, timeout: float = 30, what: str = "th
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:  # the page re-renders as events arrive: an element found a moment ago may be gone, try again
-        return WebDriverWait(driver, timeout, poll_frequency=0.25,
-                             ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
-            lambda d: condition(d))
+        return WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.25,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(lambda d: condition(d))
     except TimeoutException:
         shot(driver, f"timeout-{int(time.time())}")
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; console: {console(driver)}") from None
@@ -68,8 +72,9 @@ def same_origin_only(driver: Any, origin: str) -> None:
 
 def set_editor(driver: Any, text: str) -> None:
     editor = by_id(driver, "spec-editor")
-    driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));",
-                          editor, text)
+    driver.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));", editor, text
+    )
 
 
 def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads: Path) -> None:
@@ -86,8 +91,14 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     wait_until(driver, lambda d: "refused" in by_id(d, "flash").text, what="the refusal of a wrong key")
     by_id(driver, "api-key").send_keys(service.key)
     by_id(driver, "key-save").click()
-    wait_until(driver, lambda d: d.execute_script("return sessionStorage.getItem('hydra.apiKey')") == service.key
-               and by_id(d, "jobs-table").is_displayed(), what="the job list")
+    wait_until(
+        driver,
+        lambda d: (
+            d.execute_script("return sessionStorage.getItem('hydra.apiKey')") == service.key
+            and by_id(d, "jobs-table").is_displayed()
+        ),
+        what="the job list",
+    )
     assert service.key not in driver.current_url
 
     # -- the submit page: prefilled from the catalogue; a mistake is shown at its line
@@ -99,7 +110,9 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     from selenium.webdriver.support.ui import Select
 
     Select(by_id(driver, "choose-objective")).select_by_value("smoothing")
-    wait_until(driver, lambda d: "sigma:" in by_id(d, "spec-editor").get_attribute("value"), what="the smoothing defaults")
+    wait_until(
+        driver, lambda d: "sigma:" in by_id(d, "spec-editor").get_attribute("value"), what="the smoothing defaults"
+    )
     bad = yaml.safe_dump({**TINY_SPEC, "pruning": {"methods": ["hydra"], "k": [2.0]}}, sort_keys=False)
     set_editor(driver, bad)
     by_id(driver, "submit-button").click()
@@ -113,8 +126,11 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
 
     # -- the tiny job, submitted from the editor (JSON this time), followed live to its end
     Select(by_id(driver, "choose-format")).select_by_value("json")
-    wait_until(driver, lambda d: by_id(d, "spec-editor").get_attribute("value").lstrip().startswith("{"),
-               what="the JSON template")
+    wait_until(
+        driver,
+        lambda d: by_id(d, "spec-editor").get_attribute("value").lstrip().startswith("{"),
+        what="the JSON template",
+    )
     set_editor(driver, json.dumps({**TINY_SPEC, "name": "from-the-browser"}, indent=2))
     by_id(driver, "submit-button").click()
     wait_until(driver, lambda d: "/ui/jobs/" in d.current_url, what="the job page")
@@ -125,11 +141,18 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     if by_id(driver, "job-status").text != "succeeded":
         assert not by_id(driver, "report-section").is_displayed()  # no report before the job succeeded
     shot(driver, "04-job-running")
-    wait_until(driver, lambda d: by_id(d, "job-status").text in ("succeeded", "failed", "canceled"), timeout=240,
-               what="the job to finish")
+    wait_until(
+        driver,
+        lambda d: by_id(d, "job-status").text in ("succeeded", "failed", "canceled"),
+        timeout=240,
+        what="the job to finish",
+    )
     assert by_id(driver, "job-status").text == "succeeded", service.logs()[-3000:]
-    wait_until(driver, lambda d: by_id(d, "report-section").is_displayed() and css(d, "#comparison-table tbody tr"),
-               what="the report")
+    wait_until(
+        driver,
+        lambda d: by_id(d, "report-section").is_displayed() and css(d, "#comparison-table tbody tr"),
+        what="the report",
+    )
     wait_until(driver, lambda d: css(d, "#artifacts-body tr[data-artifact]"), what="the artifacts")
 
     # the comparison, with the exact procedure of every number
@@ -144,10 +167,17 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     procedures = {li.get_attribute("data-metric"): li.text for li in css(driver, "#procedures li")}
     assert set(procedures) == set(report["procedures"]) and "PGD-2" in procedures["pgd_acc"]
     # curves per epoch, the accuracy-against-sparsity plot (SVG and the job's PNG), per-layer sparsity
-    assert {"curve-loss", "curve-train_acc", "curve-val_acc"} <= {e.get_attribute("id") for e in css(driver, "#curves .chart-box")}
+    assert {"curve-loss", "curve-train_acc", "curve-val_acc"} <= {
+        e.get_attribute("id") for e in css(driver, "#curves .chart-box")
+    }
     assert len(css(driver, "#sparsity-plot polyline")) >= 2
-    wait_until(driver, lambda d: d.execute_script(
-        "const i = document.getElementById('comparison-png'); return i.complete && i.naturalWidth > 0"), what="the PNG")
+    wait_until(
+        driver,
+        lambda d: d.execute_script(
+            "const i = document.getElementById('comparison-png'); return i.complete && i.naturalWidth > 0"
+        ),
+        what="the PNG",
+    )
     layer_rows = css(driver, "#layers-table tbody tr")
     assert len(layer_rows) == len(report["variants"]["hydra_k0.1"]["sparsity"]["layers"]) + 1  # + total
     shot(driver, "05-job-report")
@@ -161,7 +191,9 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     target = downloads / name
     wait_until(driver, lambda d: target.is_file() and not list(downloads.glob("*.crdownload")), what="the download")
     assert hashlib.sha256(target.read_bytes()).hexdigest() == listing[name]["sha256"]
-    state = wait_until(driver, lambda d: css(d, f'#artifacts-body tr[data-artifact="{name}"] .verified'), what="verified")
+    state = wait_until(
+        driver, lambda d: css(d, f'#artifacts-body tr[data-artifact="{name}"] .verified'), what="verified"
+    )
     assert state[0].get_attribute("data-verified") == "sha256"
     same_origin_only(driver, url)
     errors_seen += console(driver)
@@ -181,8 +213,11 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     # -- cancel from the job page (a job that would run for a long time)
     long_job = Client(url, service.key).submit({**LONG_SPEC, "name": "to-cancel"})
     driver.get(f"{url}/ui/jobs/{long_job['id']}")
-    button = wait_until(driver, lambda d: by_id(d, "cancel-button").is_displayed() and by_id(d, "cancel-button"),
-                        what="the cancel button")
+    button = wait_until(
+        driver,
+        lambda d: by_id(d, "cancel-button").is_displayed() and by_id(d, "cancel-button"),
+        what="the cancel button",
+    )
     button.click()
     driver.switch_to.alert.accept()
     wait_until(driver, lambda d: by_id(d, "job-status").text == "canceled", timeout=120, what="the cancel")
@@ -201,8 +236,15 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     driver.get(f"{url}/docs")
     wait_until(driver, lambda d: len(css(d, ".opblock")) >= 10, what="the operations in /docs")
     paths = {e.get_attribute("data-path") or e.text for e in css(driver, ".opblock-summary-path")}
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/report",
-                 "/v1/jobs/{job_id}/artifacts/{name}", "/v1/models", "/v1/datasets"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/report",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/models",
+        "/v1/datasets",
+    ):
         assert any(path == p.replace("\u200b", "") for p in paths), (path, paths)
     same_origin_only(driver, url)
     shot(driver, "08-api-docs")
@@ -210,6 +252,7 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     # no JavaScript error and no blocked (CSP) load on any page; the 401/404/422 answers the test provoked
     # are logged by the browser as failed network loads, and are expected
     provoked = ("status of 401", "status of 404", "status of 422")
-    unexpected = [e for e in errors_seen
-                  if not (e.get("source") == "network" and any(p in e["message"] for p in provoked))]
+    unexpected = [
+        e for e in errors_seen if not (e.get("source") == "network" and any(p in e["message"] for p in provoked))
+    ]
     assert unexpected == [], unexpected

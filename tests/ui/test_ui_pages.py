@@ -1,5 +1,6 @@
 """The dashboard's pages and helpers without a browser: what is served, with which headers, and the
 spec editor's template and line mapping."""
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,10 @@ def test_pages_are_shells_served_with_a_strict_csp(ui_app) -> None:  # type: ign
             assert "<script>" not in response.text and " style=" not in response.text  # nothing inline (CSP)
             for asset in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', response.text):
                 assert client.get(asset).status_code == 200, asset
-        assert 'data-job-id="1b4e28ba-2fa1-11d2-883f-0016d3cca427"' in client.get(
-            "/ui/jobs/1b4e28ba-2fa1-11d2-883f-0016d3cca427").text
+        assert (
+            'data-job-id="1b4e28ba-2fa1-11d2-883f-0016d3cca427"'
+            in client.get("/ui/jobs/1b4e28ba-2fa1-11d2-883f-0016d3cca427").text
+        )
 
 
 def test_static_files_load_nothing_from_outside_and_keep_the_key_out_of_urls() -> None:
@@ -51,12 +54,17 @@ def test_helpers_need_the_key(ui_app, token) -> None:  # type: ignore[no-untyped
         assert client.post("/ui/api/spec-parse", json={"text": "a: 1"}).status_code == 401
         headers = {"Authorization": f"Bearer {token}"}
         for fmt in ("yaml", "json"):
-            body = client.get("/ui/api/spec-template", params={"objective": "smoothing", "format": fmt},
-                              headers=headers).json()
-            parsed = client.post("/ui/api/spec-parse", json={"text": body["text"], "format": fmt}, headers=headers).json()
+            body = client.get(
+                "/ui/api/spec-template", params={"objective": "smoothing", "format": fmt}, headers=headers
+            ).json()
+            parsed = client.post(
+                "/ui/api/spec-parse", json={"text": body["text"], "format": fmt}, headers=headers
+            ).json()
             assert parsed["error"] is None and parsed["spec"] == body["spec"]
             assert parsed["lines"]["objective.sigma"] > parsed["lines"]["objective"] >= 1
-        bad = client.post("/ui/api/spec-parse", json={"text": "a: 1\nb: [1,\n", "format": "yaml"}, headers=headers).json()
+        bad = client.post(
+            "/ui/api/spec-parse", json={"text": "a: 1\nb: [1,\n", "format": "yaml"}, headers=headers
+        ).json()
         assert bad["spec"] is None and bad["error"]["line"] >= 2 and "YAML" in bad["error"]["detail"]
         bad = client.post("/ui/api/spec-parse", json={"text": '{"a": 1,\n}', "format": "json"}, headers=headers).json()
         assert bad["spec"] is None and bad["error"]["line"] == 2

@@ -1,5 +1,6 @@
 """Where the browser test keeps its screenshots (``$HYDRA_TEST_ARTIFACTS/ui``, default
 ``/tmp/hydra-test-artifacts/ui``)."""
+
 from __future__ import annotations
 
 import os

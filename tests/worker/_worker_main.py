@@ -3,6 +3,7 @@ training batch down, so a test can act (kill, cancel, send a duplicate) in the m
 
 Run as a script: ``python tests/worker/_worker_main.py <celery worker arguments>``.
 """
+
 import os
 import sys
 import time

@@ -5,6 +5,7 @@ Everything a worker process needs reaches it through ``HYDRA_*`` environment var
 production. Jobs are tiny (a few hundred MNIST digits, PGD with 2 steps) and slowed down per batch by
 ``HYDRA_TEST_BATCH_DELAY_S`` where a test must act in the middle of one.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ ROOT = HERE.parents[1]
 PG_ADMIN_URL = os.environ.get("HYDRA_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HYDRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 LEASE_SECONDS = 5  # the smallest the settings allow: stale leases are noticed within seconds
+
 
 def _migrate(database_url: str) -> None:
     """Bring a fresh database to the latest schema through the project's Alembic revisions."""
@@ -163,16 +165,34 @@ def start_worker(service_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     def start(batch_delay_s: float = 0.0, pool: str = "prefork") -> WorkerProcess:
         name = f"w{len(started) + 1}-{uuid.uuid4().hex[:4]}"
         log_path = tmp_path / f"{name}.log"
-        env = {**os.environ, **service_env, "HYDRA_TEST_BATCH_DELAY_S": str(batch_delay_s),
-               "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            **service_env,
+            "HYDRA_TEST_BATCH_DELAY_S": str(batch_delay_s),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         cmd = [
-            sys.executable, str(HERE / "_worker_main.py"),
-            "-Q", service_env["HYDRA_QUEUE_NAME"], "-n", f"{name}@%h", "--pool", pool, "--concurrency", "1",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            sys.executable,
+            str(HERE / "_worker_main.py"),
+            "-Q",
+            service_env["HYDRA_QUEUE_NAME"],
+            "-n",
+            f"{name}@%h",
+            "--pool",
+            pool,
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ]
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         worker = WorkerProcess(proc, log_path, name)
         started.append(worker)
         worker.wait_ready()

@@ -1,6 +1,7 @@
 """Delivery semantics without worker processes: the Celery settings that make a killed worker's job
 come back, and the lease that makes every extra delivery harmless (ARCHITECTURE.md, "Delivery and
 failure"). Jobs here are rows only; nothing trains."""
+
 from __future__ import annotations
 
 import time
@@ -73,8 +74,9 @@ def test_a_second_delivery_is_refused_while_the_lease_is_held(settings: Any, que
     assert (row.status, row.attempt, row.lease_owner) == ("running", 1, "first-worker")
 
 
-def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(settings: Any, queued_job: str, tmp_path: Path
-                                                                 ) -> None:
+def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(
+    settings: Any, queued_job: str, tmp_path: Path
+) -> None:
     from service.storage import build_store
     from worker.leases import Lease
     from worker.runner import JobCallbacks, checkpoint_key
@@ -94,8 +96,9 @@ def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(settings: Any, 
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(b"stale")
     callbacks.on_checkpoint(ckpt)
-    callbacks.on_event("epoch_finished", {"stage": "pretrain", "variant": "dense", "epoch": 1, "epochs": 1,
-                                          "metrics": {}})
+    callbacks.on_event(
+        "epoch_finished", {"stage": "pretrain", "variant": "dense", "epoch": 1, "epochs": 1, "metrics": {}}
+    )
     assert not store.exists(checkpoint_key(queued_job))
     row = _row(settings, queued_job)
     assert (row.lease_owner, row.attempt, row.fraction) == ("new", 2, 0.0)
@@ -103,8 +106,7 @@ def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(settings: Any, 
         assert len(db_jobs.list_events(session, queued_job)) == n_events
 
 
-def test_reaper_requeues_a_stale_lease_sends_it_and_gives_up_after_max_attempts(settings: Any, queued_job: str
-                                                                                 ) -> None:
+def test_reaper_requeues_a_stale_lease_sends_it_and_gives_up_after_max_attempts(settings: Any, queued_job: str) -> None:
     from worker.reaper import sweep
 
     app = RecordingCelery()
@@ -134,8 +136,7 @@ def test_reaper_sends_a_queued_job_whose_message_was_never_sent(settings: Any, q
     assert queued_job not in sweep(settings, app, unsent_after_s=0.1)["sent"]  # sent: left alone
 
 
-def test_a_shutting_down_worker_hands_the_job_back_without_spending_an_attempt(settings: Any, queued_job: str
-                                                                               ) -> None:
+def test_a_shutting_down_worker_hands_the_job_back_without_spending_an_attempt(settings: Any, queued_job: str) -> None:
     from worker.dispatch import release_job
 
     with session_scope(settings) as session:
@@ -148,8 +149,7 @@ def test_a_shutting_down_worker_hands_the_job_back_without_spending_an_attempt(s
         assert db_jobs.claim_job(session, queued_job, "next", settings.lease_seconds) == 2
 
 
-def test_reaper_resends_every_queued_job_when_the_broker_restarted(settings: Any, queued_job: str, monkeypatch
-                                                                     ) -> None:
+def test_reaper_resends_every_queued_job_when_the_broker_restarted(settings: Any, queued_job: str, monkeypatch) -> None:
     """Redis restarted without persistence forgets the messages of jobs that *were* sent: a new run id
     makes the next sweep send every queued job again (the fault test does it with a real Redis)."""
     from worker import reaper

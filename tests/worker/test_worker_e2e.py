@@ -1,5 +1,6 @@
 """The worker for real: Celery worker processes on the Redis broker, Postgres, a local object store,
 and the API in process. Each test submits a tiny job over HTTP and checks what a user would see."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,10 @@ SLOW_BATCH_S = 0.4  # per-batch delay of the worker, so a test can act in the mi
 
 
 def _epochs(api: Any, job_id: str, stage: str | None = None) -> list[tuple[str, str, int]]:
-    rows = [(e["payload"]["stage"], e["payload"]["variant"], e["payload"]["epoch"])
-            for e in events(api, job_id, "epoch_finished")]
+    rows = [
+        (e["payload"]["stage"], e["payload"]["variant"], e["payload"]["epoch"])
+        for e in events(api, job_id, "epoch_finished")
+    ]
     return [r for r in rows if stage is None or r[0] == stage]
 
 
@@ -118,6 +121,7 @@ def test_a_pool_child_killed_by_sigkill_gives_its_message_back_and_the_lease_kee
     import os
 
     os.kill(children[0], signal.SIGKILL)
+
     def deliveries() -> int:
         return sum(1 for line in worker.log().splitlines() if "Task hydra.run_job[" in line and "received" in line)
 
@@ -253,8 +257,11 @@ def test_a_job_from_an_uploaded_network_and_dataset_skips_pretraining_and_names_
     assert _epochs(api, job_id) == [("prune", VARIANT, 1), ("finetune", VARIANT, 1)]
 
     report = api.get(f"/v1/jobs/{job_id}/report").json()
-    recorded = [report["spec"], json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/spec.json").content),
-                json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/report.json").content)["spec"]]
+    recorded = [
+        report["spec"],
+        json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/spec.json").content),
+        json.loads(api.get(f"/v1/jobs/{job_id}/artifacts/report.json").content)["spec"],
+    ]
     for shown in recorded:
         assert (shown["model"]["checkpoint"], shown["dataset"]["path"]) == (refs["model"], refs["dataset"])
 

@@ -2,6 +2,7 @@
 SQLite-backed Celery broker, a solo worker and the reaper, all in the data directory), a tiny job over
 HTTP, and a clean stop on Ctrl-C. Started from one folder, with its state in another: nothing lands
 in the current directory."""
+
 from __future__ import annotations
 
 import os
@@ -41,11 +42,17 @@ def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")} | {"HYDRA_DATA_DIR": str(data)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "launch.service_cli", "serve", "--port", str(port)], cwd=cwd,
-                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launch.service_cli", "serve", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     key_path = data / "admin.key"
     try:
+
         def up() -> bool:
             assert proc.poll() is None, log_path.read_text()
             try:
@@ -57,10 +64,18 @@ def test_serve_runs_a_job_with_nothing_installed_and_stops_cleanly(tmp_path: Pat
         assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
         key = key_path.read_text().strip()
         assert key in log_path.read_text()  # printed for the user, stored in the database only hashed
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)  # the first submission imports the model code (preflight)
+        client = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )  # the first submission imports the model code (preflight)
         job_id = client.post("/v1/jobs", json=tiny_spec()).raise_for_status().json()["id"]
-        row = wait_for(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"] in
-                       ("succeeded", "failed", "canceled") and r, 180, "the job", every=0.5)
+        row = wait_for(
+            lambda: (
+                (r := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed", "canceled") and r
+            ),
+            180,
+            "the job",
+            every=0.5,
+        )
         assert row["status"] == "succeeded", (row, (data / "worker.log").read_text()[-3000:])
         names = {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
         assert "hydra_k0.1.compressed.safetensors" in names

@@ -1,6 +1,7 @@
 """A checkpoint written under a spec that validates differently now (a service upgrade changed a
 default mid-job) is discarded with an event naming the fields, and the job starts over; any other
 core error still fails the attempt. No broker, no database: ``JobAttempt._run`` alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,9 +44,15 @@ def test_a_mismatched_checkpoint_is_discarded_naming_the_fields(tmp_path, monkey
     job, events = attempt(tmp_path)
     assert job._run(load_spec(SPEC), None) == {"ok": True}
     assert calls == [True, False]
-    assert events == [("checkpoint_discarded", {
-        "reason": "the checkpoint was written by a different spec: objective.eps, objective.step_size differ",
-        "fields": ["objective.eps", "objective.step_size"]})]
+    assert events == [
+        (
+            "checkpoint_discarded",
+            {
+                "reason": "the checkpoint was written by a different spec: objective.eps, objective.step_size differ",
+                "fields": ["objective.eps", "objective.step_size"],
+            },
+        )
+    ]
 
 
 def test_other_core_errors_are_not_taken_for_a_mismatch(tmp_path, monkeypatch) -> None:

@@ -1,4 +1,5 @@
 """Small helpers shared by the worker tests: the tiny job spec and polling the API."""
+
 from __future__ import annotations
 
 import time
@@ -62,8 +63,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_status(api: Any, job_id: str, statuses: set[str], timeout: float, reaper: Callable[[], Any] | None = None
-                ) -> dict[str, Any]:
+def wait_status(
+    api: Any, job_id: str, statuses: set[str], timeout: float, reaper: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         if reaper is not None:
             reaper()
