@@ -7,6 +7,7 @@ that long in a process that had just verified it. Only successes are remembered,
 at once and a wrong key always reaches the database. Entries are keyed by the key's sha256, so the
 cache never holds a usable secret.
 """
+
 from __future__ import annotations
 
 import threading

@@ -11,6 +11,7 @@ request. Measured on the status endpoint, those two costs were larger than the e
 
 For the same reason the cheap dependencies are ``async def``: only real I/O goes to a thread.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -4,6 +4,7 @@ Assets", with the files of ``fastapi-offline``, which ships a current Swagger UI
 
 FastAPI's own pages load both from a CDN: on an air-gapped machine ``/docs`` rendered a blank page.
 """
+
 from __future__ import annotations
 
 from importlib.resources import files

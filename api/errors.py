@@ -6,6 +6,7 @@ they should not have to know whether a 422 came from FastAPI's request validatio
 ``CoreError`` or from our own checks, or whether a 404 means "no such route" or "not your job".
 Routes raise ``ApiError(ErrorCode.X, ...)``; nothing builds ``HTTPException`` inline.
 """
+
 from __future__ import annotations
 
 import enum
@@ -110,7 +111,7 @@ def _message(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "invalid value"))
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     return msg
 
 

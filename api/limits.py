@@ -5,6 +5,7 @@ door (no body is read at all), and the bytes actually received are counted, whic
 uploads and clients that lie about their length. Uploads get ``max_upload_bytes`` (plus room for the
 multipart envelope); everything else, job specs included, gets ``max_spec_bytes``.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ passes nothing and gets ``get_settings()``, i.e. the environment). Nothing is bu
 ``uvicorn --factory api.main:create_app`` calls the factory, and ``api.main:app`` is created lazily on
 first access (PEP 562), so importing this module never reads the environment or opens connections.
 """
+
 from __future__ import annotations
 
 import logging

@@ -16,6 +16,7 @@ only the new events; it counts from the start of the process, like any counter. 
 a few seconds are left for the next scrape, so that one committed late (ids are handed out before
 commit) is not skipped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,14 @@ class EpochDurations:
             settled = now - timedelta(seconds=SETTLE_S)
             while True:
                 rows = session.execute(
-                    select(JobEvent.id, JobEvent.job_id, JobEvent.kind, JobEvent.created_at,
-                           JobEvent.payload["stage"].as_string(), JobEvent.payload["status"].as_string())
+                    select(
+                        JobEvent.id,
+                        JobEvent.job_id,
+                        JobEvent.kind,
+                        JobEvent.created_at,
+                        JobEvent.payload["stage"].as_string(),
+                        JobEvent.payload["status"].as_string(),
+                    )
                     .where(JobEvent.id > self.cursor, JobEvent.kind.in_(MILESTONES), JobEvent.created_at < settled)
                     .order_by(JobEvent.id)
                     .limit(BATCH)
@@ -170,7 +177,8 @@ class JobMetricsCollector(Collector):
             "hydra_worker_heartbeat_age_seconds", "Seconds since each busy worker's last heartbeat.", labels=["worker"]
         )
         heartbeat_ts = GaugeMetricFamily(
-            "hydra_worker_last_heartbeat_timestamp_seconds", "Unix time of each busy worker's last heartbeat.",
+            "hydra_worker_last_heartbeat_timestamp_seconds",
+            "Unix time of each busy worker's last heartbeat.",
             labels=["worker"],
         )
         latest: dict[str, datetime] = {}
@@ -183,8 +191,20 @@ class JobMetricsCollector(Collector):
             heartbeat_ts.add_metric([worker], beat.timestamp())
         busy = GaugeMetricFamily("hydra_workers_busy", "Workers holding a job's lease.")
         busy.add_metric([], len(latest))
-        return [jobs, depth, oldest, running, stale, attempts_total, retried_jobs, expiries, heartbeat, heartbeat_ts,
-                busy, self.epochs.family()]
+        return [
+            jobs,
+            depth,
+            oldest,
+            running,
+            stale,
+            attempts_total,
+            retried_jobs,
+            expiries,
+            heartbeat,
+            heartbeat_ts,
+            busy,
+            self.epochs.family(),
+        ]
 
 
 def install_metrics(app: FastAPI, settings: Settings) -> None:

@@ -18,6 +18,7 @@ What no schema can say is documented per operation instead (``SEMANTIC_422``): w
 upload exists, whether an uploaded file is what it claims to be, and whether an architecture fits its
 dataset. Those are answered 422 with one of the error codes listed there.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,11 +39,18 @@ from api.validation import (
 # operation's description; the fuzz test accepts exactly these).
 SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/jobs"): (
-        "invalid_reference", "incompatible_architecture", "invalid_model_kwargs", "invalid_normalization",
-        "unknown_architecture", "unsupported_layer",
+        "invalid_reference",
+        "incompatible_architecture",
+        "invalid_model_kwargs",
+        "invalid_normalization",
+        "unknown_architecture",
+        "unsupported_layer",
     ),
     ("post", "/v1/models"): (
-        "invalid_upload", "invalid_model_kwargs", "invalid_normalization", "unknown_architecture",
+        "invalid_upload",
+        "invalid_model_kwargs",
+        "invalid_normalization",
+        "unknown_architecture",
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
 }
@@ -98,8 +106,10 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
     # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network
     job["anyOf"] = [
         {"properties": {"stages": {"properties": {"pretrain": {"type": "object"}}}}},
-        {"required": ["model"], "properties": {"model": {"required": ["checkpoint"],
-                                                         "properties": {"checkpoint": {"type": "string"}}}}},
+        {
+            "required": ["model"],
+            "properties": {"model": {"required": ["checkpoint"], "properties": {"checkpoint": {"type": "string"}}}},
+        },
     ]
 
     model = schemas["ModelSpec"]["properties"]
@@ -115,8 +125,11 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
     dprops = dataset["properties"]
     names = [n for n in dprops["name"]["enum"] if n != "imagefolder"]  # a server-side folder: refused
     dprops["name"] = {**dprops["name"], "enum": names}
-    dprops["data_dir"] = {**dprops["data_dir"], "enum": ["data"],
-                          "description": "Chosen by the service; only the default is accepted."}
+    dprops["data_dir"] = {
+        **dprops["data_dir"],
+        "enum": ["data"],
+        "description": "Chosen by the service; only the default is accepted.",
+    }
     dprops["path"] = {
         **_nullable({"type": "string", "pattern": DATASET_REF_PATTERN}),
         "title": "Path",
@@ -129,8 +142,14 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
     ]
 
     # the objective union is discriminated by ``type``: pydantic needs the tag whenever an objective is given
-    for name in ("NaturalObjective", "PGDObjective", "TradesObjective", "SmoothingObjective", "MixTrainObjective",
-                 "CrownIBPObjective"):
+    for name in (
+        "NaturalObjective",
+        "PGDObjective",
+        "TradesObjective",
+        "SmoothingObjective",
+        "MixTrainObjective",
+        "CrownIBPObjective",
+    ):
         if name in schemas:
             required = schemas[name].setdefault("required", [])
             if "type" not in required:
@@ -138,8 +157,11 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
 
     pruning = schemas["PruningSpec"]["properties"]
     pruning["methods"] = {**pruning["methods"], "uniqueItems": True}
-    pruning["k"] = {**pruning["k"], "uniqueItems": True,
-                    "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}
+    pruning["k"] = {
+        **pruning["k"],
+        "uniqueItems": True,
+        "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    }
 
 
 def _tighten_uploads(schemas: dict[str, Any], architectures: list[str]) -> None:
@@ -184,7 +206,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes,
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
         openapi_version=app.openapi_version,
     )
     schemas = schema.get("components", {}).get("schemas", {})

@@ -9,6 +9,7 @@ costs latency, not the job: ``service.db.jobs.list_unsent_queued`` finds rows ne
 and the worker's sweep sends them. Publishing is therefore bounded (short timeouts, few retries) so a
 dead broker cannot hold an HTTP request for minutes.
 """
+
 from __future__ import annotations
 
 import logging

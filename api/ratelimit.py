@@ -7,6 +7,7 @@ key gets up to W times the limit). ``rate_limit_backend=redis`` keeps them in th
 shared by every process, at one Redis round trip per request; if Redis is briefly unreachable we let
 the request through: rate limiting protects capacity, it must not become an outage of its own.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Requests need no schema of their own: a job is submitted as ``core.spec.JobSpec`` itself, so the API,
 the CLI and the worker validate against exactly one definition.
 """
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -12,6 +12,7 @@ built from the catalogue's defaults, and parsing the editor's YAML/JSON with the
 Everything the pages load is served by the service (``/ui/static``); the Content-Security-Policy
 header forbids anything else, so an air-gapped browser renders the same page.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,10 @@ CSP = (
     "form-action 'self'"
 )
 # Spec fields the service sets itself, or that only make sense for a local run: left out of the template.
-TEMPLATE_DROP = {"model": ("checkpoint", "checkpoint_format"), "dataset": ("data_dir", "download", "num_workers", "path")}
+TEMPLATE_DROP = {
+    "model": ("checkpoint", "checkpoint_format"),
+    "dataset": ("data_dir", "download", "num_workers", "path"),
+}
 
 pages = APIRouter(prefix="/ui", include_in_schema=False)
 helpers = APIRouter(prefix="/ui/api", include_in_schema=False)
@@ -170,8 +174,11 @@ def parse_spec(body: SpecText, _principal: CurrentPrincipal, settings: SettingsD
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        return {"spec": None, "lines": {},
-                "error": {"detail": f"not valid YAML: {problem}", "line": mark.line + 1 if mark else None}}
+        return {
+            "spec": None,
+            "lines": {},
+            "error": {"detail": f"not valid YAML: {problem}", "line": mark.line + 1 if mark else None},
+        }
     if not isinstance(spec, dict):
         return {"spec": None, "lines": {}, "error": {"detail": "a job spec is a mapping of fields", "line": 1}}
     return {"spec": spec, "lines": field_lines(body.text), "error": None}

@@ -4,6 +4,7 @@ Validation (loading it into the declared architecture, reading the arrays) needs
 object store wants a file to stream from; hashing while copying gives the sha256 for free. The temp
 file is always removed, whatever happens after.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,8 +86,9 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise _npz_refused("not an .npz file (a zip of .npy arrays)" + (": it is a Python pickle" if magic[:1] == b"\x80"
-                                                                     else ""))
+        raise _npz_refused(
+            "not an .npz file (a zip of .npy arrays)" + (": it is a Python pickle" if magic[:1] == b"\x80" else "")
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -98,12 +100,15 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
                 seen.add(name)
             unexpected = sorted(n for n in names if n.removesuffix(".npy") not in NPZ_ARRAYS or not n.endswith(".npy"))
             if unexpected:
-                raise _npz_refused(f"unexpected member(s) {unexpected[:5]}; a dataset .npz holds only "
-                                   f"{', '.join(NPZ_ARRAYS)}")
+                raise _npz_refused(
+                    f"unexpected member(s) {unexpected[:5]}; a dataset .npz holds only {', '.join(NPZ_ARRAYS)}"
+                )
             total = sum(info.file_size for info in infos)
             if total > max_bytes:
-                raise _npz_refused(f"the .npz unpacks to {total} bytes, over the limit of {max_bytes} "
-                                   f"({sum(i.compress_size for i in infos)} bytes compressed); refused before unpacking")
+                raise _npz_refused(
+                    f"the .npz unpacks to {total} bytes, over the limit of {max_bytes} "
+                    f"({sum(i.compress_size for i in infos)} bytes compressed); refused before unpacking"
+                )
             out: dict[str, tuple[tuple[int, ...], str]] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
@@ -121,8 +126,10 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
                 declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
                 held = info.file_size - header_bytes
                 if declared != held:
-                    raise _npz_refused(f"{key!r} declares shape {tuple(shape)} of {dtype} = {declared} bytes but "
-                                       f"holds {held} (truncated, or a lying header)")
+                    raise _npz_refused(
+                        f"{key!r} declares shape {tuple(shape)} of {dtype} = {declared} bytes but "
+                        f"holds {held} (truncated, or a lying header)"
+                    )
                 out[key] = (tuple(int(s) for s in shape), str(dtype))
     except ApiError:
         raise

@@ -11,6 +11,7 @@ here has its twin in ``api.openapi``, and both read the constants below.
   that is only refused when the worker builds the network (or that builds a network nobody can hold
   in memory) is refused at the door.
 """
+
 from __future__ import annotations
 
 import math
@@ -127,8 +128,12 @@ def check_model_kwargs(kwargs: Any, field: str = "model.kwargs") -> dict[str, An
                 raise _bad(where, f"must be one of {', '.join(spec['enum'])}, got {value!r}")
         else:  # mean / std
             positive = name == "std"
-            ok = isinstance(value, list) and 1 <= len(value) <= MAX_NORM_VALUES and all(
-                _is_number(v) and (v > 0 if positive else v >= -MAX_NORM_ABS) and v <= MAX_NORM_ABS for v in value
+            ok = (
+                isinstance(value, list)
+                and 1 <= len(value) <= MAX_NORM_VALUES
+                and all(
+                    _is_number(v) and (v > 0 if positive else v >= -MAX_NORM_ABS) and v <= MAX_NORM_ABS for v in value
+                )
             )
             if not ok:
                 bound = "> 0" if positive else f">= {-MAX_NORM_ABS:g}"
@@ -172,8 +177,9 @@ def check_json_types(raw: Any, validated: Any, field: str = "") -> None:
     kind, got = _json_type(raw), _json_type(validated)
     if kind != got:
         where = field or "body"
-        raise ApiError(ErrorCode.VALIDATION_ERROR, f"{where}: expected a {got}, got a {kind} ({raw!r:.60})",
-                       field or None)
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, f"{where}: expected a {got}, got a {kind} ({raw!r:.60})", field or None
+        )
     if kind == "object":
         for key, value in raw.items():
             if key in validated:

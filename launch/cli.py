@@ -8,6 +8,7 @@
 module is the only place they meet. Without torch (a client-only machine) the core's commands are
 simply absent.
 """
+
 from __future__ import annotations
 
 import typer
@@ -17,8 +18,12 @@ from hydra_client.cli import register
 try:
     from core.cli import app
 except ImportError:  # no torch here: the client's commands only
-    app = typer.Typer(name="hydra-compress", help="Robust network compression with HYDRA (service client).",
-                      no_args_is_help=True, add_completion=False)
+    app = typer.Typer(
+        name="hydra-compress",
+        help="Robust network compression with HYDRA (service client).",
+        no_args_is_help=True,
+        add_completion=False,
+    )
 
 register(app)
 

@@ -17,6 +17,7 @@ What it does, all over the public HTTP API with the Python client (``hydra_clien
    listing, loads it with ``core.load_compressed_model`` and recomputes its benign accuracy on
    the test split: it must be the number the report states.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,19 @@ class EmbeddedService:
         print(f"starting the embedded service on {self.url} (log: {log_path})", flush=True)
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "launch.service_cli", "serve", "--port", str(self.port),
-                 "--log-level", "warning"],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "launch.service_cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         key_path = self.var / "admin.key"
         deadline = time.monotonic() + timeout_s
@@ -98,21 +109,31 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     rows = report["comparison"]
     print()
-    print(f"{'network':16s} {'sparsity':>9s} {'benign %':>9s} {'PGD %':>8s} {'AutoAttack %':>13s} "
-          f"{'worst case %':>13s} {'compressed bytes':>17s}")
+    print(
+        f"{'network':16s} {'sparsity':>9s} {'benign %':>9s} {'PGD %':>8s} {'AutoAttack %':>13s} "
+        f"{'worst case %':>13s} {'compressed bytes':>17s}"
+    )
     for r in rows:
         size = r.get("compressed_bytes")
-        print(f"{r['variant']:16s} {100 * r['sparsity']:8.2f}% {100 * r['benign_acc']:9.2f} "
-              f"{100 * r.get('pgd_acc', 0.0):8.2f} {100 * r.get('autoattack_acc', float('nan')):13.2f} "
-              f"{100 * r.get('robust_acc', float('nan')):13.2f} {size if size is not None else '-':>17}")
+        print(
+            f"{r['variant']:16s} {100 * r['sparsity']:8.2f}% {100 * r['benign_acc']:9.2f} "
+            f"{100 * r.get('pgd_acc', 0.0):8.2f} {100 * r.get('autoattack_acc', float('nan')):13.2f} "
+            f"{100 * r.get('robust_acc', float('nan')):13.2f} {size if size is not None else '-':>17}"
+        )
     print()
-    for key, label in (("benign_acc", "benign"), ("pgd_acc", "PGD"), ("autoattack_acc", "AutoAttack"),
-                       ("robust_acc", "worst case")):
+    for key, label in (
+        ("benign_acc", "benign"),
+        ("pgd_acc", "PGD"),
+        ("autoattack_acc", "AutoAttack"),
+        ("robust_acc", "worst case"),
+    ):
         if key in report["procedures"]:
             print(f"{label + ':':12s}{report['procedures'][key]}")
     obj = report.get("objective", {})
-    print(f"trained with {obj.get('type')} ({obj.get('norm')}, eps={obj.get('eps')}, step={obj.get('step_size')}, "
-          f"{obj.get('steps')} steps)")
+    print(
+        f"trained with {obj.get('type')} ({obj.get('norm')}, eps={obj.get('eps')}, step={obj.get('step_size')}, "
+        f"{obj.get('steps')} steps)"
+    )
 
 
 def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant: str, out_dir: Path) -> bool:
@@ -151,11 +172,13 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     y = torch.as_tensor([int(test_ds[i][1]) for i in range(n)])
     model = load_compressed_model(path).eval()
     with torch.no_grad():
-        acc = sum(int((model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum()) for i in range(0, n, 500)) / n
+        acc = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, n, 500)) / n
     stated = report["variants"][variant]["metrics"]["benign_acc"]
     ok_acc = abs(acc - stated) <= 1.0 / n + 1e-9  # at most one prediction apart (CPU vs GPU arithmetic)
-    print(f"reloaded with load_compressed_model: benign accuracy {100 * acc:.2f}% on {n} test digits; "
-          f"the report says {100 * stated:.2f}% -> {'reproduced' if ok_acc else 'MISMATCH'}")
+    print(
+        f"reloaded with load_compressed_model: benign accuracy {100 * acc:.2f}% on {n} test digits; "
+        f"the report says {100 * stated:.2f}% -> {'reproduced' if ok_acc else 'MISMATCH'}"
+    )
     return ok_sha and ok_acc
 
 
@@ -164,11 +187,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hydra-service demo", description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="A running service (default: start the embedded one).")
     parser.add_argument("--key", default=os.environ.get("HYDRA_API_KEY"), help="API key for --url.")
-    parser.add_argument("--spec", type=Path, default=None,
-                        help=f"Job spec (YAML or JSON; default: the packaged {SPEC_NAME}).")
+    parser.add_argument(
+        "--spec", type=Path, default=None, help=f"Job spec (YAML or JSON; default: the packaged {SPEC_NAME})."
+    )
     parser.add_argument("--port", type=int, default=8765, help="Port of the embedded service.")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Where downloads go (default: <data dir>/demo; see `hydra-service data-dir`).")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Where downloads go (default: <data dir>/demo; see `hydra-service data-dir`).",
+    )
     parser.add_argument("--keep-running", action="store_true", help="Leave the embedded service running.")
     return parser.parse_args(argv)
 
@@ -207,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         except HydraError as err:
             print(f"the service refused the spec: {err}", file=sys.stderr)
             return 1
-        stop_note = ("Ctrl-C stops the service; the job resumes from its last epoch on the next start"
-                     if service is not None else "Ctrl-C stops following, not the job")
+        stop_note = (
+            "Ctrl-C stops the service; the job resumes from its last epoch on the next start"
+            if service is not None
+            else "Ctrl-C stops following, not the job"
+        )
         print(f"submitted job {job_id} ({args.spec.name}); following it ({stop_note})")
         row = follow(client, job_id)
         if row["status"] != "succeeded":
@@ -218,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         print_table(report)
         hydra = next((r["variant"] for r in report["comparison"] if r["method"] == "hydra"), None)
         ok = check_artifact(client, job_id, report, hydra, args.out) if hydra else False
-        print(f"\ndemo {'passed' if ok else 'FAILED'} in {(time.monotonic() - started) / 60:.1f} min; "
-              f"report: {url}/v1/jobs/{job_id}/report")
+        print(
+            f"\ndemo {'passed' if ok else 'FAILED'} in {(time.monotonic() - started) / 60:.1f} min; "
+            f"report: {url}/v1/jobs/{job_id}/report"
+        )
         return 0 if ok else 1
     finally:
         if service is not None and not args.keep_running:

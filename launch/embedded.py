@@ -27,6 +27,7 @@ The worker writes its log to ``<data dir>/worker.log``.
 
 This module is in ``launch``, the one layer that imports both ``api`` and ``worker``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -123,13 +124,28 @@ def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "ab")
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--pool", "solo", "-Q", settings.queue_name, "-n", f"{name}@%h", "--loglevel", "INFO",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "solo",
+        "-Q",
+        settings.queue_name,
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
     env = {**os.environ, **state_env(settings), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                            preexec_fn=_term_with_parent)
+    proc = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_term_with_parent
+    )
     return WorkerHandle(proc, log_file, log_path)  # type: ignore[arg-type]
 
 
@@ -154,8 +170,9 @@ def stop_worker(handle: WorkerHandle, timeout_s: float = WORKER_STOP_TIMEOUT_S) 
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("worker did not stop within %ss; killing it (its job resumes from the last epoch)",
-                            timeout_s)
+                log.warning(
+                    "worker did not stop within %ss; killing it (its job resumes from the last epoch)", timeout_s
+                )
                 proc.kill()
                 proc.wait(timeout=30)
         return proc.returncode
@@ -227,8 +244,14 @@ def serve(
     # The app object of *these* settings (``api.main:create_app`` as a factory would re-read the env).
     # A bounded graceful shutdown: an open event stream (a client following a job) must not hold it.
     # uvicorn's own lines (startup, errors, access) through our filters, and as JSON when asked.
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
-                            log_config=uvicorn_log_config(json_lines), timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(json_lines),
+        timeout_graceful_shutdown=3,
+    )
     server = uvicorn.Server(config)
     # uvicorn restores the previous handlers after shutting down and re-raises the signal it caught:
     # make SIGTERM an exception then (not an instant exit), so the worker is stopped in order below.

@@ -8,6 +8,7 @@ wheel: the Alembic migrations (the ``migrations`` package), the embedded launche
 
     python -m launch.service_cli COMMAND ...     # the same as ``hydra-service COMMAND ...``
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -141,8 +142,22 @@ def worker(
     import sys
 
     queue = queues or _settings().queue_name
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", pool,
-            "--concurrency", str(concurrency), "-Q", queue, "--loglevel", loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queue,
+        "--loglevel",
+        loglevel,
+    ]
     os.execv(sys.executable, argv)
 
 

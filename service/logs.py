@@ -22,6 +22,7 @@ Keys never reach a log: ``RedactingFilter`` replaces ``Bearer <token>``, ``Autho
 ``key=``-style query parameters and any bare 43-character url-safe token (the shape of our keys,
 ``secrets.token_urlsafe(32)``) with ``[redacted]``, in plain and JSON output alike.
 """
+
 from __future__ import annotations
 
 import contextvars

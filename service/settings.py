@@ -16,6 +16,7 @@ Everything else gets its settings injected: ``get_settings()`` is cached and use
 patching globals. The model is frozen (hashable), which lets builders of engines and stores cache
 one instance per distinct settings object.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
 
     # --- the embedded default's state (absolute once validated)
     data_dir: str = Field(
-        "", description="Where the embedded default keeps its database, broker, objects and work files "
+        "",
+        description="Where the embedded default keeps its database, broker, objects and work files "
         "(default: $XDG_DATA_HOME/hydra-compress, i.e. ~/.local/share/hydra-compress).",
     )
 

@@ -9,6 +9,7 @@ One small protocol, two implementations, chosen by settings. Why it looks like t
 - Reads stream in chunks; a 200 MB artifact never sits in memory.
 - ``presigned_url`` lets the API redirect downloads to S3; the local store has none (``None``).
 """
+
 from __future__ import annotations
 
 import os

@@ -28,6 +28,7 @@ Delivery choices (facts measured on Celery 5.7 / kombu 5.7 / Redis 7 are in ARCH
 Messages carry an expiry (``task_expires_seconds``): a stale duplicate is dropped by the worker, and
 the reaper re-sends a queued job whose message expired.
 """
+
 from __future__ import annotations
 
 from celery import Celery

@@ -5,6 +5,7 @@ sending it again is always safe (only one ``claim_job`` can win). Each message e
 ``task_expires_seconds``; a worker drops an expired one unread, and the reaper re-sends a job that is
 still queued by then, so duplicates do not pile up in the broker behind a long-running job.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,4 +28,3 @@ def send_job(app: Celery, settings: Settings, job_id: str) -> None:
 
 
 release_job = db_jobs.release_job  # re-exported: the worker hands jobs back through here
-

@@ -9,6 +9,7 @@ A refused heartbeat means another attempt owns the job now (the lease had expire
 it, or the job was finished under us). From then on ``lost`` is set, the run stops at its next batch
 through ``should_cancel``, and the attempt writes nothing more: no progress, no checkpoint, no outcome.
 """
+
 from __future__ import annotations
 
 import logging

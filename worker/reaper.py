@@ -18,6 +18,7 @@ Sending again is always safe: only one ``claim_job`` can win. The sweep runs as 
 (``start_reaper_thread``), or on its own: ``python -m worker.reaper``. Several reapers at once are
 fine: every requeue is a conditional update.
 """
+
 from __future__ import annotations
 
 import logging

@@ -15,6 +15,7 @@ tested, without a broker. The order of things is the contract with the rest of t
 
 No database session is held while training: each callback opens one, writes, and closes it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -140,8 +141,9 @@ class JobCallbacks(RunCallbacks):
                 metrics=payload.get("metrics"),
             )
         elif kind == "stage_started":
-            self._record_progress(stage=payload.get("stage"), variant=payload.get("variant"), epoch=0,
-                                  epochs=payload.get("epochs"))
+            self._record_progress(
+                stage=payload.get("stage"), variant=payload.get("variant"), epoch=0, epochs=payload.get("epochs")
+            )
         if self.lease.lost.is_set():
             return
         try:
@@ -171,8 +173,9 @@ class JobCallbacks(RunCallbacks):
         try:
             self._upload(checkpoint_key(self.job_id), path)
         except Exception:
-            log.error("checkpoint of job %s not uploaded; a crash now resumes from an older one", self.job_id,
-                      exc_info=True)
+            log.error(
+                "checkpoint of job %s not uploaded; a crash now resumes from an older one", self.job_id, exc_info=True
+            )
 
     def on_artifact(self, name: str, path: Path, size: int, sha256: str) -> None:
         if self.lease.lost.is_set():
@@ -274,8 +277,9 @@ class JobAttempt:
         if self.lease.lost.is_set():
             return "lease_lost"
         with session_scope(self.settings) as session:
-            done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "succeeded",
-                                      report=report)
+            done = db_jobs.finish_job(
+                session, self.job_id, self.lease.owner, self.lease.attempt, "succeeded", report=report
+            )
         self._cleanup(done)
         return "succeeded" if done else "lease_lost"
 
@@ -293,14 +297,25 @@ class JobAttempt:
             canceled = db_jobs.is_cancel_requested(session, self.job_id)
         if canceled or not shutdown_requested.is_set():
             with session_scope(self.settings) as session:
-                done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "canceled",
-                                          error_reason="canceled by user")
+                done = db_jobs.finish_job(
+                    session,
+                    self.job_id,
+                    self.lease.owner,
+                    self.lease.attempt,
+                    "canceled",
+                    error_reason="canceled by user",
+                )
             self._cleanup(done)
             return "canceled" if done else "lease_lost"
         # The worker is shutting down: the last epoch's checkpoint is in the store; hand the job back.
         with session_scope(self.settings) as session:
-            released = release_job(session, self.job_id, self.lease.owner, self.lease.attempt,
-                                   "worker shutting down; resumes from the last checkpoint")
+            released = release_job(
+                session,
+                self.job_id,
+                self.lease.owner,
+                self.lease.attempt,
+                "worker shutting down; resumes from the last checkpoint",
+            )
         if not released:
             return "lease_lost"
         if self.app is not None:
@@ -317,8 +332,9 @@ class JobAttempt:
             return "lease_lost"
         self._event("error", {"reason": reason, **details})
         with session_scope(self.settings) as session:
-            done = db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, "failed",
-                                      error_reason=reason)
+            done = db_jobs.finish_job(
+                session, self.job_id, self.lease.owner, self.lease.attempt, "failed", error_reason=reason
+            )
         self._cleanup(done)
         return "failed" if done else "lease_lost"
 
@@ -337,8 +353,12 @@ def run_attempt(settings: Settings, job_id: str, app: Celery | None = None, stor
         job = db_jobs.get_job(session, None, job_id)
     if attempt is None or job is None:
         status = job.status if job is not None else "missing"
-        log.info("job %s not claimed (status %s, attempt %s): duplicate or stale message", job_id, status,
-                 job.attempt if job is not None else "-")
+        log.info(
+            "job %s not claimed (status %s, attempt %s): duplicate or stale message",
+            job_id,
+            status,
+            job.attempt if job is not None else "-",
+        )
         return "not_claimed"
     with job_log_context(job_id=job_id, attempt=attempt, tenant=_tenant_name(settings, job.tenant_id)):
         log.info("job %s: attempt %s claimed by %s", job_id, attempt, owner)

@@ -14,6 +14,7 @@ Where the flag is set depends on the pool:
   SIGTERM. For the length of a task we replace it with ours (``sigterm_stops_the_run``), and the main
   process forwards its SIGTERM to its children, because a container runtime signals only PID 1.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 ``hydra.run_job`` is safe to deliver any number of times: a delivery whose claim is refused returns at
 once (and its message is acknowledged), so a duplicate never trains a second copy of a running job.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """One router per resource, gathered into ``api_router`` (mounted under /v1) and ``health_router``."""
+
 from fastapi import APIRouter
 
 from api.routes import catalogue, datasets, health, jobs, models

@@ -3,6 +3,7 @@
 Served from the core's own registries, so the catalogue can never list something the validator
 refuses (or miss something it accepts).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@
 Only ``.npz`` is accepted (loaded with ``allow_pickle=False``): archives that must be extracted are
 refused outright, since ``tarfile``'s safety filter has known bypasses on our Python (ARCHITECTURE.md).
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -84,7 +85,9 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=ERRORS)
-def get_dataset(dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep) -> Dataset:
+def get_dataset(
+    dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep
+) -> Dataset:
     """One uploaded dataset."""
     row = uploads.get_dataset(session, principal.tenant_id, dataset_id)
     if row is None:

@@ -3,6 +3,7 @@
 ``/healthz`` only says the process answers; ``/readyz`` says it can do useful work, i.e. reach the
 database, the broker and the object store, and names whichever it cannot.
 """
+
 from __future__ import annotations
 
 import logging

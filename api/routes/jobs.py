@@ -4,6 +4,7 @@ The API never trains. Submission validates the spec completely (schema, referenc
 uploads, bound-method support of the architecture), writes the row, then publishes the job id; the
 row is committed first so that nothing a user submitted depends on the broker being up.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,7 +81,7 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
                 f"must name an uploaded model as '{MODEL_REF}<id>' (POST /v1/models), got {checkpoint!r}",
                 "model.checkpoint",
             )
-        model = uploads.get_model(session, tenant_id, checkpoint[len(MODEL_REF):])
+        model = uploads.get_model(session, tenant_id, checkpoint[len(MODEL_REF) :])
         if model is None:
             raise ApiError(ErrorCode.INVALID_REFERENCE, f"no uploaded model {checkpoint!r}", "model.checkpoint")
         if model.arch != spec.model.arch:
@@ -111,7 +112,7 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
                 f"must name an uploaded dataset as '{DATASET_REF}<id>' with name 'npz', got {dataset.path!r}",
                 "dataset.path",
             )
-        if uploads.get_dataset(session, tenant_id, dataset.path[len(DATASET_REF):]) is None:
+        if uploads.get_dataset(session, tenant_id, dataset.path[len(DATASET_REF) :]) is None:
             raise ApiError(ErrorCode.INVALID_REFERENCE, f"no uploaded dataset {dataset.path!r}", "dataset.path")
     if dataset.data_dir != DEFAULT_DATA_DIR:
         raise ApiError(
@@ -151,7 +152,7 @@ def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     known = None
     path = spec.dataset.path
     if path is not None and path.startswith(DATASET_REF):
-        row = uploads.get_dataset(session, tenant_id, path[len(DATASET_REF):])
+        row = uploads.get_dataset(session, tenant_id, path[len(DATASET_REF) :])
         known = {"input_shape": row.input_shape, "num_classes": row.num_classes} if row is not None else {}
     preflight(spec, known)  # CoreError -> 422; with ``known`` given no file on the API's disk is opened
 
@@ -169,8 +170,14 @@ async def _raw_json(request: Request) -> Any:
     "",
     status_code=201,
     response_model=JobDetail,
-    responses={**ERRORS, 200: {"model": JobDetail, "description": "Idempotency-Key replay: the job the first "
-                               "request with this key created (header Idempotent-Replayed: true)."}},
+    responses={
+        **ERRORS,
+        200: {
+            "model": JobDetail,
+            "description": "Idempotency-Key replay: the job the first "
+            "request with this key created (header Idempotent-Replayed: true).",
+        },
+    },
 )
 def submit_job(
     spec: JobSpec,
@@ -379,8 +386,5 @@ def download_artifact(
     except ObjectNotFound as exc:
         raise ApiError(ErrorCode.NOT_FOUND, f"artifact {name!r} is missing from storage", "name") from exc
     filename = name.replace('"', "")
-    headers.update(
-        {"Content-Length": str(artifact.size), "Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+    headers.update({"Content-Length": str(artifact.size), "Content-Disposition": f'attachment; filename="{filename}"'})
     return StreamingResponse(chunks, media_type=artifact.content_type, headers=headers)
-

@@ -7,6 +7,7 @@ The network is built on the ``meta`` device for the check (shapes and dtypes, no
 naming a huge architecture costs nothing; the format is the one the bytes show, and a file named
 ``.safetensors`` must be one. Nothing is stored (object or row) unless every check passed.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ _FORM_FIELD = {
 
 def _upload_error(err: CoreError, temp_name: str = "", shown_name: str | None = None) -> ApiError:
     """422 ``invalid_upload`` naming the form field, and the file as the user called it (not our temp name)."""
-    message = err.message.replace(temp_name, repr(shown_name) if shown_name else "the file") if temp_name else err.message
+    message = (
+        err.message.replace(temp_name, repr(shown_name) if shown_name else "the file") if temp_name else err.message
+    )
     return ApiError(ErrorCode.INVALID_UPLOAD, message, _FORM_FIELD.get(err.field or "", err.field or "file"))
 
 
@@ -80,9 +83,7 @@ def upload_model(
     file: Annotated[UploadFile, File(description="safetensors, or a weights-only torch state dict")],
     arch: Annotated[str, Form(description="Architecture name from GET /v1/catalogue/architectures.")],
     kwargs: Annotated[str, Form(description="JSON object of architecture arguments (a JSON part).")] = "{}",
-    checkpoint_format: Annotated[
-        Literal["auto", "safetensors", "state_dict", "hydra"], Form(alias="format")
-    ] = "auto",
+    checkpoint_format: Annotated[Literal["auto", "safetensors", "state_dict", "hydra"], Form(alias="format")] = "auto",
     name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL_PATTERN)] = None,
 ) -> UploadedModel:
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
@@ -136,7 +137,9 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=ERRORS)
-def get_model(model_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep) -> UploadedModel:
+def get_model(
+    model_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep
+) -> UploadedModel:
     """One uploaded model."""
     row = uploads.get_model(session, principal.tenant_id, model_id)
     if row is None:

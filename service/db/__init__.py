@@ -1,5 +1,6 @@
 """All SQL of the service lives in this package: tables (``base``), engines and sessions (``session``),
 and verb-named functions per concern (``jobs``, ``keys``, ``uploads``). Nothing outside it writes SQL."""
+
 from service.db.base import (
     FINAL_STATUSES,
     ApiKey,

@@ -13,6 +13,7 @@ flight wait for it and then share one ``WHERE id = ANY(...)`` query. One poller 
 hundreds of pollers cost a handful of round trips per batch instead of one each. Every answer is
 still a committed row read after the request arrived, as fresh as a query of its own.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -9,6 +9,7 @@ Why these choices:
 - Job ids are uuid4 strings created in Python, so the API can answer with the id before any
   round trip and the same id travels through Celery as a plain string.
 """
+
 from __future__ import annotations
 
 import enum

@@ -19,6 +19,7 @@ the same transaction, so the event history can never disagree with the row; call
 should not) append their own ``status`` events. Time is the service's UTC clock (``utcnow``);
 hosts are expected to run NTP, which is far tighter than any lease.
 """
+
 from __future__ import annotations
 
 import math
@@ -370,10 +371,7 @@ def list_events(session: Session, job_id: str, after_id: int = 0, limit: int = 5
     """Events of a job with ``id > after_id``, oldest first (ids only grow, so they are the cursor)."""
     rows = list(
         session.execute(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
-            .limit(limit)
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
         ).scalars()
     )
     session.commit()
@@ -466,9 +464,7 @@ def requeue_stale_jobs(session: Session, now: datetime | None = None) -> list[st
 
 def mark_enqueued(session: Session, job_id: str) -> None:
     """Note that the broker accepted the job's message (the sweep then leaves it alone)."""
-    session.execute(
-        update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()), execution_options=_NO_SYNC
-    )
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()), execution_options=_NO_SYNC)
     session.commit()
 
 

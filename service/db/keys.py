@@ -5,6 +5,7 @@ leaked database does not leak working keys, and a 256-bit random secret needs no
 (there is nothing to brute-force). The first 8 characters are kept in clear as the ``prefix`` so an
 admin can name a key ("revoke abcd1234") without ever seeing the secret again.
 """
+
 from __future__ import annotations
 
 import hashlib

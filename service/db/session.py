@@ -8,6 +8,7 @@ SQLite gets the settings that make it usable by several processes at once (the e
 an API and a worker side by side): WAL journal, a busy timeout instead of instant "database is
 locked", and foreign keys switched on.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -55,9 +56,7 @@ def build_engine(
         return engine
     if one_shot:
         return create_engine(url, poolclass=NullPool)
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=pre_ping, pool_recycle=1800
-    )
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=pre_ping, pool_recycle=1800)
 
 
 @lru_cache(maxsize=16)

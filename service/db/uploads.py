@@ -4,6 +4,7 @@ The bytes live in the object store; a row exists only after its file was validat
 job spec that names ``model:<id>`` or ``dataset:<id>`` always points at something usable. Every read
 is scoped by tenant: another tenant's upload is indistinguishable from a missing one.
 """
+
 from __future__ import annotations
 
 from typing import Any, TypeVar
