@@ -1,13 +1,6 @@
-"""How the API hands a job to the workers: a bare Celery client that sends ``hydra.run_job`` by name.
-
-The API never imports the worker package (no torch training code, no task registry in the web
-process); it only needs a broker connection and the task's name. The message carries the job id
-alone: the row already holds the spec, and the worker re-reads it on entry.
-
-Publishing is best-effort by design. The job row is committed before we publish, so a broker outage
-costs latency, not the job: ``service.db.jobs.list_unsent_queued`` finds rows never marked enqueued
-and the worker's sweep sends them. Publishing is therefore bounded (short timeouts, few retries) so a
-dead broker cannot hold an HTTP request for minutes.
+"""How the API hands a job to the workers: a bare Celery client that sends ``hydra.run_job(<job id>)``
+by name (the API never imports the worker), after the row is committed and with bounded retries; a send
+that fails is left to the reaper. Delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The base of every typed config: strict Pydantic models, and the threat-model vocabulary they share.
 
-Kept free of torch so that the job spec (``core.spec``) and every registered config model can be
-validated by the API without the training code.
+Free of torch itself; note that ``core.spec`` is not: it builds its enumerations from the registries,
+whose modules (objectives, datasets) import torch, so the API process loads torch when it validates.
 """
 
 from __future__ import annotations

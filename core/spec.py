@@ -1,6 +1,6 @@
 """The job spec: one Pydantic model that the CLI, the worker and the API all validate against.
 
-Defaults are the HYDRA reference code's (METHOD.md). Unknown fields are refused everywhere
+Defaults are the HYDRA reference code's (docs/METHOD.md). Unknown fields are refused everywhere
 (``extra="forbid"``) so a typo never silently falls back to a default. ``load_spec`` turns any
 validation failure into a ``CoreError`` naming the first offending field.
 """

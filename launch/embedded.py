@@ -18,7 +18,8 @@ the database; the plaintext is written to ``<data dir>/admin.key`` (mode 0600) s
 the machine can read it, and reused on later starts while it still authenticates.
 
 Ctrl-C (or SIGTERM) stops the API, then sends SIGTERM to the worker, which checkpoints the running job,
-hands it back to the queue and exits; the next ``serve`` resumes it from that checkpoint.
+hands it back to the queue and exits; the next ``serve`` resumes it from that checkpoint
+(docs/DELIVERY.md).
 
 With ``HYDRA_LOG_JSON`` on, every line this process writes is one JSON object (``service.logs``):
 uvicorn's own lines (its ``log_config``), Python warnings, and the launcher's messages, which are then

@@ -1,4 +1,4 @@
-"""STYLE.md's dependency rules, from the imports in the source (lazy ones inside functions included).
+"""docs/STYLE.md's dependency rules, from the imports in the source (lazy ones inside functions included).
 
 The layers, lowest first: ``core`` (pure PyTorch) and ``service`` (settings, database, storage);
 ``migrations`` (Alembic, on ``service``'s models); ``api`` and ``worker``, which never import each

@@ -10,7 +10,7 @@ from core.errors import CoreError
 from core.models.zoo import Normalize, NormalizedModel, create_model, list_models
 from core.pruning.masked import convert_to_masked
 
-# parameter counts of the paper's networks (10 classes); METHOD.md quotes 15.3M, 5.85M, 25.6M, ~0.21M, ~2.47M
+# parameter counts of the paper's networks (10 classes); docs/METHOD.md quotes 15.3M, 5.85M, 25.6M, ~0.21M, ~2.47M
 PAPER_SIZES = {
     "vgg16_bn": (15.3e6, 0.05e6),
     "wrn_28_4": (5.85e6, 0.01e6),

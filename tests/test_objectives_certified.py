@@ -1,4 +1,4 @@
-"""The verifiable objectives: losses that train masked scores, the schedules of METHOD.md, and the
+"""The verifiable objectives: losses that train masked scores, the schedules of docs/METHOD.md, and the
 certified numbers of their certify(), each tagged with its method."""
 
 import math

@@ -1,32 +1,6 @@
-"""The Celery application: how job messages travel, and why the broker is never the record of a job.
-
-Delivery choices (facts measured on Celery 5.7 / kombu 5.7 / Redis 7 are in ARCHITECTURE.md):
-
-* ``task_acks_late=True`` + ``task_reject_on_worker_lost=True``: the message is acknowledged only
-  when the task returns, and a pool child killed by SIGKILL (the OOM killer) puts it back instead of
-  losing it. ``acks_late`` alone loses it.
-* ``worker_prefetch_multiplier=1``: a worker that is training for hours holds no other job's message
-  hostage; the next job goes to an idle worker.
-* Redis ``visibility_timeout`` is left at an explicit hour and deliberately *not* raised above the
-  longest job. A job can run for days and no timeout is "long enough"; a long one also delays the
-  return of the message of a worker that died as a whole. Instead:
-
-  - the job row, not the message, is the truth. ``hydra.run_job`` takes only the job id and claims the
-    row atomically (``claim_job``); a claim is refused while another attempt holds the lease, so a
-    redelivered message (visibility timeout, restart, a reaper re-send) returns in milliseconds and
-    never trains a second copy of a running job;
-  - the worker heartbeats its lease every ``lease_seconds / 4``; every write is conditioned on the
-    lease, so an attempt that lost it is stopped and can write nothing more;
-  - attempts are counted in the row and capped by ``max_attempts``: a job that keeps killing its
-    worker (and so keeps being redelivered) ends ``failed`` with a reason instead of looping forever;
-  - the reaper (``worker.reaper``) requeues jobs whose lease went stale and re-sends queued jobs that
-    have no live message, so a lost message (whole worker killed, SQL broker, Redis flush) costs at most
-    one lease period plus one sweep, not an hour;
-  - the run resumes from its last per-epoch checkpoint in object storage, so a second delivery costs
-    at most one epoch of work, never a restart from scratch.
-
-Messages carry an expiry (``task_expires_seconds``): a stale duplicate is dropped by the worker, and
-the reaper re-sends a queued job whose message expired.
+"""The Celery application: ``acks_late`` + ``reject_on_worker_lost``, prefetch 1, message expiry, and a
+Redis visibility timeout of an explicit hour, deliberately not above the longest job (the lease on the
+job row makes every redelivery harmless). Delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Sending a job's message, and handing a job back to the queue.
-
-The message says only "look at job X": everything else is read from the row when it arrives, so
-sending it again is always safe (only one ``claim_job`` can win). Each message expires after
-``task_expires_seconds``; a worker drops an expired one unread, and the reaper re-sends a job that is
-still queued by then, so duplicates do not pile up in the broker behind a long-running job.
+"""Sending a job's message (the job id only, expiring after ``task_expires_seconds``), and handing a job
+back to the queue; sending again is always safe, since only one ``claim_job`` can win. Delivery
+semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The lease an attempt holds on its job row, kept alive by a heartbeat thread.
-
-Why a thread: a batch can take minutes on a large model and the training loop must not know about the
-database. The heartbeat renews the lease every ``lease_seconds / 4``, so three missed beats in a row
-(a long GC pause, a database blip) are survivable, and a worker that really died lets its lease lapse
-within ``lease_seconds``: the reaper then requeues the job, or the next delivery takes it over.
-
-A refused heartbeat means another attempt owns the job now (the lease had expired and someone claimed
-it, or the job was finished under us). From then on ``lost`` is set, the run stops at its next batch
-through ``should_cancel``, and the attempt writes nothing more: no progress, no checkpoint, no outcome.
+"""The lease an attempt holds on its job row, renewed every ``lease_seconds / 4`` by a heartbeat thread
+(a batch can take minutes and the training loop must not know about the database); a refused heartbeat
+sets ``lost``, and the attempt stops at its next batch and writes nothing more. Delivery semantics:
+docs/DELIVERY.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""The reaper: the sweep that makes a lost worker or a lost message cost minutes, not a job.
-
-Two things can leave a job stuck, and the broker can fix neither reliably (ARCHITECTURE.md):
-- a worker died holding the lease (SIGKILL, OOM, a lost machine): ``requeue_stale_jobs`` puts jobs
-  whose lease expired back to ``queued`` (or fails them with a reason once their attempts are used up,
-  or cancels them if a cancel was asked), and we send each one again at once;
-- a queued job whose message is gone (the API's send failed, the SQL broker's message was taken by a
-  worker that then died, a broker restart, an expired message): ``list_unsent_queued`` finds queued
-  jobs never sent for ``unsent_after_s`` and jobs sent longer ago than the message expiry.
-
-A third case the broker hides: Redis restarted without persistence (or failed over) has forgotten
-every message it held, so queued jobs that *were* sent wait for nothing. Redis's ``run_id`` changes
-with every start; when a sweep sees a different one than the sweep before, it re-sends every queued
-job at once (with persistence the messages survived, and the duplicates are refused at the claim).
-
-Sending again is always safe: only one ``claim_job`` can win. The sweep runs as a Celery beat entry
-(``hydra.reap`` every 15 s on the ``maintenance`` queue), in a thread of the embedded launcher
-(``start_reaper_thread``), or on its own: ``python -m worker.reaper``. Several reapers at once are
-fine: every requeue is a conditional update.
+"""The reaper: requeues jobs whose lease expired, re-sends queued jobs that have no live message (and
+every queued job when Redis's ``run_id`` shows the broker restarted), so a lost worker or message costs
+minutes, not a job. It runs as the beat entry ``hydra.reap``, in a thread of the embedded launcher, or
+as ``python -m worker.reaper``; delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

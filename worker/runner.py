@@ -1,19 +1,6 @@
-"""One attempt at one job: claim the row, fetch inputs and the last checkpoint, run core, record.
-
-The Celery task (``worker.tasks``) is a thin shell around ``run_attempt`` so this can be called, and
-tested, without a broker. The order of things is the contract with the rest of the service:
-
-1. ``claim_job`` atomically, or return: a refused claim means another attempt holds the lease (a
-   duplicate or redelivered message), the job is final or canceled, or its attempts are used up.
-2. Start the heartbeat (``worker.leases``). Every write from here on is conditional on the lease.
-3. Resolve ``model:<id>`` / ``dataset:<id>`` to local files, download
-   ``jobs/<id>/checkpoints/checkpoint.pt`` if there is one, and call ``run_job(resume=True)``: a
-   redelivered or restarted job continues from its last epoch instead of starting over.
-4. Record exactly one outcome: ``succeeded`` (report in the row), ``canceled``, ``failed`` with a
-   reason a person can read, or back to ``queued`` when the worker is shutting down (SIGTERM). An
-   attempt that lost its lease records nothing: its successor owns the row.
-
-No database session is held while training: each callback opens one, writes, and closes it.
+"""One attempt at one job (``run_attempt``, without a broker; ``worker.tasks`` is a thin shell): claim
+the row under a lease, fetch the uploads and the last checkpoint, ``run_job(resume=True)``, then record
+exactly one outcome, nothing once the lease is lost. Delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

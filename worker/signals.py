@@ -1,18 +1,7 @@
-"""SIGTERM means "checkpoint and hand the job back", not "lose the epoch".
-
-A container runtime (Docker, Kubernetes, SageMaker) stops a worker with SIGTERM and kills it a grace
-period later. Celery's own answer is a *warm* shutdown that waits for the running task, which for a
-training job means hours, so the runtime's SIGKILL comes first and the epoch in progress is lost. Here
-SIGTERM sets ``shutdown_requested``; the run's ``should_cancel`` sees it at the next batch, the last
-epoch's checkpoint is already in object storage, and the task puts the job back to ``queued`` for
-another worker (see ``worker.runner``). The task then returns and the warm shutdown completes.
-
-Where the flag is set depends on the pool:
-- ``--pool solo`` / ``threads`` (the embedded default): the task runs in the worker's main process,
-  whose SIGTERM handler sends ``worker_shutting_down``; we set the flag there.
-- ``prefork``: the task runs in a pool child, where billiard installs a handler that exits at once on
-  SIGTERM. For the length of a task we replace it with ours (``sigterm_stops_the_run``), and the main
-  process forwards its SIGTERM to its children, because a container runtime signals only PID 1.
+"""SIGTERM means "checkpoint and hand the job back", not "lose the epoch": it sets ``shutdown_requested``,
+which the run sees at its next batch. The flag is set in the main process on ``worker_shutting_down``
+(solo/threads pools; it also forwards SIGTERM to prefork children), and in a prefork child by the
+handler ``sigterm_stops_the_run`` installs for the length of a task. Delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

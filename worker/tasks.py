@@ -1,7 +1,5 @@
-"""Celery tasks. They take a job id only and re-read everything from the row (``worker.runner``).
-
-``hydra.run_job`` is safe to deliver any number of times: a delivery whose claim is refused returns at
-once (and its message is acknowledged), so a duplicate never trains a second copy of a running job.
+"""Celery tasks. They take a job id only and re-read everything from the row (``worker.runner``);
+``hydra.run_job`` is safe to deliver any number of times. Delivery semantics: docs/DELIVERY.md.
 """
 
 from __future__ import annotations

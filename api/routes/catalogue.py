@@ -35,7 +35,7 @@ def _entries(items: dict[str, Any]) -> dict[str, Any]:
 @router.get("/architectures", response_model=CataloguePublic, responses=ERRORS)
 def architectures(_principal: CurrentPrincipal) -> dict[str, Any]:
     """Architectures a job or an uploaded model may use, with their arguments."""
-    from core.models.zoo import list_models  # lazy: torch stays out of the import of the API
+    from core.models.zoo import list_models  # lazy: only the routes that need it build networks
 
     return _entries(dict(list_models()))
 

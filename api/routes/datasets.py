@@ -1,7 +1,7 @@
 """Uploaded datasets: one ``.npz`` of plain arrays, validated by the core's own loader on arrival.
 
 Only ``.npz`` is accepted (loaded with ``allow_pickle=False``): archives that must be extracted are
-refused outright, since ``tarfile``'s safety filter has known bypasses on our Python (ARCHITECTURE.md).
+refused outright, since ``tarfile``'s safety filter has known bypasses on our Python (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def validate_npz(path: str, num_classes: int | None) -> dict[str, Any]:
     Uses ``core.data.datasets.build_datasets`` (the worker's loader), so "accepted here" means "loads there".
     TODO(lead): switch to a dedicated ``core.data.datasets`` validation function if one is added; this one
     builds the tensors once, which is fine up to ``max_upload_bytes``."""
-    from core.data.datasets import build_datasets  # lazy: torch stays out of the import of the API
+    from core.data.datasets import build_datasets  # lazy: only the routes that need it build networks
 
     _train, _test, info = build_datasets({"name": "npz", "path": path, "num_classes": num_classes}, seed=0)
     return info

@@ -2,7 +2,8 @@
 
 The API never trains. Submission validates the spec completely (schema, references to the tenant's
 uploads, bound-method support of the architecture), writes the row, then publishes the job id; the
-row is committed first so that nothing a user submitted depends on the broker being up.
+row is committed first so that nothing a user submitted depends on the broker being up
+(docs/DELIVERY.md).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     refuse now (422, ``incompatible_architecture`` on ``model.arch``) an architecture whose channels,
     input size or classes do not fit the data. An uploaded dataset's shape and classes are the ones
     recorded when it was checked on upload."""
-    from core.pipeline.preflight import preflight  # lazy: torch stays out of the import of the API
+    from core.pipeline.preflight import preflight  # lazy: only the routes that need it build networks
 
     known = None
     path = spec.dataset.path

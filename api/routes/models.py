@@ -88,7 +88,7 @@ def upload_model(
 ) -> UploadedModel:
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
-    from core.io.weights import check_weights, precheck_weights_file  # lazy: torch stays out of the API import
+    from core.io.weights import check_weights, precheck_weights_file  # lazy: only this route reads weights files
     from core.models.zoo import list_models
 
     if arch not in list_models() and not arch.startswith("torchvision:"):

@@ -25,7 +25,7 @@ over every member layer of the group — and passes it straight through to ``|sc
 almost no gradient — BN undoes a scaling of its input — the consumer columns carry the signal.)
 
 **Score init** (``scaled``): per producing layer, the L1 norm of each filter times
-``sqrt(6/fan_in) / max_filter_L1`` (METHOD.md's scaled init at filter level); a group's score is the sum
+``sqrt(6/fan_in) / max_filter_L1`` (docs/METHOD.md's scaled init at filter level); a group's score is the sum
 over its producing layers. The first mask is therefore the **L1-norm filter pruning** baseline
 (Li et al. 2017; the summed normalised norms for residual-coupled filters): the baseline is this init
 followed straight by finetuning, as LWM is for unstructured pruning.

@@ -1,17 +1,9 @@
 """Every read and write of a job's life: creation, the lease that guards a running attempt, progress,
 events, cancellation, the reaper's sweep and the job's artifacts.
 
-The job row is the source of truth; the broker only delivers a hint ("look at job X"). Celery can
-deliver the same message twice, at once, on two workers, and loses it when a pool child is killed,
-so correctness lives here:
-
-- ``claim_job`` is one atomic ``UPDATE ... WHERE ... RETURNING``: exactly one attempt wins, and it
-  gets a fresh attempt number and a lease that expires unless renewed.
-- Every later write by the worker (``heartbeat``, ``record_progress``, ``finish_job``) names its
-  owner and attempt and is refused (returns ``False``) once that attempt lost the lease, so a worker
-  that was presumed dead can never overwrite the work of its successor.
-- ``requeue_stale_jobs`` gives expired leases back to the queue and, after ``max_attempts``, fails the
-  job with a reason instead of letting a job that kills its worker loop forever.
+The job row is the source of truth, not the broker's message: ``claim_job`` is one atomic conditional
+update, and every later write of a worker names its lease and is refused once the lease is lost.
+Delivery semantics: docs/DELIVERY.md.
 
 Conventions: each function takes a ``Session``, runs one short transaction and commits it itself;
 refusals are ``False``/``None``, never exceptions. Status transitions append a ``status`` event in

@@ -1,6 +1,6 @@
 """Delivery semantics without worker processes: the Celery settings that make a killed worker's job
-come back, and the lease that makes every extra delivery harmless (ARCHITECTURE.md, "Delivery and
-failure"). Jobs here are rows only; nothing trains."""
+come back, and the lease that makes every extra delivery harmless (docs/DELIVERY.md, the
+failure table). Jobs here are rows only; nothing trains."""
 
 from __future__ import annotations
 
