@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from api.errors import ApiError, ErrorCode
+from core.models.zoo import NORMALIZATIONS as MODEL_NORMALIZATIONS
 
 # The largest page offset (and event cursor) we accept: far beyond any real table, well inside the
 # 32-bit INTEGER that SQLite and Postgres both bind without overflow.
@@ -34,7 +35,7 @@ MODEL_REF_PATTERN = r"^model:[A-Za-z0-9._-]{1,64}$"
 DATASET_REF_PATTERN = r"^dataset:[A-Za-z0-9._-]{1,64}$"
 
 # model.kwargs (job specs and model uploads): name -> (JSON schema, check)
-NORMALIZATIONS = ("mnist", "cifar10", "svhn", "imagenet", "none")
+NORMALIZATIONS = tuple(MODEL_NORMALIZATIONS)  # the zoo's presets, defined once there
 MAX_CLASSES = 100_000
 MAX_CHANNELS = 64
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 4, 1024

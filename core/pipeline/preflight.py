@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.data.datasets import DATASETS
 from core.errors import CoreError
 from core.spec import JobSpec
 
 INCOMPATIBLE = "incompatible_architecture"
 SHAPE_ERROR = "shape_mismatch"
-_CATALOGUE_SHAPED = ("mnist5k", "mnist", "cifar10", "svhn")
 # Above this many parameters a refusal is worded from the meta device's message rather than confirmed
 # by building the network for real (WRN-28-10 has 36 M, ResNet-50 25.6 M).
 MAX_REAL_BUILD_PARAMS = 100_000_000
@@ -51,10 +51,8 @@ def dataset_signature(
     an upload, not a file)."""
     ds = spec.dataset
     declared = ds.num_classes
-    if ds.name in _CATALOGUE_SHAPED:
-        from core.data.datasets import dataset_catalogue
-
-        entry = dataset_catalogue()[ds.name]
+    entry = DATASETS.get(ds.name).info
+    if entry.get("input_shape") and entry.get("num_classes"):  # a catalogue dataset: its shape is known
         return tuple(entry["input_shape"]), int(entry["num_classes"]), None
     if dataset_info is not None:  # the caller's knowledge replaces a look at local files
         classes = declared or dataset_info.get("num_classes")
