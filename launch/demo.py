@@ -142,6 +142,8 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
 
     from core import load_compressed_model
     from core.data.datasets import build_datasets
+    from core.data.sampling import stratified_subset
+    from core.pipeline.evaluate import sample_seed
     from core.spec import load_spec
     from core.vocab import artifact_name
 
@@ -167,9 +169,11 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
 
     spec = load_spec(report["spec"])
     _, test_ds, _ = build_datasets(spec.dataset, spec.seed)
-    n = int(report["variants"][variant].get("n_test") or len(test_ds))  # type: ignore[arg-type]  # a map-style Dataset has __len__
-    x = torch.stack([test_ds[i][0] for i in range(n)])
-    y = torch.as_tensor([int(test_ds[i][1]) for i in range(n)])
+    # the report's own 'final' sample (seeded, class-stratified when capped), not the first n digits
+    sample = stratified_subset(test_ds, spec.evaluation.max_samples, sample_seed(spec))
+    n = len(sample)  # type: ignore[arg-type]  # a map-style Dataset has __len__
+    x = torch.stack([sample[i][0] for i in range(n)])
+    y = torch.as_tensor([int(sample[i][1]) for i in range(n)])
     model = load_compressed_model(path).eval()
     with torch.no_grad():
         acc = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, n, 500)) / n
