@@ -21,7 +21,7 @@ from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
-from core.vocab import EXPORT_FORMATS, ExportFormat
+from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
 __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
 
@@ -249,8 +249,8 @@ class EvaluationSpec(StrictModel):
     )
     # inference cost of every pruned network against the dense one (core.pipeline.measure)
     measure_latency: bool = Field(
-        True,
-        description="Time inference of every pruned network against the dense one, interleaved in one "
+        False,
+        description="Opt-in (it costs seconds per network): time inference of every pruned network against the dense one, interleaved in one "
         "process: PyTorch on the job's device and onnxruntime on the CPU (the ONNX exports), at each of "
         "measure_batch_sizes. Parameters, MACs and peak inference memory are measured either way.",
     )
@@ -273,8 +273,9 @@ class EvaluationSpec(StrictModel):
 
 class ExportSpec(StrictModel):
     formats: list[ExportFormat] = Field(
-        default_factory=lambda: list(EXPORT_FORMATS),  # type: ignore[arg-type]
-        description="Files written per network: compressed (lossless sparse safetensors; the evaluated file), "
+        default_factory=lambda: list(DEFAULT_EXPORT_FORMATS),  # type: ignore[arg-type]
+        description="Files written per network (default compressed and dense; add onnx for a checked ONNX "
+        "graph, a few seconds per network): compressed (lossless sparse safetensors; the evaluated file), "
         "dense (safetensors for plain torch.nn), onnx (self-contained graph, checked against PyTorch "
         "through onnxruntime). A channel-granularity variant always also writes its physically smaller "
         "network (<variant>.channel.safetensors), which is the one evaluated.",

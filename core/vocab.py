@@ -58,6 +58,7 @@ RUN_ARTIFACTS = (PLOT_NAME, REPORT_MD, SPEC_NAME)
 #: dense safetensors for plain ``torch.nn``, and the self-contained ONNX graph (checked against PyTorch).
 ExportFormat = Literal["compressed", "dense", "onnx"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+DEFAULT_EXPORT_FORMATS: tuple[str, ...] = ("compressed", "dense")  # onnx is opt-in: seconds per network
 ONNX = "onnx"
 #: The physically smaller network of a channel-granularity variant (always written for those).
 CHANNEL = "channel"
