@@ -45,6 +45,8 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "invalid_normalization",
         "unknown_architecture",
         "unsupported_layer",
+        "channel_unsupported",
+        "invalid_k",
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -62,6 +64,10 @@ _SEMANTIC_TEXT = {
     "invalid_normalization": "a normalization with a number of channels the architecture does not have",
     "unknown_architecture": "an architecture that cannot be built",
     "unsupported_layer": "a layer the certified objectives cannot bound (MixTrain, CROWN-IBP)",
+    "invalid_k": "a keep fraction too small for the network under a global or learned allocation (fewer "
+    "weights than one per layer, or than `pruning.global_min_per_layer` per layer)",
+    "channel_unsupported": "a network channel pruning cannot rebuild smaller (`pruning.granularity: channel` "
+    "with grouped or depthwise convolutions, concatenation, attention, norms other than BatchNorm)",
     "invalid_upload": "the file is not what it must be (the detail names the problem: format, a pickle, "
     "a lying header, shapes, NaN/Inf, ...)",
 }
@@ -103,12 +109,31 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
     props = job["properties"]
     props["name"] = _nullable({"type": "string", "maxLength": 200, "pattern": NO_NUL_PATTERN})
     props["device"] = {**props["device"], "pattern": DEVICE_PATTERN}
-    # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network
-    job["anyOf"] = [
-        {"properties": {"stages": {"properties": {"pretrain": {"type": "object"}}}}},
+    # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network, and
+    # a learned allocation needs a prune stage that runs (it trains the rates)
+    job["allOf"] = [
         {
-            "required": ["model"],
-            "properties": {"model": {"required": ["checkpoint"], "properties": {"checkpoint": {"type": "string"}}}},
+            "anyOf": [
+                {"properties": {"stages": {"properties": {"pretrain": {"type": "object"}}}}},
+                {
+                    "required": ["model"],
+                    "properties": {
+                        "model": {"required": ["checkpoint"], "properties": {"checkpoint": {"type": "string"}}}
+                    },
+                },
+            ]
+        },
+        {
+            "anyOf": [
+                {"properties": {"pruning": {"properties": {"allocation": {"enum": ["uniform", "global"]}}}}},
+                {
+                    "properties": {
+                        "stages": {
+                            "properties": {"prune": {"type": "object", "properties": {"epochs": {"minimum": 1}}}}
+                        }
+                    }
+                },
+            ]
         },
     ]
 
@@ -155,6 +180,27 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
             if "type" not in required:
                 required.append("type")
 
+    # pydantic's ``PruningSpec._combination`` (core.pruning.allocation.check_pruning_combination): learned
+    # allocation only with methods that train scores, channel granularity only with the uniform allocation
+    from core.pruning.methods import METHODS  # lazy: keeps the API's import light
+
+    trainers = [name for name, method in METHODS.items() if method.trains_scores]
+    schemas["PruningSpec"]["anyOf"] = [
+        {"properties": {"allocation": {"enum": ["uniform"]}}},
+        {
+            "required": ["allocation"],
+            "properties": {"allocation": {"enum": ["global"]}, "granularity": {"enum": ["unstructured"]}},
+        },
+        {
+            "required": ["allocation"],
+            "properties": {
+                "allocation": {"enum": ["learned"]},
+                "granularity": {"enum": ["unstructured"]},
+                "methods": {"items": {"enum": trainers}},
+                "k": {"items": {"exclusiveMaximum": 1}},
+            },
+        },
+    ]
     pruning = schemas["PruningSpec"]["properties"]
     pruning["methods"] = {**pruning["methods"], "uniqueItems": True}
     pruning["k"] = {

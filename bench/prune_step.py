@@ -7,7 +7,16 @@ scores train, TRADES l_inf 8/255 with 10 attack steps, SGD on the scores, then `
 so the difference is the mask alone. The variants are interleaved per iteration (in a rotating order)
 to cancel machine noise; each figure is the median of ``--steps`` timed iterations after 2 warm-ups.
 
+``--allocation global|learned`` and ``--granularity channel`` time the prune step of those modes instead
+(the runner's own ``core.pipeline.pruning_step.VariantPruning`` as the step hook: global top-k after the
+step; learned penalty, rate gradient, rate step and refresh; channel probe reduction and channel
+refresh, with the channel scores and BatchNorm as the optimizer's parameters), against the same lean
+dense TRADES step. ``--k`` is the keep fraction (of weights, or of channels per group at channel
+granularity).
+
     python bench/prune_step.py --arch resnet18 --batch-size 32 --steps 10 --json
+    python bench/prune_step.py --arch resnet18 --allocation learned --steps 10 --json
+    python bench/prune_step.py --arch resnet18 --granularity channel --k 0.5 --steps 10 --json
 """
 
 from __future__ import annotations
@@ -26,52 +35,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.models.zoo import create_model
 from core.objectives.trades import TradesTraining as TradesObjective
+from core.pipeline.pruning_step import VariantPruning, needs_variant_pruning
 from core.pipeline.training import train_step
 from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage
+from core.spec import PruningSpec
 
 WARMUP = 2
 K = 0.01
+Variant = tuple[torch.nn.Module, torch.optim.Optimizer, bool, VariantPruning | None]
 
 
-def build(arch: str, seed: int) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, bool]]:
+def build(
+    arch: str,
+    seed: int,
+    k: float = K,
+    allocation: str = "uniform",
+    granularity: str = "unstructured",
+    example: torch.Tensor | None = None,
+) -> dict[str, Variant]:
     torch.manual_seed(seed)
     dense = create_model(arch, num_classes=10)
     dense.train()
+    options = PruningSpec(allocation=allocation, granularity=granularity)  # type: ignore[arg-type]
 
-    def masked(stage: str) -> torch.nn.Module:
+    def masked(stage: str) -> tuple[torch.nn.Module, VariantPruning | None]:
         net = convert_to_masked(copy.deepcopy(dense))
-        init_scores(net, "scaled")
-        set_keep_fraction(net, K)
-        return set_stage(net, stage)
+        pruning = None
+        if needs_variant_pruning(options):
+            assert example is not None
+            pruning = VariantPruning(options, "hydra", k, net, example)
+            pruning.enter(net, "scaled")
+            if stage != "prune":
+                pruning.finish(net)
+                pruning = None
+        else:
+            init_scores(net, "scaled")
+            set_keep_fraction(net, k)
+        return set_stage(net, stage), pruning
 
-    prune, finetune = masked("prune"), masked("finetune")
+    (prune, hook), (finetune, _) = masked("prune"), masked("finetune")
 
-    def sgd(net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr, momentum=0.9, weight_decay=1e-4)
+    def sgd(net: torch.nn.Module, lr: float, params: list[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+        params = params if params is not None else [p for p in net.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
+    prune_params = hook.optimizer_parameters(prune) if hook is not None else None
     return {
-        "prune": (prune, sgd(prune, 0.1), True),
-        "dense": (dense, sgd(dense, 0.1), False),
-        "finetune": (finetune, sgd(finetune, 0.01), False),
+        "prune": (prune, sgd(prune, 0.1, prune_params), True, hook),
+        "dense": (dense, sgd(dense, 0.1), False, None),
+        "finetune": (finetune, sgd(finetune, 0.01), False, None),
     }
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18", choices=["vgg16_bn", "wrn_28_4", "resnet18"])
+    parser.add_argument("--arch", default="resnet18", choices=["vgg16_bn", "wrn_28_4", "resnet18", "cnn_small_cifar"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (after 2 warm-ups)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=float, default=K, help="keep fraction (channels per group at channel granularity)")
+    parser.add_argument("--allocation", default="uniform", choices=["uniform", "global", "learned"])
+    parser.add_argument("--granularity", default="unstructured", choices=["unstructured", "channel"])
     parser.add_argument("--json", action="store_true", help="print a JSON line last")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    variants = build(args.arch, args.seed)
     objective = TradesObjective()  # l_inf 8/255, step 2/255, 10 steps, beta 6
     g = torch.Generator().manual_seed(args.seed)
     x = torch.rand(args.batch_size, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.batch_size,), generator=g)
+    variants = build(args.arch, args.seed, args.k, args.allocation, args.granularity, example=x[:2])
 
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -79,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     for it in range(WARMUP + args.steps):
         order = names[it % 3 :] + names[: it % 3]  # rotate: no variant always runs first
         for name in order:
-            model, opt, refresh = variants[name]
+            model, opt, refresh, hook = variants[name]
+            if hook is not None:
+                hook.set_progress(it / (WARMUP + args.steps))
             t0, c0 = time.perf_counter(), time.process_time()
-            train_step(model, objective, opt, x, y, refresh=refresh)
+            train_step(model, objective, opt, x, y, refresh=refresh, hook=hook)
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if it >= WARMUP:
                 times[name].append(dt)
@@ -97,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     med_cpu = {n: statistics.median(cpu[n]) for n in names}
     result: dict[str, float | str] = {
         "arch": args.arch,
+        "allocation": args.allocation,
+        "granularity": args.granularity,
+        "k": args.k,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "prune_s": round(med["prune"], 4),
@@ -112,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
         "finetune_ratio_cpu": round(med_cpu["finetune"] / med_cpu["dense"], 4),
     }
     print(
-        f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={K}, {args.threads} threads, "
-        f"median of {args.steps}:"
+        f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={args.k}, {args.allocation} allocation, "
+        f"{args.granularity}, {args.threads} threads, median of {args.steps}:"
     )
     print(f"  prune step    {med['prune']:.3f}s  ({result['ratio']:.3f}x dense; cpu {result['ratio_cpu']:.3f}x)")
     print(f"  dense step    {med['dense']:.3f}s")

@@ -173,13 +173,18 @@ def catalogue() -> None:
     from core.data.datasets import dataset_catalogue
     from core.models.zoo import list_models
     from core.pruning.methods import METHODS
-    from core.spec import OBJECTIVE_TYPES, EvaluationSpec
+    from core.spec import OBJECTIVE_TYPES, EvaluationSpec, PruningSpec
 
     data = {
         "architectures": list_models(),
         "datasets": dataset_catalogue(),
         "objectives": {name: cls().model_dump() for name, cls in OBJECTIVE_TYPES.items()},
         "pruning_methods": {name: method.description for name, method in METHODS.items()},
+        # every pruning setting (allocation, granularity and their hyper-parameters) with its default
+        "pruning": {
+            name: {"default": field.get_default(call_default_factory=True), "description": field.description}
+            for name, field in PruningSpec.model_fields.items()
+        },
         # every evaluation setting the pipeline reads, with its default and what it means
         "evaluation": {
             name: {"default": field.get_default(call_default_factory=True), "description": field.description}

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.certify.bounds import BOUND_METHODS, BoundMethod
 from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
 from core.data.datasets import DatasetSpec
 from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
+from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
-from core.vocab import EXPORT_FORMATS, ExportFormat
+from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
 __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
 
@@ -63,16 +65,80 @@ def _default_objective() -> ObjectiveSpec:
 
 
 # ---------------------------------------------------------------- pruning and stages
+def _field_error(loc: tuple[str, ...], code: str, message: str, value: Any) -> ValidationError:
+    """A validation error located at ``loc`` (relative to the model being validated), so that a
+    cross-field rule raised by a model validator names the field, not the model."""
+    return ValidationError.from_exception_data(
+        "JobSpec", [InitErrorDetails(type=PydanticCustomError(code, message), loc=loc, input=value)]
+    )
+
+
 class PruningSpec(StrictModel):
-    methods: list[MethodName] = Field(default_factory=lambda: ["hydra"], min_length=1)
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["hydra"],
+        min_length=1,
+        description="Pruning methods (core.pruning.methods): hydra trains importance scores under the "
+        "objective; lwm keeps the largest |w| (at channel granularity: the largest filter L1 norms).",
+    )
     k: list[float] = Field(
         default_factory=lambda: [0.01],
         min_length=1,
         max_length=100,
-        description="Fractions of weights kept per layer (99% pruning is k = 0.01).",
+        description="Fractions kept (99% pruning is k = 0.01): of the weights of every layer (uniform "
+        "allocation), of all prunable weights of the network (global, learned), of the channels of "
+        "every coupled channel group (channel granularity).",
     )
-    score_init: Literal["scaled", "kaiming_normal", "kaiming_uniform"] = "scaled"
-    freeze_bn: bool = False
+    score_init: Literal["scaled", "kaiming_normal", "kaiming_uniform"] = Field(
+        "scaled",
+        description="HYDRA's score initialisation: scaled (|w|-proportional, so the first mask is LWM's) or "
+        "random kaiming_normal / kaiming_uniform (the paper's ablation).",
+    )
+    freeze_bn: bool = Field(False, description="Keep the BatchNorm affine parameters fixed in the prune stage.")
+    allocation: Allocation = Field(
+        "uniform",
+        description="How the budget k is spread over the layers: uniform (every layer keeps k, HYDRA as "
+        "published), global (one top-k of the scores over all layers, re-chosen after every prune "
+        "step; for LWM: one top-k of |w| over all layers) or learned (HARP-style per-layer rates trained "
+        "with the scores, then projected onto the exact budget; needs a method that trains scores and a "
+        "prune stage). See core/pruning/allocation.py.",
+    )
+    granularity: Granularity = Field(
+        "unstructured",
+        description="What is pruned: single weights (unstructured) or whole channels/filters (channel: one "
+        "score per output channel of every coupled group, the network physically rebuilt smaller at "
+        "export; hydra trains the channel scores, lwm is L1-norm filter pruning). Channel granularity "
+        "supports the uniform allocation and plain conv/linear/BatchNorm networks (no grouped "
+        "convolutions, concatenation or attention). See core/pruning/structured.py.",
+    )
+    global_min_per_layer: int = Field(
+        1,
+        ge=0,
+        le=1_000_000,
+        description="Global allocation: weights reserved in every layer (its best-scored ones) so no layer is emptied.",
+    )
+    learned_gamma: float = Field(
+        10.0, gt=0, le=1e6, description="Learned allocation: final weight of the budget penalty gamma·(K/k − 1)²."
+    )
+    learned_gamma_steps: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Learned allocation: the penalty weight grows in this many equal steps over the prune stage "
+        "(gamma·ratio^(steps−1), ..., gamma).",
+    )
+    learned_gamma_ratio: float = Field(
+        0.1, gt=0, le=1, description="Learned allocation: ratio between consecutive penalty weights."
+    )
+    learned_tau: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="Learned allocation: temperature of the soft rank threshold that carries the loss "
+        "gradient to the per-layer rates.",
+    )
+    learned_lr: float = Field(
+        0.01, gt=0, le=10, description="Learned allocation: Adam learning rate of the per-layer rate logits."
+    )
 
     @field_validator("k")
     @classmethod
@@ -90,6 +156,19 @@ class PruningSpec(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError("methods must be distinct")
         return v
+
+    @model_validator(mode="after")
+    def _combination(self) -> PruningSpec:
+        """Every method must go with the allocation and granularity (core.pruning.allocation)."""
+        for method in self.methods:
+            try:
+                check_pruning_combination(method, self.allocation, self.granularity)
+            except CoreError as err:
+                name = (err.field or "pruning.allocation").removeprefix("pruning.")
+                raise _field_error((name,), err.code, err.message, getattr(self, name, None)) from None
+        if self.allocation == "learned" and max(self.k) >= 1.0:
+            raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
+        return self
 
 
 class StageSpec(StrictModel):
@@ -168,10 +247,39 @@ class EvaluationSpec(StrictModel):
         default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
         description="Bounds whose verified accuracy is reported (ibp, crown_ibp).",
     )
+    # inference cost of every pruned network against the dense one (core.pipeline.measure)
+    measure_latency: bool = Field(
+        False,
+        description="Opt-in (it costs seconds per network): time inference of every pruned network against the dense one, interleaved in one "
+        "process: PyTorch on the job's device and onnxruntime on the CPU (the ONNX exports), at each of "
+        "measure_batch_sizes. Parameters, MACs and peak inference memory are measured either way.",
+    )
+    measure_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1, 64],
+        min_length=1,
+        max_length=8,
+        description="Batch sizes of the inference measurements: latency at each, peak memory at the largest.",
+    )
+    measure_repeats: int = Field(15, ge=1, le=1000, description="Timed samples per network and batch size (median).")
+    measure_warmup: int = Field(3, ge=1, le=1000, description="Untimed calls before the timed samples.")
+    measure_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Threads of PyTorch and onnxruntime while timing (the same for every network; "
+        "default: PyTorch's current thread count).",
+    )
 
 
 class ExportSpec(StrictModel):
-    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))  # type: ignore[arg-type]
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: list(DEFAULT_EXPORT_FORMATS),  # type: ignore[arg-type]
+        description="Files written per network (default compressed and dense; add onnx for a checked ONNX "
+        "graph, a few seconds per network): compressed (lossless sparse safetensors; the evaluated file), "
+        "dense (safetensors for plain torch.nn), onnx (self-contained graph, checked against PyTorch "
+        "through onnxruntime). A channel-granularity variant always also writes its physically smaller "
+        "network (<variant>.channel.safetensors), which is the one evaluated.",
+    )
 
 
 class JobSpec(StrictModel):
@@ -204,6 +312,14 @@ class JobSpec(StrictModel):
     def _start_point(self) -> JobSpec:
         if self.stages.pretrain is None and self.model.checkpoint is None:
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
+        prune = self.stages.prune
+        if self.pruning.allocation == "learned" and (prune is None or prune.epochs == 0):
+            raise _field_error(
+                ("pruning", "allocation"),
+                "invalid_allocation",
+                "learned allocation trains its per-layer rates in the prune stage, but stages.prune does not run",
+                "learned",
+            )
         return self
 
     def objective_for(self, stage: str) -> ObjectiveSpec:

@@ -50,14 +50,25 @@ SPEC_NAME = "spec.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOT_NAME = "comparison.png"
+#: Per-layer keep rates of the global/learned variants (written only by jobs with such an allocation).
+RATES_PLOT_NAME = "layer_rates.png"
 #: The run-level artifacts, in the order the report lists them (report.json is written last).
 RUN_ARTIFACTS = (PLOT_NAME, REPORT_MD, SPEC_NAME)
-ExportFormat = Literal["compressed", "dense"]
+#: The files a user may ask for per network (``export.formats``): the lossless sparse safetensors, the
+#: dense safetensors for plain ``torch.nn``, and the self-contained ONNX graph (checked against PyTorch).
+ExportFormat = Literal["compressed", "dense", "onnx"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+DEFAULT_EXPORT_FORMATS: tuple[str, ...] = ("compressed", "dense")  # onnx is opt-in: seconds per network
+ONNX = "onnx"
+#: The physically smaller network of a channel-granularity variant (always written for those).
+CHANNEL = "channel"
 
 
 def artifact_name(variant: str, fmt: str) -> str:
-    """The file of one exported network: ``hydra_k0.01.compressed.safetensors``."""
+    """The file of one exported network: ``hydra_k0.01.compressed.safetensors``,
+    ``hydra_k0.01.channel.safetensors``; ``hydra_k0.01.onnx`` for the ONNX graph."""
+    if fmt == ONNX:
+        return f"{variant}.onnx"
     return f"{variant}.{fmt}.safetensors"
 
 

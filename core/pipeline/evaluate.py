@@ -299,3 +299,32 @@ def sparsity_from_export(path: Path, masked_names: list[str]) -> dict[str, Any]:
         zeros += n - nnz
         total += n
     return {"total": zeros / max(1, total), "prunable_params": total, "kept_params": total - zeros, "layers": layers}
+
+
+def sparsity_from_channel_export(path: Path, full_sizes: dict[str, int]) -> dict[str, Any]:
+    """:func:`sparsity_from_export` for a channel artifact: the stored (rebuilt, smaller) conv/linear
+    weights counted against the full-width layers ``full_sizes`` (masked layer name -> weights), so a
+    removed channel counts as pruned; ``stored_params`` is what the smaller file holds."""
+    from core.io.export_channel import read_channel_pruned
+
+    tensors, _meta, _widths, _shape = read_channel_pruned(path)
+    layers: dict[str, dict[str, float]] = {}
+    zeros = total = stored = 0
+    for key, tensor in tensors.items():
+        layer = key[: -len(".weight")] if key.endswith(".weight") else None
+        if layer is None or layer not in full_sizes:
+            continue
+        n = full_sizes[layer]
+        nnz = int(torch.count_nonzero(tensor))
+        name = layer.removeprefix("net.")  # as sparsity_from_export names them
+        layers[name] = {"n": n, "nnz": nnz, "sparsity": 1 - nnz / n, "stored": tensor.numel()}
+        zeros += n - nnz
+        total += n
+        stored += tensor.numel()
+    return {
+        "total": zeros / max(1, total),
+        "prunable_params": total,
+        "kept_params": total - zeros,
+        "stored_params": stored,
+        "layers": layers,
+    }

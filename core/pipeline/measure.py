@@ -278,12 +278,13 @@ def compare_to_dense(
     repeats: int = 15,
     warmup: int = 3,
     threads: int | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Parameters, MACs, latency (torch on ``device``, onnxruntime CPU when both ONNX files are given)
     at each batch size, and peak memory at the largest batch — dense and variant measured in this
     process, with their ratios. Keys: ``params``, ``nonzero_params``, ``macs``, ``sparse_macs``,
-    ``latency`` (``torch_<device>_b<N>``, ``ort_cpu_b<N>`` → dense/variant/ratio/speedup),
-    ``peak_memory`` and ``method`` (how each was measured)."""
+    ``latency`` (``torch_<device>_b<N>``, ``ort_cpu_b<N>`` → dense/variant/ratio/speedup; empty when
+    ``latency`` is False), ``peak_memory`` and ``method`` (how each was measured)."""
     x1 = torch.rand((1, *input_shape))
     out: dict[str, Any] = {
         "params": _ratio(count_params(dense), count_params(variant)),
@@ -295,7 +296,7 @@ def compare_to_dense(
     device = torch.device(device)
     plain_dense, plain_variant = to_plain(dense), to_plain(variant)
     with torch_threads(threads):
-        for b in batches:
+        for b in batches if latency else ():
             times = median_seconds(
                 {
                     "dense": torch_forward(plain_dense, b, input_shape, device),
@@ -309,7 +310,7 @@ def compare_to_dense(
                 **_ratio(times["dense"], times["variant"]),
                 "speedup": times["dense"] / times["variant"],
             }
-        if dense_onnx and variant_onnx:
+        if latency and dense_onnx and variant_onnx:
             sessions = {"dense": ort_session(dense_onnx, threads), "variant": ort_session(variant_onnx, threads)}
             for b in batches:
                 times = median_seconds(
@@ -325,8 +326,12 @@ def compare_to_dense(
         **_ratio(peak_memory_bytes(dense, b, input_shape, device), peak_memory_bytes(variant, b, input_shape, device)),
     }
     out["method"] = {
-        "latency": f"median of {repeats} interleaved samples after {warmup} warmup calls, torch.inference_mode, "
-        f"threads={threads if threads is not None else torch.get_num_threads()}",
+        "latency": (
+            f"median of {repeats} interleaved samples after {warmup} warmup calls, torch.inference_mode "
+            f"(onnxruntime: CPUExecutionProvider), threads={threads if threads is not None else torch.get_num_threads()}"
+            if latency
+            else "not measured"
+        ),
         "peak_memory": (
             "torch.cuda.max_memory_allocated over one forward"
             if device.type == "cuda"

@@ -113,6 +113,82 @@ def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -
         f"- compression: {_method_description(result.get('method') or DENSE)}"
         + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else ""),
     ]
+    if (result.get("method") or DENSE) != DENSE:
+        pruning = spec.pruning
+        lines.append(
+            f"- granularity `{pruning.granularity}`"
+            + (
+                " (whole channels removed: the network is physically smaller)"
+                if pruning.granularity == "channel"
+                else ""
+            )
+            + f", allocation `{pruning.allocation}`"
+            + {
+                "uniform": " (every layer keeps k)"
+                if pruning.granularity != "channel"
+                else " (every channel group keeps k)",
+                "global": " (one top-k over all layers)",
+                "learned": " (per-layer rates trained with the scores, projected onto the exact budget)",
+            }[pruning.allocation]
+        )
+    return lines + [""]
+
+
+def _channels(result: dict[str, Any]) -> list[str]:
+    channels = result.get("channels")
+    if not channels:
+        return []
+    lines = ["Output channels kept per layer (the rebuilt network's widths):", "", "| layer | channels | kept |"]
+    lines.append("|---|---:|---:|")
+    for layer, row in channels.items():
+        lines.append(f"| `{layer}` | {row['channels']} | {row['kept']} |")
+    return lines + [""]
+
+
+def _fmt_entry(entry: Any, unit: str, scale: float) -> tuple[str, str, str]:
+    if not isinstance(entry, dict):
+        return "–", "–", "–"
+
+    def one(v: Any) -> str:
+        if not isinstance(v, (int, float)):
+            return "–"
+        return f"{v * scale:,.0f}" if not unit else f"{v * scale:.4g} {unit}"
+
+    ratio = entry.get("ratio")
+    return (
+        one(entry.get("variant")),
+        one(entry.get("dense")),
+        f"{ratio:.3g}" if isinstance(ratio, (int, float)) else "–",
+    )
+
+
+def _inference(result: dict[str, Any]) -> list[str]:
+    inf = result.get("inference")
+    if not inf:
+        return []
+    lines = [
+        "## Inference cost",
+        "",
+        f"This network next to the dense one (`{inf.get('dense_network', 'dense')}`), measured in the same process.",
+        "",
+        "| measure | this network | dense | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    rows: list[tuple[str, Any, str, float]] = [
+        ("parameters", inf.get("params"), "", 1.0),
+        ("nonzero parameters", inf.get("nonzero_params"), "", 1.0),
+        ("MACs (layer shapes)", inf.get("macs"), "", 1.0),
+        ("MACs of nonzero weights", inf.get("sparse_macs"), "", 1.0),
+    ]
+    rows += [(f"latency {key}", entry, "ms", 1e3) for key, entry in (inf.get("latency") or {}).items()]
+    peak = inf.get("peak_memory")
+    if isinstance(peak, dict):
+        rows.append((f"peak inference memory, batch {peak.get('batch')}", peak, "MiB", 1 / 2**20))
+    for label, entry, unit, scale in rows:
+        mine, dense, ratio = _fmt_entry(entry, unit, scale)
+        lines.append(f"| {label} | {mine} | {dense} | {ratio} |")
+    lines.append("")
+    lines += [f"- {what}: {how}" for what, how in (inf.get("method") or {}).items()]
     return lines + [""]
 
 
@@ -126,14 +202,19 @@ def _sparsity(result: dict[str, Any]) -> list[str]:
     lines += [
         f"Total: **{_pct(sp['total'])}** of the {sp.get('prunable_params', 0):,} prunable (conv/linear) "
         f"weights are zero; {sp.get('kept_params', 0):,} kept. Counted from the tensors stored in the "
-        "compressed artifact, not from the spec.",
+        + (
+            "channel-pruned artifact (removed channels count as zeros of the full-width layers)"
+            if "channel" in (result.get("artifacts") or {})
+            else "compressed artifact"
+        )
+        + ", not from the spec.",
         "",
         "| layer | weights | nonzero | sparsity |",
         "|---|---:|---:|---:|",
     ]
     for layer, row in (sp.get("layers") or {}).items():
         lines.append(f"| `{layer}` | {row['n']:,} | {row['nnz']:,} | {_pct(row['sparsity'])} |")
-    return lines + [""]
+    return lines + [""] + _channels(result)
 
 
 def _evaluation(result: dict[str, Any]) -> list[str]:
@@ -293,6 +374,30 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "metadata first.",
             "",
         ]
+    if "channel" in arts:
+        lines += [
+            "The channel-pruned network (physically smaller plain layers, its widths in the header):",
+            "",
+            "```python",
+            "from core.io.export_channel import load_channel_pruned",
+            "",
+            f'model = load_channel_pruned("{arts["channel"]["name"]}")  # eval mode',
+            "```",
+            "",
+        ]
+    if "onnx" in arts:
+        lines += [
+            "The ONNX graph (input normalisation inside; input `input`, pixels in [0, 1], dynamic batch; "
+            "output `logits`), with no project code:",
+            "",
+            "```python",
+            "import numpy as np, onnxruntime as ort",
+            "",
+            f'session = ort.InferenceSession("{arts["onnx"]["name"]}", providers=["CPUExecutionProvider"])',
+            'logits = session.run(["logits"], {"input": images.astype(np.float32)})[0]',
+            "```",
+            "",
+        ]
     if not arts:
         lines += ["No network file was exported for this variant.", ""]
     return lines
@@ -331,6 +436,7 @@ def render_model_card(
         _architecture(result, spec, info)
         + _sparsity(result)
         + _evaluation(result)
+        + _inference(result)
         + _training(result, spec, shown)
         + _parent(result, spec, shown, parent)
         + _artifacts(result)

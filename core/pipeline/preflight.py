@@ -17,6 +17,12 @@ The forward runs on the ``meta`` device first (no memory, no weight init: millis
 ResNet-50); only if that raises is the network built for real on the CPU, batch 1 under ``no_grad``,
 so the refusal quotes PyTorch's own CPU message (not for networks above ``MAX_REAL_BUILD_PARAMS``:
 ``model.kwargs`` can ask for an enormous one). Nothing is cached.
+
+A channel-granularity job (``pruning.granularity: channel``) is also checked for what the physical
+rebuild can handle (``core.pruning.structured.check_channel_supported``: one trace, random channels
+masked, the rebuilt network must give the masked one's logits), on the CPU, batch 2 of random inputs
+of the dataset's shape; refused with ``CoreError(field="pruning.granularity")``. When the shape is
+unknown here (or the network is too big to build), the run checks it when it starts.
 """
 
 from __future__ import annotations
@@ -165,7 +171,58 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     if num_classes is not None and out.shape[1] != num_classes:
         field = "model.kwargs.num_classes" if "num_classes" in spec.model.kwargs else "model.arch"
         raise CoreError(INCOMPATIBLE, field, f"{arch} gives {out.shape[1]} outputs but {where} needs {num_classes}")
+    _check_budget(spec, model)
+    if spec.pruning.granularity == "channel":
+        _check_channel(model, device, arch, kwargs, shape)
     return None
+
+
+def _check_budget(spec: JobSpec, model: nn.Module) -> None:
+    """A global or learned allocation spreads ``kept_count(N, k)`` weights over the layers: refuse (on
+    ``pruning.k``) a ``k`` that cannot give every layer its minimum (learned: one weight; global:
+    ``global_min_per_layer``)."""
+    from core.pruning.masked import kept_count
+
+    pruning = spec.pruning
+    if pruning.allocation == "uniform":
+        return
+    sizes = [
+        p.numel()
+        for m in model.modules()
+        if type(m) in (nn.Conv2d, nn.Linear)  # the layers convert_to_masked converts
+        for name, p in m.named_parameters(recurse=False)
+        if name == "weight"
+    ]
+    least = pruning.global_min_per_layer if pruning.allocation == "global" else 1
+    for k in pruning.k:
+        if sizes and kept_count(sum(sizes), k) < least * len(sizes):
+            raise CoreError(
+                "invalid_k",
+                "pruning.k",
+                f"k = {k:g} keeps {kept_count(sum(sizes), k)} of {sum(sizes)} weights, fewer than {least} in "
+                f"each of the network's {len(sizes)} conv/linear layers",
+            )
+
+
+def _check_channel(model: nn.Module, device: str, arch: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Refuse (``pruning.granularity``) a network channel pruning cannot rebuild; see the module doc.
+    A network too large to build here is left to the run, which checks it before anything trains."""
+    from core.pruning.structured import check_channel_supported
+
+    if device == "meta" and sum(p.numel() for p in model.parameters()) > MAX_REAL_BUILD_PARAMS:
+        return
+    real = model if device == "cpu" else _build_cpu(arch, kwargs)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            check_channel_supported(real, torch.rand((2, *shape)))
+        except CoreError:
+            raise
+        except Exception as exc:  # whatever the rebuild trips over is the architecture's
+            raise CoreError(
+                "channel_unsupported",
+                "pruning.granularity",
+                f"channel pruning cannot rebuild {arch}: {_first_line(exc)}",
+            ) from exc
 
 
 def shape_error(exc: BaseException) -> CoreError | None:

@@ -1,9 +1,12 @@
 """The run's reports: ``report.json`` (machine-readable), ``report.md`` (for people) and
-``comparison.png`` (accuracy against compression, one line per method and metric).
+``comparison.png`` (accuracy against compression, one line per method and metric); with a global or
+learned allocation also ``layer_rates.png`` (each variant's keep rate per layer).
 
 Every accuracy carries its 95% Clopper-Pearson interval; a multi-seed job (``seeds``) adds, per
 network, the mean and standard deviation over seeds and each seed's value (``aggregate``), and the
-table and plot show those."""
+table and plot show those. Every pruned network also gets its inference cost against the dense one
+(parameters, MACs, latency, peak memory, from ``core.pipeline.measure``; ``variants.<name>.inference``)
+and its per-layer keep rates (``variants.<name>.allocation``)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from core.pipeline.evaluate import attack_settings
 from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 from core.pruning.methods import METHODS
 from core.spec import JobSpec
-from core.vocab import DENSE, PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
+from core.vocab import DENSE, PLOT_NAME, RATES_PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
 
 REPORT_FORMAT = "hydra-compress-report/2"
 
@@ -105,10 +108,93 @@ def _checks_lines(report: dict[str, Any]) -> list[str]:
                 f"- **certificate above attack in `{name}`**: {sound['metric']} {100 * sound['verified']:.1f}% "
                 f"> robust_acc {100 * sound['empirical_robust']:.1f}%."
             )
-    return lines or [
+        onnx = r.get("checks", {}).get("onnx_parity")
+        if onnx and not onnx.get("ok"):
+            lines.append(f"- **ONNX export of `{name}` not shipped**: {onnx.get('error')}")
+    lines = lines or [
         "- no check flagged (gradient masking: a gradient-free attack beating the best gradient "
-        "attack by > 2 points; certificates above the attacked accuracy)."
+        "attack by > 2 points; certificates above the attacked accuracy; ONNX graphs that disagree "
+        "with PyTorch)."
     ]
+    parity = [c for r in report["variants"].values() if (c := r.get("checks", {}).get("onnx_parity")) and c.get("ok")]
+    if parity:
+        lines.append(
+            f"- ONNX parity: {len(parity)} graph(s) give PyTorch's logits through onnxruntime within "
+            f"{max(c['max_abs_diff'] for c in parity):.2g} (allowed {parity[0]['atol']:g})."
+        )
+    return lines
+
+
+def _ratio_cell(entry: Any, scale: float = 1.0, unit: str = "", speed: bool = False) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("variant"), (int, float)):
+        return "–"
+    value = entry["variant"] * scale
+    text = f"{value:,.0f}" if not unit else f"{value:.3g} {unit}"
+    factor = entry.get("speedup") if speed else entry.get("ratio")
+    if not isinstance(factor, (int, float)):
+        return text
+    return f"{text} (speedup {factor:.3g})" if speed else f"{text} ({factor:.3g}x)"
+
+
+def _inference_lines(report: dict[str, Any]) -> list[str]:
+    """The inference-cost table: each pruned network against the dense one, measured in one process."""
+    rows = [(name, r["inference"]) for name, r in report["variants"].items() if r.get("inference")]
+    if not rows:
+        return []
+    latency_keys = list(dict.fromkeys(key for _, inf in rows for key in inf.get("latency", {})))
+    header = ["network", "parameters", "nonzero parameters", "MACs", *[f"{k} latency" for k in latency_keys]]
+    header.append("peak memory")
+    lines = [
+        "## Inference cost against the dense network",
+        "",
+        "Measured from each exported network next to the dense one in the same process; in brackets the "
+        "ratio to the dense network (latency: the speedup, dense time / this network's time).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for name, inf in rows:
+        cells = [
+            name,
+            _ratio_cell(inf.get("params")),
+            _ratio_cell(inf.get("nonzero_params")),
+            _ratio_cell(inf.get("macs")),
+        ]
+        cells += [_ratio_cell(inf["latency"].get(k), 1e3, "ms", speed=True) for k in latency_keys]
+        cells.append(_ratio_cell(inf.get("peak_memory"), 1 / 2**20, "MiB"))
+        lines.append("| " + " | ".join(cells) + " |")
+    method = rows[0][1].get("method", {})
+    lines += [""] + [f"- {what}: {how}" for what, how in method.items()] + [""]
+    return lines
+
+
+def _rates_variants(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The variants whose per-layer rates the report shows: all pruned ones of a global/learned job."""
+    if (report.get("spec") or {}).get("pruning", {}).get("allocation", "uniform") == "uniform":
+        return []
+    return [(name, r["allocation"]) for name, r in report["variants"].items() if r.get("allocation")]
+
+
+def _rates_lines(report: dict[str, Any]) -> list[str]:
+    variants = _rates_variants(report)
+    if not variants:
+        return []
+    layers = list(variants[0][1]["layers"])
+    lines = [
+        f"## Per-layer keep rates ({variants[0][1]['allocation']} allocation)",
+        "",
+        "Kept weights / weights of each layer, counted from the exported networks.",
+        "",
+        "| layer | weights | " + " | ".join(name for name, _ in variants) + " |",
+        "|---|---:|" + "---:|" * len(variants),
+    ]
+    for layer in layers:
+        n = variants[0][1]["layers"][layer]["n"]
+        cells = [_pct(a["layers"].get(layer, {}).get("rate")) + "%" for _, a in variants]
+        lines.append(f"| `{layer}` | {n:,} | " + " | ".join(cells) + " |")
+    cells = [_pct(a["total"]["rate"]) + "%" for _, a in variants]
+    lines += [f"| total | {variants[0][1]['total']['n']:,} | " + " | ".join(cells) + " |", ""]
+    return lines + [f"![per-layer keep rates]({RATES_PLOT_NAME})", ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -148,7 +234,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {r.get('compressed_bytes', '–')} |"
         )
-    lines += ["", f"Intervals: {INTERVAL_METHOD}.", "", "## Checks", ""]
+    lines += ["", f"Intervals: {INTERVAL_METHOD}.", ""]
+    lines += _inference_lines(report)
+    lines += _rates_lines(report)
+    lines += ["## Checks", ""]
     lines += _checks_lines(report)
     lines += ["", "## How each number was measured", ""]
     lines += [f"- **{m}**: {desc}" for m, desc in report["procedures"].items()]
@@ -160,8 +249,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Sparsity is counted from the weights stored in each compressed artifact, over all conv and "
-        "linear weights (biases and BatchNorm are never pruned). Numbers are from the last epoch.",
+        "Sparsity is counted from the weights stored in each exported artifact (the compressed one; for "
+        "channel granularity the rebuilt smaller network, against the full-width layers), over all conv "
+        "and linear weights (biases and BatchNorm are never pruned). Numbers are from the last epoch.",
         "",
         f"![accuracy against compression]({PLOT_NAME})",
         "",
@@ -225,6 +315,30 @@ def plot_comparison(
     plt.close(fig)
 
 
+def plot_layer_rates(variants: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """Keep rate per layer (log scale), one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, alloc in variants:
+        layers = list(alloc["layers"])
+        rates = [max(alloc["layers"][layer]["rate"], 1e-6) * 100 for layer in layers]
+        ax.plot(range(len(layers)), rates, "-o", ms=3, label=name)
+        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("weights kept (%)")
+    ax.set_title(f"per-layer keep rates ({variants[0][1]['allocation']} allocation)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
     """The headline robust number: the objective's own (its certificate, for the verifiable ones),
     else the per-example worst case over every attack run, else PGD."""
@@ -271,9 +385,14 @@ def write_reports(
         "spec": spec.model_dump(mode="json"),
     }
     plot_comparison(rows, out / PLOT_NAME, robust, aggregate)
+    run_artifacts = list(RUN_ARTIFACTS)
+    rates = _rates_variants(report)
+    if rates:
+        plot_layer_rates(rates, out / RATES_PLOT_NAME)
+        run_artifacts.insert(1, RATES_PLOT_NAME)
     (out / REPORT_MD).write_text(render_markdown(report))
     artifacts = {}
-    for name in RUN_ARTIFACTS:
+    for name in run_artifacts:
         size, digest = file_digest(out / name)
         artifacts[name] = {"size": size, "sha256": digest}
         cb.on_artifact(name, out / name, size, digest)

@@ -6,6 +6,11 @@ bit-for-bit: the model with scores and masks, the optimizer, the RNG states, the
 epoch) and the results so far. The learning rate is a pure function of the iteration (no scheduler
 object to save), and the data order a pure function of (seed, epoch). See docs/ARCHITECTURE.md.
 
+HYDRA as published (uniform allocation, unstructured) is this module's own code path; a global or
+learned allocation or channel granularity is a ``core.pipeline.pruning_step.VariantPruning``, called at
+variant entry, as the prune step's hook, at the end of prune and in the checkpoint. The files, the
+evaluated network and the inference costs come from ``core.pipeline.exporting``.
+
 The core/worker seam: ``run_job`` takes the user's spec exactly as written (it is what ``spec.json``,
 the report and the resume check see) and, separately, :class:`RunInputs`: the local files standing
 for the spec's references (a worker downloads ``model:<id>`` / ``dataset:<id>`` uploads and passes
@@ -33,18 +38,14 @@ from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
-from core.pipeline.evaluate import evaluate_variant, sparsity_from_export, validate
+from core.pipeline.evaluate import evaluate_variant, validate
+from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
+from core.pipeline.pruning_step import VariantPruning, needs_variant_pruning
 from core.pipeline.training import lr_at, make_optimizer, train_step
-from core.pruning.masked import (
-    convert_to_masked,
-    init_scores,
-    masked_layers,
-    refresh_masks,
-    set_keep_fraction,
-    set_stage,
-)
+from core.pruning.masked import convert_to_masked, init_scores, refresh_masks, set_keep_fraction, set_stage
 from core.pruning.methods import METHODS
+from core.pruning.structured import check_channel_supported
 from core.spec import JobSpec, StageSpec
 from core.vocab import (
     CHECKPOINT_NAME,
@@ -54,7 +55,6 @@ from core.vocab import (
     SPEC_NAME,
     STAGE_FINISHED,
     STAGE_STARTED,
-    artifact_name,
     card_name,
     dense_name,
 )
@@ -106,6 +106,12 @@ class _Runner:
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
+        with rng_kept(self.device):
+            self.example = example_batch(self.test_ds, self.device)  # tracing, rebuild and ONNX checks
+            if spec.pruning.granularity == "channel":
+                check_channel_supported(self.model, self.example)  # likewise, on pruning.granularity
+        # a non-default allocation/granularity's state while a variant prunes (core.pipeline.pruning_step)
+        self.pruning: VariantPruning | None = None
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
         self.cursor = (0, 0)  # (step index, epochs done within it)
@@ -144,6 +150,7 @@ class _Runner:
             "done_iters": self.done_iters,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "pruning": self.pruning.state_dict() if self.pruning is not None else None,
             "pretrained": self.pretrained,
             "results": json.dumps(self.results),
             "rng": ckpt.capture_rng_state(),
@@ -164,6 +171,11 @@ class _Runner:
         self.pretrained = state["pretrained"]
         self.results = json.loads(state["results"])
         self._resume_optimizer = state["optimizer"]
+        if state.get("pruning") is not None:  # stopped inside a prune stage
+            step = self.steps[self.cursor[0]]
+            assert step.method is not None
+            self.pruning = VariantPruning(self.spec.pruning, step.method, step.k, self.model, self.example)
+            self.pruning.load_state_dict(state["pruning"], self.model)
         ckpt.restore_rng_state(state["rng"])
 
     # -- steps ------------------------------------------------------------------------------
@@ -198,7 +210,17 @@ class _Runner:
         assert self.pretrained is not None and step.method is not None
         self.model.load_state_dict(self.pretrained)
         method = METHODS.get(step.method)
-        init_scores(self.model, self.spec.pruning.score_init if method.uses_score_init else "scaled")
+        score_init = self.spec.pruning.score_init if method.uses_score_init else "scaled"
+        self.pruning = None
+        if needs_variant_pruning(self.spec.pruning):  # global / learned allocation, channel granularity
+            pruning = VariantPruning(self.spec.pruning, step.method, step.k, self.model, self.example)
+            pruning.enter(self.model, score_init)
+            if step.kind == "prune":
+                self.pruning = pruning
+            else:  # no prune stage for this variant (a one-shot baseline): the first mask is final
+                pruning.finish(self.model)
+            return
+        init_scores(self.model, score_init)
         set_keep_fraction(self.model, step.k)
         refresh_masks(self.model)
 
@@ -209,7 +231,9 @@ class _Runner:
         if step.kind == "pretrain":
             self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
-        self.optimizer = make_optimizer(self.model, stage)
+        pruning = self.pruning if step.kind == "prune" else None
+        params = pruning.optimizer_parameters(self.model) if pruning is not None else None
+        self.optimizer = make_optimizer(self.model, stage, params)
         if first_epoch > 0 and self._resume_optimizer is not None:
             self.optimizer.load_state_dict(self._resume_optimizer)
         self._resume_optimizer = None
@@ -223,6 +247,9 @@ class _Runner:
             self._save()
             payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
             self.cb.on_event(EPOCH_FINISHED, {**payload, "metrics": metrics})
+        if pruning is not None:  # the masks are final from here on (learned: exact budget)
+            pruning.finish(self.model)
+            self.pruning = None
         self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
 
     def _continues_variant(self, index: int, step: Step) -> bool:
@@ -240,6 +267,7 @@ class _Runner:
         ds_spec = self.spec.dataset
         loader = train_loader(self.train_ds, ds_spec.batch_size, step.seed, epoch, ds_spec.num_workers)
         refresh = step.kind == "prune"
+        hook = self.pruning if refresh else None  # global/learned/channel: their own mask update
         loss_sum, correct, seen = 0.0, 0, 0
         n_batches = len(loader)
         for i, (x, y) in enumerate(loader):
@@ -250,8 +278,10 @@ class _Runner:
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, iteration, total)
             objective.set_epoch(epoch, step.kind, i / n_batches)
+            if hook is not None:
+                hook.set_progress(iteration / max(1, total))
             # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
-            loss, logits = train_step(model, objective, opt, x, y, refresh=refresh)
+            loss, logits = train_step(model, objective, opt, x, y, refresh=refresh, hook=hook)
             if not torch.isfinite(loss):
                 raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
             loss_sum += float(loss) * len(y)
@@ -278,27 +308,38 @@ class _Runner:
         set_stage(self.model, "eval")
         self.model.eval()
         self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
-        artifacts = self._export(step)
+        # Attack what the user downloads: the exported network rebuilt from its file with plain layers
+        # (no masks, no cached products; a channel variant's smaller network), not the training model.
+        exported = export_variant(
+            self.model, self.out, self.spec, step, self.info, self.example, self.device, self.cb.on_artifact
+        )
         self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
-        # Attack what the user downloads: the exported network rebuilt from its file with plain layers
-        # (no masks, no cached products), not the in-memory training model.
-        network = self._exported_network(artifacts)
-        result = evaluate_variant(network, self.test_ds, self.spec, self.device, self.info["num_classes"])
-        result["evaluated"] = (
-            "the exported network, reloaded from " + artifacts["compressed"]["name"]
-            if "compressed" in artifacts
-            else "the in-memory network (no compressed export)"
-        )
+        result = evaluate_variant(exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result["evaluated"] = exported.evaluated
+        result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
-        result["artifacts"] = artifacts
-        if "compressed" in artifacts:
-            names = [name for name, _ in masked_layers(self.model)]
-            result["sparsity"] = sparsity_from_export(self.out / artifacts["compressed"]["name"], names)
+        result["artifacts"] = exported.artifacts
+        result.update(exported.extras)
+        if exported.sparsity is not None:
+            result["sparsity"] = exported.sparsity
+        if step.method is not None:
+            if exported.sparsity is not None:
+                result["allocation"] = layer_rates(self.spec, exported.sparsity)
+            dense = self.results.get(dense_name(None if self.spec.seeds is None else step.seed))
+            args = (self.spec, self.info, self.device, self.out, exported, dense, self._pretrained_network)
+            result["inference"] = inference_cost(*args)
         self.results[step.variant] = result
         self._write_model_card(step, result)
         self.cb.on_event(EVALUATION_FINISHED, {"variant": step.variant, "metrics": result["metrics"]})
         self.cb.on_event(STAGE_FINISHED, {"stage": "evaluate", "variant": step.variant})
+
+    def _pretrained_network(self) -> nn.Module:
+        """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
+        assert self.pretrained is not None
+        network = build_network(self.spec, self.info)
+        network.load_state_dict(self.pretrained)
+        return network.eval()
 
     def _write_model_card(self, step: Step, result: dict[str, Any]) -> None:
         """``<variant>.model_card.md`` beside the variant's network files (Hugging Face conventions),
@@ -316,35 +357,6 @@ class _Runner:
         size, digest = file_digest(path)
         result["artifacts"]["model_card"] = {"name": name, "size": size, "sha256": digest}
         self.cb.on_artifact(name, path, size, digest)
-
-    def _exported_network(self, artifacts: dict[str, Any]) -> nn.Module:
-        from core.io.export import load_compressed_model
-
-        if "compressed" not in artifacts:
-            return self.model
-        network = load_compressed_model(self.out / artifacts["compressed"]["name"]).to(self.device)
-        return network.eval()
-
-    def _export(self, step: Step) -> dict[str, Any]:
-        from core.io.export import export_compressed, export_dense
-
-        meta = {
-            "arch": self.spec.model.arch,
-            "kwargs": {**self.spec.model.kwargs, "num_classes": self.info["num_classes"]},
-            "variant": step.variant,
-            "method": step.method or "dense",
-            "k": step.k,
-            "seed": step.seed,
-        }
-        out: dict[str, Any] = {}
-        for fmt in self.spec.export.formats:
-            name = artifact_name(step.variant, fmt)
-            path = self.out / name
-            writer = export_compressed if fmt == "compressed" else export_dense
-            info = writer(self.model, path, meta)
-            out[fmt] = {"name": name, "size": info["size"], "sha256": info["sha256"]}
-            self.cb.on_artifact(name, path, info["size"], info["sha256"])
-        return out
 
     def _finish(self) -> dict[str, Any]:
         from core.pipeline.report import write_reports

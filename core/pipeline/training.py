@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +15,20 @@ from core.pruning.masked import refresh_masks
 from core.spec import StageSpec
 
 
+class StepHook(Protocol):
+    """What a pruning mode adds to a prune step (``core.pipeline.pruning_step``): its own gradients
+    cleared with the optimizer's, a term added to the loss, a pass after ``backward`` (before the
+    optimizer steps) and the mask update that replaces ``refresh_masks`` after the step."""
+
+    def zero_grad(self) -> None: ...
+
+    def penalty(self) -> Tensor | None: ...
+
+    def after_backward(self, model: nn.Module) -> None: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
 def train_step(
     model: nn.Module,
     objective: Objective,
@@ -21,17 +37,29 @@ def train_step(
     y: Tensor,
     *,
     refresh: bool = False,
+    hook: StepHook | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer step on ``objective``; ``refresh=True`` (prune stage) recomputes the masks after
     the step — the only place a mask changes. Returns the detached loss and the clean logits.
 
+    ``hook`` (a non-default allocation or granularity in the prune stage) adds its penalty to the loss
+    that is back-propagated (the returned loss is the objective's alone), runs after ``backward`` and
+    updates the masks after the step instead of ``refresh``.
+
     The same code serves dense and masked networks in every stage, so a masked step costs only the
     mask (see ``bench/prune_step.py``)."""
     optimizer.zero_grad(set_to_none=True)
+    if hook is not None:
+        hook.zero_grad()
     loss, logits = objective.loss(model, x, y)
-    loss.backward()
+    penalty = hook.penalty() if hook is not None else None
+    (loss if penalty is None else loss + penalty).backward()
+    if hook is not None:
+        hook.after_backward(model)
     optimizer.step()
-    if refresh:
+    if hook is not None:
+        hook.after_step(model)
+    elif refresh:
         refresh_masks(model)
     return loss.detach(), logits
 
@@ -53,8 +81,11 @@ def lr_at(stage: StageSpec, iteration: int, total: int) -> float:
     return stage.lr
 
 
-def make_optimizer(model: nn.Module, stage: StageSpec) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(
+    model: nn.Module, stage: StageSpec, params: Iterable[nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """The stage's optimizer over ``params`` (default: every parameter of ``model`` that requires grad)."""
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     if not params:
         raise CoreError("nothing_to_train", "stages", "this stage has no trainable parameters")
     if stage.optimizer == "adam":

@@ -48,7 +48,7 @@ Adam ``lr = 0.01`` (logit units), ``betas = (0.9, 0.999)``, no weight decay.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +57,11 @@ from core.errors import CoreError
 from core.pruning.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
 from core.pruning.methods import METHODS
 
-ALLOCATIONS = ("uniform", "global", "learned")
-GRANULARITIES = ("unstructured", "channel")
+#: The vocabularies of ``pruning.allocation`` and ``pruning.granularity`` (the job spec's fields use these types).
+Allocation = Literal["uniform", "global", "learned"]
+Granularity = Literal["unstructured", "channel"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 
 
 def _check_k(k: Any) -> float:

@@ -4,6 +4,16 @@ Every method starts from the shared pretrained network with importance scores in
 (``core.pruning.masked.init_scores``) and the top-k mask of each layer; what differs is whether a
 ``prune`` stage then trains the scores under the robust objective. Torch-free, so the job spec
 (``pruning.methods``) can list the names.
+
+A method says *how* the mask is chosen; ``pruning.granularity`` says *what* is pruned (single weights or
+whole channels) and ``pruning.allocation`` how the budget is spread over the layers. So the L1-norm
+filter pruning baseline (Li et al. 2017) is not a method of its own: it is ``lwm`` at channel
+granularity — the magnitude heuristic applied to filters, whose magnitude is their L1 norm
+(``core.pruning.structured``: the scaled channel-score init is the normalised filter L1 norm, and
+LWM keeps that first mask and only finetunes). This keeps ``methods: [hydra, lwm]`` the paper's
+comparison at either granularity, and leaves no method name that is valid at one granularity only
+(an ``l1_filter`` method would be refused at unstructured granularity and would duplicate ``lwm`` at
+channel granularity).
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ register_method(
     PruningMethod(
         "lwm",
         "Least weight magnitude: keep the top-k |w| of each layer of the pretrained network, then "
-        "finetune (the heuristic baseline)",
+        "finetune (the heuristic baseline; at channel granularity the top-k filters by L1 norm, i.e. "
+        "L1-norm filter pruning, Li et al. 2017)",
         trains_scores=False,
         uses_score_init=False,
     )

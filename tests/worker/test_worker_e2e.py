@@ -274,3 +274,59 @@ def test_a_job_from_an_uploaded_network_and_dataset_skips_pretraining_and_names_
     with torch.no_grad():
         accuracy = (net.eval()(x).argmax(1) == y).float().mean().item()
     assert accuracy == pytest.approx(report["variants"]["dense"]["metrics"]["benign_acc"], abs=1e-6)
+
+
+def test_a_channel_job_and_a_learned_allocation_job_run_through_the_worker(
+    api: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    """Issue 9 through the service: the channel job's smaller network and the learned job's exact
+    budget are what the user downloads."""
+    import torch
+
+    from core.data.datasets import build_datasets
+    from core.io.export import load_compressed
+    from core.io.export_channel import load_channel_pruned
+    from core.pruning.masked import kept_count
+    from core.spec import load_spec
+
+    start_worker()
+    evaluation = {"measure_latency": False, "measure_batch_sizes": [1, 4]}
+    specs = {
+        "channel": tiny_spec(
+            name="worker-channel", pruning={"k": [0.5], "granularity": "channel"}, evaluation=evaluation
+        ),
+        "learned": tiny_spec(name="worker-learned", pruning={"allocation": "learned"}, evaluation=evaluation),
+    }
+    ids = {name: submit(api, spec) for name, spec in specs.items()}
+    rows = {name: wait_status(api, job_id, {"succeeded", "failed", "canceled"}, 240) for name, job_id in ids.items()}
+    assert all(row["status"] == "succeeded" for row in rows.values()), rows
+
+    # channel: the evaluated, downloaded network is the physically smaller one
+    job_id = ids["channel"]
+    report = api.get(f"/v1/jobs/{job_id}/report").json()
+    name = "hydra_k0.5.channel.safetensors"
+    listing = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
+    assert name in listing and report["variants"]["hydra_k0.5"]["evaluated"].endswith(name)
+    body = api.get(f"/v1/jobs/{job_id}/artifacts/{name}").content
+    assert hashlib.sha256(body).hexdigest() == listing[name]["sha256"]
+    (tmp_path / name).write_bytes(body)
+    small = load_channel_pruned(tmp_path / name)
+    assert report["variants"]["hydra_k0.5"]["inference"]["params"]["ratio"] < 0.5
+    parsed = load_spec(specs["channel"])
+    _, test_ds, _ = build_datasets(parsed.dataset, parsed.seed)
+    x = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+    y = torch.as_tensor([int(test_ds[i][1]) for i in range(len(test_ds))])
+    with torch.no_grad():
+        accuracy = (small(x).argmax(1) == y).float().mean().item()
+    assert accuracy == pytest.approx(report["variants"]["hydra_k0.5"]["metrics"]["benign_acc"], abs=1e-6)
+
+    # learned: the downloaded compressed network keeps the global budget
+    job_id = ids["learned"]
+    body = api.get(f"/v1/jobs/{job_id}/artifacts/{ARTIFACT}").content
+    (tmp_path / ARTIFACT).write_bytes(body)
+    state, _ = load_compressed(tmp_path / ARTIFACT)
+    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() > 1]
+    total = sum(v.numel() for v in weights)
+    assert abs(sum(int(v.count_nonzero()) for v in weights) - kept_count(total, 0.1)) <= 0.001 * total
+    listing = {a["name"] for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
+    assert "layer_rates.png" in listing
