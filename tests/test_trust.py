@@ -120,3 +120,31 @@ def test_the_headline_is_the_worst_case_over_every_attack_on_the_exported_networ
     assert "possible_gradient_masking" in v["checks"]["gradient_masking"]
     assert Counter(v["samples"]["robust"]["per_class"]).total() == 20
     assert json.loads((tmp_path / "report.json").read_text())["interval_method"].startswith("two-sided 95%")
+
+
+def test_the_smooth_relu_backward_reaches_every_architecture_of_the_zoo():
+    """Every ReLU of every catalogue network is a module the smooth backward can reach (an F.relu
+    call would silently keep the exact, maskable gradient for the training attack)."""
+    import torch.nn.functional as F
+
+    from core.models.zoo import create_model, list_models
+
+    for name, entry in list_models().items():
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        calls = {"n": 0}
+        real = F.relu
+
+        def counting(*args, calls=calls, real=real, **kwargs):
+            calls["n"] += 1
+            return real(*args, **kwargs)
+
+        F.relu = counting
+        try:
+            # inside the block every nn.ReLU runs the surrogate, so an F.relu call is a forward() of its own
+            with smooth_relu_backward(model), torch.no_grad():
+                model(torch.rand(1, *entry["input_shape"]))
+        finally:
+            F.relu = real
+        assert calls["n"] == 0, f"{name} calls F.relu {calls['n']} times"
+        assert any(isinstance(m, torch.nn.ReLU) for m in model.modules()), name

@@ -369,10 +369,13 @@ class _BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        # ReLU modules, not F.relu: core.robust.attacks.smooth_relu_backward (the training attack's
+        # surrogate gradient) reaches nn.ReLU modules only. No parameters: the state dict is unchanged.
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -391,9 +394,10 @@ class CifarResNet(nn.Module):
             c = width
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(c, num_classes)
+        self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
