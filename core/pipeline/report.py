@@ -89,7 +89,11 @@ def _cell(row: dict[str, Any], metric: str) -> str:
 
 def _mean_cell(agg: dict[str, Any], metric: str) -> str:
     s = agg.get(metric)
-    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if isinstance(s, dict) else "–"
+    if not isinstance(s, dict):
+        return "–"
+    if s.get("n_seeds", 2) < 2:  # no spread to show: say so rather than print "± 0.0"
+        return f"{100 * s['mean']:.1f} (1 seed)"
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
 
 def _checks_lines(report: dict[str, Any]) -> list[str]:
@@ -213,12 +217,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"### Mean ± standard deviation over seeds {report['seeds']}",
             "",
-            "| network | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
-            "|---|---|" + "---|" * len(metrics),
+            "| network | seeds | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
+            "|---|---|---|" + "---|" * len(metrics),
         ]
         for agg in report["aggregate"]:
             lines.append(
-                f"| {agg['variant']} | {_mean_cell(agg, 'sparsity')}% | "
+                f"| {agg['variant']} | {', '.join(str(s) for s in agg['seeds'])} | {_mean_cell(agg, 'sparsity')}% | "
                 + " | ".join(_mean_cell(agg, m) for m in metrics)
                 + " |"
             )
