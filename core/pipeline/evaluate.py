@@ -144,17 +144,15 @@ def evaluate_variant(
     if objective.attacked:
         ball = f"{a['norm']} eps={a['eps']:.4g}"
         torch.manual_seed(seed)
-        flags_pgd = pgd_flags(
-            model,
-            x,
-            y,
-            norm=a["norm"],
-            eps=a["eps"],
-            step_size=a["step_size"],
-            steps=ev.pgd_steps,
-            restarts=ev.pgd_restarts,
-            batch_size=bs,
-        )
+        pgd_settings = {
+            "norm": a["norm"],
+            "eps": a["eps"],
+            "step_size": a["step_size"],
+            "steps": ev.pgd_steps,
+            "restarts": ev.pgd_restarts,
+            "batch_size": bs,
+        }
+        flags_pgd = pgd_flags(model, x, y, **pgd_settings)
         tally.add_flags(
             ATTACKS.get("pgd").metric,
             flags_pgd,
@@ -166,18 +164,7 @@ def evaluate_variant(
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
         if ev.pgd_smooth_relu:
-            flags_smooth = pgd_flags(
-                model,
-                x,
-                y,
-                norm=a["norm"],
-                eps=a["eps"],
-                step_size=a["step_size"],
-                steps=ev.pgd_steps,
-                restarts=ev.pgd_restarts,
-                batch_size=bs,
-                relu_tau=ev.pgd_smooth_tau,
-            )
+            flags_smooth = pgd_flags(model, x, y, **pgd_settings, relu_tau=ev.pgd_smooth_tau)
             tally.add_flags(
                 ATTACKS.get("pgd_smooth").metric,
                 flags_smooth,
