@@ -3,7 +3,8 @@
 ``run_job`` calls these hooks; the default implementation does nothing. The worker's subclass writes
 progress to the job row (throttled), appends events, uploads checkpoints and artifacts to object
 storage, and answers ``should_cancel`` from the row. Hooks must be cheap or throttle themselves:
-``on_progress`` and ``should_cancel`` are called once per batch.
+``on_progress`` and ``should_cancel`` are called once per batch (``should_cancel`` also between steps and
+between the attacks of a final evaluation).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 class RunCallbacks:
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
         """A milestone: ``stage_started``, ``epoch_finished`` (with metrics), ``stage_finished``,
-        ``variant_finished``, ``evaluation_finished``, ``run_finished``. Payloads are JSON-able."""
+        ``evaluation_finished``, ``run_finished`` (core.vocab names them). Payloads are JSON-able."""
 
     def on_progress(
         self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float, metrics: dict[str, float]
@@ -23,7 +24,8 @@ class RunCallbacks:
         """Called every batch. ``fraction`` is of the whole run, in [0, 1]."""
 
     def should_cancel(self) -> bool:
-        """Checked every batch; returning True stops the run with ``RunCanceled`` (no checkpoint is lost)."""
+        """Checked every batch, between steps and between the attacks of an evaluation; returning True
+        stops the run with ``RunCanceled`` (no checkpoint is lost)."""
         return False
 
     def on_checkpoint(self, path: Path) -> None:

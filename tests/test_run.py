@@ -174,6 +174,36 @@ def test_interrupted_run_resumes_bit_for_bit(finished, tmp_path):
     assert resumed["comparison"] == report["comparison"]
 
 
+class CancelInEvaluation(Recorder):
+    """Asks to cancel once the final evaluation of ``variant`` has started (no batch runs after it)."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant, self.asked = variant, False
+
+    def on_event(self, kind, payload):
+        super().on_event(kind, payload)
+        if kind == "stage_started" and payload == {"stage": "evaluate", "variant": self.variant, "epochs": 0}:
+            self.asked = True
+
+    def should_cancel(self):
+        return self.asked
+
+
+@pytest.mark.parametrize("variant", ["hydra_k0.05", "lwm_k0.05"])  # lwm's is the run's last step
+def test_a_cancel_during_the_final_evaluation_stops_the_run(finished, tmp_path, variant):
+    out, report, _ = finished
+    rec = CancelInEvaluation(variant)
+    with pytest.raises(RunCanceled, match="final evaluation, before PGD"):
+        run_job(tiny(), tmp_path, rec)
+    assert not (tmp_path / "report.json").exists()  # it must not end as a finished (succeeded) run
+    assert ("evaluation_finished", {"variant": variant}) not in [
+        (k, {"variant": p.get("variant")}) for k, p in rec.events
+    ]
+    resumed = run_job(tiny(), tmp_path, Recorder(), resume=True)  # the step is redone from the checkpoint
+    assert resumed["comparison"] == report["comparison"]
+
+
 def test_resume_refuses_a_different_spec(tmp_path):
     from core.errors import CoreError
 

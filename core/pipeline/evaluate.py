@@ -11,6 +11,7 @@ sure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 from core.config import EPS_8_255
 from core.data.datasets import test_loader
 from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
+from core.errors import RunCanceled
 from core.objectives import build_objective
 from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
 from core.robust.attacks import pgd
@@ -117,9 +119,23 @@ class _Tally:
 
 
 def evaluate_variant(
-    model: nn.Module, test_ds: Dataset, spec: JobSpec, device: torch.device, num_classes: int | None = None
+    model: nn.Module,
+    test_ds: Dataset,
+    spec: JobSpec,
+    device: torch.device,
+    num_classes: int | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Final evaluation of one network: metrics, the procedure, sample and interval of each."""
+    """Final evaluation of one network: metrics, the procedure, sample and interval of each.
+
+    ``should_cancel`` (the run's callback) is asked before each attack and the certification, so a
+    cancel or shutdown during an evaluation that takes many minutes (AutoAttack) stops it there with
+    :class:`RunCanceled` instead of after it."""
+
+    def checkpoint(what: str) -> None:
+        if should_cancel is not None and should_cancel():
+            raise RunCanceled(f"canceled during the final evaluation, before {what}")
+
     ev = spec.evaluation
     a = attack_settings(spec)
     seed = sample_seed(spec)
@@ -143,6 +159,7 @@ def evaluate_variant(
     objective = build_objective(spec.objective)
     if objective.attacked:
         ball = f"{a['norm']} eps={a['eps']:.4g}"
+        checkpoint("PGD")
         torch.manual_seed(seed)
         pgd_settings = {
             "norm": a["norm"],
@@ -164,6 +181,7 @@ def evaluate_variant(
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
         if ev.pgd_smooth_relu:
+            checkpoint("the smooth-ReLU PGD")
             flags_smooth = pgd_flags(model, x, y, **pgd_settings, relu_tau=ev.pgd_smooth_tau)
             tally.add_flags(
                 ATTACKS.get("pgd_smooth").metric,
@@ -176,6 +194,7 @@ def evaluate_variant(
             worst &= flags_smooth
             robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
         if ev.autoattack:
+            checkpoint("AutoAttack")
             small = _sample_indices(test_ds, min(ev.autoattack_max_samples or full, len(big)), seed)
             pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
             sub_ds = Subset(test_ds, small.tolist()) if len(small) < full else test_ds
@@ -228,6 +247,7 @@ def evaluate_variant(
         "interval_method": INTERVAL_METHOD,
     }
     if objective.certifies:
+        checkpoint("the certification")
         cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
         cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
         samples["certified"] = describe_sample(cert_ds, full, seed)

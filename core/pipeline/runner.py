@@ -183,6 +183,8 @@ class _Runner:
         start_step, start_epoch = self.cursor
         for index in range(start_step, len(self.steps)):
             step = self.steps[index]
+            if self.cb.should_cancel():  # between steps too: an evaluation step checks no batches
+                raise RunCanceled(f"canceled before the {step.kind} step of {step.variant}")
             first_epoch = start_epoch if index == start_step else 0
             if step.seed_start and first_epoch == 0:
                 self._start_seed(step.seed)
@@ -193,6 +195,8 @@ class _Runner:
             self.cursor = (index + 1, 0)
             self.optimizer = None
             self._save()
+        if self.cb.should_cancel():  # asked during the last evaluation: the job must not end succeeded
+            raise RunCanceled("canceled after the last evaluation, before the reports")
         return self._finish()
 
     def _start_seed(self, seed: int) -> None:
@@ -315,7 +319,9 @@ class _Runner:
         )
         self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
-        result = evaluate_variant(exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result = evaluate_variant(
+            exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"], self.cb.should_cancel
+        )
         result["evaluated"] = exported.evaluated
         result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
