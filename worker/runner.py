@@ -12,10 +12,12 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
+from sqlalchemy.exc import OperationalError
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, ResumeMismatch, RunCanceled
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_INTERVAL_S = 1.0
 UPLOAD_TRIES = 3
+# A database write the job's outcome depends on (the final status, an artifact's row, a hand-back)
+# survives a Postgres restart or fail-over: retried on connection errors, 1 + 2 + 4 + 8 + 16 = 31 s in all.
+DB_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 TRACEBACK_LINES = 15
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -41,6 +46,29 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".safetensors": "application/octet-stream",
 }
+
+
+T = TypeVar("T")
+
+
+def with_db_retry(what: str, write: Callable[[], T]) -> T:
+    """Run ``write`` (which opens its own session) again after a connection error, with backoff.
+
+    Only ``OperationalError`` (the server went away, a connection was refused or reset) is retried:
+    any other error is a bug or a refused constraint and is raised at once. Every write retried here
+    is conditional on the lease or idempotent (an artifact row is an upsert), so a retry of a write
+    whose commit landed but whose reply was lost changes nothing that matters: a finish_job that
+    already ran reports the lease as no longer held, an event may be listed twice.
+    """
+    for delay in (*DB_RETRY_DELAYS_S, None):
+        try:
+            return write()
+        except OperationalError:
+            if delay is None:
+                raise
+            log.warning("database write %s failed; retrying in %.0f s", what, delay, exc_info=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def checkpoint_key(job_id: str) -> str:
@@ -170,8 +198,12 @@ class JobCallbacks(RunCallbacks):
         key = artifact_key(self.job_id, name)
         self._upload(key, path)  # an artifact that cannot be stored fails the job (a retry resumes)
         content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
-        with session_scope(self.settings) as session:
-            db_jobs.add_artifact(session, self.job_id, name, key, size, sha256, content_type)
+
+        def write() -> None:
+            with session_scope(self.settings) as session:
+                db_jobs.add_artifact(session, self.job_id, name, key, size, sha256, content_type)
+
+        with_db_retry(f"artifact {name} of job {self.job_id}", write)
 
 
 class JobAttempt:
@@ -263,46 +295,57 @@ class JobAttempt:
             return self._fail(f"{type(exc).__name__}: {exc}", {"traceback": "\n".join(tail)})
         if self.lease.lost.is_set():
             return "lease_lost"
-        with session_scope(self.settings) as session:
-            done = db_jobs.finish_job(
-                session, self.job_id, self.lease.owner, self.lease.attempt, "succeeded", report=report
-            )
+        done = self._finish("succeeded", report=report)
         self._cleanup(done)
         return "succeeded" if done else "lease_lost"
 
     # -- outcomes ----------------------------------------------------------------------------
+    def _finish(self, status: str, **fields: Any) -> bool:
+        """The attempt's one outcome, written conditionally on the lease (retried across a database
+        outage: after hours of training, a Postgres restart must not cost the job another attempt)."""
+
+        def write() -> bool:
+            with session_scope(self.settings) as session:
+                return db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, status, **fields)
+
+        return with_db_retry(f"{status} of job {self.job_id}", write)
+
     def _event(self, kind: str, payload: dict[str, Any]) -> None:
         if self.lease.lost.is_set():
             return
-        with session_scope(self.settings) as session:
-            db_jobs.append_event(session, self.job_id, kind, payload)
+
+        def write() -> None:
+            with session_scope(self.settings) as session:
+                db_jobs.append_event(session, self.job_id, kind, payload)
+
+        with_db_retry(f"event {kind} of job {self.job_id}", write)
 
     def _stopped(self, detail: str) -> str:
         if self.lease.lost.is_set():
             return "lease_lost"
-        with session_scope(self.settings) as session:
-            canceled = db_jobs.is_cancel_requested(session, self.job_id)
-        if canceled or not shutdown_requested.is_set():
+
+        def cancel_requested() -> bool:
             with session_scope(self.settings) as session:
-                done = db_jobs.finish_job(
+                return db_jobs.is_cancel_requested(session, self.job_id)
+
+        canceled = with_db_retry(f"cancel check of job {self.job_id}", cancel_requested)
+        if canceled or not shutdown_requested.is_set():
+            done = self._finish("canceled", error_reason="canceled by user")
+            self._cleanup(done)
+            return "canceled" if done else "lease_lost"
+        # The worker is shutting down: the last epoch's checkpoint is in the store; hand the job back.
+
+        def release() -> bool:
+            with session_scope(self.settings) as session:
+                return release_job(
                     session,
                     self.job_id,
                     self.lease.owner,
                     self.lease.attempt,
-                    "canceled",
-                    error_reason="canceled by user",
+                    "worker shutting down; resumes from the last checkpoint",
                 )
-            self._cleanup(done)
-            return "canceled" if done else "lease_lost"
-        # The worker is shutting down: the last epoch's checkpoint is in the store; hand the job back.
-        with session_scope(self.settings) as session:
-            released = release_job(
-                session,
-                self.job_id,
-                self.lease.owner,
-                self.lease.attempt,
-                "worker shutting down; resumes from the last checkpoint",
-            )
+
+        released = with_db_retry(f"hand-back of job {self.job_id}", release)
         if not released:
             return "lease_lost"
         if self.app is not None:
@@ -318,10 +361,7 @@ class JobAttempt:
         if self.lease.lost.is_set():
             return "lease_lost"
         self._event("error", {"reason": reason, **details})
-        with session_scope(self.settings) as session:
-            done = db_jobs.finish_job(
-                session, self.job_id, self.lease.owner, self.lease.attempt, "failed", error_reason=reason
-            )
+        done = self._finish("failed", error_reason=reason)
         self._cleanup(done)
         return "failed" if done else "lease_lost"
 

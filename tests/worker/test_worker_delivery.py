@@ -166,3 +166,68 @@ def test_reaper_resends_every_queued_job_when_the_broker_restarted(settings: Any
     run_id["value"] = "second"
     assert queued_job in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]
     assert queued_job not in reaper.sweep(settings, app, unsent_after_s=3600)["sent"]  # once per restart
+
+
+class FlakySessions:
+    """``session_scope`` as seen through a database that refuses the first ``failures`` connections."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def __call__(self, settings: Any) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused (test outage)"))
+        return session_scope(settings)
+
+
+@pytest.mark.parametrize("outcome", ["failed", "canceled"])
+def test_an_outcome_survives_a_short_database_outage(
+    settings: Any, queued_job: str, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    import worker.runner as runner_mod
+    from service.storage import build_store
+    from worker.leases import Lease
+
+    with session_scope(settings) as session:
+        assert db_jobs.claim_job(session, queued_job, "w", settings.lease_seconds) == 1
+    flaky = FlakySessions(failures=3)
+    monkeypatch.setattr(runner_mod, "session_scope", flaky)
+    sleeps: list[float] = []
+    monkeypatch.setattr(runner_mod.time, "sleep", sleeps.append)
+    attempt = runner_mod.JobAttempt(settings, Lease(settings, queued_job, "w", 1), build_store(settings), None)
+    if outcome == "failed":
+        assert attempt._fail("boom", {}) == "failed"
+    else:
+        assert attempt._stopped("canceled during prune") == "canceled"  # no shutdown: a user's cancel
+    assert sleeps == list(runner_mod.DB_RETRY_DELAYS_S[:3])  # backed off through the outage, then wrote
+    row = _row(settings, queued_job)
+    assert (row.status, row.attempt) == (outcome, 1)
+
+
+def test_a_longer_outage_is_raised_and_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    import worker.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod.time, "sleep", lambda s: None)
+    calls: list[int] = []
+
+    def down() -> None:
+        calls.append(1)
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("down"))
+
+    with pytest.raises(OperationalError):
+        runner_mod.with_db_retry("test", down)
+    assert len(calls) == len(runner_mod.DB_RETRY_DELAYS_S) + 1
+    calls.clear()
+
+    def refused() -> None:
+        calls.append(1)
+        raise IntegrityError("INSERT", {}, ValueError("duplicate key"))
+
+    with pytest.raises(IntegrityError):
+        runner_mod.with_db_retry("test", refused)
+    assert len(calls) == 1  # a constraint is not an outage
