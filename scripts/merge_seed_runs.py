@@ -8,7 +8,9 @@ seeds, each seed's numbers, 95% intervals)::
     python scripts/merge_seed_runs.py runs/s0 runs/s1 runs/s2 --out runs/merged
 
 A folder contributes its finished report (``report.json``) or, for a run still going, the networks its
-checkpoint has finished evaluating. The specs must agree on everything but the seeds.
+checkpoint has finished evaluating. The specs must agree on everything but the seeds. A single-seed
+run (``seed: N`` and no ``seeds``, such as the shipped demo spec) counts as seed N: it trains exactly
+what ``seeds: [N]`` trains (tests/test_merge_seed_runs.py checks the merge against one job).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def read_run(folder: Path) -> tuple[JobSpec, dict[str, Any], dict[str, Any] | No
     return JobSpec.model_validate_json(state["spec"]), json.loads(state["results"]), None, None
 
 
+def as_seed(variants: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A single-seed run's networks under the names a multi-seed job gives them (``dense_s<seed>``,
+    ``hydra_k0.01_s<seed>``: ``core.vocab.dense_name`` / ``variant_name`` with the seed)."""
+    return {f"{name}_s{seed}": {**result, "seed": seed} for name, result in variants.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (report.json or checkpoint.pt)")
@@ -55,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             differing = differing_fields(mine, theirs)
             if differing:
                 parser.error(f"{folder}: the spec differs in {', '.join(differing)}")
-        if run_spec.seeds is None:
-            parser.error(f"{folder}: not a multi-seed run (its networks carry no _s<seed> names)")
+        if run_spec.seeds is None:  # a single-seed run (`seed: N`, e.g. the shipped demo spec): seed N
+            variants = as_seed(variants, run_spec.seed)
         clash = set(results) & set(variants)
         if clash:
             parser.error(f"{folder}: networks already merged from another folder: {', '.join(sorted(clash))}")

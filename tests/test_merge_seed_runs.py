@@ -19,10 +19,11 @@ def merge_main():
     return module.main
 
 
-def tiny(seeds):
+def tiny(seeds, seed=None):
     return load_spec(
         {
             "seeds": seeds,
+            **({} if seed is None else {"seed": seed}),
             "model": {"arch": "cnn_small_mnist"},
             "dataset": {"name": "mnist5k", "max_train_samples": 64, "max_test_samples": 40, "batch_size": 32},
             "objective": {"type": "natural"},
@@ -45,6 +46,21 @@ def test_merged_seeds_equal_one_multi_seed_job(tmp_path):
     assert {v: r["metrics"] for v, r in merged["variants"].items()} == {
         v: r["metrics"] for v, r in whole["variants"].items()
     }
+
+
+def test_a_single_seed_run_merges_as_its_seed(tmp_path):
+    # the shipped demo spec says `seed: 0`; its run and a `seeds: [1]` run make a two-seed report
+    whole = run_job(tiny([0, 1]), tmp_path / "whole")
+    run_job(tiny(None, seed=0), tmp_path / "single")
+    run_job(tiny([1]), tmp_path / "s1")
+    assert merge_main()([str(tmp_path / "single"), str(tmp_path / "s1"), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert merged["seeds"] == [0, 1]
+    assert set(merged["variants"]) == {"dense_s0", "lwm_k0.5_s0", "dense_s1", "lwm_k0.5_s1"}
+    assert {v: r["metrics"] for v, r in merged["variants"].items()} == {
+        v: r["metrics"] for v, r in whole["variants"].items()
+    }
+    assert merged["aggregate"] == json.loads(json.dumps(whole["aggregate"]))
 
 
 def test_specs_that_differ_beyond_the_seeds_are_refused(tmp_path):
