@@ -217,12 +217,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"### Mean ± standard deviation over seeds {report['seeds']}",
             "",
-            "| network | seeds | sparsity | " + " | ".join(f"{m} %" for m in metrics) + " |",
+            "| network | seeds | sparsity % | " + " | ".join(f"{m} %" for m in metrics) + " |",
             "|---|---|---|" + "---|" * len(metrics),
         ]
         for agg in report["aggregate"]:
             lines.append(
-                f"| {agg['variant']} | {', '.join(str(s) for s in agg['seeds'])} | {_mean_cell(agg, 'sparsity')}% | "
+                f"| {agg['variant']} | {', '.join(str(s) for s in agg['seeds'])} | {_mean_cell(agg, 'sparsity')} | "
                 + " | ".join(_mean_cell(agg, m) for m in metrics)
                 + " |"
             )
