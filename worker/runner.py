@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, ResumeMismatch, RunCanceled
@@ -35,7 +36,7 @@ from worker.signals import shutdown_requested
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_INTERVAL_S = 1.0
-UPLOAD_TRIES = 3
+UPLOAD_RETRY_DELAYS_S = (2.0, 4.0)  # an object-store put: 3 tries
 # A database write the job's outcome depends on (the final status, an artifact's row, a hand-back)
 # survives a Postgres restart or fail-over: retried on connection errors, 1 + 2 + 4 + 8 + 16 = 31 s in all.
 DB_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -51,6 +52,21 @@ CONTENT_TYPES = {
 T = TypeVar("T")
 
 
+def retrying(
+    what: str, action: Callable[[], T], errors: tuple[type[BaseException], ...], delays: tuple[float, ...]
+) -> T:
+    """``action()``, tried again after each of ``delays`` when it raises one of ``errors``."""
+    for delay in (*delays, None):
+        try:
+            return action()
+        except errors:
+            if delay is None:
+                raise
+            log.warning("%s failed; retrying in %.0f s", what, delay, exc_info=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def with_db_retry(what: str, write: Callable[[], T]) -> T:
     """Run ``write`` (which opens its own session) again after a connection error, with backoff.
 
@@ -60,15 +76,17 @@ def with_db_retry(what: str, write: Callable[[], T]) -> T:
     whose commit landed but whose reply was lost changes nothing that matters: a finish_job that
     already ran reports the lease as no longer held, an event may be listed twice.
     """
-    for delay in (*DB_RETRY_DELAYS_S, None):
-        try:
-            return write()
-        except OperationalError:
-            if delay is None:
-                raise
-            log.warning("database write %s failed; retrying in %.0f s", what, delay, exc_info=True)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    return retrying(f"database write {what}", write, (OperationalError,), DB_RETRY_DELAYS_S)
+
+
+def db_write(settings: Settings, what: str, op: Callable[[Session], T]) -> T:
+    """``op(session)`` in a session of its own, retried across a short outage (:func:`with_db_retry`)."""
+
+    def write() -> T:
+        with session_scope(settings) as session:
+            return op(session)
+
+    return with_db_retry(what, write)
 
 
 def checkpoint_key(job_id: str) -> str:
@@ -118,15 +136,7 @@ class JobCallbacks(RunCallbacks):
 
     def _upload(self, key: str, path: Path) -> None:
         """Put a file in the store, retrying a transient failure a few times."""
-        for attempt in range(1, UPLOAD_TRIES + 1):
-            try:
-                self.store.put_file(key, path)
-                return
-            except Exception:
-                if attempt == UPLOAD_TRIES:
-                    raise
-                log.warning("upload of %s failed (try %s); retrying", key, attempt, exc_info=True)
-                time.sleep(2.0 * attempt)
+        retrying(f"upload of {key}", lambda: self.store.put_file(key, path), (Exception,), UPLOAD_RETRY_DELAYS_S)
 
     def on_progress(
         self, *, stage: str, variant: str | None, epoch: int, epochs: int, fraction: float, metrics: dict[str, float]
@@ -198,12 +208,11 @@ class JobCallbacks(RunCallbacks):
         key = artifact_key(self.job_id, name)
         self._upload(key, path)  # an artifact that cannot be stored fails the job (a retry resumes)
         content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
-
-        def write() -> None:
-            with session_scope(self.settings) as session:
-                db_jobs.add_artifact(session, self.job_id, name, key, size, sha256, content_type)
-
-        with_db_retry(f"artifact {name} of job {self.job_id}", write)
+        db_write(
+            self.settings,
+            f"artifact {name} of job {self.job_id}",
+            lambda session: db_jobs.add_artifact(session, self.job_id, name, key, size, sha256, content_type),
+        )
 
 
 class JobAttempt:
@@ -303,49 +312,47 @@ class JobAttempt:
     def _finish(self, status: str, **fields: Any) -> bool:
         """The attempt's one outcome, written conditionally on the lease (retried across a database
         outage: after hours of training, a Postgres restart must not cost the job another attempt)."""
-
-        def write() -> bool:
-            with session_scope(self.settings) as session:
-                return db_jobs.finish_job(session, self.job_id, self.lease.owner, self.lease.attempt, status, **fields)
-
-        return with_db_retry(f"{status} of job {self.job_id}", write)
+        return db_write(
+            self.settings,
+            f"{status} of job {self.job_id}",
+            lambda session: db_jobs.finish_job(
+                session, self.job_id, self.lease.owner, self.lease.attempt, status, **fields
+            ),
+        )
 
     def _event(self, kind: str, payload: dict[str, Any]) -> None:
         if self.lease.lost.is_set():
             return
-
-        def write() -> None:
-            with session_scope(self.settings) as session:
-                db_jobs.append_event(session, self.job_id, kind, payload)
-
-        with_db_retry(f"event {kind} of job {self.job_id}", write)
+        db_write(
+            self.settings,
+            f"event {kind} of job {self.job_id}",
+            lambda session: db_jobs.append_event(session, self.job_id, kind, payload),
+        )
 
     def _stopped(self, detail: str) -> str:
         if self.lease.lost.is_set():
             return "lease_lost"
-
-        def cancel_requested() -> bool:
-            with session_scope(self.settings) as session:
-                return db_jobs.is_cancel_requested(session, self.job_id)
-
-        canceled = with_db_retry(f"cancel check of job {self.job_id}", cancel_requested)
+        canceled = db_write(
+            self.settings,
+            f"cancel check of job {self.job_id}",
+            lambda session: db_jobs.is_cancel_requested(session, self.job_id),
+        )
         if canceled or not shutdown_requested.is_set():
             done = self._finish("canceled", error_reason="canceled by user")
             self._cleanup(done)
             return "canceled" if done else "lease_lost"
         # The worker is shutting down: the last epoch's checkpoint is in the store; hand the job back.
-
-        def release() -> bool:
-            with session_scope(self.settings) as session:
-                return release_job(
-                    session,
-                    self.job_id,
-                    self.lease.owner,
-                    self.lease.attempt,
-                    "worker shutting down; resumes from the last checkpoint",
-                )
-
-        released = with_db_retry(f"hand-back of job {self.job_id}", release)
+        released = db_write(
+            self.settings,
+            f"hand-back of job {self.job_id}",
+            lambda session: release_job(
+                session,
+                self.job_id,
+                self.lease.owner,
+                self.lease.attempt,
+                "worker shutting down; resumes from the last checkpoint",
+            ),
+        )
         if not released:
             return "lease_lost"
         if self.app is not None:

@@ -132,7 +132,7 @@ def evaluate_variant(
     cancel or shutdown during an evaluation that takes many minutes (AutoAttack) stops it there with
     :class:`RunCanceled` instead of after it."""
 
-    def checkpoint(what: str) -> None:
+    def stop_if_canceled(what: str) -> None:
         if should_cancel is not None and should_cancel():
             raise RunCanceled(f"canceled during the final evaluation, before {what}")
 
@@ -159,7 +159,7 @@ def evaluate_variant(
     objective = build_objective(spec.objective)
     if objective.attacked:
         ball = f"{a['norm']} eps={a['eps']:.4g}"
-        checkpoint("PGD")
+        stop_if_canceled("PGD")
         torch.manual_seed(seed)
         pgd_settings = {
             "norm": a["norm"],
@@ -181,7 +181,7 @@ def evaluate_variant(
         worst = clean & flags_pgd
         robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
         if ev.pgd_smooth_relu:
-            checkpoint("the smooth-ReLU PGD")
+            stop_if_canceled("the smooth-ReLU PGD")
             flags_smooth = pgd_flags(model, x, y, **pgd_settings, relu_tau=ev.pgd_smooth_tau)
             tally.add_flags(
                 ATTACKS.get("pgd_smooth").metric,
@@ -194,7 +194,7 @@ def evaluate_variant(
             worst &= flags_smooth
             robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
         if ev.autoattack:
-            checkpoint("AutoAttack")
+            stop_if_canceled("AutoAttack")
             small = _sample_indices(test_ds, min(ev.autoattack_max_samples or full, len(big)), seed)
             pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
             sub_ds = Subset(test_ds, small.tolist()) if len(small) < full else test_ds
@@ -247,7 +247,7 @@ def evaluate_variant(
         "interval_method": INTERVAL_METHOD,
     }
     if objective.certifies:
-        checkpoint("the certification")
+        stop_if_canceled("the certification")
         cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
         cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
         samples["certified"] = describe_sample(cert_ds, full, seed)
