@@ -56,13 +56,13 @@ def retrying(
     what: str, action: Callable[[], T], errors: tuple[type[BaseException], ...], delays: tuple[float, ...]
 ) -> T:
     """``action()``, tried again after each of ``delays`` when it raises one of ``errors``."""
-    for delay in (*delays, None):
+    for attempt, delay in enumerate((*delays, None), start=1):
         try:
             return action()
         except errors:
             if delay is None:
                 raise
-            log.warning("%s failed; retrying in %.0f s", what, delay, exc_info=True)
+            log.warning("%s failed (try %d); retrying in %.0f s", what, attempt, delay, exc_info=True)
             time.sleep(delay)
     raise AssertionError("unreachable")
 

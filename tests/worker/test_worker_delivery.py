@@ -231,3 +231,24 @@ def test_a_longer_outage_is_raised_and_other_errors_are_not_retried(monkeypatch:
     with pytest.raises(IntegrityError):
         runner_mod.with_db_retry("test", refused)
     assert len(calls) == 1  # a constraint is not an outage
+
+
+def test_each_retry_is_logged_with_the_try_that_failed(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Operators (and the object-store fault test) read 'failed (try N); retrying' in the worker log."""
+    import logging
+
+    import worker.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod.time, "sleep", lambda s: None)
+    tries: list[int] = []
+
+    def flaky_put() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionError("store unreachable")
+        return "stored"
+
+    with caplog.at_level(logging.WARNING, logger="worker.runner"):
+        assert runner_mod.retrying("upload of k", flaky_put, (Exception,), (2.0, 4.0)) == "stored"
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["upload of k failed (try 1); retrying in 2 s", "upload of k failed (try 2); retrying in 4 s"]
