@@ -33,4 +33,4 @@ RUN pip install --no-deps -e . \
 
 USER hydra
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["hydra-service", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -130,6 +130,36 @@ def serve(
     run_embedded(host, port, with_worker=worker, log_level=log_level)
 
 
+@app.command("api")
+def api(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="uvicorn worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the API alone, for production (Compose, Kubernetes): the settings come from HYDRA_* only,
+    the schema must be migrated first (`hydra-service migrate`), workers and reaper run elsewhere.
+
+    Unlike a bare `uvicorn --factory api.main:create_app`, uvicorn's own lines (start-up, access,
+    errors) go through the service's filters, and are JSON objects when HYDRA_LOG_JSON is set."""
+    import uvicorn
+
+    from service.logs import configure_logging, uvicorn_log_config
+
+    settings = _settings()
+    configure_logging(settings.log_json)
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        log_config=uvicorn_log_config(settings.log_json),
+        timeout_graceful_shutdown=10,  # an open event stream must not hold a deploy's shutdown
+    )
+
+
 @app.command("worker")
 def worker(
     pool: Annotated[str, typer.Option("--pool", help="prefork (production) or solo.")] = "prefork",
