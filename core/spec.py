@@ -249,9 +249,9 @@ class EvaluationSpec(StrictModel):
     )
     # inference cost of every pruned network against the dense one (core.pipeline.measure)
     measure_latency: bool = Field(
-        False,
-        description="Opt-in (it costs seconds per network): time inference of every pruned network against the dense one, interleaved in one "
-        "process: PyTorch on the job's device and onnxruntime on the CPU (the ONNX exports), at each of "
+        True,
+        description="Time inference of every pruned network against the dense one (seconds per network; "
+        "false skips it), interleaved in one process: PyTorch on the job's device and onnxruntime on the CPU (the ONNX exports), at each of "
         "measure_batch_sizes. Parameters, MACs and peak inference memory are measured either way.",
     )
     measure_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
@@ -274,8 +274,8 @@ class EvaluationSpec(StrictModel):
 class ExportSpec(StrictModel):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: list(DEFAULT_EXPORT_FORMATS),  # type: ignore[arg-type]
-        description="Files written per network (default compressed and dense; add onnx for a checked ONNX "
-        "graph, a few seconds per network): compressed (lossless sparse safetensors; the evaluated file), "
+        description="Files written per network (default all three; the onnx export costs a few seconds per "
+        "network): compressed (lossless sparse safetensors; the evaluated file), "
         "dense (safetensors for plain torch.nn), onnx (self-contained graph, checked against PyTorch "
         "through onnxruntime). A channel-granularity variant always also writes its physically smaller "
         "network (<variant>.channel.safetensors), which is the one evaluated.",

@@ -58,7 +58,8 @@ RUN_ARTIFACTS = (PLOT_NAME, REPORT_MD, SPEC_NAME)
 #: dense safetensors for plain ``torch.nn``, and the self-contained ONNX graph (checked against PyTorch).
 ExportFormat = Literal["compressed", "dense", "onnx"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
-DEFAULT_EXPORT_FORMATS: tuple[str, ...] = ("compressed", "dense")  # onnx is opt-in: seconds per network
+# every network as a checked ONNX graph too (a few seconds per network; drop "onnx" to skip it)
+DEFAULT_EXPORT_FORMATS: tuple[str, ...] = ("compressed", "dense", "onnx")
 ONNX = "onnx"
 #: The physically smaller network of a channel-granularity variant (always written for those).
 CHANNEL = "channel"

@@ -29,7 +29,13 @@ def tiny(seeds, seed=None):
             "objective": {"type": "natural"},
             "pruning": {"methods": ["lwm"], "k": [0.5]},
             "stages": {"pretrain": {"epochs": 1, "lr": 0.05}, "prune": None, "finetune": {"epochs": 1, "lr": 0.01}},
-            "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 16, "autoattack": False},
+            "evaluation": {
+                "pgd_steps": 2,
+                "val_pgd_steps": 1,
+                "val_max_samples": 16,
+                "autoattack": False,
+                "measure_latency": False,
+            },
             "export": {"formats": ["compressed"]},
         }
     )

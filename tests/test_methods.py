@@ -110,8 +110,8 @@ def test_bad_combinations_are_refused_naming_the_field(pruning, stages, field):
 def test_good_combinations_pass_and_default_to_hydra_as_published():
     spec = spec_of()
     assert (spec.pruning.allocation, spec.pruning.granularity) == ("uniform", "unstructured")
-    assert "onnx" in spec.export.formats  # asked for by BASE; opt-in by default:
-    assert load_spec({}).export.formats == ["compressed", "dense"] and not load_spec({}).evaluation.measure_latency
+    # by default every network ships as a checked ONNX graph and is timed against the dense one
+    assert load_spec({}).export.formats == ["compressed", "dense", "onnx"] and load_spec({}).evaluation.measure_latency
     for pruning in (
         {"methods": ["hydra", "lwm"], "allocation": "global"},
         {"methods": ["hydra"], "allocation": "learned", "learned_gamma": 3.0},

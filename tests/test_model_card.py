@@ -25,7 +25,9 @@ TINY = {
         "val_max_samples": 20,
         "autoattack": False,
         "pgd_smooth_relu": False,
+        "measure_latency": False,
     },
+    "export": {"formats": ["compressed", "dense"]},  # no ONNX export (seconds per network) in these tests
 }
 INFO = {"name": "mnist5k", "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 128, "n_test": 60}
 PGD_PROC = "PGD-2 (ours; linf eps=0.1, step=0.05, 1 random start(s), cross-entropy) on the 'final' sample"

@@ -28,7 +28,8 @@ TINY = {
         "prune": {"epochs": 1, "lr": 0.1},
         "finetune": {"epochs": 2, "lr": 0.01},
     },
-    "evaluation": {"pgd_steps": 3, "val_pgd_steps": 2, "val_max_samples": 32},
+    "evaluation": {"pgd_steps": 3, "val_pgd_steps": 2, "val_max_samples": 32, "measure_latency": False},
+    "export": {"formats": ["compressed", "dense"]},  # no ONNX export (seconds per network) in these tests
 }
 
 

@@ -26,6 +26,7 @@ TINY = {
     "pruning": {"methods": ["hydra"], "k": [0.1]},
     "stages": {"pretrain": {"epochs": 1, "lr": 0.05}, "prune": {"epochs": 1, "lr": 0.1}, "finetune": None},
     "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 20, "autoattack_max_samples": 20},
+    "export": {"formats": ["compressed", "dense"]},  # no ONNX export (seconds per network) in these tests
 }
 
 

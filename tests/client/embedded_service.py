@@ -31,7 +31,13 @@ TINY_SPEC: dict[str, Any] = {
         "prune": {"epochs": 1, "lr": 0.1},
         "finetune": {"epochs": 1, "lr": 0.01},
     },
-    "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 32, "autoattack": False},
+    "evaluation": {
+        "pgd_steps": 2,
+        "val_pgd_steps": 1,
+        "val_max_samples": 32,
+        "autoattack": False,
+        "measure_latency": False,
+    },
     "export": {"formats": ["compressed"]},
 }
 

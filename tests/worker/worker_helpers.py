@@ -19,7 +19,7 @@ TINY_SPEC: dict[str, Any] = {
         "prune": {"epochs": 1, "lr": 0.1},
         "finetune": {"epochs": 1, "lr": 0.01},
     },
-    "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 32},
+    "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 32, "measure_latency": False},
     "export": {"formats": ["compressed"]},
 }
 
