@@ -4,6 +4,7 @@ its stdout/stderr kept in files; and those files read back as JSON log records."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -22,6 +23,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def json_env(data: Path) -> dict[str, str]:
+    """This environment without HYDRA_* settings, plus a data directory, JSON logs and this checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
+    env.update(
+        {
+            "HYDRA_DATA_DIR": str(data),
+            "HYDRA_LOG_JSON": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+    )
+    return env
 
 
 class Output:

@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.server_process import free_port, serving
-from tests.ops.test_serve_json_logs import json_env
+from tests.ops.server_process import free_port, json_env, serving
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ and the admin key is not among them (the launcher names its file instead)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,22 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.server_process import ROOT, free_port, serving
+from tests.ops.server_process import free_port, json_env, serving
 
 pytestmark = pytest.mark.slow
-
-
-def json_env(data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
-    env.update(
-        {
-            "HYDRA_DATA_DIR": str(data),
-            "HYDRA_LOG_JSON": "1",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        }
-    )
-    return env
 
 
 def test_serve_prints_only_json_lines(tmp_path: Path) -> None:

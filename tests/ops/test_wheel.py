@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ops.server_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -207,14 +208,8 @@ def test_migrate_from_the_wheel(installed: Installed, tmp_path: Path) -> None:
     _assert_only_the_wheel(installed, installed.probes(), {"launch.service_cli", "migrations", "service.settings"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_from_the_wheel(installed: Installed, tmp_path: Path) -> None:
-    port, data = _free_port(), tmp_path / "data"
+    port, data = free_port(), tmp_path / "data"
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
