@@ -24,3 +24,17 @@ if [ "${1:-}" = "--with-browser" ] && ! { command -v chromium >/dev/null 2>&1 &&
     echo "setup: no apt-get; install Chromium and chromedriver for the browser test (it skips without them)" >&2
   fi
 fi
+
+# The full Fashion-MNIST (70,000 images, MIT licence) from Debian's dataset-fashion-mnist: the
+# 'fashion_mnist' dataset reads its IDX files offline (core/data/datasets.py). Best effort: without
+# apt the loader falls back to torchvision (download: true) and its tests skip, saying why.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1; then
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist; } \
+      >/dev/null 2>&1 || echo "setup: could not install dataset-fashion-mnist; fashion_mnist needs download: true" >&2
+  else
+    echo "setup: no apt-get; fashion_mnist needs download: true (or Debian's dataset-fashion-mnist)" >&2
+  fi
+fi

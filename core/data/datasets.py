@@ -369,6 +369,104 @@ _torchvision_source(
 )
 
 
+# Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files (gzipped, as published).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzipped or not) as a uint8 array; the header (magic, dims) is checked first."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CoreError("dataset_unavailable", "dataset.data_dir", f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise CoreError("dataset_unavailable", "dataset.data_dir", f"{path} is truncated: header says {dims}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+
+def _fashion_folder(cfg: DatasetSpec) -> Path | None:
+    """The folder holding the four IDX files (``.gz`` or not): ``data_dir`` (flat, or torchvision's
+    ``FashionMNIST/raw`` layout), else the Debian package's folder; None if neither has them."""
+    data_dir = Path(cfg.data_dir)
+    for folder in (data_dir, data_dir / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST):
+        names = [n for pair in _FASHION_FILES.values() for n in pair]
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names):
+            return folder
+    return None
+
+
+@lru_cache(maxsize=2)
+def _fashion_arrays(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for split, (images_name, labels_name) in _FASHION_FILES.items():
+        files = [
+            Path(folder) / n if (Path(folder) / n).is_file() else Path(folder) / f"{n}.gz"
+            for n in (images_name, labels_name)
+        ]
+        images, labels = _read_idx(files[0]), _read_idx(files[1])
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0] or labels.max() > 9:
+            raise CoreError(
+                "dataset_unavailable", "dataset.data_dir", f"Fashion-MNIST {split} files in {folder} are malformed"
+            )
+        out[split] = (images[:, None], labels.astype(np.int64))
+    return out
+
+
+@register_dataset(
+    "fashion_mnist",
+    {
+        "description": "Fashion-MNIST: 70,000 28x28 grey images of clothing in 10 classes (Zalando, MIT licence). "
+        "Read from data_dir, else from Debian's dataset-fashion-mnist package "
+        "(/usr/share/datasets/fashion-mnist), else fetched by torchvision when download: true.",
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "n_train": 60000,
+        "n_test": 10000,
+        "needs": [],
+        "download": True,
+    },
+)
+def _load_fashion_mnist(cfg: DatasetSpec, path: str | None) -> Loaded:
+    folder = _fashion_folder(cfg)
+    if folder is None:
+        # torchvision's loader: downloads into data_dir when download is true, else says what is missing.
+        from torchvision import datasets
+
+        try:
+            fetched = {
+                split: datasets.FashionMNIST(cfg.data_dir, train=split == "train", download=cfg.download)
+                for split in ("train", "test")
+            }
+        except (RuntimeError, OSError) as err:
+            hint = "set download: true, or install Debian's dataset-fashion-mnist" if not cfg.download else ""
+            raise CoreError(
+                "dataset_unavailable",
+                "dataset.data_dir",
+                f"Fashion-MNIST is not under {cfg.data_dir!r} ({err}) {hint}".strip(),
+            ) from err
+        arrays = {k: (v.data.numpy()[:, None], v.targets.numpy().astype(np.int64)) for k, v in fetched.items()}
+    else:
+        arrays = _fashion_arrays(str(folder))
+    # Held in memory as uint8 (47 MB for the training split): no per-item PIL decode in the hot loop.
+    train = TensorImageDataset(
+        torch.from_numpy(np.ascontiguousarray(arrays["train"][0])), torch.from_numpy(arrays["train"][1])
+    )
+    test = TensorImageDataset(
+        torch.from_numpy(np.ascontiguousarray(arrays["test"][0])), torch.from_numpy(arrays["test"][1])
+    )
+    return train, test, 10, (1, 28, 28)
+
+
 @register_dataset(
     "npz",
     {
