@@ -174,7 +174,7 @@ def test_imagefolder_with_split_folders(tmp_path):
 
 
 def test_catalogue_lists_every_dataset():
-    assert set(dataset_catalogue()) == {"mnist", "cifar10", "svhn", "imagefolder", "npz", "mnist5k"}
+    assert set(dataset_catalogue()) == {"mnist", "cifar10", "svhn", "imagefolder", "npz", "mnist5k", "fashion_mnist"}
 
 
 # ------------------------------------------------------------------------------------ loaders
