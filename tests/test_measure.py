@@ -9,6 +9,8 @@ from torch import nn
 
 from core.io.export_onnx import export_onnx
 from core.pipeline.measure import (
+    NOT_MEASURABLE,
+    _median_ci_ranks,
     compare_to_dense,
     count_macs,
     count_nonzero_params,
@@ -16,6 +18,9 @@ from core.pipeline.measure import (
     median_seconds,
     peak_memory_bytes,
     sparse_macs,
+    speedup_entry,
+    speedup_text,
+    time_interleaved,
 )
 from core.pruning.masked import convert_to_masked, set_keep_fraction
 from core.pruning.structured import ChannelPruning, rebuild_pruned
@@ -120,6 +125,56 @@ def test_compare_to_dense_reports_ratios(tmp_path):
     assert set(out["latency"]) == {"torch_cpu_b1", "torch_cpu_b4", "ort_cpu_b1", "ort_cpu_b4"}
     for entry in out["latency"].values():
         assert entry["dense"] > 0 and entry["variant"] > 0
-        assert entry["speedup"] == pytest.approx(entry["dense"] / entry["variant"])
+        lo, hi = entry["speedup_ci95"]
+        assert lo <= entry["speedup"] <= hi and "ratio" not in entry  # one convention: dense / variant
+        assert entry["dense_iqr"][0] <= entry["dense"] <= entry["dense_iqr"][1]
     assert out["peak_memory"]["batch"] == 4 and out["peak_memory"]["ratio"] < 1
     assert "peak_memory" in out["method"]
+
+
+def test_the_median_interval_has_the_sign_test_ranks():
+    # Binomial(15, 1/2): P(X <= 3) = 0.0176 <= 0.025 < P(X <= 4), so the 4th and 12th order statistics.
+    assert _median_ci_ranks(15) == (3, 11)
+    assert _median_ci_ranks(5) == (0, 4)  # too few samples for 95%: the whole range
+    lo, hi = _median_ci_ranks(101)
+    assert (lo, hi) == (40, 60)
+
+
+def _timed(samples):
+    return {
+        "median": sorted(samples)[len(samples) // 2],
+        "q1": min(samples),
+        "q3": max(samples),
+        "samples": samples,
+        "below_resolution": False,
+    }
+
+
+def test_speedup_is_claimed_only_when_its_interval_clears_the_noise():
+    dense = _timed([2.0e-3 + i * 1e-6 for i in range(15)])
+    twice_as_fast = speedup_entry(dense, _timed([1.0e-3 + i * 1e-6 for i in range(15)]))
+    assert twice_as_fast["measurable"] and twice_as_fast["verdict"] == "faster"
+    assert twice_as_fast["speedup"] == pytest.approx(2.0, rel=0.01)
+    assert speedup_text(twice_as_fast).startswith("speed-up 1.99x (95% ")
+    # ratios straddling 1 (noise): no speed-up is printed, whatever the median says
+    noisy = speedup_entry(dense, _timed([(2.0e-3 + i * 1e-6) * (0.7 if i % 2 else 1.4) for i in range(15)]))
+    assert not noisy["measurable"] and noisy["verdict"] == NOT_MEASURABLE
+    assert speedup_text(noisy).startswith(NOT_MEASURABLE) and "speed-up" not in speedup_text(noisy).split("(")[0]
+    below = speedup_entry(dense, {**_timed([1e-3] * 15), "below_resolution": True})
+    assert not below["measurable"]
+
+
+def test_two_identical_tiny_networks_are_not_measurable_rather_than_a_speedup():
+    # The report used to print "speedup 0.0279" and "speedup 66.1" for two identical 90%-sparse
+    # networks; the same network timed against itself must now read "not measurable at this size".
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.rand(1, 8)
+
+    def fwd():
+        with torch.inference_mode():
+            return net(x)
+
+    timed = time_interleaved({"dense": fwd, "variant": fwd}, repeats=15, warmup=2, min_sample_s=0.005)
+    entry = speedup_entry(timed["dense"], timed["variant"])
+    assert entry["verdict"] == NOT_MEASURABLE, entry
+    assert entry["samples"] == 15 and all(t["calls"] >= 1 for t in timed.values())

@@ -5,10 +5,11 @@
 * **MACs**: Torch-Pruning's ``tp.utils.count_ops_and_params`` on a plain copy (effective weights), i.e.
   multiply-accumulates of the layer shapes — the dense count for an unstructured variant, the smaller
   one for a rebuilt channel variant; ``sparse_macs`` counts only the nonzero weights of conv/linear.
-* **Latency**: median seconds per forward at a batch size, ``torch.inference_mode``, warmup first, the
-  networks timed *interleaved* round by round (a shared machine's load hits both alike), each sample
-  long enough (several calls) to dwarf the timer; the same thread count for every network
-  (``threads``; torch ``set_num_threads`` / onnxruntime ``intra_op_num_threads``), restored after.
+* **Latency**: seconds per forward at a batch size (median and interquartile range), ``torch.inference_mode``, warmup first, the networks timed *interleaved*
+  round by round (a shared machine's load hits both alike), each sample long enough (several calls)
+  to dwarf the clock; the same thread count for every network (``threads``; torch
+  ``set_num_threads`` / onnxruntime ``intra_op_num_threads``), restored after. A speed-up is claimed
+  only when its 95% interval lies more than 5% from 1; otherwise it reads "not measurable at this size".
 * **Peak inference memory**: CUDA — ``torch.cuda.max_memory_allocated`` over one forward, after
   ``reset_peak_memory_stats``, with the network and the input already on the device (weights +
   activations + workspaces the allocator serves). CPU — ``tracemalloc`` does not see torch's allocator
@@ -18,7 +19,8 @@
   of existing storages — weights, the input — are not new) and subtracts it when the last Python
   reference to it dies. Kernel-internal scratch (e.g. oneDNN workspaces) is not a tensor and not
   counted. Both are stated in ``method``.
-Ratios are ``variant / dense`` (``speedup`` = dense / variant for latency).
+Ratios are ``variant / dense`` for sizes and memory; latency has only ``speedup`` = dense time / variant
+time (one convention everywhere), with its interval and a verdict (:func:`speedup_entry`).
 """
 
 from __future__ import annotations
@@ -110,18 +112,49 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def median_seconds(
+def _median_ci_ranks(n: int, level: float = 0.95) -> tuple[int, int]:
+    """0-based ranks ``(lo, hi)`` of the order statistics bracketing the median with at least ``level``
+    coverage, distribution-free (the sign-test interval: ``P(lo < rank of the median <= hi)`` from
+    Binomial(n, 1/2)). With fewer than 6 samples no such interval exists at 95%: the whole range."""
+    from scipy.stats import binom
+
+    k = int(binom.ppf((1 - level) / 2, n, 0.5))  # P(X <= k - 1) <= (1 - level) / 2
+    while k > 0 and binom.cdf(k - 1, n, 0.5) > (1 - level) / 2:
+        k -= 1
+    return (k - 1, n - k) if k >= 1 else (0, n - 1)
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def time_interleaved(
     fns: dict[str, Callable[[], Any]],
     *,
     repeats: int = 15,
     warmup: int = 3,
     min_sample_s: float = 0.02,
     sync: Callable[[], None] | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed interleaved (one sample of each per round, the
-    order rotating); a sample is as many calls as make it last ``min_sample_s``."""
+) -> dict[str, dict[str, Any]]:
+    """Seconds per call of each function: ``median``, ``q1``/``q3`` (the interquartile range) and the
+    raw ``samples``, one sample of each function per round (the order rotating), so a shared machine's
+    load hits every function alike. A sample is ``calls`` back-to-back calls lasting at least
+    ``min_sample_s`` (far above the clock's resolution); ``sync`` (CUDA) runs before each clock read.
+    ``single_call_s`` is one call's time after warm-up; ``below_resolution`` says it was under 1,000
+    ticks of the clock (then no per-call time is trustworthy).
+
+    Our own loop rather than ``torch.utils.benchmark.Timer``: the Timer measures one statement at a
+    time (no interleaving of the dense and the pruned network round by round, which is what makes
+    their ratio robust to a shared machine's load), and its ``timeit`` adds two warm-up calls to every
+    sample, tripling the cost of timing a network whose one call already fills a sample. The
+    statistics (median, IQR, the median's interval) are the same as its ``Measurement``'s."""
     sync = sync or (lambda: None)
+    resolution = time.get_clock_info("perf_counter").resolution
     calls: dict[str, int] = {}
+    single: dict[str, float] = {}
     for name, fn in fns.items():
         for _ in range(max(1, warmup)):
             fn()
@@ -129,8 +162,8 @@ def median_seconds(
         t0 = time.perf_counter()
         fn()
         sync()
-        once = max(time.perf_counter() - t0, 1e-6)
-        calls[name] = max(1, math.ceil(min_sample_s / once))
+        single[name] = max(time.perf_counter() - t0, 1e-9)
+        calls[name] = max(1, math.ceil(min_sample_s / single[name]))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
@@ -142,7 +175,86 @@ def median_seconds(
                 fn()
             sync()
             samples[name].append((time.perf_counter() - t0) / n)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in samples.items():
+        q1, q3 = _quartiles(values)
+        out[name] = {
+            "median": statistics.median(values),
+            "q1": q1,
+            "q3": q3,
+            "samples": values,
+            "calls": calls[name],
+            "single_call_s": single[name],
+            "below_resolution": single[name] < 1000 * resolution,
+        }
+    return out
+
+
+def median_seconds(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int = 15,
+    warmup: int = 3,
+    min_sample_s: float = 0.02,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each function (:func:`time_interleaved`'s medians)."""
+    timed = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s, sync=sync)
+    return {name: t["median"] for name, t in timed.items()}
+
+
+NOT_MEASURABLE = "not measurable at this size"
+# A speed-up is claimed only when its whole 95% interval lies beyond 5% either way: below that, the
+# interleaved timing of two identical networks on a shared machine can still drift apart.
+NOISE_BAND = 1.05
+
+
+def speedup_entry(dense: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """Dense against variant, from two :func:`time_interleaved` results of the same rounds.
+
+    ``speedup`` = dense time / variant time (the one convention of every report): the median of the
+    per-round ratios (each round timed both networks back to back), with its distribution-free 95%
+    interval (``speedup_ci95``). ``verdict`` is ``faster`` or ``slower`` only when that interval lies
+    wholly beyond ``NOISE_BAND`` (5%) from 1 and neither call was below the clock's resolution;
+    otherwise ``not measurable at this size`` and ``measurable`` False: the difference is within the
+    timing noise, so no speed-up is claimed."""
+    ratios = sorted(d / v for d, v in zip(dense["samples"], variant["samples"]) if v > 0)
+    lo_rank, hi_rank = _median_ci_ranks(len(ratios))
+    lo, hi = ratios[lo_rank], ratios[hi_rank]
+    resolved = not (dense["below_resolution"] or variant["below_resolution"])
+    measurable = resolved and (lo > NOISE_BAND or hi < 1 / NOISE_BAND)
+    return {
+        "dense": dense["median"],
+        "variant": variant["median"],
+        "dense_iqr": [dense["q1"], dense["q3"]],
+        "variant_iqr": [variant["q1"], variant["q3"]],
+        "speedup": statistics.median(ratios),
+        "speedup_ci95": [lo, hi],
+        "samples": len(ratios),
+        "measurable": measurable,
+        "verdict": ("faster" if lo > NOISE_BAND else "slower") if measurable else NOT_MEASURABLE,
+    }
+
+
+def latency_text(entry: Any, which: str = "variant") -> str:
+    """One network's time per call with its IQR: ``0.412 ms [0.405–0.420]``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get(which), (int, float)):
+        return "–"
+    iqr = entry.get(f"{which}_iqr")
+    spread = f" [{iqr[0] * 1e3:.3g}–{iqr[1] * 1e3:.3g}]" if isinstance(iqr, list) and len(iqr) == 2 else ""
+    return f"{entry[which] * 1e3:.3g} ms{spread}"
+
+
+def speedup_text(entry: Any) -> str:
+    """The speed-up (dense time / this network's time) with its 95% interval, or why none is claimed."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("speedup"), (int, float)):
+        return "–"
+    ci = entry.get("speedup_ci95")
+    if "measurable" in entry and not entry["measurable"]:
+        return f"{NOT_MEASURABLE} (the speed-up's 95% interval {ci[0]:.2f}–{ci[1]:.2f} reaches within 5% of 1)"
+    if isinstance(ci, list) and len(ci) == 2:
+        return f"speed-up {entry['speedup']:.2f}x (95% {ci[0]:.2f}–{ci[1]:.2f})"
+    return f"speed-up {entry['speedup']:.2f}x"  # a report of the previous format: no interval
 
 
 def torch_forward(
@@ -297,7 +409,7 @@ def compare_to_dense(
     plain_dense, plain_variant = to_plain(dense), to_plain(variant)
     with torch_threads(threads):
         for b in batches if latency else ():
-            times = median_seconds(
+            timed = time_interleaved(
                 {
                     "dense": torch_forward(plain_dense, b, input_shape, device),
                     "variant": torch_forward(plain_variant, b, input_shape, device),
@@ -306,20 +418,14 @@ def compare_to_dense(
                 warmup=warmup,
                 sync=_sync_for(device),
             )
-            out["latency"][f"torch_{device.type}_b{b}"] = {
-                **_ratio(times["dense"], times["variant"]),
-                "speedup": times["dense"] / times["variant"],
-            }
+            out["latency"][f"torch_{device.type}_b{b}"] = speedup_entry(timed["dense"], timed["variant"])
         if latency and dense_onnx and variant_onnx:
             sessions = {"dense": ort_session(dense_onnx, threads), "variant": ort_session(variant_onnx, threads)}
             for b in batches:
-                times = median_seconds(
+                timed = time_interleaved(
                     {k: ort_forward(s, b, input_shape) for k, s in sessions.items()}, repeats=repeats, warmup=warmup
                 )
-                out["latency"][f"ort_cpu_b{b}"] = {
-                    **_ratio(times["dense"], times["variant"]),
-                    "speedup": times["dense"] / times["variant"],
-                }
+                out["latency"][f"ort_cpu_b{b}"] = speedup_entry(timed["dense"], timed["variant"])
     b = max(batches)
     out["peak_memory"] = {
         "batch": b,
@@ -327,8 +433,11 @@ def compare_to_dense(
     }
     out["method"] = {
         "latency": (
-            f"median of {repeats} interleaved samples after {warmup} warmup calls, torch.inference_mode "
-            f"(onnxruntime: CPUExecutionProvider), threads={threads if threads is not None else torch.get_num_threads()}"
+            f"{repeats} interleaved samples per network (each >= 20 ms of calls) "
+            f"after {warmup} warm-up calls, torch.inference_mode (onnxruntime: CPUExecutionProvider), "
+            f"threads={threads if threads is not None else torch.get_num_threads()}; time = median [IQR]; "
+            "speed-up = dense time / this network's time, the median of per-round ratios with its "
+            f"distribution-free 95% interval; '{NOT_MEASURABLE}' when that interval reaches within 5% of 1"
             if latency
             else "not measured"
         ),

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from core.pipeline.measure import latency_text, speedup_text
 from core.pruning.methods import METHODS
 from core.spec import JobSpec
 from core.vocab import DENSE, card_name, dense_name
@@ -171,7 +172,7 @@ def _inference(result: dict[str, Any]) -> list[str]:
         "",
         f"This network next to the dense one (`{inf.get('dense_network', 'dense')}`), measured in the same process.",
         "",
-        "| measure | this network | dense | ratio |",
+        "| measure | this network | dense | ratio (latency: speed-up, dense / this) |",
         "|---|---:|---:|---:|",
     ]
     rows: list[tuple[str, Any, str, float]] = [
@@ -180,13 +181,17 @@ def _inference(result: dict[str, Any]) -> list[str]:
         ("MACs (layer shapes)", inf.get("macs"), "", 1.0),
         ("MACs of nonzero weights", inf.get("sparse_macs"), "", 1.0),
     ]
-    rows += [(f"latency {key}", entry, "ms", 1e3) for key, entry in (inf.get("latency") or {}).items()]
     peak = inf.get("peak_memory")
     if isinstance(peak, dict):
         rows.append((f"peak inference memory, batch {peak.get('batch')}", peak, "MiB", 1 / 2**20))
     for label, entry, unit, scale in rows:
         mine, dense, ratio = _fmt_entry(entry, unit, scale)
         lines.append(f"| {label} | {mine} | {dense} | {ratio} |")
+    # latency: times with their spread, and only the speed-up (dense / this network), never a ratio
+    for key, entry in (inf.get("latency") or {}).items():
+        lines.append(
+            f"| latency {key} | {latency_text(entry)} | {latency_text(entry, 'dense')} | {speedup_text(entry)} |"
+        )
     lines.append("")
     lines += [f"- {what}: {how}" for what, how in (inf.get("method") or {}).items()]
     return lines + [""]

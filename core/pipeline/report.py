@@ -18,6 +18,7 @@ from core.callbacks import RunCallbacks
 from core.io.export import file_digest
 from core.objectives import objective_class
 from core.pipeline.evaluate import attack_settings
+from core.pipeline.measure import latency_text, speedup_text
 from core.pipeline.plots import plot_comparison, plot_layer_rates
 from core.pipeline.stats import INTERVAL_METHOD, seed_summary
 from core.spec import JobSpec
@@ -129,15 +130,13 @@ def _checks_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ratio_cell(entry: Any, scale: float = 1.0, unit: str = "", speed: bool = False) -> str:
+def _ratio_cell(entry: Any, scale: float = 1.0, unit: str = "") -> str:
     if not isinstance(entry, dict) or not isinstance(entry.get("variant"), (int, float)):
         return "–"
     value = entry["variant"] * scale
     text = f"{value:,.0f}" if not unit else f"{value:.3g} {unit}"
-    factor = entry.get("speedup") if speed else entry.get("ratio")
-    if not isinstance(factor, (int, float)):
-        return text
-    return f"{text} (speedup {factor:.3g})" if speed else f"{text} ({factor:.3g}x)"
+    factor = entry.get("ratio")
+    return f"{text} ({factor:.3g}x)" if isinstance(factor, (int, float)) else text
 
 
 def _inference_lines(report: dict[str, Any]) -> list[str]:
@@ -152,7 +151,9 @@ def _inference_lines(report: dict[str, Any]) -> list[str]:
         "## Inference cost against the dense network",
         "",
         "Measured from each exported network next to the dense one in the same process; in brackets the "
-        "ratio to the dense network (latency: the speedup, dense time / this network's time).",
+        "ratio to the dense network. Latency: median time per call [interquartile range], then the "
+        "speed-up (dense time / this network's time) with its 95% interval, or 'not measurable at this "
+        "size' when that interval reaches within 5% of 1.",
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
@@ -164,7 +165,9 @@ def _inference_lines(report: dict[str, Any]) -> list[str]:
             _ratio_cell(inf.get("nonzero_params")),
             _ratio_cell(inf.get("macs")),
         ]
-        cells += [_ratio_cell(inf["latency"].get(k), 1e3, "ms", speed=True) for k in latency_keys]
+        cells += [
+            f"{latency_text(e)}: {speedup_text(e)}" if (e := inf["latency"].get(k)) else "–" for k in latency_keys
+        ]
         cells.append(_ratio_cell(inf.get("peak_memory"), 1 / 2**20, "MiB"))
         lines.append("| " + " | ".join(cells) + " |")
     method = rows[0][1].get("method", {})
