@@ -33,29 +33,3 @@ class RunCallbacks:
 
     def on_artifact(self, name: str, path: Path, size: int, sha256: str) -> None:
         """A final artifact was written."""
-
-
-class CompositeCallbacks(RunCallbacks):
-    """Fans each hook out to several callbacks (e.g. the CLI's progress bar and a test recorder)."""
-
-    def __init__(self, *callbacks: RunCallbacks) -> None:
-        self.callbacks = [c for c in callbacks if c is not None]
-
-    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
-        for c in self.callbacks:
-            c.on_event(kind, payload)
-
-    def on_progress(self, **kwargs: Any) -> None:  # type: ignore[override]
-        for c in self.callbacks:
-            c.on_progress(**kwargs)
-
-    def should_cancel(self) -> bool:
-        return any(c.should_cancel() for c in self.callbacks)
-
-    def on_checkpoint(self, path: Path) -> None:
-        for c in self.callbacks:
-            c.on_checkpoint(path)
-
-    def on_artifact(self, name: str, path: Path, size: int, sha256: str) -> None:
-        for c in self.callbacks:
-            c.on_artifact(name, path, size, sha256)

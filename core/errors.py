@@ -16,9 +16,6 @@ class CoreError(Exception):
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"error_code": self.code, "field": self.field, "detail": self.message}
-
 
 class ResumeMismatch(CoreError):
     """The run folder's checkpoint was written under a different spec; ``fields`` lists the dotted

@@ -23,7 +23,6 @@ STAGE_FINISHED = "stage_finished"
 EPOCH_FINISHED = "epoch_finished"
 EVALUATION_FINISHED = "evaluation_finished"
 RUN_FINISHED = "run_finished"
-EVENTS = (STAGE_STARTED, STAGE_FINISHED, EPOCH_FINISHED, EVALUATION_FINISHED, RUN_FINISHED)
 
 # ------------------------------------------------------------------ networks
 DENSE = "dense"  # the variant name of the unpruned network

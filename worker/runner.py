@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.callbacks import RunCallbacks
 from core.errors import CoreError, ResumeMismatch, RunCanceled
-from core.vocab import CHECKPOINT_NAME
+from core.vocab import CHECKPOINT_NAME, EPOCH_FINISHED, STAGE_STARTED
 from service.db import jobs as db_jobs
 from service.db import uploads as db_uploads
 from service.db.session import session_scope
@@ -156,7 +156,7 @@ class JobCallbacks(RunCallbacks):
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
         if self.lease.lost.is_set():
             return
-        if kind == "epoch_finished":
+        if kind == EPOCH_FINISHED:
             # the row's "latest metrics" become the epoch's (validation included)
             self._record_progress(
                 stage=payload.get("stage"),
@@ -165,7 +165,7 @@ class JobCallbacks(RunCallbacks):
                 epochs=payload.get("epochs"),
                 metrics=payload.get("metrics"),
             )
-        elif kind == "stage_started":
+        elif kind == STAGE_STARTED:
             self._record_progress(
                 stage=payload.get("stage"), variant=payload.get("variant"), epoch=0, epochs=payload.get("epochs")
             )
