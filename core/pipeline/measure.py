@@ -250,9 +250,11 @@ def speedup_text(entry: Any) -> str:
     if not isinstance(entry, dict) or not isinstance(entry.get("speedup"), (int, float)):
         return "–"
     ci = entry.get("speedup_ci95")
+    has_ci = isinstance(ci, list) and len(ci) == 2
     if "measurable" in entry and not entry["measurable"]:
-        return f"{NOT_MEASURABLE} (the speed-up's 95% interval {ci[0]:.2f}–{ci[1]:.2f} reaches within 5% of 1)"
-    if isinstance(ci, list) and len(ci) == 2:
+        why = f" (the speed-up's 95% interval {ci[0]:.2f}–{ci[1]:.2f} reaches within 5% of 1)" if has_ci else ""
+        return NOT_MEASURABLE + why
+    if has_ci:
         return f"speed-up {entry['speedup']:.2f}x (95% {ci[0]:.2f}–{ci[1]:.2f})"
     return f"speed-up {entry['speedup']:.2f}x"  # a report of the previous format: no interval
 
