@@ -249,8 +249,8 @@ def speedup_text(entry: Any) -> str:
     """The speed-up (dense time / this network's time) with its 95% interval, or why none is claimed."""
     if not isinstance(entry, dict) or not isinstance(entry.get("speedup"), (int, float)):
         return "–"
-    ci = entry.get("speedup_ci95")
-    has_ci = isinstance(ci, list) and len(ci) == 2
+    ci: list[float] = entry.get("speedup_ci95") or []
+    has_ci = len(ci) == 2
     if "measurable" in entry and not entry["measurable"]:
         why = f" (the speed-up's 95% interval {ci[0]:.2f}–{ci[1]:.2f} reaches within 5% of 1)" if has_ci else ""
         return NOT_MEASURABLE + why
