@@ -280,6 +280,14 @@ class ExportSpec(StrictModel):
         "through onnxruntime). A channel-granularity variant always also writes its physically smaller "
         "network (<variant>.channel.safetensors), which is the one evaluated.",
     )
+    license: str = Field(
+        "other",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9.+-]+$",
+        description="Licence of the exported networks, an SPDX id (e.g. apache-2.0, mit, cc-by-4.0) written into "
+        "every model card; default 'other': not stated by the submitter.",
+    )
 
 
 class JobSpec(StrictModel):

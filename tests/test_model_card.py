@@ -3,6 +3,7 @@ procedure, sparsity per layer, training spec, parent network, sizes, sha256, how
 
 import hashlib
 
+import pytest
 import yaml
 
 from core.callbacks import RunCallbacks
@@ -73,9 +74,17 @@ def test_card_from_a_result_names_every_number_with_its_procedure():
     spec = load_spec(TINY)
     card = render_model_card("hydra_k0.1", RESULT, spec, INFO, PARENT)
     meta = _front_matter(card)
-    assert meta["library_name"] == "pytorch" and meta["datasets"] == ["mnist5k"] and "accuracy" in meta["metrics"]
+    assert meta["library_name"] == "pytorch" and "accuracy" in meta["metrics"]
+    assert meta["datasets"] == ["ylecun/mnist"]  # a resolvable Hub id (mnist5k is a sample of MNIST)
+    assert meta["license"] == "other"  # the default: not stated by the submitter, and the card says so
     assert {"pruning", "hydra", "adversarial-robustness"} <= set(meta["tags"])
-    assert meta["base_model"] == "dense"
+    # the parent by what resolves it: its file and sha256, not the bare word "dense"
+    assert meta["parent_network"] == {"file": "dense.compressed.safetensors", "sha256": "c" * 64}
+    assert "base_model" not in meta
+    threat = meta["threat_model"]
+    assert threat["norm"] == "linf" and threat["eps"] == 0.1
+    assert threat["attacks"] == {"pgd_acc": PGD_PROC}
+    assert set(threat["certificates"]) == {"verified_acc_ibp"}
     values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert values == {"benign_acc": 0.8125, "pgd_acc": 0.4375, "verified_acc_ibp": 0.25}
     for section in (
@@ -90,6 +99,9 @@ def test_card_from_a_result_names_every_number_with_its_procedure():
         "## Parent network",
         "## Files",
         "## How to load it",
+        "## Intended use and limitations",
+        "## Licence",
+        "## Citation",
     ):
         assert section in card, section
     assert "`cnn_small_mnist`" in card and '"num_classes": 10' in card
@@ -105,20 +117,22 @@ def test_card_from_a_result_names_every_number_with_its_procedure():
     assert 'load_compressed_model("hydra_k0.1.compressed.safetensors")' in card
     assert 'create_model("cnn_small_mnist", **{"num_classes": 10})' in card
     assert 'model.net.load_state_dict(load_file("hydra_k0.1.dense.safetensors"))' in card
+    assert "@inproceedings{sehwag2020hydra" in card and "not stated by the submitter" in card
+    assert "l_inf perturbations of at most eps = 0.1" in card and "upper bound" in card
 
 
 def test_dense_card_has_no_parent_but_the_start_point():
     spec = load_spec({**TINY, "model": {"arch": "cnn_small_mnist"}})
     dense = {**RESULT, "method": "dense", "k": 1.0}
     card = render_model_card("dense", dense, spec, INFO)
-    assert "base_model" not in _front_matter(card)
+    assert "parent_network" not in _front_matter(card)
     assert "None: this is the dense network" in card and "random initialisation" in card
     assert "| pretrain | 1 | 0.05 |" in card
     # an uploaded starting network: named as the user wrote it (spec.json), not by a worker's local copy
     spec = load_spec({**TINY, "model": {"arch": "cnn_small_mnist", "checkpoint": "/tmp/worker-7/model.safetensors"}})
     record = {**spec.model_dump(mode="json"), "model": {"arch": "cnn_small_mnist", "checkpoint": "upload:m-123"}}
     card = render_model_card("dense", dense, spec, INFO, record=record)
-    assert _front_matter(card)["base_model"] == "upload:m-123"
+    assert _front_matter(card)["parent_network"] == {"checkpoint": "upload:m-123"}
     assert "checkpoint `upload:m-123`" in card and "worker-7" not in card
 
 
@@ -150,3 +164,45 @@ def test_a_run_writes_a_card_beside_every_network_and_reports_it(tmp_path):
     assert report["variants"]["dense"]["artifacts"]["compressed"]["sha256"] in hydra_card  # its parent
     rows = comparison_rows(report["variants"])
     assert all("model_card_bytes" not in r and r["compressed_bytes"] for r in rows)
+
+
+def test_a_stated_licence_is_in_the_metadata_and_the_text():
+    spec = load_spec({**TINY, "export": {**TINY["export"], "license": "cc-by-4.0"}})
+    card = render_model_card("hydra_k0.1", RESULT, spec, INFO, PARENT)
+    assert _front_matter(card)["license"] == "cc-by-4.0" and "`cc-by-4.0`, as the submitter stated" in card
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+def test_the_card_loads_the_network_without_this_project(tmp_path, granularity):
+    """The card's plain torch.nn block, run in a fresh namespace with only torch and safetensors, loads
+    the downloaded file (dense, or the smaller channel one) and gives the project loader's logits."""
+    import os
+    import re
+
+    import torch
+
+    from core.io.export import load_compressed_model
+    from core.io.export_channel import load_channel_pruned
+
+    spec = {**TINY, "pruning": {"methods": ["hydra"], "k": [0.5], "granularity": granularity}}
+    report = run_job(load_spec(spec), tmp_path)
+    card = (tmp_path / "hydra_k0.5.model_card.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    plain = next(b for b in blocks if "class Normalize" in b)
+    assert "from core" not in plain and "import core" not in plain
+    assert "stride=(2, 2), padding=(1, 1)" in plain  # no guessing of strides and paddings
+    x = torch.rand(4, 1, 28, 28)
+    namespace = {"x": x}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        exec(compile(plain, "card", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    arts = report["variants"]["hydra_k0.5"]["artifacts"]
+    ours = (
+        load_channel_pruned(tmp_path / arts["channel"]["name"])
+        if granularity == "channel"
+        else load_compressed_model(tmp_path / arts["compressed"]["name"]).eval()
+    )
+    assert torch.allclose(namespace["logits"], ours(x), atol=1e-5)

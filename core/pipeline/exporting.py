@@ -82,6 +82,7 @@ def export_variant(
 ) -> Exported:
     """Write the variant's files (module docstring) and reload the network to evaluate."""
     from core.io.export import export_compressed, export_dense
+    from core.io.plain_code import torch_nn_source
 
     meta = {
         "arch": spec.model.arch,
@@ -112,6 +113,14 @@ def export_variant(
         with kept:
             network = load_exported(out_dir, artifacts, evaluated_fmt).to(device).eval()
         evaluated = "the exported network, reloaded from " + artifacts[evaluated_fmt]["name"]
+    with rng_kept(device):  # building the plain copy draws initial weights: keep the run's RNG as it was
+        plain = torch_nn_source(network, tuple(info["input_shape"]))
+    if plain is not None:
+        # the channel file holds the whole NormalizedModel's tensors (net.* and normalize.*), the dense
+        # file only the plain network's
+        fmt = CHANNEL if CHANNEL in artifacts else "dense"
+        loads = artifacts.get(fmt, {}).get("name")
+        extras["plain_definition"] = {**plain, "loads": loads, "prefix": "net." if fmt == CHANNEL else ""}
     checks: dict[str, Any] = {}
     if ONNX in spec.export.formats:
         with rng_kept(device):

@@ -46,7 +46,12 @@ def _pct(value: Any) -> str:
 
 
 def _front_matter(
-    variant: str, result: dict[str, Any], spec: JobSpec, info: dict[str, Any], shown: dict[str, Any]
+    variant: str,
+    result: dict[str, Any],
+    spec: JobSpec,
+    info: dict[str, Any],
+    shown: dict[str, Any],
+    parent: dict[str, Any] | None,
 ) -> str:
     method = result.get("method") or DENSE
     dataset = str(info.get("name") or spec.dataset.name)
@@ -65,13 +70,16 @@ def _front_matter(
         for name, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
-    meta = {
+    hub_id = HUB_DATASETS.get(spec.dataset.name)
+    meta: dict[str, Any] = {
         "library_name": "pytorch",
+        "license": spec.export.license,
         "pipeline_tag": "image-classification",
         "tags": tags,
-        "datasets": [dataset],
+        **({"datasets": [hub_id]} if hub_id else {}),
         "metrics": ["accuracy"],
-        "base_model": _parent_name(result, spec, shown),
+        **_parent_ids(result, shown, parent),
+        "threat_model": threat_model(spec, result),
         "model-index": [
             {
                 "name": variant,
@@ -85,9 +93,49 @@ def _front_matter(
             }
         ],
     }
-    if meta["base_model"] is None:
-        del meta["base_model"]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, default_flow_style=False) + "---\n"
+
+
+# The Hugging Face Hub ids of the catalogue's public datasets (mnist5k is a 5,000-digit sample of MNIST);
+# uploads and image folders have none, and the card names them in its text instead.
+HUB_DATASETS = {
+    "mnist": "ylecun/mnist",
+    "mnist5k": "ylecun/mnist",
+    "fashion_mnist": "zalando-datasets/fashion_mnist",
+    "cifar10": "uoft-cs/cifar10",
+    "svhn": "ufldl-stanford/svhn",
+}
+
+
+def _parent_ids(result: dict[str, Any], shown: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
+    """The parent network by what resolves it: the dense network's file and sha256 for a pruned one, the
+    user's checkpoint reference for the dense one. (Hub-style ``base_model`` needs a Hub id, which a
+    network of this run does not have.)"""
+    if (result.get("method") or DENSE) != DENSE:
+        arts = (parent or {}).get("artifacts") or {}
+        art = next((arts[f] for f in ("compressed", "dense", "channel", "onnx") if f in arts), None)
+        if isinstance(art, dict) and art.get("sha256"):
+            return {"parent_network": {"file": art["name"], "sha256": art["sha256"]}}
+        return {}
+    checkpoint = _checkpoint(shown)
+    return {"parent_network": {"checkpoint": checkpoint}} if checkpoint else {}
+
+
+def threat_model(spec: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """What the robust numbers hold against: the l_p ball, the attacks and the certificate that measured
+    them (names from the evaluation's own procedures)."""
+    from core.pipeline.evaluate import attack_settings
+
+    ball = attack_settings(spec)
+    procedures = result.get("procedures") or {}
+    attacks = [m for m in procedures if _kind(m) == "robust"]
+    certified = [m for m in procedures if _kind(m) == "certified"]
+    return {
+        "norm": ball["norm"],
+        "eps": ball["eps"],
+        "attacks": {m: " ".join(str(procedures[m]).split()) for m in attacks},
+        "certificates": {m: " ".join(str(procedures[m]).split()) for m in certified},
+    }
 
 
 def _checkpoint(shown: dict[str, Any]) -> str | None:
@@ -374,11 +422,8 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "model.eval()",
             "```",
             "",
-            "Without this project: it loads with `load_state_dict` into the same layers written in plain "
-            "`torch.nn`; apply `(x - mean) / std` from the file's `normalize_mean` / `normalize_std` header "
-            "metadata first.",
-            "",
         ]
+    lines += _plain_definition(result)
     if "channel" in arts:
         lines += [
             "The channel-pruned network (physically smaller plain layers, its widths in the header):",
@@ -408,6 +453,119 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     return lines
 
 
+def _plain_definition(result: dict[str, Any]) -> list[str]:
+    """The network written out in plain ``torch.nn`` (checked when it was exported), so loading needs
+    neither this project nor a guess at strides and paddings."""
+    plain = result.get("plain_definition")
+    if not plain:
+        return [
+            "Without this project: this architecture is not a plain `nn.Sequential`, so its definition is "
+            "not printed here; the ONNX graph (when exported) runs with onnxruntime alone.",
+            "",
+        ]
+    prefix = plain.get("prefix") or ""
+    if not plain.get("loads"):
+        load = "# no plain safetensors file was exported for this network"
+    elif prefix:
+        load = (
+            f'tensors = load_file("{plain["loads"]}")\n'
+            f"net.load_state_dict({{k.removeprefix({prefix!r}): v for k, v in tensors.items() if k.startswith({prefix!r})}})"
+        )
+    else:
+        load = f'net.load_state_dict(load_file("{plain["loads"]}"))  # strict: every tensor matches'
+
+    pre = (
+        f"normalize = Normalize({plain['mean']}, {plain['std']})"
+        if plain.get("mean") is not None
+        else "normalize = nn.Identity()"
+    )
+    return [
+        "Without this project (only `torch` and `safetensors`): the network in plain `torch.nn`, checked "
+        "at export to load this file strictly and give the same logits:",
+        "",
+        "```python",
+        plain["code"].rstrip(),
+        "",
+        "from safetensors.torch import load_file",
+        "",
+        load,
+        pre,
+        "net.eval()",
+        "logits = net(normalize(x))  # x: float tensor of [0, 1] pixels, shape (N, C, H, W)",
+        "```",
+        "",
+    ]
+
+
+LIMITATIONS = (
+    "Empirical robust accuracy is an upper bound on the true robust accuracy: it counts the examples the "
+    "attacks above failed to break, and a stronger or adaptive attack may break more. Certified numbers "
+    "are lower bounds that hold only for the stated certificate, norm and radius.",
+    "Every number holds for the stated threat model only: other norms, larger perturbations, natural "
+    "corruptions and distribution shift were not measured.",
+    "Numbers come from the stated test sample (size and 95% interval above); a different sample gives "
+    "numbers within that interval, not the same digits.",
+    "Sparse (unstructured) networks are not faster in dense kernels; the inference-cost table says what was measured.",
+)
+
+
+def _use_and_limits(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
+    tm = threat_model(spec, result)
+    attacks = ", ".join(f"`{m}`" for m in tm["attacks"]) or "none"
+    certificates = ", ".join(f"`{m}`" for m in tm["certificates"]) or "none"
+    return [
+        "## Intended use and limitations",
+        "",
+        f"Intended use: classifying {info.get('input_shape') and list(info['input_shape'])} images like those of "
+        f"`{info.get('name') or spec.dataset.name}` where a small network must keep its accuracy under "
+        "bounded adversarial perturbations; research on robust compression. Not validated for other data, "
+        "and not a safety case on its own.",
+        "",
+        f"Threat model: l_{tm['norm'].removeprefix('l')} perturbations of at most eps = {tm['eps']:g} in pixel space "
+        f"[0, 1]; attacks {attacks}; certificates {certificates} (procedures in *Evaluation*).",
+        "",
+        *[f"- {line}" for line in LIMITATIONS],
+        "",
+    ]
+
+
+CITATION = """@inproceedings{sehwag2020hydra,
+  title     = {{HYDRA}: Pruning Adversarially Robust Neural Networks},
+  author    = {Sehwag, Vikash and Wang, Shiqi and Mittal, Prateek and Jana, Suman},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  volume    = {33},
+  year      = {2020}
+}
+
+@software{hydra_compress,
+  title   = {hydra-compress: a service that compresses neural networks without giving up their robustness},
+  license = {Apache-2.0},
+  year    = {2026}
+}"""
+
+
+def _licence_and_citation(spec: JobSpec) -> list[str]:
+    licence = spec.export.license
+    said = (
+        "not stated by the submitter (`export.license` in the job spec; the default `other` means: ask "
+        "whoever submitted the job)"
+        if licence == "other"
+        else f"`{licence}`, as the submitter stated in `export.license`"
+    )
+    return [
+        "## Licence",
+        "",
+        f"Licence of this network: {said}. The code that produced it is Apache-2.0.",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+
+
 def render_model_card(
     variant: str,
     result: dict[str, Any],
@@ -434,7 +592,7 @@ def render_model_card(
     metrics = result.get("metrics") or {}
     headline = [f"sparsity {_pct(sp['total'])}"] if sp else []
     headline += [f"{m} {_pct(v)}" for m, v in metrics.items() if m in ("benign_acc", "robust_acc", "pgd_acc")]
-    parts = [_front_matter(variant, result, spec, info, shown), title, "", summary, ""]
+    parts = [_front_matter(variant, result, spec, info, shown, parent), title, "", summary, ""]
     if headline:
         parts += ["Headline: " + ", ".join(headline) + ".", ""]
     body = (
@@ -446,6 +604,8 @@ def render_model_card(
         + _parent(result, spec, shown, parent)
         + _artifacts(result)
         + _usage(result, spec, info)
+        + _use_and_limits(result, spec, info)
+        + _licence_and_citation(spec)
     )
     return "\n".join(parts + body).rstrip() + "\n"
 
