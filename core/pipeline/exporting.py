@@ -118,9 +118,9 @@ def export_variant(
     if plain is not None:
         # the channel file holds the whole NormalizedModel's tensors (net.* and normalize.*), the dense
         # file only the plain network's
-        fmt = CHANNEL if CHANNEL in artifacts else "dense"
-        loads = artifacts.get(fmt, {}).get("name")
-        extras["plain_definition"] = {**plain, "loads": loads, "prefix": "net." if fmt == CHANNEL else ""}
+        plain_file = CHANNEL if CHANNEL in artifacts else "dense"
+        loads = artifacts.get(plain_file, {}).get("name")
+        extras["plain_definition"] = {**plain, "loads": loads, "prefix": "net." if plain_file == CHANNEL else ""}
     checks: dict[str, Any] = {}
     if ONNX in spec.export.formats:
         with rng_kept(device):
