@@ -99,7 +99,7 @@ class WorkerSupervisor:
 
     def delay_after(self, quick_crashes: int) -> float:
         """The wait before the next start after ``quick_crashes`` short runs in a row (0: a long run)."""
-        return min(self.restart_backoff_max_s, self.restart_backoff_s * 2 ** max(0, quick_crashes - 1))
+        return min(self.restart_backoff_max_s, self.restart_backoff_s * 2 ** min(30, max(0, quick_crashes - 1)))
 
     def _watch(self) -> None:
         quick_crashes = 0
