@@ -28,11 +28,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.main import create_app  # noqa: E402
-from migrations import upgrade  # noqa: E402
-from service.db import jobs, keys  # noqa: E402
-from service.db.session import session_scope  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from api.main import create_app
+from migrations import upgrade
+from service.db import jobs, keys
+from service.db.session import session_scope
+from service.settings import Settings
 
 
 def main() -> None:
