@@ -159,3 +159,28 @@ def test_cli_creates_and_revokes_keys(settings, queue, monkeypatch) -> None:  # 
         assert runner.invoke(cli_app, ["revoke-key", token[:8]]).exit_code == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_lists_workers_with_host_pid_and_heartbeat(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The per-worker view /metrics no longer gives: ``hydra-service workers``."""
+    from typer.testing import CliRunner
+
+    from service.settings import get_settings
+
+    monkeypatch.setenv("HYDRA_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    with session_scope(settings) as s:
+        s.execute(delete(WorkerBeat))
+        s.add(WorkerBeat(name="old-node:7", host="old-node", pid=7, heartbeat_at=utcnow() - timedelta(seconds=600)))
+        s.commit()
+        workers.beat(s, "gpu-node:42", "gpu-node", 42)
+    try:
+        listed = CliRunner().invoke(cli_app, ["workers"])
+        assert listed.exit_code == 0, listed.output
+        lines = listed.stdout.strip().splitlines()
+        assert lines[0].startswith("gpu-node:42\talive\theartbeat ") and lines[1].startswith("old-node:7\tsilent\t")
+    finally:
+        get_settings.cache_clear()
+        with session_scope(settings) as s:
+            s.execute(delete(WorkerBeat))
+            s.commit()
