@@ -7,9 +7,13 @@
 - Jobs: computed from the database when scraped, so every API process gives the same answer and no
   worker needs an exporter of its own: jobs by status, queue depth and the age of the oldest queued
   job, running jobs, leases already expired (a worker presumed dead, not yet reaped), attempts, lease
-  expiries (from the jobs' status events), the age of each busy worker's last heartbeat, and the
-  duration of every training epoch (from the events: the time since the previous milestone of the
+  expiries (from the jobs' status events), the age of the stalest busy worker's last job heartbeat,
+  the workers alive (their own heartbeat, busy or idle, younger than the lease: what ``/readyz``
+  needs) and the age of the newest one, and the duration of every training epoch (from the events: the time since the previous milestone of the
   same job: stage start, epoch end or attempt start).
+
+No label names a host, a pid or a tenant: ``/metrics`` asks for no key, so it carries aggregates only;
+per-worker detail is ``hydra-service workers`` on a machine with the database's credentials.
 
 The epoch histogram is accumulated incrementally (events after the last one seen), so a scrape reads
 only the new events; it counts from the start of the process, like any counter. Events younger than
@@ -34,6 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy import func, not_, select
 
+from service.db import workers
 from service.db.base import Job, JobEvent, JobStatus, utcnow
 from service.db.session import get_read_sessionmaker
 from service.settings import Settings
@@ -152,7 +157,13 @@ class JobMetricsCollector(Collector):
             beats = session.execute(
                 select(Job.lease_owner, Job.heartbeat_at).where(Job.status == JobStatus.RUNNING.value)
             ).all()
+            liveness = workers.liveness(session, self.settings.lease_seconds)
             self.epochs.update(session, now)
+        latest: dict[str, datetime] = {}  # worker (host:pid) -> its newest job heartbeat; never exported
+        for owner, beat in beats:
+            if owner and beat is not None:
+                worker = owner.rsplit(":", 1)[0]  # host:pid (the suffix is per attempt)
+                latest[worker] = max(beat, latest.get(worker, beat))
 
         jobs = GaugeMetricFamily("hydra_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
@@ -173,24 +184,25 @@ class JobMetricsCollector(Collector):
         retried_jobs.add_metric([], int(retried or 0))
         expiries = CounterMetricFamily("hydra_lease_expiries", "Leases that expired and were reaped (status events).")
         expiries.add_metric([], lease_expiries)
+        # Aggregates only (no key is asked for /metrics): no host name or pid in any label. Per-worker
+        # detail is for the operator on the machine: ``hydra-service workers``.
         heartbeat = GaugeMetricFamily(
-            "hydra_worker_heartbeat_age_seconds", "Seconds since each busy worker's last heartbeat.", labels=["worker"]
+            "hydra_worker_heartbeat_age_seconds",
+            "Seconds since the stalest busy worker's last job heartbeat (0: no job running).",
         )
-        heartbeat_ts = GaugeMetricFamily(
-            "hydra_worker_last_heartbeat_timestamp_seconds",
-            "Unix time of each busy worker's last heartbeat.",
-            labels=["worker"],
-        )
-        latest: dict[str, datetime] = {}
-        for owner, beat in beats:
-            if owner and beat is not None:
-                worker = owner.rsplit(":", 1)[0]  # host:pid (the suffix is per attempt)
-                latest[worker] = max(beat, latest.get(worker, beat))
-        for worker, beat in sorted(latest.items()):
-            heartbeat.add_metric([worker], max(0.0, (now - beat).total_seconds()))
-            heartbeat_ts.add_metric([worker], beat.timestamp())
+        heartbeat.add_metric([], max((max(0.0, (now - beat).total_seconds()) for beat in latest.values()), default=0.0))
         busy = GaugeMetricFamily("hydra_workers_busy", "Workers holding a job's lease.")
         busy.add_metric([], len(latest))
+        alive = GaugeMetricFamily(
+            "hydra_workers_alive", "Workers whose own heartbeat is younger than the lease (what /readyz needs: >= 1)."
+        )
+        alive.add_metric([], liveness.alive)
+        newest = GaugeMetricFamily(
+            "hydra_workers_newest_heartbeat_age_seconds",
+            "Seconds since the newest heartbeat of any worker, busy or idle (absent: no worker ever beat).",
+        )
+        if liveness.newest_age_s is not None:
+            newest.add_metric([], liveness.newest_age_s)
         return [
             jobs,
             depth,
@@ -201,8 +213,9 @@ class JobMetricsCollector(Collector):
             retried_jobs,
             expiries,
             heartbeat,
-            heartbeat_ts,
             busy,
+            alive,
+            newest,
             self.epochs.family(),
         ]
 

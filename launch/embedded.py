@@ -4,7 +4,9 @@
 - the API (uvicorn, ``api.main:create_app``) in this process;
 - one Celery worker in a subprocess (``celery -A worker.celery_app worker --pool solo -Q gpu``):
   solo because one process trains one job at a time with all the cores, and a job stops cleanly on
-  SIGTERM in the same process that runs it;
+  SIGTERM in the same process that runs it. It is supervised (``launch.supervisor``): a worker that
+  dies, say SIGKILLed by the OOM killer, is logged with its exit code or signal and restarted after an
+  exponential back-off, and a worker that keeps dying at start is given up on with a clear log line;
 - the reaper (``worker.reaper``) in a thread, every 15 s.
 
 State lives in the data directory (``HYDRA_DATA_DIR``, by default ``~/.local/share/hydra-compress``;
@@ -39,8 +41,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
+from launch.supervisor import WorkerSupervisor
 from service.logs import configure_logging, uvicorn_log_config
 from service.settings import Settings, get_settings
 
@@ -115,6 +118,16 @@ class WorkerHandle:
     proc: subprocess.Popen[bytes]
     log_file: TextIO
     log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def release(self) -> None:
+        self.log_file.close()
 
 
 def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> WorkerHandle:
@@ -228,7 +241,15 @@ def serve(
     from worker.reaper import start_reaper_thread
 
     celery = create_celery(settings)
-    worker = start_worker(settings, state / "worker.log") if with_worker else None
+    supervisor = None
+    if with_worker:  # a worker that dies is logged and restarted (launch/supervisor.py)
+        supervisor = WorkerSupervisor(
+            lambda: start_worker(settings, state / "worker.log"),
+            lambda handle: stop_worker(cast(WorkerHandle, handle)),
+            restart_backoff_s=settings.worker_restart_backoff_s,
+            restart_backoff_max_s=settings.worker_restart_backoff_max_s,
+        )
+        supervisor.start()
     reaper = start_reaper_thread(settings, celery) if with_reaper else None
 
     url = f"http://{host}:{port}"
@@ -265,9 +286,9 @@ def serve(
         say("stopping: API down; asking the worker to checkpoint and stop...")
         if reaper is not None:
             reaper[1].set()
-        if worker is not None:
+        if supervisor is not None:
             started = time.monotonic()
-            code = stop_worker(worker)
+            code = supervisor.stop()
             say(f"worker stopped (exit {code}) in {time.monotonic() - started:.1f}s")
         celery.close()
         signal.signal(signal.SIGTERM, previous)

@@ -1,4 +1,4 @@
-"""``hydra-service``: run and administer the service (migrate, keys, serve, worker, demo).
+"""``hydra-service``: run and administer the service (migrate, keys, workers, serve, worker, demo).
 
 This is the ``launch`` layer (see ``launch/__init__.py``): it may use ``api``, ``worker`` and
 ``service`` together. Each command imports what it needs inside its body, so ``hydra-service --help``
@@ -112,6 +112,27 @@ def list_keys(tenant: Annotated[str | None, typer.Option("--tenant")] = None) ->
         for key, tenant_name in keys.list_api_keys(session, tenant):
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
             typer.echo(f"{key.prefix}\t{tenant_name}\t{key.name or '-'}\t{key.created_at.isoformat()}\t{revoked}")
+
+
+@app.command("workers")
+def workers() -> None:
+    """List the workers and their last heartbeat (host, pid, age; alive = younger than the lease).
+
+    The per-worker view that /metrics does not give (it asks for no key, so it names no host or pid)."""
+    from service.db import workers as db_workers
+    from service.db.base import utcnow
+    from service.db.session import session_scope
+
+    settings = _ready_db()
+    with session_scope(settings) as session:
+        rows = db_workers.list_workers(session)
+        now = utcnow()
+        for row in rows:
+            age = (now - row.heartbeat_at).total_seconds()
+            state = "alive" if age <= settings.lease_seconds else "silent"
+            typer.echo(f"{row.name}\t{state}\theartbeat {age:.1f}s ago\tstarted {row.started_at.isoformat()}")
+    if not rows:
+        typer.echo("no worker has ever written a heartbeat to this database", err=True)
 
 
 # ----------------------------------------------------------------------------- serve, worker, demo

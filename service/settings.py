@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(120, ge=5)
     max_attempts: int = Field(3, ge=1)
     progress_min_interval_s: float = Field(1.0, ge=0)
+    worker_restart_backoff_s: float = Field(
+        1.0, gt=0, description="Embedded: wait before restarting a worker that died; doubled while it keeps dying."
+    )
+    worker_restart_backoff_max_s: float = Field(60.0, gt=0, description="Embedded: the longest such wait.")
+    ready_requires_worker: bool = Field(
+        True,
+        description="/readyz answers 503 when no worker has written its heartbeat within lease_seconds "
+        "(a submitted job would wait for ever). Off: /readyz checks the API's own dependencies only.",
+    )
 
     # --- API limits
     max_upload_bytes: int = Field(200 * MB, ge=1)
@@ -113,6 +122,13 @@ class Settings(BaseSettings):
         ge=0,
         description="How long an API process trusts a key it has verified; a revoked key stops working "
         "within this time. 0 checks the database on every request.",
+    )
+
+    max_streams_per_key: int = Field(
+        16, ge=1, description="Open event streams (SSE) one API key may hold per API process; more get 429."
+    )
+    max_streams_total: int = Field(
+        1000, ge=1, description="Open event streams per API process, all keys together; more get 503."
     )
 
     # --- logs

@@ -65,3 +65,6 @@ app = create_celery()
 from service.logs import connect_celery_signals  # noqa: E402
 
 connect_celery_signals(get_settings().log_json)
+
+# The worker's own heartbeat (busy or idle), read by /readyz: worker/liveness.py.
+import worker.liveness  # noqa: E402, F401

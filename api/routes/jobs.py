@@ -40,6 +40,7 @@ from api.schemas import (
     JobEventsPublic,
     JobsPublic,
 )
+from api.streams import SlotStreamingResponse, build_stream_slots, key_check_interval
 from api.validation import (
     ARTIFACT_NAME_PATTERN,
     ID_PATTERN,
@@ -51,7 +52,7 @@ from api.validation import (
     check_storable,
 )
 from core.spec import BOUND_OBJECTIVES, JobSpec
-from service.db import jobs, uploads
+from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
 from service.db.session import get_read_sessionmaker
 from service.settings import Settings
@@ -273,8 +274,18 @@ def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> bytes:
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _event_stream(settings: Settings, job_id: str, after: int) -> AsyncIterator[bytes]:
-    """Poll the events table; end once the job is final and every event up to then was sent."""
+def _key_still_valid(settings: Settings, token: str, api_key_id: int) -> bool:
+    """The stream's key, read from the database (not the auth cache): live and still the same key."""
+    with get_read_sessionmaker(settings)() as session:
+        principal = keys.authenticate(session, token)
+    return principal is not None and principal.api_key_id == api_key_id
+
+
+async def _event_stream(
+    settings: Settings, job_id: str, after: int, token: str, api_key_id: int
+) -> AsyncIterator[bytes]:
+    """Poll the events table; end once the job is final and every event up to then was sent, or as
+    soon as the key is found revoked (checked every ``key_check_interval``: api/streams.py)."""
     make_session = get_read_sessionmaker(settings)
 
     def poll(cursor: int) -> tuple[str | None, list[dict[str, Any]]]:
@@ -285,9 +296,16 @@ async def _event_stream(settings: Settings, job_id: str, after: int) -> AsyncIte
             return status, [JobEventPublic.model_validate(e).model_dump(mode="json") for e in events]
 
     cursor = after
-    last_sent = time.monotonic()
+    last_sent = last_key_check = time.monotonic()
+    check_every = key_check_interval(settings, SSE_POLL_S)
     yield b"retry: 2000\n\n"
     while True:
+        if time.monotonic() - last_key_check >= check_every:
+            if not await run_in_threadpool(_key_still_valid, settings, token, api_key_id):
+                # A comment line, then the connection closes: a client that reconnects gets the 401.
+                yield b": the API key was revoked; closing the stream\n\n"
+                return
+            last_key_check = time.monotonic()
         status, events = await run_in_threadpool(poll, cursor)
         for event in events:
             cursor = event["id"]
@@ -329,10 +347,15 @@ def job_events(
     _job_or_404(session, principal.tenant_id, job_id)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
         start = max(after, last_event_id or 0)
-        return StreamingResponse(
-            _event_stream(settings, job_id, start),
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        slots = build_stream_slots(settings)
+        slots.acquire(principal.api_key_id)  # 429 beyond max_streams_per_key, 503 beyond max_streams_total
+        return SlotStreamingResponse(
+            _event_stream(settings, job_id, start, token, principal.api_key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            slots=slots,
+            key_id=principal.api_key_id,
         )
     events = jobs.list_events(session, job_id, after_id=after, limit=limit)
     return {"data": events, "count": len(events), "next_after": events[-1].id if events else after}

@@ -199,6 +199,20 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class WorkerBeat(Base):
+    """A worker process that is (or was) alive: its heartbeat, written every ``lease_seconds / 4`` by the
+    worker whether or not it runs a job (worker/liveness.py). ``/readyz`` reads the newest one: no beat
+    within the lease means no worker will take a job (docs/DELIVERY.md)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, like a lease owner's prefix
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 def rowcount(result: Any) -> int:
     """Rows an UPDATE/DELETE touched (SQLAlchemy types ``execute`` as a plain ``Result``; for DML it
     is a ``CursorResult``, which has ``rowcount``)."""

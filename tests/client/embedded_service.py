@@ -65,6 +65,7 @@ class EmbeddedService:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     key: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)  # HYDRA_* settings of one test
 
     @property
     def url(self) -> str:
@@ -87,6 +88,7 @@ class EmbeddedService:
                 "HYDRA_PROGRESS_MIN_INTERVAL_S": "0.2",
                 "HYDRA_RATE_LIMIT_PER_MINUTE": "0",
                 "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
             }
         )
         return env

@@ -55,7 +55,7 @@ def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
         engine = create_engine(url)
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE jobs, job_events, artifacts, api_keys, tenants CASCADE"))
+            conn.execute(text("TRUNCATE jobs, job_events, artifacts, api_keys, tenants, workers CASCADE"))
         engine.dispose()
     else:
         url = f"sqlite:///{tmp_path / 'hydra.db'}"

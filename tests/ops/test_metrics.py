@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.db import jobs
-from service.db.base import JobEvent, utcnow
+from service.db import jobs, workers
+from service.db.base import JobEvent, WorkerBeat, utcnow
 from service.db.keys import authenticate
 from service.db.session import session_scope
 
@@ -85,6 +85,9 @@ def test_metrics_count_jobs_queue_leases_heartbeats_and_epochs(app, db_settings,
         s.commit()
         assert jobs.finish_job(s, ids[3], "host-c:303:eeee", 2, "succeeded", report={})
         jobs.request_cancel(s, tenant_id, ids[4])
+        workers.beat(s, "host-z:999", "host-z", 999)  # an idle worker, alive
+        s.add(WorkerBeat(name="host-y:888", host="host-y", pid=888, heartbeat_at=now - timedelta(hours=1)))
+        s.commit()
 
     with TestClient(app) as client:
         assert client.get(f"/v1/jobs/{ids[0]}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -104,8 +107,14 @@ def test_metrics_count_jobs_queue_leases_heartbeats_and_epochs(app, db_settings,
     assert value(samples, "hydra_jobs_retried") == 2
     assert value(samples, "hydra_lease_expiries_total") == 1
     assert value(samples, "hydra_workers_busy") == 2
-    assert 0 <= value(samples, "hydra_worker_heartbeat_age_seconds", worker="host-a:101") < 60
-    assert ("hydra_worker_heartbeat_age_seconds", (("worker", "host-c:303"),)) not in samples  # finished: no lease
+    # the stalest busy worker: host-b's lease was claimed with -1 s, so its heartbeat is the older one
+    assert 0 <= value(samples, "hydra_worker_heartbeat_age_seconds") < 60
+    assert value(samples, "hydra_workers_alive") == 1  # host-z beat just now; host-y is long silent
+    assert 0 <= value(samples, "hydra_workers_newest_heartbeat_age_seconds") < 60
+    # aggregates only: no label anywhere names a host or a pid (nor the worker label at all)
+    labels = {label for _, pairs in samples for label in pairs}
+    assert not any(name == "worker" for name, _ in labels), sorted(labels)
+    assert not any(host in v for _, v in labels for host in ("host-", "101", "202", "303", "999", "888"))
     assert value(samples, "hydra_epoch_duration_seconds_count", stage="pretrain") == 2
     assert value(samples, "hydra_epoch_duration_seconds_sum", stage="pretrain") == pytest.approx(12 + 40, abs=0.01)
     assert value(samples, "hydra_epoch_duration_seconds_bucket", stage="pretrain", le="15.0") == 1

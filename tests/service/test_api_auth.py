@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error, build_app
+from sqlalchemy import delete
+from svc_helpers import RecordingQueue, assert_error, build_app
 
 from launch.service_cli import app as cli_app
-from service.db import keys
+from service.db import keys, workers
+from service.db.base import WorkerBeat, utcnow
 from service.db.session import session_scope
 
 
@@ -52,17 +55,54 @@ def test_all_tenant_routes_need_a_key(client: TestClient, method: str, path: str
     assert_error(client.request(method, path), 401, "unauthorized")
 
 
-def test_health_needs_no_key(client: TestClient) -> None:
+def test_health_needs_no_key(client: TestClient, settings) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/healthz").json()["status"] == "ok"
-    ready = client.get("/readyz")
-    assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
+    with session_scope(settings) as s:
+        workers.beat(s, "health-test:1", "health-test", 1)  # a live worker, as a running one writes it
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok", "worker": "ok"}
+    finally:
+        with session_scope(settings) as s:
+            workers.forget(s, "health-test:1")
 
 
-def test_readyz_names_what_is_down(client: TestClient, queue) -> None:  # type: ignore[no-untyped-def]
-    queue.fail = True
+def test_readyz_is_not_ready_without_a_live_worker(client: TestClient, settings) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(settings) as s:
+        s.execute(delete(WorkerBeat))
+        s.commit()
     body = assert_error(client.get("/readyz"), 503, "service_unavailable")
-    assert "broker" in body["detail"] and "database" not in body["detail"]
+    assert body["detail"] == (
+        f"not ready: worker (no worker heartbeat within the lease of {settings.lease_seconds} s (last: never))"
+    )
+    with session_scope(settings) as s:  # a worker silent for longer than the lease is no worker
+        s.add(WorkerBeat(name="dead:2", host="dead", pid=2, heartbeat_at=utcnow() - timedelta(seconds=300)))
+        s.commit()
+    body = assert_error(client.get("/readyz"), 503, "service_unavailable")
+    assert "worker (no worker heartbeat within the lease" in body["detail"] and "(last: 300 s ago)" in body["detail"]
+    with session_scope(settings) as s:
+        workers.beat(s, "dead:2", "dead", 2)  # it beats again (a restarted worker): ready at once
+    assert client.get("/readyz").status_code == 200
+    unchecked = settings.model_copy(update={"ready_requires_worker": False})
+    with session_scope(settings) as s:
+        s.execute(delete(WorkerBeat))
+        s.commit()
+    with TestClient(build_app(unchecked, RecordingQueue())) as other:
+        ready = other.get("/readyz")
+        assert ready.status_code == 200 and "worker" not in ready.json()["checks"]
+
+
+def test_readyz_names_what_is_down(client: TestClient, queue, settings) -> None:  # type: ignore[no-untyped-def]
+    queue.fail = True
+    with session_scope(settings) as s:
+        workers.beat(s, "down-test:1", "down-test", 1)
+    try:
+        body = assert_error(client.get("/readyz"), 503, "service_unavailable")
+    finally:
+        with session_scope(settings) as s:
+            workers.forget(s, "down-test:1")
+    assert "broker" in body["detail"] and "database" not in body["detail"] and "worker" not in body["detail"]
 
 
 def test_unknown_route_and_method_use_the_error_shape(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
@@ -119,3 +159,28 @@ def test_cli_creates_and_revokes_keys(settings, queue, monkeypatch) -> None:  # 
         assert runner.invoke(cli_app, ["revoke-key", token[:8]]).exit_code == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_lists_workers_with_host_pid_and_heartbeat(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The per-worker view /metrics no longer gives: ``hydra-service workers``."""
+    from typer.testing import CliRunner
+
+    from service.settings import get_settings
+
+    monkeypatch.setenv("HYDRA_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    with session_scope(settings) as s:
+        s.execute(delete(WorkerBeat))
+        s.add(WorkerBeat(name="old-node:7", host="old-node", pid=7, heartbeat_at=utcnow() - timedelta(seconds=600)))
+        s.commit()
+        workers.beat(s, "gpu-node:42", "gpu-node", 42)
+    try:
+        listed = CliRunner().invoke(cli_app, ["workers"])
+        assert listed.exit_code == 0, listed.output
+        lines = listed.stdout.strip().splitlines()
+        assert lines[0].startswith("gpu-node:42\talive\theartbeat ") and lines[1].startswith("old-node:7\tsilent\t")
+    finally:
+        get_settings.cache_clear()
+        with session_scope(settings) as s:
+            s.execute(delete(WorkerBeat))
+            s.commit()

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_helpers import RecordingQueue, assert_error, build_app, migrate
 
-from service.db import jobs, keys
+from service.db import jobs, keys, workers
 from service.db.session import session_scope
 from service.settings import Settings
 
@@ -33,6 +33,9 @@ def test_embedded_default_serves_the_whole_job_flow(sqlite_settings: Settings) -
     headers = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as client:
         assert app.state.async_reader is None  # SQLite: sync paths only
+        assert_error(client.get("/readyz"), 503, "service_unavailable")  # no worker has beaten yet
+        with session_scope(sqlite_settings) as s:
+            workers.beat(s, "embedded:1", "embedded", 1)
         assert client.get("/readyz").status_code == 200
         first = client.post("/v1/jobs", json={"name": "a"}, headers={**headers, "Idempotency-Key": "k"})
         again = client.post("/v1/jobs", json={"name": "a"}, headers={**headers, "Idempotency-Key": "k"})

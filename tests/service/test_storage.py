@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_helpers import build_app
 
-from service.db import jobs
+from service.db import jobs, workers
 from service.db.session import session_scope
 from service.settings import Settings
 from service.storage import InvalidKey, LocalStore, ObjectNotFound, ObjectStore, S3Store, build_store
@@ -155,6 +155,8 @@ def test_s3_ping_fails_on_a_missing_bucket(s3_endpoint: str) -> None:
 
 def test_artifact_download_streams_from_s3(settings: Settings, queue, key, s3_endpoint: str) -> None:  # type: ignore[no-untyped-def]
     s3 = s3_settings(settings, s3_endpoint)
+    with session_scope(s3) as s:
+        workers.beat(s, "storage-test:1", "storage-test", 1)  # /readyz also wants a live worker
     with TestClient(build_app(s3, queue)) as client:
         assert client.get("/readyz").json()["checks"]["store"] == "ok"
         job_id = client.post("/v1/jobs", json={}, headers=key.headers).json()["id"]
