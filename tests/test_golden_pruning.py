@@ -65,7 +65,11 @@ BASE = {
     "dataset": {"name": "mnist5k"},
     "objective": {"type": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 1},
     "pruning": {"methods": ["hydra", "lwm"], "k": [0.05]},
-    "stages": {"pretrain": {"epochs": 1, "lr": 0.05}, "prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}},
+    "stages": {
+        "pretrain": {"epochs": 1, "lr": 0.05},
+        "prune": {"epochs": 1, "lr": 0.1},
+        "finetune": {"epochs": 1, "lr": 0.01},
+    },
 }
 MODES = {
     "uniform_unstructured": {"allocation": "uniform", "granularity": "unstructured"},
@@ -93,7 +97,9 @@ def _tiny(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _specs() -> dict[str, dict[str, Any]]:
-    specs = {f"example:{p.stem}": _tiny(yaml.safe_load(p.read_text())) for p in sorted((ROOT / "examples").glob("*.yaml"))}
+    specs = {
+        f"example:{p.stem}": _tiny(yaml.safe_load(p.read_text())) for p in sorted((ROOT / "examples").glob("*.yaml"))
+    }
     for name, pruning in MODES.items():
         data = json.loads(json.dumps(BASE))
         data["pruning"].update(pruning)

@@ -44,8 +44,11 @@ from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
 from core.pipeline.training import lr_at, make_optimizer, train_step
-from core.pruning.masked import convert_to_masked, set_stage
-from core.pruning.masked import refresh_masks  # noqa: F401  (tests/test_run.py spies on this name)
+from core.pruning.masked import (
+    convert_to_masked,
+    refresh_masks,  # noqa: F401  (tests/test_run.py spies on this name)
+    set_stage,
+)
 from core.pruning.methods import build_pruner, pruner_class
 from core.pruning.pruner import Pruner
 from core.spec import JobSpec, StageSpec

@@ -95,6 +95,7 @@ class Pruner(ABC):
     def check_supported(cls, model: nn.Module, example_input: Tensor) -> None:
         """Refuse (``CoreError`` naming the field) a network this pruner cannot serve; called once at
         job start, before any training."""
+        return None  # a hook with nothing to do by default
 
     # -- variant entry --------------------------------------------------------------------------
     @abstractmethod
@@ -108,9 +109,11 @@ class Pruner(ABC):
     # -- every prune step (core.pipeline.training.StepHook) -------------------------------------
     def set_progress(self, fraction: float) -> None:
         """The fraction of the prune stage done before the coming step."""
+        return None  # a hook with nothing to do by default
 
     def zero_grad(self, step: PruneStep) -> None:
         """Clear the pruner's own gradients (with the optimizer's, before the forward)."""
+        return None  # a hook with nothing to do by default
 
     def penalty(self, step: PruneStep) -> Tensor | None:
         """A term added to the loss that is back-propagated (None: none)."""
@@ -119,6 +122,7 @@ class Pruner(ABC):
     def after_backward(self, step: PruneStep) -> None:
         """After ``backward``, before the optimizer steps: read or change the gradients, or run an
         extra forward/backward of ``step.objective`` on ``step.x, step.y``."""
+        return None  # a hook with nothing to do by default
 
     @abstractmethod
     def after_step(self, step: PruneStep) -> bool:
@@ -128,6 +132,7 @@ class Pruner(ABC):
     # -- end of the prune stage -----------------------------------------------------------------
     def finish(self, model: nn.Module) -> None:
         """Make the masks final (nothing to do when :meth:`after_step`'s masks already are)."""
+        return None  # a hook with nothing to do by default
 
     # -- checkpoint -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
@@ -146,7 +151,7 @@ class Pruner(ABC):
         return {}
 
     def _load_state(self, state: dict[str, Any], model: nn.Module) -> None:
-        pass
+        return None  # no state beyond "kind"
 
 
 __all__ = ["PruneStep", "Pruner", "PrunerContext", "PrunerOptions"]
