@@ -8,7 +8,7 @@ so the difference is the mask alone. The variants are interleaved per iteration 
 to cancel machine noise; each figure is the median of ``--steps`` timed iterations after 2 warm-ups.
 
 ``--allocation global|learned`` and ``--granularity channel`` time the prune step of those modes instead
-(the runner's own ``core.pipeline.pruning_step.VariantPruning`` as the step hook: global top-k after the
+(the runner's own pruner, ``core.pruning.methods.build_pruner``, as the step hook: global top-k after the
 step; learned penalty, rate gradient, rate step and refresh; channel probe reduction and channel
 refresh, with the channel scores and BatchNorm as the optimizer's parameters), against the same lean
 dense TRADES step. ``--k`` is the keep fraction (of weights, or of channels per group at channel
@@ -35,14 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.models.zoo import create_model
 from core.objectives.trades import TradesTraining as TradesObjective
-from core.pipeline.pruning_step import VariantPruning, needs_variant_pruning
 from core.pipeline.training import train_step
-from core.pruning.masked import convert_to_masked, init_scores, set_keep_fraction, set_stage
+from core.pruning.masked import convert_to_masked, set_stage
+from core.pruning.methods import build_pruner
+from core.pruning.pruner import Pruner
 from core.spec import PruningSpec
 
 WARMUP = 2
 K = 0.01
-Variant = tuple[torch.nn.Module, torch.optim.Optimizer, bool, VariantPruning | None]
+Variant = tuple[torch.nn.Module, torch.optim.Optimizer, bool, Pruner | None]
 
 
 def build(
@@ -58,20 +59,16 @@ def build(
     dense.train()
     options = PruningSpec(allocation=allocation, granularity=granularity)  # type: ignore[arg-type]
 
-    def masked(stage: str) -> tuple[torch.nn.Module, VariantPruning | None]:
+    def masked(stage: str) -> tuple[torch.nn.Module, Pruner | None]:
         net = convert_to_masked(copy.deepcopy(dense))
-        pruning = None
-        if needs_variant_pruning(options):
-            assert example is not None
-            pruning = VariantPruning(options, "hydra", k, net, example)
-            pruning.enter(net, "scaled")
-            if stage != "prune":
-                pruning.finish(net)
-                pruning = None
-        else:
-            init_scores(net, "scaled")
-            set_keep_fraction(net, k)
-        return set_stage(net, stage), pruning
+        assert example is not None
+        pruner: Pruner | None = build_pruner(options, "hydra", k, net, example)  # as the runner does
+        assert pruner is not None
+        pruner.enter(net)
+        if stage != "prune":
+            pruner.finish(net)
+            pruner = None
+        return set_stage(net, stage), pruner
 
     (prune, hook), (finetune, _) = masked("prune"), masked("finetune")
 

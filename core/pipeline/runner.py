@@ -6,10 +6,12 @@ bit-for-bit: the model with scores and masks, the optimizer, the RNG states, the
 epoch) and the results so far. The learning rate is a pure function of the iteration (no scheduler
 object to save), and the data order a pure function of (seed, epoch). See docs/ARCHITECTURE.md.
 
-HYDRA as published (uniform allocation, unstructured) is this module's own code path; a global or
-learned allocation or channel granularity is a ``core.pipeline.pruning_step.VariantPruning``, called at
-variant entry, as the prune step's hook, at the end of prune and in the checkpoint. The files, the
-evaluated network and the inference costs come from ``core.pipeline.exporting``.
+Pruning is a variant's ``core.pruning.pruner.Pruner``, which the registry builds for the spec's
+(method, allocation, granularity) (``core.pruning.methods.build_pruner``); this module knows no method
+by name. It calls the pruner at job start (``check_supported``), at variant entry (``enter``), as the
+prune step's hook (``core.pipeline.training.train_step``), at the end of the prune stage (``finish``) and
+in the checkpoint (``state_dict``). The files, the evaluated network and the inference costs come from
+``core.pipeline.exporting``.
 
 The core/worker seam: ``run_job`` takes the user's spec exactly as written (it is what ``spec.json``,
 the report and the resume check see) and, separately, :class:`RunInputs`: the local files standing
@@ -41,11 +43,14 @@ from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
-from core.pipeline.pruning_step import VariantPruning, needs_variant_pruning
 from core.pipeline.training import lr_at, make_optimizer, train_step
-from core.pruning.masked import convert_to_masked, init_scores, refresh_masks, set_keep_fraction, set_stage
-from core.pruning.methods import METHODS
-from core.pruning.structured import check_channel_supported
+from core.pruning.masked import (
+    convert_to_masked,
+    refresh_masks,  # noqa: F401  (tests/test_run.py spies on this name)
+    set_stage,
+)
+from core.pruning.methods import build_pruner, pruner_class
+from core.pruning.pruner import Pruner
 from core.spec import JobSpec, StageSpec
 from core.vocab import (
     CHECKPOINT_NAME,
@@ -108,10 +113,10 @@ class _Runner:
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
         with rng_kept(self.device):
             self.example = example_batch(self.test_ds, self.device)  # tracing, rebuild and ONNX checks
-            if spec.pruning.granularity == "channel":
-                check_channel_supported(self.model, self.example)  # likewise, on pruning.granularity
-        # a non-default allocation/granularity's state while a variant prunes (core.pipeline.pruning_step)
-        self.pruning: VariantPruning | None = None
+            p = spec.pruning
+            for cls in dict.fromkeys(pruner_class(m, p.allocation, p.granularity) for m in p.methods):
+                cls.check_supported(self.model, self.example)  # likewise (channel: on pruning.granularity)
+        self.pruner: Pruner | None = None  # the variant's pruner while its prune stage runs
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
         self.cursor = (0, 0)  # (step index, epochs done within it)
@@ -150,7 +155,7 @@ class _Runner:
             "done_iters": self.done_iters,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "pruning": self.pruning.state_dict() if self.pruning is not None else None,
+            "pruning": self.pruner.state_dict() if self.pruner is not None else None,
             "pretrained": self.pretrained,
             "results": json.dumps(self.results),
             "rng": ckpt.capture_rng_state(),
@@ -171,11 +176,10 @@ class _Runner:
         self.pretrained = state["pretrained"]
         self.results = json.loads(state["results"])
         self._resume_optimizer = state["optimizer"]
-        if state.get("pruning") is not None:  # stopped inside a prune stage
-            step = self.steps[self.cursor[0]]
-            assert step.method is not None
-            self.pruning = VariantPruning(self.spec.pruning, step.method, step.k, self.model, self.example)
-            self.pruning.load_state_dict(state["pruning"], self.model)
+        step = self.steps[self.cursor[0]] if self.cursor[0] < len(self.steps) else None
+        if step is not None and step.kind == "prune" and self.cursor[1] > 0:  # stopped inside a prune stage
+            self.pruner = self._build_pruner(step)
+            self.pruner.load_state_dict(state.get("pruning"), self.model)
         ckpt.restore_rng_state(state["rng"])
 
     # -- steps ------------------------------------------------------------------------------
@@ -209,24 +213,21 @@ class _Runner:
         has_pretrain = any(s.kind == "pretrain" for s in self.steps)
         self.pretrained = None if has_pretrain else self._dense_state()
 
+    def _build_pruner(self, step: Step) -> Pruner:
+        assert step.method is not None
+        return build_pruner(self.spec.pruning, step.method, step.k, self.model, self.example)
+
     def _enter_variant(self, step: Step) -> None:
-        """Start a variant from the shared pretrained network with its mask (scaled score init)."""
-        assert self.pretrained is not None and step.method is not None
+        """Start a variant from the shared pretrained network with its pruner's first mask."""
+        assert self.pretrained is not None
         self.model.load_state_dict(self.pretrained)
-        method = METHODS.get(step.method)
-        score_init = self.spec.pruning.score_init if method.uses_score_init else "scaled"
-        self.pruning = None
-        if needs_variant_pruning(self.spec.pruning):  # global / learned allocation, channel granularity
-            pruning = VariantPruning(self.spec.pruning, step.method, step.k, self.model, self.example)
-            pruning.enter(self.model, score_init)
-            if step.kind == "prune":
-                self.pruning = pruning
-            else:  # no prune stage for this variant (a one-shot baseline): the first mask is final
-                pruning.finish(self.model)
-            return
-        init_scores(self.model, score_init)
-        set_keep_fraction(self.model, step.k)
-        refresh_masks(self.model)
+        pruner = self._build_pruner(step)
+        pruner.enter(self.model)
+        if step.kind == "prune":
+            self.pruner = pruner
+        else:  # no prune stage for this variant (a one-shot baseline): the first mask is final
+            pruner.finish(self.model)
+            self.pruner = None
 
     def _train(self, index: int, step: Step, first_epoch: int) -> None:
         stage = self._stage(step)
@@ -235,8 +236,8 @@ class _Runner:
         if step.kind == "pretrain":
             self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
-        pruning = self.pruning if step.kind == "prune" else None
-        params = pruning.optimizer_parameters(self.model) if pruning is not None else None
+        pruner = self.pruner if step.kind == "prune" else None
+        params = pruner.optimizer_parameters(self.model) if pruner is not None else None
         self.optimizer = make_optimizer(self.model, stage, params)
         if first_epoch > 0 and self._resume_optimizer is not None:
             self.optimizer.load_state_dict(self._resume_optimizer)
@@ -251,9 +252,9 @@ class _Runner:
             self._save()
             payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
             self.cb.on_event(EPOCH_FINISHED, {**payload, "metrics": metrics})
-        if pruning is not None:  # the masks are final from here on (learned: exact budget)
-            pruning.finish(self.model)
-            self.pruning = None
+        if pruner is not None:  # the masks are final from here on (learned: exact budget)
+            pruner.finish(self.model)
+            self.pruner = None
         self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
 
     def _continues_variant(self, index: int, step: Step) -> bool:
@@ -271,7 +272,7 @@ class _Runner:
         ds_spec = self.spec.dataset
         loader = train_loader(self.train_ds, ds_spec.batch_size, step.seed, epoch, ds_spec.num_workers)
         refresh = step.kind == "prune"
-        hook = self.pruning if refresh else None  # global/learned/channel: their own mask update
+        hook = self.pruner if refresh else None  # the variant's pruner: its step hooks and mask update
         loss_sum, correct, seen = 0.0, 0, 0
         n_batches = len(loader)
         for i, (x, y) in enumerate(loader):

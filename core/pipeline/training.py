@@ -12,21 +12,23 @@ from torch import Tensor, nn
 from core.errors import CoreError
 from core.objectives import Objective
 from core.pruning.masked import refresh_masks
+from core.pruning.pruner import PruneStep
 from core.spec import StageSpec
 
 
 class StepHook(Protocol):
-    """What a pruning mode adds to a prune step (``core.pipeline.pruning_step``): its own gradients
-    cleared with the optimizer's, a term added to the loss, a pass after ``backward`` (before the
-    optimizer steps) and the mask update that replaces ``refresh_masks`` after the step."""
+    """What a pruner (``core.pruning.pruner.Pruner``) adds to a prune step. Each hook sees the step
+    (:class:`core.pruning.pruner.PruneStep`: model, objective, optimizer, batch): its own gradients
+    cleared with the optimizer's, a term added to the loss, a pass after ``backward`` before the
+    optimizer steps (where it may run its own forward/backward) and the mask update after the step."""
 
-    def zero_grad(self) -> None: ...
+    def zero_grad(self, step: PruneStep) -> None: ...
 
-    def penalty(self) -> Tensor | None: ...
+    def penalty(self, step: PruneStep) -> Tensor | None: ...
 
-    def after_backward(self, model: nn.Module) -> None: ...
+    def after_backward(self, step: PruneStep) -> None: ...
 
-    def after_step(self, model: nn.Module) -> None: ...
+    def after_step(self, step: PruneStep) -> bool: ...
 
 
 def train_step(
@@ -39,27 +41,28 @@ def train_step(
     refresh: bool = False,
     hook: StepHook | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One optimizer step on ``objective``; ``refresh=True`` (prune stage) recomputes the masks after
-    the step — the only place a mask changes. Returns the detached loss and the clean logits.
+    """One optimizer step on ``objective``; ``refresh=True`` (prune stage) updates the masks after the
+    step — the only place a mask changes. Returns the detached loss and the clean logits.
 
-    ``hook`` (a non-default allocation or granularity in the prune stage) adds its penalty to the loss
-    that is back-propagated (the returned loss is the objective's alone), runs after ``backward`` and
-    updates the masks after the step instead of ``refresh``.
+    ``hook`` (the variant's pruner, in the prune stage) adds its penalty to the loss that is
+    back-propagated (the returned loss is the objective's alone), runs after ``backward`` and updates
+    the masks after the step; when its ``after_step`` returns False (HYDRA as published), the masks
+    are every layer's own top-k (``refresh_masks``).
 
     The same code serves dense and masked networks in every stage, so a masked step costs only the
     mask (see ``bench/prune_step.py``)."""
+    step = PruneStep(model, objective, optimizer, x, y)
     optimizer.zero_grad(set_to_none=True)
     if hook is not None:
-        hook.zero_grad()
+        hook.zero_grad(step)
     loss, logits = objective.loss(model, x, y)
-    penalty = hook.penalty() if hook is not None else None
+    penalty = hook.penalty(step) if hook is not None else None
     (loss if penalty is None else loss + penalty).backward()
     if hook is not None:
-        hook.after_backward(model)
+        hook.after_backward(step)
     optimizer.step()
-    if hook is not None:
-        hook.after_step(model)
-    elif refresh:
+    updated = hook is not None and hook.after_step(step)
+    if refresh and not updated:
         refresh_masks(model)
     return loss.detach(), logits
 

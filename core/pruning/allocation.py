@@ -55,7 +55,6 @@ from torch import Tensor, nn
 
 from core.errors import CoreError
 from core.pruning.masked import _Workspace, check_keep_fraction, kept_count, masked_layers, set_keep_fraction
-from core.pruning.methods import METHODS
 
 #: The vocabularies of ``pruning.allocation`` and ``pruning.granularity`` (the job spec's fields use these types).
 Allocation = Literal["uniform", "global", "learned"]
@@ -78,8 +77,9 @@ def _layers(model: nn.Module) -> list[tuple[str, Any]]:
 
 
 def check_pruning_combination(method: str, allocation: str, granularity: str) -> None:
-    """Refuse combinations this module cannot serve, naming the field: ``learned`` needs trained scores
-    (HYDRA, not the one-shot LWM/L1 baselines); ``channel`` supports the ``uniform`` allocation only."""
+    """Refuse a combination no pruner serves, naming the field: unknown values here, then the method's
+    own list (``core.pruning.methods.PruningMethod.pruners``): ``learned`` needs trained scores (HYDRA,
+    not the one-shot LWM/L1 baselines); ``channel`` goes with the ``uniform`` allocation only."""
     if allocation not in ALLOCATIONS:
         raise CoreError(
             "invalid_allocation",
@@ -92,18 +92,9 @@ def check_pruning_combination(method: str, allocation: str, granularity: str) ->
             "pruning.granularity",
             f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}",
         )
-    if allocation == "learned" and not METHODS.get(method).trains_scores:
-        raise CoreError(
-            "invalid_allocation",
-            "pruning.allocation",
-            f"learned allocation trains per-layer rates with the scores; {method!r} trains no scores",
-        )
-    if granularity == "channel" and allocation != "uniform":
-        raise CoreError(
-            "invalid_allocation",
-            "pruning.allocation",
-            f"channel granularity supports the uniform allocation only, not {allocation!r}",
-        )
+    from core.pruning.methods import pruner_class  # the methods build on this module
+
+    pruner_class(method, allocation, granularity)
 
 
 # ------------------------------------------------------------------ uniform and global
