@@ -5,9 +5,15 @@ and int64 zero labels, deflated (256 MiB declared -> ~264 kB on disk). Each chec
 child process that has imported everything first; its peak RSS is reset (``/proc/self/clear_refs``)
 just before the check, so the growth printed is the check's own. ``loader`` is
 ``build_datasets({"name": "npz", ...})`` (the API's validation until issue 16), ``streamed`` is
-``core.data.npz_check.check_npz`` (the API's validation now). ``--json`` ends with one JSON line.
+``core.data.npz_check.check_npz`` (the API's validation now).
 
-    python bench/upload_check_memory.py [--sizes 64 256 1024] [--json]
+``--weights`` adds the model uploads, against ``vgg16_bn`` (15.3 M parameters) built on the meta
+device as the API does: a 58 MiB safetensors file of it, and a torch zip of it plus a 256 MiB zero
+tensor, deflated to a few hundred kB. ``whole`` is ``core.io.weights.check_weights`` (the API's
+check until issue 16), ``streamed`` is ``core.io.weights_check.check_weights_file``.
+``--json`` ends with one JSON line.
+
+    python bench/upload_check_memory.py [--sizes 64 256 1024] [--weights] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +56,55 @@ print(json.dumps({"growth_mb": (kb("VmHWM:") - base) / 1024, "seconds": time.per
 """
 
 
+WEIGHTS_CHILD = """
+import json, sys, time, torch
+from core.errors import CoreError
+from core.io.weights import check_weights
+from core.io.weights_check import check_weights_file
+from core.models.zoo import create_model
+
+def kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+method, path = sys.argv[1], sys.argv[2]
+with torch.device("meta"):
+    model = create_model("vgg16_bn")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = kb("VmRSS:")
+start = time.perf_counter()
+try:
+    outcome = (check_weights(path, model)[1] if method == "whole" else check_weights_file(path, model))["format"]
+except CoreError as err:
+    outcome = "refused: " + err.message[:90]
+print(json.dumps({"growth_mb": (kb("VmHWM:") - base) / 1024, "seconds": time.perf_counter() - start, "n": outcome}))
+"""
+
+
+def write_weights(folder: Path) -> dict[str, Path]:
+    """vgg16_bn's zero state dict as safetensors, and as a deflated torch zip with a 256 MiB extra."""
+    import io
+
+    import torch
+    from safetensors.torch import save_file
+
+    from core.models.zoo import create_model
+
+    with torch.device("meta"):
+        shapes = {k: (v.shape, v.dtype) for k, v in create_model("vgg16_bn").state_dict().items()}
+    state = {k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
+    files = {"safetensors": folder / "vgg.safetensors", "deflated-pt": folder / "vgg-bomb.pt"}
+    save_file(state, str(files["safetensors"]))
+    buffer = io.BytesIO()
+    torch.save({**state, "junk": torch.zeros(64 * MB)}, buffer)
+    del state
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(files["deflated-pt"], "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            out.writestr(info.filename, source.read(info.filename))
+    return files
+
+
 def write_zeros_npz(path: Path, declared_bytes: int, chunk: int = 4 * MB) -> int:
     """The bomb, written in chunks (this process never holds the arrays). Returns N."""
     n = declared_bytes // (28 * 28)
@@ -66,10 +122,10 @@ def write_zeros_npz(path: Path, declared_bytes: int, chunk: int = 4 * MB) -> int
     return n
 
 
-def measure(method: str, path: Path) -> dict[str, float]:
+def measure(method: str, path: Path, child: str = CHILD) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, method, str(path)], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", child, method, str(path)], capture_output=True, text=True, env=env, check=True
     )
     return dict(json.loads(out.stdout))
 
@@ -77,6 +133,7 @@ def measure(method: str, path: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="declared MiB of images")
+    parser.add_argument("--weights", action="store_true", help="also the model uploads (vgg16_bn)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -93,6 +150,16 @@ def main() -> None:
                     f"peak RSS +{result['growth_mb']:7.1f} MB in {result['seconds']:5.2f} s"
                 )
             path.unlink()
+        if args.weights:
+            sys.path.insert(0, str(ROOT))
+            for kind, path in write_weights(Path(folder)).items():
+                for method in ("whole", "streamed"):
+                    result = measure(method, path, WEIGHTS_CHILD)
+                    rows.append({"file": kind, "file_bytes": path.stat().st_size, "method": method, **result})
+                    print(
+                        f"vgg16_bn {kind:11s} {path.stat().st_size:>11,d} bytes on disk, {method:8s}: "
+                        f"peak RSS +{result['growth_mb']:7.1f} MB in {result['seconds']:5.2f} s -> {result['n']}"
+                    )
     if args.json:
         print(json.dumps({"rows": rows}))
 
