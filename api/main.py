@@ -21,8 +21,8 @@ from api.limits import BodySizeLimitMiddleware
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.routes import api_router, health_router
-from api.upload_slots import UploadConcurrencyMiddleware
 from api.ui import install_ui
+from api.upload_slots import UploadConcurrencyMiddleware
 from service.db.aio import build_async_reader
 from service.logs import RequestContextMiddleware, configure_logging
 from service.settings import Settings, get_settings

@@ -34,7 +34,10 @@ CASES: dict[str, dict[str, Any]] = {
     "explicit-test-split": {"images": _IMGS, "labels": _LAB, "test_images": _IMGS[:5], "test_labels": _LAB[:5] + 2},
     "big-endian-floats": {"images": _rng.random((10, 4, 4)).astype(">f4"), "labels": np.arange(10) % 2},
     "fortran-order": {"images": np.asfortranarray(_rng.random((10, 4, 4))), "labels": np.arange(10) % 2},
-    "nan-late-in-the-array": {"images": np.where(np.arange(4 * 9).reshape(4, 3, 3) == 35, np.nan, 0.5), "labels": np.arange(4)},
+    "nan-late-in-the-array": {
+        "images": np.where(np.arange(4 * 9).reshape(4, 3, 3) == 35, np.nan, 0.5),
+        "labels": np.arange(4),
+    },
     "above-one": {"images": np.full((4, 2, 2), 3.0), "labels": np.arange(4)},
     "int16-images": {"images": np.zeros((4, 2, 2), np.int16), "labels": np.arange(4)},
     "two-dims": {"images": np.zeros((4, 2), np.uint8), "labels": np.arange(4)},

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,9 @@ def test_a_compressed_artifact_and_declared_formats(tmp_path: Path) -> None:
     assert check_weights_file(path, model)["format"] == "compressed"
     assert _outcome(lambda: check_weights_file(path, model)) == _outcome(lambda: check_weights(path, model))
     for fmt in ("state_dict", "hydra"):  # a safetensors file declared as a torch checkpoint
-        assert _outcome(lambda: check_weights_file(path, model, fmt)) == _outcome(lambda: check_weights(path, model, fmt))
+        streamed = _outcome(partial(check_weights_file, path, model, fmt))
+        assert streamed == _outcome(partial(check_weights, path, model, fmt))
+        assert streamed[0] == "refused" and "declared a torch" in streamed[3]
 
 
 def test_a_torch_zip_with_deflated_members_is_refused_before_reading(tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ def check_image_values(dtype: np.dtype, finite: bool, lo: float, hi: float, key:
 def image_layout(shape: tuple[int, ...], key: str) -> tuple[tuple[int, ...], bool]:
     """The (N, C, H, W) shape of an image array of ``shape``, and whether it is stored channels-last."""
     channels_last = False
+    nchw: tuple[int, ...]
     if len(shape) == 3:
         nchw = (shape[0], 1, shape[1], shape[2])
     elif len(shape) == 4:

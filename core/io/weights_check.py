@@ -83,7 +83,9 @@ def _in_chunks(tensors: dict[str, torch.Tensor], chunk_bytes: int) -> Callable[[
     return lambda name: tensor_chunks(tensors[name], max(1, chunk_bytes // 8))
 
 
-def _safetensors_values(path: Path, header: dict[str, Any], chunk_bytes: int) -> Callable[[str], Iterable[torch.Tensor]]:
+def _safetensors_values(
+    path: Path, header: dict[str, Any], chunk_bytes: int
+) -> Callable[[str], Iterable[torch.Tensor]]:
     with path.open("rb") as f:
         data_start = 8 + int.from_bytes(f.read(8), "little")
 
@@ -148,7 +150,9 @@ def check_weights_file(
         bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
         if bad:
             raise _invalid(f"entries that are not tensors: {', '.join(map(repr, bad[:10]))}")
-        detected = fmt if fmt != "auto" else "hydra" if any(k.endswith(".popup_scores") for k in state) else "state_dict"
+        detected = (
+            fmt if fmt != "auto" else "hydra" if any(k.endswith(".popup_scores") for k in state) else "state_dict"
+        )
         raw = dict(state)
         values = _in_chunks(raw, chunk_bytes)
     _source, info = verify_tensors(raw, model, values)

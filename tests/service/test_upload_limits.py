@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from svc_helpers import assert_error, build_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_npz_check import write_zeros_npz  # noqa: E402  (tests/ is not a package)
+from test_npz_check import write_zeros_npz
 
 MB = 1024 * 1024
 
