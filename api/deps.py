@@ -111,7 +111,7 @@ QueueDep = Annotated[JobQueue, Depends(get_job_queue)]
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key from `hydra-service create-key`.")
 
 
-def _unauthorized() -> ApiError:
+def unauthorized() -> ApiError:
     return ApiError(
         ErrorCode.UNAUTHORIZED, "missing, invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
     )
@@ -120,6 +120,21 @@ def _unauthorized() -> ApiError:
 def _authenticate_sync(settings: Settings, token: str) -> Principal | None:
     with get_read_sessionmaker(settings)() as session:
         return keys.authenticate(session, token)
+
+
+async def lookup_principal(request: Request, settings: Settings, token: str) -> Principal | None:
+    """The live key ``token`` names (from the auth cache, else the database), or None."""
+    cache = build_auth_cache(settings)
+    principal = cache.get(token)
+    if principal is None:
+        reader = async_reader_for(request, settings)
+        if reader is not None:
+            principal = await reader.authenticate(token)
+        else:
+            principal = await run_in_threadpool(_authenticate_sync, settings, token)
+        if principal is not None:
+            cache.put(token, principal)
+    return principal
 
 
 async def get_principal(
@@ -131,21 +146,12 @@ async def get_principal(
     Every authenticated request runs this, so it resolves settings, reader and limiter itself rather
     than through sub-dependencies (each costs a resolution step per request)."""
     if credentials is None or not credentials.credentials:
-        raise _unauthorized()
+        raise unauthorized()
     settings = await get_app_settings(request)
-    reader = async_reader_for(request, settings)
     limiter = build_rate_limiter(settings)
-    token = credentials.credentials
-    cache = build_auth_cache(settings)
-    principal = cache.get(token)
+    principal = await lookup_principal(request, settings, credentials.credentials)
     if principal is None:
-        if reader is not None:
-            principal = await reader.authenticate(token)
-        else:
-            principal = await run_in_threadpool(_authenticate_sync, settings, token)
-        if principal is None:
-            raise _unauthorized()
-        cache.put(token, principal)
+        raise unauthorized()
     bind_log_context(tenant=principal.tenant_name)  # on every later log line of this request
     if isinstance(limiter, (MemoryRateLimiter, NoRateLimit)):
         retry_after = limiter.hit(principal.api_key_id)  # in memory: no I/O, no thread hop

@@ -45,6 +45,8 @@ class ErrorCode(enum.Enum):
     RATE_LIMITED = ("rate_limited", 429)
     INTERNAL_ERROR = ("internal_error", 500)
     SERVICE_UNAVAILABLE = ("service_unavailable", 503)
+    TOO_MANY_UPLOADS = ("too_many_uploads", 429)  # this key's concurrent uploads (api/upload_slots.py)
+    UPLOADS_BUSY = ("uploads_busy", 503)  # the process's concurrent uploads, all keys together
 
     @property
     def code(self) -> str:

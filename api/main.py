@@ -22,6 +22,7 @@ from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.routes import api_router, health_router
 from api.ui import install_ui
+from api.upload_slots import UploadConcurrencyMiddleware
 from service.db.aio import build_async_reader
 from service.logs import RequestContextMiddleware, configure_logging
 from service.settings import Settings, get_settings
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.add_middleware(UploadConcurrencyMiddleware, settings=effective)  # inside the size limit
     app.add_middleware(BodySizeLimitMiddleware, settings=effective)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)

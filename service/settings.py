@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         1024 * MB, ge=1, description="Largest size an uploaded .npz may unpack to (checked from its headers)."
     )
+    max_concurrent_uploads_per_key: int = Field(
+        2, ge=1, description="Uploads one API key may have in progress per API process; more get 429."
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Uploads in progress per API process, all keys together; more get 503."
+    )
     rate_limit_per_minute: int = Field(600, ge=0, description="Requests per API key per minute; 0 disables.")
     rate_limit_backend: Literal["memory", "redis"] = Field(
         "memory", description="memory: per API process; redis (needs a redis:// broker): shared by all processes."

@@ -1,4 +1,4 @@
-"""Uploaded datasets: one ``.npz`` of plain arrays, validated by the core's own loader on arrival.
+"""Uploaded datasets: one ``.npz`` of plain arrays, validated by the core's loader rules on arrival (streamed).
 
 Only ``.npz`` is accepted (loaded with ``allow_pickle=False``): archives that must be extracted are
 refused outright, since ``tarfile``'s safety filter has known bypasses on our Python (docs/ARCHITECTURE.md).
@@ -26,15 +26,14 @@ _FORM_FIELD = {"dataset.path": "file", "dataset.num_classes": "num_classes"}
 
 
 def validate_npz(path: str, num_classes: int | None) -> dict[str, Any]:
-    """Load the file exactly as a job would and return what it holds.
+    """Every check the worker's loader (``build_datasets``) makes, streamed from the stored file.
 
-    Uses ``core.data.datasets.build_datasets`` (the worker's loader), so "accepted here" means "loads there".
-    TODO(lead): switch to a dedicated ``core.data.datasets`` validation function if one is added; this one
-    builds the tensors once, which is fine up to ``max_upload_bytes``."""
-    from core.data.datasets import build_datasets  # lazy: only the routes that need it build networks
+    ``core.data.npz_check`` applies the loader's own rules to per-array summaries read in chunks, so
+    "accepted here" still means "loads there", and the API never holds a decompressed array: its
+    memory per upload stays a few times ``CHUNK_BYTES`` whatever the file declares."""
+    from core.data.npz_check import check_npz  # lazy: only this route reads datasets
 
-    _train, _test, info = build_datasets({"name": "npz", "path": path, "num_classes": num_classes}, seed=0)
-    return info
+    return check_npz(path, num_classes)
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, responses=ERRORS)
@@ -65,7 +64,7 @@ def upload_dataset(
             name=name or file.filename or dataset_id,
             storage_key=key,
             num_classes=int(info["num_classes"]),
-            n_samples=int(info["n_train"]) + int(info["n_test"]),
+            n_samples=int(info["n_samples"]),
             input_shape=[int(s) for s in info["input_shape"]],
             size=received.size,
             sha256=received.sha256,

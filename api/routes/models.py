@@ -88,7 +88,8 @@ def upload_model(
 ) -> UploadedModel:
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
-    from core.io.weights import check_weights, precheck_weights_file  # lazy: only this route reads weights files
+    from core.io.weights import precheck_weights_file  # lazy: only this route reads weights files
+    from core.io.weights_check import check_weights_file
     from core.models.zoo import list_models
 
     if arch not in list_models() and not arch.startswith("torchvision:"):
@@ -100,7 +101,7 @@ def upload_model(
         try:
             precheck_weights_file(received.path, declared)  # garbage is refused before any network is built
             model = _build_for_check(arch, arch_kwargs)
-            _, info = check_weights(received.path, model, declared)
+            info = check_weights_file(received.path, model, declared)  # streamed: memory stays a few chunks
         except CoreError as err:
             raise _upload_error(err, received.path.name, file.filename) from err
         except TypeError as exc:

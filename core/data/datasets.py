@@ -179,48 +179,91 @@ def _bad(message: str) -> CoreError:
     return CoreError("invalid_dataset", "dataset.path", message)
 
 
-def _images_nchw(images: np.ndarray, key: str) -> np.ndarray:
-    """Check an image array and return it as (N, C, H, W), uint8 or float32 in [0, 1]."""
-    if images.dtype == np.uint8:
-        pass
-    elif images.dtype.kind == "f":
-        if not np.isfinite(images).all():
+def check_image_values(dtype: np.dtype, finite: bool, lo: float, hi: float, key: str) -> None:
+    """The value rules of an image array, from its dtype and summary (all finite; min and max, or
+    0, 0 when empty): uint8, or float in [0, 1] without NaN/Inf. Shared by the in-memory loader and
+    the streamed upload check (``core.data.npz_check``), so both refuse the same files alike."""
+    if dtype == np.uint8:
+        return
+    if dtype.kind == "f":
+        if not finite:
             raise _bad(f"'{key}' contains NaN or Inf")
-        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
         if lo < 0.0 or hi > 1.0:
             raise _bad(f"float '{key}' must lie in [0, 1]; found values in [{lo:g}, {hi:g}]")
-        images = images.astype(np.float32, copy=False)
-    else:
-        raise _bad(f"'{key}' must be uint8 or float in [0, 1], not {images.dtype}")
-    if images.ndim == 3:
-        images = images[:, None]
-    elif images.ndim == 4:
-        channels_first, channels_last = images.shape[1] in (1, 3), images.shape[3] in (1, 3)
+        return
+    raise _bad(f"'{key}' must be uint8 or float in [0, 1], not {dtype}")
+
+
+def image_layout(shape: tuple[int, ...], key: str) -> tuple[tuple[int, ...], bool]:
+    """The (N, C, H, W) shape of an image array of ``shape``, and whether it is stored channels-last."""
+    channels_last = False
+    nchw: tuple[int, ...]
+    if len(shape) == 3:
+        nchw = (shape[0], 1, shape[1], shape[2])
+    elif len(shape) == 4:
+        channels_first, channels_last = shape[1] in (1, 3), shape[3] in (1, 3)
         if channels_last and not channels_first:
-            images = images.transpose(0, 3, 1, 2)
+            nchw = (shape[0], shape[3], shape[1], shape[2])
         elif not channels_first:
-            raise _bad(f"cannot find the channel axis (1 or 3 channels) of '{key}' with shape {images.shape}")
+            raise _bad(f"cannot find the channel axis (1 or 3 channels) of '{key}' with shape {shape}")
+        else:
+            nchw, channels_last = tuple(shape), False
     else:
-        raise _bad(f"'{key}' must have 3 or 4 dimensions (N,H,W[,C]) or (N,C,H,W), got shape {images.shape}")
-    if images.shape[0] == 0 or min(images.shape[2:]) == 0:
-        raise _bad(f"'{key}' is empty (shape {images.shape})")
+        raise _bad(f"'{key}' must have 3 or 4 dimensions (N,H,W[,C]) or (N,C,H,W), got shape {shape}")
+    if nchw[0] == 0 or min(nchw[2:]) == 0:
+        raise _bad(f"'{key}' is empty (shape {nchw})")
+    return nchw, channels_last
+
+
+def _images_nchw(images: np.ndarray, key: str) -> np.ndarray:
+    """Check an image array and return it as (N, C, H, W), uint8 or float32 in [0, 1]."""
+    is_float = images.dtype.kind == "f"
+    finite = bool(np.isfinite(images).all()) if is_float else True
+    lo, hi = (float(images.min()), float(images.max())) if is_float and finite and images.size else (0.0, 0.0)
+    check_image_values(images.dtype, finite, lo, hi, key)
+    if is_float:
+        images = images.astype(np.float32, copy=False)
+    nchw, channels_last = image_layout(tuple(images.shape), key)
+    images = images.transpose(0, 3, 1, 2) if channels_last else images.reshape(nchw)
     return np.ascontiguousarray(images)
 
 
-def _labels(labels: np.ndarray, n: int, key: str, num_classes: int | None) -> np.ndarray:
-    if labels.ndim != 1:
-        raise _bad(f"'{key}' must be one-dimensional (N,), got shape {labels.shape}")
-    if labels.shape[0] != n:
-        raise _bad(f"'{key}' has {labels.shape[0]} entries but the images have N = {n}")
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or not (labels == np.round(labels)).all():
+def check_labels(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    integral: bool,
+    lo: int | float,
+    hi: int | float,
+    n: int,
+    key: str,
+    num_classes: int | None,
+) -> None:
+    """The rules of a label array, from its shape, dtype and summary (for floats: all finite and whole;
+    min and max, unused when empty) against ``n`` images. Shared with ``core.data.npz_check``."""
+    if len(shape) != 1:
+        raise _bad(f"'{key}' must be one-dimensional (N,), got shape {shape}")
+    if shape[0] != n:
+        raise _bad(f"'{key}' has {shape[0]} entries but the images have N = {n}")
+    if dtype.kind == "f":
+        if not integral:
             raise _bad(f"'{key}' must be integers")
-    elif labels.dtype.kind not in "iu":
-        raise _bad(f"'{key}' must be integers, not {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise _bad(f"'{key}' contains negative class {int(labels.min())}")
-    if num_classes is not None and labels.size and labels.max() >= num_classes:
-        raise _bad(f"'{key}' contains class {int(labels.max())} but dataset.num_classes is {num_classes}")
+    elif dtype.kind not in "iu":
+        raise _bad(f"'{key}' must be integers, not {dtype}")
+    if shape[0] and lo < 0:
+        raise _bad(f"'{key}' contains negative class {int(lo)}")
+    if num_classes is not None and shape[0] and hi >= num_classes:
+        raise _bad(f"'{key}' contains class {int(hi)} but dataset.num_classes is {num_classes}")
+
+
+def _labels(labels: np.ndarray, n: int, key: str, num_classes: int | None) -> np.ndarray:
+    shape = tuple(labels.shape)
+    numeric = labels.dtype.kind in "fiu" and labels.ndim == 1 and labels.shape[0] == n
+    integral = True
+    if numeric and labels.dtype.kind == "f":
+        integral = bool(np.isfinite(labels).all() and (labels == np.round(labels)).all())
+    ordered = numeric and integral and labels.size > 0
+    lo, hi = (labels.min().item(), labels.max().item()) if ordered else (0, 0)
+    check_labels(shape, labels.dtype, integral, lo, hi, n, key, num_classes)
     return labels.astype(np.int64)
 
 

@@ -119,11 +119,12 @@ def _why_torch_refused(err: Exception) -> str:
     return f"{type(err).__name__}: {first[:300]}"
 
 
-def _torch_load(path: Path, field: str | None) -> Any:
+def _torch_load(path: Path, field: str | None, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; ``mmap``: tensors stay in the (zip) file, read on use."""
     if not path.is_file():
         raise CoreError("checkpoint_not_found", field, f"no checkpoint file at {str(path)!r}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # refused pickle payloads, corrupt zips, truncated files
         raise CoreError(
             "invalid_checkpoint",

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,9 +350,21 @@ def _derived_keys(model: nn.Module, target: dict[str, torch.Tensor]) -> set[str]
     return optional & target.keys()
 
 
+def _whole(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    yield tensor
+
+
 def _check(
-    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], optional: set[str], origin: dict[str, str]
+    source: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    optional: set[str],
+    origin: dict[str, str],
+    values: Callable[[str], Iterable[torch.Tensor]] | None = None,
 ) -> list[str]:
+    """The problems of ``source`` against ``target``. ``values(key)`` yields the values of
+    ``source[key]`` in pieces (default: the tensor whole), so a check can read them in chunks while
+    ``source`` holds only shapes and dtypes (tensors on the ``meta`` device)."""
+    pieces = values or (lambda key: _whole(source[key]))
     problems: list[str] = []
     unexpected = sorted(origin[k] for k in source.keys() - target.keys())
     if unexpected:
@@ -374,12 +387,14 @@ def _check(
             # float16 (or float64) where the network holds float32 is refused, not silently cast
             problems.append(f"{key}: dtype {src.dtype} in the checkpoint, {dst.dtype} in the model")
             continue
-        if src.is_floating_point() and not bool(torch.isfinite(src).all()):
+        if src.is_floating_point() and not all(bool(torch.isfinite(v).all()) for v in pieces(key)):
             problems.append(f"{key}: contains NaN or Inf")
-        elif key.endswith(".mask") and not bool(((src == 0) | (src == 1)).all()):
+        elif key.endswith(".mask") and not all(bool(((v == 0) | (v == 1)).all()) for v in pieces(key)):
             problems.append(f"{key}: a mask must hold only 0 and 1")
-        elif key.endswith(".keep") and not 0.0 <= float(src) <= 1.0:
-            problems.append(f"{key}: keep fraction {float(src)} is outside [0, 1]")
+        elif key.endswith(".keep"):
+            keep = float(next(iter(pieces(key))).reshape(()))  # the target's shape: one value
+            if not 0.0 <= keep <= 1.0:
+                problems.append(f"{key}: keep fraction {keep} is outside [0, 1]")
     return problems
 
 
@@ -397,16 +412,28 @@ def check_weights(
     ``{"format", "loaded", "derived"}``. Raises ``CoreError("invalid_checkpoint", ...)``."""
     target = model.state_dict()
     raw, detected = read_state_dict(path, fmt, max_bytes=_state_bytes(target))
+    source, info = verify_tensors(raw, model)
+    return source, {"format": detected, **info}
+
+
+def verify_tensors(
+    raw: dict[str, torch.Tensor], model: nn.Module, values: Callable[[str], Iterable[torch.Tensor]] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checks of ``check_weights`` on tensors already read, keys as stored; ``values(name)``
+    yields a stored tensor's values in pieces when ``raw`` holds only shapes (``core.io.weights_check``).
+    Returns the renamed tensors and ``{"loaded", "derived"}``."""
+    target = model.state_dict()
     if not raw:
         raise _invalid("the checkpoint holds no tensors")
     source, origin = _rename(raw, set(target))
     optional = _derived_keys(model, target)
-    problems = _check(source, target, optional, origin)
+    by_key = None if values is None else (lambda key: values(origin[key]))
+    problems = _check(source, target, optional, origin, by_key)
     if problems:
         shown = problems[:_MAX_LISTED_PROBLEMS]
         more = len(problems) - len(shown)
         raise _invalid("; ".join(shown) + (f"; and {more} more problems" if more > 0 else ""))
-    return source, {"format": detected, "loaded": sorted(source), "derived": sorted(target.keys() - source.keys())}
+    return source, {"loaded": sorted(source), "derived": sorted(target.keys() - source.keys())}
 
 
 def load_weights(
@@ -450,4 +477,5 @@ __all__ = [
     "sniff_format",
     "precheck_weights_file",
     "safetensors_header",
+    "verify_tensors",
 ]

@@ -3,7 +3,7 @@
 Every file is generated here, small, from what an attacker would send: pickles in every container
 torch reads (zip ``.pt``/``.pth``/``.pth.tar``, the legacy pickle stream, the legacy tar, a pickle
 inside a state dict, a bare pickle, one renamed ``.safetensors`` or ``.npz``), ``.npz`` files with
-object arrays, compression bombs and headers declaring terabytes, safetensors headers that lie
+object arrays, compression bombs (npz and torch zips) and headers declaring terabytes, safetensors headers that lie
 (offsets, sizes, duplicate keys, a huge header), HYDRA compressed artifacts declaring billions of
 weights, truncated files, NaN/Inf weights, float16 where the network holds float32, wrong shapes and
 extra keys. For each one:
@@ -142,6 +142,17 @@ def _npz_bomb() -> bytes:
     n = DATASET_LIMIT // (28 * 28) + 1000
     out = io.BytesIO()
     np.savez_compressed(out, images=np.zeros((n, 28, 28), np.uint8), labels=np.zeros(n, np.int64))
+    return out.getvalue()
+
+
+def _deflated_torch_zip() -> bytes:
+    """The network's torch checkpoint plus 2 MB of zeros, re-zipped with deflate: ~60 kB that torch
+    would inflate (memory-mapping needs the members stored, as ``torch.save`` writes them)."""
+    source = zipfile.ZipFile(io.BytesIO(_torch({**_net_state(), "pad": torch.zeros(MB // 2)})))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, source.read(info.filename))
     return out.getvalue()
 
 
@@ -384,6 +395,14 @@ CORPUS: dict[str, tuple[str, str, Callable[[Path], bytes], dict[str, str], int, 
         {},
         422,
         ("unexpected keys", "head.weight"),
+    ),
+    "deflated-torch-zip": (
+        "models",
+        "net.pt",
+        lambda m: _deflated_torch_zip(),
+        {},
+        422,
+        ("compressed member", "refused before reading"),
     ),
     "truncated-torch-zip": ("models", "net.pt", lambda m: _torch(_net_state())[:4000], {}, 422, ("truncated zip",)),
     "npz-as-model": ("models", "net.pt", lambda m: _npz(**_digits()), {}, 422, ("not a torch checkpoint", "data.pkl")),
