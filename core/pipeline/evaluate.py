@@ -212,9 +212,7 @@ def _run_attacks(
     for attack in attacks:
         stop_if_asked(should_stop, f"the final evaluation, before {attack.name}")
         sample = robust if attack.sample == "robust" and robust is not None else final
-        flags = attack.run(
-            model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop
-        )
+        flags = attack.run(model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop)
         tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
         on_headline = flags if sample is headline else headline.of_final(flags)
         accuracies[attack.name] = float(on_headline.float().mean())

@@ -13,6 +13,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from core.errors import RunCanceled
 from core.robust.attacks import pgd, smooth_relu_backward
 from core.robust.suite.base import Attack, AttackSettings, ShouldStop, never_stop, register_attack, stop_if_asked
 
@@ -39,20 +40,23 @@ def pgd_flags(
     for i in range(0, len(x), batch_size):
         stop_if_asked(should_stop, where)
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        with smooth_relu_backward(model, relu_tau) if relu_tau else contextlib.nullcontext():
-            x_adv = pgd(
-                model,
-                xb,
-                yb,
-                norm=norm,
-                eps=eps,
-                step_size=step_size,
-                steps=steps,
-                restarts=restarts,
-                random_start=True,
-                loss="ce",
-                should_stop=should_stop,
-            )
+        try:
+            with smooth_relu_backward(model, relu_tau) if relu_tau else contextlib.nullcontext():
+                x_adv = pgd(
+                    model,
+                    xb,
+                    yb,
+                    norm=norm,
+                    eps=eps,
+                    step_size=step_size,
+                    steps=steps,
+                    restarts=restarts,
+                    random_start=True,
+                    loss="ce",
+                    should_stop=should_stop,
+                )
+        except RunCanceled as exc:  # asked between two steps: say which attack it stopped
+            raise RunCanceled(f"canceled during the final evaluation, in {where}") from exc
         with torch.no_grad():
             out[i : i + batch_size] = model(x_adv).argmax(1) == yb
     return out
