@@ -21,9 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
 from core.registry import import_submodules
 from core.robust.suite.base import (
     ATTACKS,
@@ -31,6 +28,7 @@ from core.robust.suite.base import (
     AttackGroup,
     AttackSettings,
     ShouldStop,
+    clean_flags,
     never_stop,
     planned_attacks,
     register_attack,
@@ -39,19 +37,6 @@ from core.robust.suite.base import (
 )
 
 MASKING_MARGIN = 0.02
-
-MODULES = import_submodules(__name__, skip=("base",))
-
-from core.robust.suite.autoattack import autoattack_flags, autoattack_plan  # noqa: E402  (registered above)
-from core.robust.suite.pgd import pgd_flags  # noqa: E402
-
-
-@torch.no_grad()
-def clean_flags(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """Per example: is the clean input classified correctly."""
-    return torch.cat(
-        [model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
-    )
 
 
 def masking_check(accuracies: dict[str, float]) -> dict[str, Any]:
@@ -74,6 +59,12 @@ def masking_check(accuracies: dict[str, float]) -> dict[str, Any]:
         f"{100 * MASKING_MARGIN:.0f} points",
     }
 
+
+# Last, so that a plug-in module may import anything above: each module registers its attacks.
+MODULES = import_submodules(__name__, skip=("base",))
+
+from core.robust.suite.autoattack import autoattack_flags, autoattack_plan  # noqa: E402  (imported above)
+from core.robust.suite.pgd import pgd_flags  # noqa: E402
 
 __all__ = [
     "ATTACKS",

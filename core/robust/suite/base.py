@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from core.errors import RunCanceled
@@ -68,6 +69,14 @@ def stop_checked_forward(model: nn.Module, should_stop: ShouldStop, where: str) 
         yield
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def clean_flags(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """Per example: is the clean input classified correctly."""
+    return torch.cat(
+        [model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
+    )
 
 
 @dataclass(frozen=True)
