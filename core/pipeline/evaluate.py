@@ -29,6 +29,7 @@ from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
 from core.robust.attacks import pgd
 from core.robust.suite import (
     MASKING_MARGIN,
+    Attack,
     AttackSettings,
     ShouldStop,
     clean_flags,
@@ -185,6 +186,26 @@ def _attack_settings(spec: JobSpec, seed: int, num_classes: int) -> AttackSettin
     )
 
 
+class _WorstCase:
+    """Per example of the headline sample: correct clean and under every attack so far (``robust_acc``),
+    and under every member of each group so far (``autoattack_acc``); and each attack's accuracy there
+    (what the gradient-masking check compares)."""
+
+    def __init__(self, headline: _Sample, clean: torch.Tensor) -> None:
+        self.headline = headline
+        self.clean = headline.of_final(clean)
+        self.flags = self.clean.clone()
+        self.groups: dict[str, torch.Tensor] = {}
+        self.accuracies: dict[str, float] = {}
+
+    def add(self, attack: Attack, sample: _Sample, flags: torch.Tensor) -> None:
+        on_headline = flags if sample is self.headline else self.headline.of_final(flags)
+        self.accuracies[attack.name] = float(on_headline.float().mean())
+        self.flags &= on_headline
+        if attack.group is not None:
+            self.groups[attack.group.name] = self.groups.get(attack.group.name, self.clean) & on_headline
+
+
 def _run_attacks(
     model: nn.Module,
     test_ds: Dataset,
@@ -204,35 +225,26 @@ def _run_attacks(
     if any(attack.sample == "robust" for attack in attacks):
         robust = _draw_robust(test_ds, settings.evaluation.autoattack_max_samples, final, settings.seed, samples)
     headline = robust or final
+    worst = _WorstCase(headline, clean)
     last_of_group = {attack.group.name: attack.name for attack in attacks if attack.group is not None}
-    group_flags: dict[str, torch.Tensor] = {}
-    accuracies: dict[str, float] = {}  # on the headline sample, for the gradient-masking check
-    worst = headline.of_final(clean).clone()
     torch.manual_seed(settings.seed)  # once: the attacks' order fixes what each draws (Attack.order)
     for attack in attacks:
-        stop_if_asked(should_stop, f"the final evaluation, before {attack.name}")
+        stop_if_asked(should_stop, f"before {attack.label(settings)}")
         sample = robust if attack.sample == "robust" and robust is not None else final
         flags = attack.run(model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop)
         tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
-        on_headline = flags if sample is headline else headline.of_final(flags)
-        accuracies[attack.name] = float(on_headline.float().mean())
-        worst &= on_headline
-        if attack.group is not None:
-            group = attack.group
-            group_flags[group.name] = group_flags.get(group.name, headline.of_final(clean)) & on_headline
-            if last_of_group[group.name] == attack.name:
-                tally.add_flags(group.metric, group_flags[group.name], group.procedure(settings, headline.on))
+        worst.add(attack, sample, flags)
+        group = attack.group
+        if group is not None and last_of_group[group.name] == attack.name:
+            tally.add_flags(group.metric, worst.groups[group.name], group.procedure(settings, headline.on))
     labels = ", ".join(attack.label(settings) for attack in attacks)
-    tally.add_flags(
-        "robust_acc",
-        worst,
-        (
-            f"per-example worst case over {labels} ({settings.ball}): an example counts only if it "
-            f"is classified correctly clean and under every attack, {headline.on}"
-        ),
+    procedure = (
+        f"per-example worst case over {labels} ({settings.ball}): an example counts only if it "
+        f"is classified correctly clean and under every attack, {headline.on}"
     )
+    tally.add_flags("robust_acc", worst.flags, procedure)
     if any(attack.gradient_free for attack in attacks):
-        return {"gradient_masking": masking_check(accuracies)}
+        return {"gradient_masking": masking_check(worst.accuracies)}
     return {}
 
 
@@ -252,12 +264,12 @@ def _certify(
     ev = spec.evaluation
     seed = sample_seed(spec)
     full = len(test_ds)  # type: ignore[arg-type]
-    stop_if_asked(should_stop, "the final evaluation, before the certification")
+    stop_if_asked(should_stop, "before the certification")
     cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
     cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
     samples["certified"] = describe_sample(cert_ds, full, seed)
     xc, yc = _tensors(cert_ds)
-    with stop_checked_forward(model, should_stop, "the certification"):
+    with stop_checked_forward(model, should_stop, "in the certification"):
         cert = objective.certify(model, xc.to(device), yc.to(device), ev, seed)
     assert cert is not None
     procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}

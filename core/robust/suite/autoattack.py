@@ -160,7 +160,7 @@ def autoattack_component_flags(
         return flags
     aa = _reference_autoattack(model, x.device, norm, eps, num_classes, seed)
     aa.attacks_to_run = [attack]
-    with _stoppable(aa, model, should_stop, f"AutoAttack {attack.upper()}"):
+    with _stoppable(aa, model, should_stop, f"in AutoAttack {attack.upper()}"):
         x_adv, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
     with torch.no_grad():
         pred = torch.cat([model(x_adv[i : i + batch_size]).argmax(1) for i in range(0, len(idx), batch_size)])

@@ -50,9 +50,10 @@ def never_stop() -> bool:
 
 
 def stop_if_asked(should_stop: ShouldStop, where: str) -> None:
-    """Raise ``RunCanceled`` when ``should_stop()`` says so; ``where`` names the stage for the log."""
+    """Raise ``RunCanceled`` when ``should_stop()`` says so; ``where`` names the stage for the log
+    ("in PGD", "before the certification")."""
     if should_stop():
-        raise RunCanceled(f"canceled during the final evaluation, in {where}")
+        raise RunCanceled(f"canceled during the final evaluation, {where}")
 
 
 @contextlib.contextmanager

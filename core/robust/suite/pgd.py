@@ -35,7 +35,7 @@ def pgd_flags(
     """Per example: is the PGD example (CE, random start, worst of ``restarts``) classified correctly.
     With ``relu_tau`` the attack follows the smooth ReLU backward (``smooth_relu_backward``).
     ``should_stop`` is asked before every batch and every attack step (``RunCanceled``)."""
-    where = "PGD" if relu_tau is None else "the smooth-ReLU PGD"
+    where = "in PGD" if relu_tau is None else "in the smooth-ReLU PGD"
     out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for i in range(0, len(x), batch_size):
         stop_if_asked(should_stop, where)
@@ -56,7 +56,7 @@ def pgd_flags(
                     should_stop=should_stop,
                 )
         except RunCanceled as exc:  # asked between two steps: say which attack it stopped
-            raise RunCanceled(f"canceled during the final evaluation, in {where}") from exc
+            raise RunCanceled(f"canceled during the final evaluation, {where}") from exc
         with torch.no_grad():
             out[i : i + batch_size] = model(x_adv).argmax(1) == yb
     return out
