@@ -9,6 +9,7 @@ forward pass, requests the stop from another thread after a short delay, and ass
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def stop_after(
         at.append(time.monotonic())
         requested.set()
 
+    trace = sys.gettrace()
     timer = threading.Timer(delay_s, request)
     timer.start()
     try:
@@ -61,6 +63,7 @@ def stop_after(
         timer.cancel()
     assert not model.training  # put back in the mode it came in (eval)
     assert not model._forward_pre_hooks  # no stop hook left behind
+    assert sys.gettrace() is trace  # nor pyautoattack's check_dynamic tracer
     return raised.value, latency
 
 
