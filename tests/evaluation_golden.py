@@ -66,7 +66,7 @@ SCENARIOS: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def tiny_network(num_classes: int, seed: int = 0) -> nn.Module:
+def tiny_network(num_classes: int, seed: int = 0) -> nn.Sequential:
     """A 1x8x8-input MLP with seeded weights (supported by the bounds, ReLU modules for smooth PGD)."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, num_classes)).eval()
