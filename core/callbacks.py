@@ -3,8 +3,9 @@
 ``run_job`` calls these hooks; the default implementation does nothing. The worker's subclass writes
 progress to the job row (throttled), appends events, uploads checkpoints and artifacts to object
 storage, and answers ``should_cancel`` from the row. Hooks must be cheap or throttle themselves:
-``on_progress`` and ``should_cancel`` are called once per batch (``should_cancel`` also between steps and
-between the attacks of a final evaluation).
+``on_progress`` and ``should_cancel`` are called once per batch (``should_cancel`` also between steps and,
+in a final evaluation, inside every attack and certificate: per attack step, per forward pass where a
+library runs its own loop, so it must be cheap: a flag, a throttled poll).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class RunCallbacks:
         """Called every batch. ``fraction`` is of the whole run, in [0, 1]."""
 
     def should_cancel(self) -> bool:
-        """Checked every batch, between steps and between the attacks of an evaluation; returning True
+        """Checked every batch, between steps and inside the attacks of an evaluation; returning True
         stops the run with ``RunCanceled`` (no checkpoint is lost)."""
         return False
 

@@ -13,7 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from core.robust.suite import autoattack_flags, autoattack_plan, clean_flags, masking_check, pgd_flags
+from core.robust.suite import (
+    ATTACKS,
+    AttackSettings,
+    autoattack_flags,
+    autoattack_plan,
+    clean_flags,
+    masking_check,
+    pgd_flags,
+    planned_attacks,
+)
+from core.spec import EvaluationSpec
 
 EPS = 0.1
 
@@ -125,3 +135,43 @@ def test_masked_gradients_are_flagged_and_the_worst_case_still_counts_square():
 def test_masking_check_is_quiet_when_gradients_work():
     check = masking_check({"pgd": 0.50, "apgd-ce": 0.48, "square": 0.47})
     assert not check["possible_gradient_masking"] and check["gap"] == pytest.approx(0.01)
+
+
+def test_the_registry_holds_every_evaluation_attack_under_its_report_key():
+    """The metric keys are the report's: renderers read them, so they never change."""
+    assert {name: (attack.metric, attack.gradient_free) for name, attack in ATTACKS.items()} == {
+        "pgd": ("pgd_acc", False),
+        "pgd_smooth": ("pgd_smooth_acc", False),
+        "apgd-ce": ("apgd_ce_acc", False),
+        "apgd-t": ("apgd_t_acc", False),
+        "apgd-dlr": ("apgd_dlr_acc", False),
+        "fab-t": ("fab_t_acc", False),
+        "square": ("square_acc", True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "evaluation", "planned"),
+    [
+        (10, {}, ["pgd", "pgd_smooth", "apgd-ce", "apgd-t", "fab-t", "square"]),
+        (3, {}, ["pgd", "pgd_smooth", "apgd-ce", "apgd-dlr", "square"]),
+        (2, {"pgd_smooth_relu": False}, ["pgd", "apgd-ce", "square"]),
+        (10, {"autoattack": False}, ["pgd", "pgd_smooth"]),
+    ],
+)
+def test_the_evaluation_plans_the_attacks_its_switches_and_classes_allow_in_order(num_classes, evaluation, planned):
+    settings = AttackSettings("linf", EPS, EPS / 4, 0, 32, num_classes, EvaluationSpec(**evaluation))
+    assert [attack.name for attack in planned_attacks(settings)] == planned
+
+
+def test_each_registered_attack_runs_alone_and_is_sound_on_a_linear_model():
+    model, x, y = _linear_problem(4, n=24)
+    exact = _exact_robust(model, x, y, EPS)
+    clean = clean_flags(model, x, y, 32)
+    settings = AttackSettings("linf", EPS, EPS / 4, 0, 32, 4, EvaluationSpec(pgd_steps=10))
+    torch.manual_seed(0)
+    for attack in planned_attacks(settings):
+        flags = attack.run(model, x, y, settings, clean=clean)
+        assert flags.dtype == torch.bool and flags.shape == y.shape, attack.name
+        assert not (exact & ~flags).any(), attack.name
+        assert not model._forward_pre_hooks, attack.name  # no stop hook left on the network

@@ -1,5 +1,5 @@
-"""Evaluation: benign accuracy, empirical robust accuracy as the per-example worst case over our PGD
-and the reference AutoAttack, certified accuracy for the verifiable objectives, and sparsity measured
+"""Evaluation: benign accuracy, empirical robust accuracy as the per-example worst case over every
+registered attack (``core.robust.suite``: our PGD, the smooth-ReLU PGD, the reference AutoAttack), certified accuracy for the verifiable objectives, and sparsity measured
 from the exported weights.
 
 Every number leaves here with the exact procedure that produced it (``procedures``), the sample it
@@ -12,6 +12,7 @@ sure.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,21 @@ from torch.utils.data import Dataset, Subset
 from core.config import EPS_8_255
 from core.data.datasets import test_loader
 from core.data.sampling import dataset_labels, describe_sample, stratified_order, stratified_subset
-from core.errors import RunCanceled
-from core.objectives import build_objective
+from core.objectives import Objective, build_objective
 from core.pipeline.stats import INTERVAL_METHOD, clopper_pearson
 from core.robust.attacks import pgd
-from core.robust.suite import ATTACKS, MASKING_MARGIN, autoattack_flags, clean_flags, masking_check, pgd_flags
+from core.robust.suite import (
+    MASKING_MARGIN,
+    Attack,
+    AttackSettings,
+    ShouldStop,
+    clean_flags,
+    masking_check,
+    never_stop,
+    planned_attacks,
+    stop_checked_forward,
+    stop_if_asked,
+)
 from core.spec import JobSpec
 
 
@@ -118,6 +129,161 @@ class _Tally:
         self.add(key, int(flags.sum()), int(flags.numel()), procedure)
 
 
+@dataclass
+class _Sample:
+    """A seeded class-stratified sample of the test split, on the device, with the report's text for it.
+
+    ``positions``: where its examples sit in the 'final' sample (None for the 'final' sample itself)."""
+
+    name: str
+    indices: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    on: str
+    positions: torch.Tensor | None = None
+
+    def of_final(self, flags: torch.Tensor) -> torch.Tensor:
+        """``flags`` over the 'final' sample, restricted to this one."""
+        return flags if self.positions is None else flags[self.positions]
+
+
+def _draw_final(
+    test_ds: Dataset, limit: int | None, seed: int, device: torch.device, samples: dict[str, Any]
+) -> _Sample:
+    """The 'final' sample (``evaluation.max_samples``), described in ``samples``."""
+    full = len(test_ds)  # type: ignore[arg-type]
+    indices = _sample_indices(test_ds, limit, seed)
+    ds = Subset(test_ds, indices.tolist()) if len(indices) < full else test_ds
+    samples["final"] = describe_sample(ds, full, seed)
+    x, y = _tensors(ds)
+    on = f"on the 'final' sample ({len(indices)} test samples)"
+    return _Sample("final", indices, x.to(device), y.to(device), on)
+
+
+def _draw_robust(test_ds: Dataset, limit: int | None, final: _Sample, seed: int, samples: dict[str, Any]) -> _Sample:
+    """The 'robust' sample (``evaluation.autoattack_max_samples``) nested in the 'final' one, where the
+    slow attacks run and the headline worst case is counted, described in ``samples``."""
+    full = len(test_ds)  # type: ignore[arg-type]
+    indices = _sample_indices(test_ds, min(limit or full, len(final.indices)), seed)
+    positions = torch.as_tensor(np.searchsorted(final.indices, indices), device=final.x.device)
+    ds = Subset(test_ds, indices.tolist()) if len(indices) < full else test_ds
+    samples["robust"] = describe_sample(ds, full, seed)
+    nested = len(indices) < len(final.indices)
+    on = f"on the 'robust' sample ({len(indices)} test samples, nested in the 'final' one)" if nested else final.on
+    return _Sample("robust", indices, final.x[positions], final.y[positions], on, positions)
+
+
+def _attack_settings(spec: JobSpec, seed: int, num_classes: int) -> AttackSettings:
+    ball = attack_settings(spec)
+    return AttackSettings(
+        norm=ball["norm"],
+        eps=ball["eps"],
+        step_size=ball["step_size"],
+        seed=seed,
+        batch_size=spec.dataset.test_batch_size,
+        num_classes=num_classes,
+        evaluation=spec.evaluation,
+    )
+
+
+class _WorstCase:
+    """Per example of the headline sample: correct clean and under every attack so far (``robust_acc``),
+    and under every member of each group so far (``autoattack_acc``); and each attack's accuracy there
+    (what the gradient-masking check compares)."""
+
+    def __init__(self, headline: _Sample, clean: torch.Tensor) -> None:
+        self.headline = headline
+        self.clean = headline.of_final(clean)
+        self.flags = self.clean.clone()
+        self.groups: dict[str, torch.Tensor] = {}
+        self.accuracies: dict[str, float] = {}
+
+    def add(self, attack: Attack, sample: _Sample, flags: torch.Tensor) -> None:
+        on_headline = flags if sample is self.headline else self.headline.of_final(flags)
+        self.accuracies[attack.name] = float(on_headline.float().mean())
+        self.flags &= on_headline
+        if attack.group is not None:
+            self.groups[attack.group.name] = self.groups.get(attack.group.name, self.clean) & on_headline
+
+
+def _run_attacks(
+    model: nn.Module,
+    test_ds: Dataset,
+    final: _Sample,
+    clean: torch.Tensor,
+    settings: AttackSettings,
+    tally: _Tally,
+    samples: dict[str, Any],
+    should_stop: ShouldStop,
+) -> dict[str, Any]:
+    """Run every planned attack alone over its sample; tally each, each group (``autoattack_acc``) after
+    its last member, and the per-example worst case ``robust_acc`` on the headline sample (the 'robust'
+    one when an attack runs there). Returns the checks (``gradient_masking`` when a gradient-free attack
+    ran)."""
+    attacks = planned_attacks(settings)
+    robust = None
+    if any(attack.sample == "robust" for attack in attacks):
+        robust = _draw_robust(test_ds, settings.evaluation.autoattack_max_samples, final, settings.seed, samples)
+    headline = robust or final
+    worst = _WorstCase(headline, clean)
+    last_of_group = {attack.group.name: attack.name for attack in attacks if attack.group is not None}
+    torch.manual_seed(settings.seed)  # once: the attacks' order fixes what each draws (Attack.order)
+    for attack in attacks:
+        stop_if_asked(should_stop, f"before {attack.label(settings)}")
+        sample = robust if attack.sample == "robust" and robust is not None else final
+        flags = attack.run(model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop)
+        tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
+        worst.add(attack, sample, flags)
+        group = attack.group
+        if group is not None and last_of_group[group.name] == attack.name:
+            tally.add_flags(group.metric, worst.groups[group.name], group.procedure(settings, headline.on))
+    labels = ", ".join(attack.label(settings) for attack in attacks)
+    procedure = (
+        f"per-example worst case over {labels} ({settings.ball}): an example counts only if it "
+        f"is classified correctly clean and under every attack, {headline.on}"
+    )
+    tally.add_flags("robust_acc", worst.flags, procedure)
+    if any(attack.gradient_free for attack in attacks):
+        return {"gradient_masking": masking_check(worst.accuracies)}
+    return {}
+
+
+def _certify(
+    model: nn.Module,
+    objective: Objective,
+    test_ds: Dataset,
+    spec: JobSpec,
+    device: torch.device,
+    tally: _Tally,
+    samples: dict[str, Any],
+    should_stop: ShouldStop,
+) -> dict[str, Any]:
+    """The objective's certificate on the 'certified' sample; its fractions tallied with intervals.
+    Every forward pass of the network inside asks ``should_stop`` (a noise batch of CERTIFY, a batch of
+    the bounds)."""
+    ev = spec.evaluation
+    seed = sample_seed(spec)
+    full = len(test_ds)  # type: ignore[arg-type]
+    stop_if_asked(should_stop, "before the certification")
+    cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
+    cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
+    samples["certified"] = describe_sample(cert_ds, full, seed)
+    xc, yc = _tensors(cert_ds)
+    with stop_checked_forward(model, should_stop, "in the certification"):
+        cert = objective.certify(model, xc.to(device), yc.to(device), ev, seed)
+    assert cert is not None
+    procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
+    n_cert = len(cert_idx)
+    for key, value in cert.items():
+        if not isinstance(value, (int, float)):
+            continue
+        if key in procedures:  # a fraction of the certified sample: count and interval
+            tally.add(key, int(round(float(value) * n_cert)), n_cert, f"{procedures[key]} (the 'certified' sample)")
+        else:
+            tally.metrics[key] = float(value)
+    return cert
+
+
 def evaluate_variant(
     model: nn.Module,
     test_ds: Dataset,
@@ -128,144 +294,37 @@ def evaluate_variant(
 ) -> dict[str, Any]:
     """Final evaluation of one network: metrics, the procedure, sample and interval of each.
 
-    ``should_cancel`` (the run's callback) is asked before each attack and the certification, so a
-    cancel or shutdown during an evaluation that takes many minutes (AutoAttack) stops it there with
-    :class:`RunCanceled` instead of after it."""
-
-    def stop_if_canceled(what: str) -> None:
-        if should_cancel is not None and should_cancel():
-            raise RunCanceled(f"canceled during the final evaluation, before {what}")
-
-    ev = spec.evaluation
-    a = attack_settings(spec)
+    Benign accuracy on the 'final' sample; when the objective is attacked, every registered attack that
+    applies (``core.robust.suite``) and their per-example worst case; when it certifies, its
+    certificate. ``should_cancel`` (the run's callback, True also on shutdown) is asked between the
+    attacks and inside each of them at least once per batch, and on every forward pass of the
+    certification, so a cancel or SIGTERM stops the evaluation with :class:`RunCanceled` within
+    seconds."""
+    should_stop = should_cancel or never_stop
     seed = sample_seed(spec)
-    bs = spec.dataset.test_batch_size
-    full = len(test_ds)  # type: ignore[arg-type]
-    big = _sample_indices(test_ds, ev.max_samples, seed)
-    ds = Subset(test_ds, big.tolist()) if len(big) < full else test_ds
-    x, y = _tensors(ds)
-    x, y = x.to(device), y.to(device)
-    samples = {"final": describe_sample(ds, full, seed)}
-    on = f"on the 'final' sample ({len(big)} test samples)"
+    samples: dict[str, Any] = {}
+    final = _draw_final(test_ds, spec.evaluation.max_samples, seed, device, samples)
+    objective = build_objective(spec.objective)
+    tally = _Tally()
+    checks: dict[str, Any] = {}
+    result: dict[str, Any] = {"samples": samples, "checks": checks, "n_test": len(final.indices)}
+    result["interval_method"] = INTERVAL_METHOD
     was_training = model.training
     model.eval()
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[1])
-    tally = _Tally()
-    clean = clean_flags(model, x, y, bs)
-    tally.add_flags("benign_acc", clean, f"top-1 accuracy {on}")
-    checks: dict[str, Any] = {}
-    objective = build_objective(spec.objective)
-    if objective.attacked:
-        ball = f"{a['norm']} eps={a['eps']:.4g}"
-        stop_if_canceled("PGD")
-        torch.manual_seed(seed)
-        pgd_settings = {
-            "norm": a["norm"],
-            "eps": a["eps"],
-            "step_size": a["step_size"],
-            "steps": ev.pgd_steps,
-            "restarts": ev.pgd_restarts,
-            "batch_size": bs,
-        }
-        flags_pgd = pgd_flags(model, x, y, **pgd_settings)
-        tally.add_flags(
-            ATTACKS.get("pgd").metric,
-            flags_pgd,
-            (
-                f"PGD-{ev.pgd_steps} (ours; {ball}, step={a['step_size']:.4g}, {ev.pgd_restarts} random "
-                f"start(s), cross-entropy, per-example worst case) {on}"
-            ),
-        )
-        worst = clean & flags_pgd
-        robust_on, robust_attacks = on, [f"PGD-{ev.pgd_steps}"]
-        if ev.pgd_smooth_relu:
-            stop_if_canceled("the smooth-ReLU PGD")
-            flags_smooth = pgd_flags(model, x, y, **pgd_settings, relu_tau=ev.pgd_smooth_tau)
-            tally.add_flags(
-                ATTACKS.get("pgd_smooth").metric,
-                flags_smooth,
-                (
-                    f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/{ev.pgd_smooth_tau:g}), a "
-                    f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"
-                ),
-            )
-            worst &= flags_smooth
-            robust_attacks.append(f"PGD-{ev.pgd_steps} smooth-ReLU")
-        if ev.autoattack:
-            stop_if_canceled("AutoAttack")
-            small = _sample_indices(test_ds, min(ev.autoattack_max_samples or full, len(big)), seed)
-            pos = torch.as_tensor(np.searchsorted(big, small), device=x.device)
-            sub_ds = Subset(test_ds, small.tolist()) if len(small) < full else test_ds
-            samples["robust"] = describe_sample(sub_ds, full, seed)
-            robust_on = (
-                f"on the 'robust' sample ({len(small)} test samples, nested in the 'final' one)"
-                if len(small) < len(big)
-                else on
-            )
-            aa, description = autoattack_flags(
-                model,
-                x[pos],
-                y[pos],
-                clean[pos],
-                norm=a["norm"],
-                eps=a["eps"],
-                num_classes=num_classes,
-                seed=seed,
-                batch_size=bs,
-                version=ev.autoattack_version,
-            )
-            worst = worst[pos]
-            per_attack = {"pgd": float(flags_pgd[pos].float().mean())}
-            if ev.pgd_smooth_relu:
-                per_attack["pgd_smooth"] = float(flags_smooth[pos].float().mean())
-            aa_all = clean[pos].clone()
-            for attack, f in aa.items():
-                key = ATTACKS.get(attack).metric
-                tally.add_flags(key, f, f"{attack.upper()} alone, from {description}; {ball} {robust_on}")
-                per_attack[attack] = float(f.float().mean())
-                aa_all &= f
-                worst &= f
-                robust_attacks.append(attack.upper())
-            tally.add_flags(
-                "autoattack_acc", aa_all, f"{description}; {ball}, per-example worst case over its attacks {robust_on}"
-            )
-            checks["gradient_masking"] = masking_check(per_attack)
-        tally.add_flags(
-            "robust_acc",
-            worst,
-            (
-                f"per-example worst case over {', '.join(robust_attacks)} ({ball}): an example counts only if it "
-                f"is classified correctly clean and under every attack, {robust_on}"
-            ),
-        )
-    result: dict[str, Any] = {
-        "samples": samples,
-        "checks": checks,
-        "n_test": len(big),
-        "interval_method": INTERVAL_METHOD,
-    }
-    if objective.certifies:
-        stop_if_canceled("the certification")
-        cert_idx = _sample_indices(test_ds, ev.certify_max_samples, seed)
-        cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
-        samples["certified"] = describe_sample(cert_ds, full, seed)
-        xc, yc = _tensors(cert_ds)
-        cert = objective.certify(model, xc.to(device), yc.to(device), ev, seed)
-        assert cert is not None
-        procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
-        n_cert = len(cert_idx)
-        for key, value in cert.items():
-            if not isinstance(value, (int, float)):
-                continue
-            if key in procedures:  # a fraction of the certified sample: count and interval
-                tally.add(key, int(round(float(value) * n_cert)), n_cert, f"{procedures[key]} (the 'certified' sample)")
-            else:
-                tally.metrics[key] = float(value)
-        _soundness_check(tally.metrics, checks)
-        result["certification"] = cert
-    model.train(was_training)
+    try:
+        if num_classes is None:
+            with torch.no_grad():
+                num_classes = int(model(final.x[:1]).shape[1])
+        clean = clean_flags(model, final.x, final.y, spec.dataset.test_batch_size)
+        tally.add_flags("benign_acc", clean, f"top-1 accuracy {final.on}")
+        if objective.attacked:
+            settings = _attack_settings(spec, seed, num_classes)
+            checks.update(_run_attacks(model, test_ds, final, clean, settings, tally, samples, should_stop))
+        if objective.certifies:
+            result["certification"] = _certify(model, objective, test_ds, spec, device, tally, samples, should_stop)
+            _soundness_check(tally.metrics, checks)
+    finally:
+        model.train(was_training)
     result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts, intervals=tally.intervals)
     return result
 

@@ -14,13 +14,13 @@ library's, written to do no more work than the maths needs:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import CoreError
+from core.errors import CoreError, RunCanceled
 from core.pruning.masked import shared_effective_weights
 
 NORMS = ("linf", "l2")
@@ -123,9 +123,12 @@ def _one_run(
     steps: int,
     random_start: bool,
     loss: str,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Tensor:
     x_adv = _project(_random_start(x, norm, eps, loss), x, norm, eps) if random_start else x.clone()
     for _ in range(steps):
+        if should_stop is not None and should_stop():
+            raise RunCanceled("canceled during a PGD attack")
         x_adv.requires_grad_(True)
         # Summed (not averaged) loss: each example's step does not depend on the batch size.
         objective = _per_example_loss(model(x_adv), y, target_prob, loss).sum()
@@ -152,6 +155,7 @@ def pgd(
     loss: str = "ce",
     target_logits: Tensor | None = None,
     restarts: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Tensor:
     """Return ``x_adv`` in [0, 1] with ``‖x_adv − x‖ ≤ eps`` (l_inf or l_2) that maximises the loss.
 
@@ -162,6 +166,8 @@ def pgd(
     steps, each followed by projection onto the ball and [0, 1]. With ``restarts > 1`` each example
     keeps its worst run (CE: a misclassifying run first, then the largest loss; KL: the largest KL).
     The model's mode is left as the caller set it; no parameter gradient is computed.
+    ``should_stop`` (a run's cancel/shutdown check) is asked before every step: True raises
+    ``RunCanceled``, so a stop during a long evaluation attack takes effect within one step.
     """
     _check(norm, loss, eps, step_size, steps, restarts)
     x = x.detach()
@@ -174,7 +180,15 @@ def pgd(
                 with torch.no_grad():
                     target_logits = model(x)
             target_prob = F.softmax(target_logits.detach(), dim=1)
-        kwargs = dict(norm=norm, eps=eps, step_size=step_size, steps=steps, random_start=random_start, loss=loss)
+        kwargs = dict(
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            random_start=random_start,
+            loss=loss,
+            should_stop=should_stop,
+        )
         best = _one_run(model, x, y, target_prob, **kwargs)
         if restarts == 1:
             return best

@@ -1,0 +1,140 @@
+"""Our PGD (the paper's attack) and the same PGD through the smooth ReLU backward, as evaluation attacks.
+
+Both run :func:`core.robust.attacks.pgd` (cross-entropy, random start(s), per-example worst over
+``evaluation.pgd_restarts``) batch by batch over the whole 'final' sample, from the global RNG that the
+evaluation seeds once before the first attack (``order``: PGD first, then the smooth-ReLU PGD, which
+continues the stream).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from core.errors import RunCanceled
+from core.robust.attacks import pgd, smooth_relu_backward
+from core.robust.suite.base import Attack, AttackSettings, ShouldStop, never_stop, register_attack, stop_if_asked
+
+
+def pgd_flags(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    restarts: int,
+    batch_size: int,
+    relu_tau: float | None = None,
+    should_stop: ShouldStop = never_stop,
+) -> Tensor:
+    """Per example: is the PGD example (CE, random start, worst of ``restarts``) classified correctly.
+    With ``relu_tau`` the attack follows the smooth ReLU backward (``smooth_relu_backward``).
+    ``should_stop`` is asked before every batch and every attack step (``RunCanceled``)."""
+    where = "in PGD" if relu_tau is None else "in the smooth-ReLU PGD"
+    out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for i in range(0, len(x), batch_size):
+        stop_if_asked(should_stop, where)
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        try:
+            with smooth_relu_backward(model, relu_tau) if relu_tau else contextlib.nullcontext():
+                x_adv = pgd(
+                    model,
+                    xb,
+                    yb,
+                    norm=norm,
+                    eps=eps,
+                    step_size=step_size,
+                    steps=steps,
+                    restarts=restarts,
+                    random_start=True,
+                    loss="ce",
+                    should_stop=should_stop,
+                )
+        except RunCanceled as exc:  # asked between two steps: say which attack it stopped
+            raise RunCanceled(f"canceled during the final evaluation, {where}") from exc
+        with torch.no_grad():
+            out[i : i + batch_size] = model(x_adv).argmax(1) == yb
+    return out
+
+
+def _pgd_settings(settings: AttackSettings) -> dict[str, float | int | str]:
+    ev = settings.evaluation
+    return {
+        "norm": settings.norm,
+        "eps": settings.eps,
+        "step_size": settings.step_size,
+        "steps": ev.pgd_steps,
+        "restarts": ev.pgd_restarts,
+        "batch_size": settings.batch_size,
+    }
+
+
+@register_attack
+class PGD(Attack):
+    name = "pgd"
+    metric = "pgd_acc"
+    gradient_free = False
+    description = "PGD (ours, the paper's attack): cross-entropy, random start(s)"
+    order = 10
+
+    def label(self, settings: AttackSettings) -> str:
+        return f"PGD-{settings.evaluation.pgd_steps}"
+
+    def procedure(self, settings: AttackSettings, on: str) -> str:
+        ev = settings.evaluation
+        return (
+            f"PGD-{ev.pgd_steps} (ours; {settings.ball}, step={settings.step_size:.4g}, {ev.pgd_restarts} random "
+            f"start(s), cross-entropy, per-example worst case) {on}"
+        )
+
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        settings: AttackSettings,
+        *,
+        clean: Tensor,
+        should_stop: ShouldStop = never_stop,
+    ) -> Tensor:
+        return pgd_flags(model, x, y, **_pgd_settings(settings), should_stop=should_stop)  # type: ignore[arg-type]
+
+
+@register_attack
+class SmoothReLUPGD(Attack):
+    name = "pgd_smooth"
+    metric = "pgd_smooth_acc"
+    gradient_free = False
+    description = "PGD through the smooth ReLU backward (a BPDA-style surrogate gradient)"
+    order = 20
+
+    def applies(self, settings: AttackSettings) -> bool:
+        return settings.evaluation.pgd_smooth_relu
+
+    def label(self, settings: AttackSettings) -> str:
+        return f"PGD-{settings.evaluation.pgd_steps} smooth-ReLU"
+
+    def procedure(self, settings: AttackSettings, on: str) -> str:
+        ev = settings.evaluation
+        return (
+            f"PGD-{ev.pgd_steps} as pgd_acc but through the smooth ReLU backward (sigmoid(x/{ev.pgd_smooth_tau:g}), a "
+            f"BPDA-style surrogate that sees past inactive ReLUs; forward unchanged) {on}"
+        )
+
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        settings: AttackSettings,
+        *,
+        clean: Tensor,
+        should_stop: ShouldStop = never_stop,
+    ) -> Tensor:
+        tau = settings.evaluation.pgd_smooth_tau
+        return pgd_flags(model, x, y, **_pgd_settings(settings), relu_tau=tau, should_stop=should_stop)  # type: ignore[arg-type]
