@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from api.body_checks import JsonBodyCheckMiddleware
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.add_middleware(JsonBodyCheckMiddleware)  # inside the size cap: depth and huge integers (422)
     app.add_middleware(BodySizeLimitMiddleware, settings=effective)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)
