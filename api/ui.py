@@ -177,7 +177,7 @@ class ParsedSpec(BaseModel):
 
 # The helpers are in the OpenAPI document (tag "dashboard"), so the fuzz test covers them like every route.
 HELPER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorPublic} for code in (401, 413, 422, 429, 503)
+    code: {"model": ErrorPublic} for code in (400, 401, 413, 422, 429, 503)
 }
 
 
