@@ -181,7 +181,9 @@ def check_worker_limits(device: str, num_workers: int, download: bool, settings:
         raise _bad("device", f"the workers have no device {device!r}; this service runs jobs on {', '.join(allowed)}")
     most = max_num_workers(settings)
     if num_workers > most:
-        raise _bad("dataset.num_workers", f"at most {most} data-loading processes (the workers' cores), got {num_workers}")
+        raise _bad(
+            "dataset.num_workers", f"at most {most} data-loading processes (the workers' cores), got {num_workers}"
+        )
     if download and not settings.dataset_download:
         raise _bad(
             "dataset.download",

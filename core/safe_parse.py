@@ -115,7 +115,7 @@ def _yaml_error(exc: yaml.YAMLError, field: str) -> CoreError:
 def load_yaml(text: str, field: str = "spec") -> Any:
     """``yaml.safe_load`` with the refusals above; any problem is a ``CoreError`` on ``field``."""
     try:
-        return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=BoundedSafeLoader)  # a SafeLoader subclass: no arbitrary objects
     except (RefusedYaml, ComposerError, ConstructorError, yaml.YAMLError) as exc:
         raise _yaml_error(exc, field) from None
 
@@ -123,7 +123,7 @@ def load_yaml(text: str, field: str = "spec") -> Any:
 def compose_yaml(text: str) -> yaml.Node | None:
     """The node tree of ``text`` (lines of every field) under the same refusals; raises ``yaml.YAMLError``
     (``RefusedYaml`` for a refusal)."""
-    return yaml.compose(text, Loader=BoundedSafeLoader)  # type: ignore[no-any-return]  # noqa: S506
+    return yaml.compose(text, Loader=BoundedSafeLoader)  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- JSON

@@ -50,7 +50,9 @@ def _parse_kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text or "{}")
     except ValueError as exc:  # JSONDecodeError
-        raise ApiError(ErrorCode.VALIDATION_ERROR, f"kwargs is not valid JSON: {getattr(exc, 'msg', exc)}", "kwargs") from exc
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, f"kwargs is not valid JSON: {getattr(exc, 'msg', exc)}", "kwargs"
+        ) from exc
     if not isinstance(value, dict):
         raise ApiError(ErrorCode.VALIDATION_ERROR, "kwargs must be a JSON object", "kwargs")
     check_storable(value, "kwargs")

@@ -85,7 +85,9 @@ def test_any_alias_is_refused_even_a_harmless_one(client: TestClient, key) -> No
     text = "pruning: &p\n  k: [0.1]\nstages:\n  prune: *p\n"
     assert_error(client.post("/ui/api/spec-parse", json={"text": text}, headers=key.headers), 422, "yaml_alias_refused")
     merge = "base: &b {epochs: 1, lr: 0.1}\nstages:\n  pretrain:\n    <<: *b\n"
-    assert_error(client.post("/ui/api/spec-parse", json={"text": merge}, headers=key.headers), 422, "yaml_alias_refused")
+    assert_error(
+        client.post("/ui/api/spec-parse", json={"text": merge}, headers=key.headers), 422, "yaml_alias_refused"
+    )
     # an anchor alone is harmless and parses as before
     parsed = client.post("/ui/api/spec-parse", json={"text": "seed: &s 3\n"}, headers=key.headers)
     assert parsed.status_code == 200 and parsed.json()["spec"] == {"seed": 3}, parsed.text
@@ -94,9 +96,11 @@ def test_any_alias_is_refused_even_a_harmless_one(client: TestClient, key) -> No
 # ----------------------------------------------------------------------------- item 3: nesting
 @pytest.mark.parametrize(
     ("fmt", "text"),
-    [("json", "[" * 5000 + "]" * 5000), ("yaml", "a: " + "[" * 5000 + "]" * 5000), ("yaml", "a:\n" + "".join(
-        "  " * (i + 1) + f"b{i}:\n" for i in range(100)
-    ) + "  " * 101 + "x\n")],
+    [
+        ("json", "[" * 5000 + "]" * 5000),
+        ("yaml", "a: " + "[" * 5000 + "]" * 5000),
+        ("yaml", "a:\n" + "".join("  " * (i + 1) + f"b{i}:\n" for i in range(100)) + "  " * 101 + "x\n"),
+    ],
     ids=["json-5000", "yaml-flow-5000", "yaml-block-100"],
 )
 def test_deep_editor_text_is_422_not_500(client: TestClient, key, fmt: str, text: str) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +111,9 @@ def test_deep_editor_text_is_422_not_500(client: TestClient, key, fmt: str, text
 
 def test_deep_job_kwargs_are_422_naming_the_field(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
     deep = '{"a": ' * 1000 + "1" + "}" * 1000  # json.dumps itself cannot write this (RecursionError)
-    spec = json.dumps({**QUICK_SPEC, "model": {"arch": "cnn_small_mnist", "kwargs": "KWARGS"}}).replace('"KWARGS"', deep)
+    spec = json.dumps({**QUICK_SPEC, "model": {"arch": "cnn_small_mnist", "kwargs": "KWARGS"}}).replace(
+        '"KWARGS"', deep
+    )
     response = client.post("/v1/jobs", content=spec, headers={**key.headers, "content-type": "application/json"})
     body = assert_error(response, 422, "nesting_too_deep")
     assert body["field"].startswith("model.kwargs.a.a"), body
@@ -152,7 +158,9 @@ def test_a_5000_digit_integer_is_422_naming_the_field(client: TestClient, key) -
     assert_error(response, 422, "number_too_long", "pruning.k.1")
     # a long float is a float (Python parses it); only integers have the digit limit
     text = json.dumps({"text": "seed: " + "9" * 5000})
-    parsed = client.post("/ui/api/spec-parse", content=text, headers={**key.headers, "content-type": "application/json"})
+    parsed = client.post(
+        "/ui/api/spec-parse", content=text, headers={**key.headers, "content-type": "application/json"}
+    )
     assert_error(parsed, 422, "number_too_long", "text")
 
 
@@ -162,7 +170,12 @@ def test_a_5000_digit_integer_is_422_naming_the_field(client: TestClient, key) -
         ({"objective": {"type": "pgd", "eps": 1e9}}, "invalid_eps", "objective.eps", "exceeds 1"),
         ({"objective": {"type": "trades", "norm": "l2", "eps": 29.0}}, "invalid_eps", "objective.eps", "sqrt(1x28x28)"),
         ({"evaluation": {"eps": 2.0}}, "invalid_eps", "evaluation.eps", "linf"),
-        ({"objective": {"type": "crown_ibp", "eps": 5.0}}, "validation_error", "objective.eps", "less than or equal to 1"),
+        (
+            {"objective": {"type": "crown_ibp", "eps": 5.0}},
+            "validation_error",
+            "objective.eps",
+            "less than or equal to 1",
+        ),
         ({"pruning": {"k": [1e-300]}}, "invalid_k", "pruning.k", "keeps no weight of layer"),
         ({"dataset": {"num_workers": 64}}, "validation_error", "dataset.num_workers", "at most 2"),
         ({"device": "cuda:999"}, "validation_error", "device", "no device 'cuda:999'"),
@@ -184,9 +197,13 @@ def test_the_limits_follow_the_settings_and_the_schema_says_them(settings: Setti
     queue = RecordingQueue()
     with TestClient(build_app(gpu, queue), raise_server_exceptions=False) as c:
         for device in ("cuda", "cuda:0"):
-            ok = c.post("/v1/jobs", json={**QUICK_SPEC, "device": device, "dataset": {"num_workers": 4}}, headers=key.headers)
+            ok = c.post(
+                "/v1/jobs", json={**QUICK_SPEC, "device": device, "dataset": {"num_workers": 4}}, headers=key.headers
+            )
             assert ok.status_code == 201, ok.text
-        assert_error(c.post("/v1/jobs", json={**QUICK_SPEC, "device": "cuda:1"}, headers=key.headers), 422, field="device")
+        assert_error(
+            c.post("/v1/jobs", json={**QUICK_SPEC, "device": "cuda:1"}, headers=key.headers), 422, field="device"
+        )
         schema = c.get("/openapi.json").json()["components"]["schemas"]
     assert schema["JobSpec"]["properties"]["device"]["enum"] == ["auto", "cpu", "cuda", "cuda:0"]
     assert schema["DatasetSpec"]["properties"]["num_workers"]["maximum"] == 4
