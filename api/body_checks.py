@@ -9,8 +9,9 @@ without recursion (``core.safe_parse.check_json``: strings blanked, a running su
 in C) and answers 422 ``nesting_too_deep`` / ``number_too_long`` naming where in the body the problem
 starts (``model.kwargs.a.a...``), before any route runs. The body is then handed on unchanged.
 
-It sits inside ``BodySizeLimitMiddleware``, so it never buffers more than ``max_spec_bytes``;
-multipart uploads (whose JSON part, ``kwargs``, is checked by its route) pass straight through.
+It sits inside ``BodySizeLimitMiddleware``, so it never buffers more than ``max_spec_bytes``: the
+upload routes (``max_upload_bytes``; multipart forms whose JSON part, ``kwargs``, their route checks)
+pass straight through.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
+from api.limits import UPLOAD_PATHS
 from core.errors import CoreError
 from core.safe_parse import check_json
 
@@ -27,8 +29,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def is_json_body(scope: Scope) -> bool:
-    """Whether FastAPI would parse this request's body as JSON (fastapi.routing's rule)."""
-    if scope.get("method") not in BODY_METHODS:
+    """Whether FastAPI would parse this request's body as JSON (fastapi.routing's rule). The upload routes
+    take multipart forms only and have a far larger size cap: their bodies are never buffered here."""
+    if scope.get("method") not in BODY_METHODS or scope.get("path", "").rstrip("/") in UPLOAD_PATHS:
         return False
     for name, value in scope.get("headers", ()):
         if name == b"content-type":

@@ -215,3 +215,15 @@ def test_the_dashboard_helpers_are_in_the_openapi_document(client: TestClient) -
     paths = client.get("/openapi.json").json()["paths"]
     assert "post" in paths["/ui/api/spec-parse"] and "get" in paths["/ui/api/spec-template"]
     assert "yaml_alias_refused" in paths["/ui/api/spec-parse"]["post"]["description"]
+
+
+def test_json_bodies_to_the_upload_routes_are_not_buffered_by_the_depth_check() -> None:
+    from api.body_checks import is_json_body
+
+    json_type = [(b"content-type", b"application/json")]
+    assert is_json_body({"method": "POST", "path": "/v1/jobs", "headers": json_type})
+    assert is_json_body({"method": "POST", "path": "/ui/api/spec-parse", "headers": []})  # FastAPI tries JSON
+    assert not is_json_body({"method": "POST", "path": "/v1/jobs", "headers": [(b"content-type", b"text/plain")]})
+    assert not is_json_body({"method": "GET", "path": "/v1/jobs", "headers": json_type})
+    for path in ("/v1/models", "/v1/datasets/"):  # a 200 MB cap: never held in memory here
+        assert not is_json_body({"method": "POST", "path": path, "headers": json_type})
