@@ -193,6 +193,14 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, ErrorCode.SERVICE_UNAVAILABLE.code, "the database is unavailable; retry later")
 
 
+async def _too_deep(_request: Request, exc: Exception) -> JSONResponse:
+    """The last line of defence: request bodies, YAML and kwargs are depth-checked before anything
+    recurses over them (api/body_checks.py, core/safe_parse.py), so this should never run; if some
+    structure still slips through, its depth is the client's doing, a 422, not a 500."""
+    log.warning("RecursionError answered as 422: %s", exc)
+    return error_response(422, "nesting_too_deep", "the request is nested too deeply to process")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, ErrorCode.INTERNAL_ERROR.code, "internal error")
@@ -205,6 +213,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(RecursionError, _too_deep)
     try:  # the async read path's equivalents (service/db/aio.py)
         import psycopg
         from psycopg_pool import PoolTimeout

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from api.body_checks import JsonBodyCheckMiddleware
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(UploadConcurrencyMiddleware, settings=effective)  # inside the size limit
+    app.add_middleware(JsonBodyCheckMiddleware)  # inside the size cap: depth and huge integers (422)
     app.add_middleware(BodySizeLimitMiddleware, settings=effective)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)

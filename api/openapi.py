@@ -33,7 +33,10 @@ from api.validation import (
     KWARGS_SCHEMA,
     MODEL_REF_PATTERN,
     NO_NUL_PATTERN,
+    allowed_devices,
+    max_num_workers,
 )
+from service.settings import Settings, get_settings
 
 # error_code values a schema-valid request can still get with a 422, per operation (documented in the
 # operation's description; the fuzz test accepts exactly these).
@@ -47,6 +50,8 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "unsupported_layer",
         "channel_unsupported",
         "invalid_k",
+        "invalid_eps",
+        "number_too_long",
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -55,6 +60,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "unknown_architecture",
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
+    ("post", "/ui/api/spec-parse"): ("yaml_alias_refused", "nesting_too_deep", "number_too_long", "too_many_nodes"),
 }
 _SEMANTIC_TEXT = {
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "
@@ -64,10 +70,18 @@ _SEMANTIC_TEXT = {
     "invalid_normalization": "a normalization with a number of channels the architecture does not have",
     "unknown_architecture": "an architecture that cannot be built",
     "unsupported_layer": "a layer the certified objectives cannot bound (MixTrain, CROWN-IBP)",
-    "invalid_k": "a keep fraction too small for the network under a global or learned allocation (fewer "
-    "weights than one per layer, or than `pruning.global_min_per_layer` per layer)",
+    "invalid_k": "a keep fraction too small for the network: one that keeps no weight of some conv/linear layer "
+    "(uniform allocation; the detail names the layer), or under a global or learned allocation fewer weights "
+    "than one per layer, or than `pruning.global_min_per_layer` per layer",
     "channel_unsupported": "a network channel pruning cannot rebuild smaller (`pruning.granularity: channel` "
     "with grouped or depthwise convolutions, concatenation, attention, norms other than BatchNorm)",
+    "invalid_eps": "an attack radius beyond the input range: an l_inf eps above 1 (pixel space [0, 1]), an l_2 eps "
+    "above the diameter sqrt(C·H·W) of the dataset's input box (the field names which objective or the evaluation)",
+    "number_too_long": "an integer literal of more than 4300 digits (Python's limit for parsing one); the field names "
+    "where it is",
+    "yaml_alias_refused": "a YAML alias (`*name`): refused before anything is expanded (an alias bomb costs gigabytes)",
+    "nesting_too_deep": "YAML or JSON nested deeper than 32 levels",
+    "too_many_nodes": "a YAML document of more than 100,000 nodes",
     "invalid_upload": "the file is not what it must be (the detail names the problem: format, a pickle, "
     "a lying header, shapes, NaN/Inf, ...)",
 }
@@ -104,11 +118,18 @@ def _architectures() -> list[str]:
     return names
 
 
-def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None:
+def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], settings: Settings) -> None:
     job = schemas["JobSpec"]
     props = job["properties"]
     props["name"] = _nullable({"type": "string", "maxLength": 200, "pattern": NO_NUL_PATTERN})
-    props["device"] = {**props["device"], "pattern": DEVICE_PATTERN}
+    # the devices, data-loading processes and downloads the workers have (api.validation.check_worker_limits)
+    devices = allowed_devices(settings)
+    props["device"] = {
+        **props["device"],
+        "pattern": DEVICE_PATTERN,
+        "enum": devices,
+        "description": f"Where the job runs; this service's workers offer {', '.join(devices)}.",
+    }
     # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network, and
     # a learned allocation needs a prune stage that runs (it trains the rates)
     job["allOf"] = [
@@ -155,6 +176,13 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
         "enum": ["data"],
         "description": "Chosen by the service; only the default is accepted.",
     }
+    dprops["num_workers"] = {**dprops["num_workers"], "maximum": max_num_workers(settings)}
+    if not settings.dataset_download:
+        dprops["download"] = {
+            **dprops["download"],
+            "enum": [False],
+            "description": "This service's workers do not download datasets.",
+        }
     dprops["path"] = {
         **_nullable({"type": "string", "pattern": DATASET_REF_PATTERN}),
         "title": "Path",
@@ -260,8 +288,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     )
     schemas = schema.get("components", {}).get("schemas", {})
     architectures = _architectures()
+    settings = getattr(app.state, "settings", None) or get_settings()
     if "JobSpec" in schemas:
-        _tighten_job_spec(schemas, architectures)
+        _tighten_job_spec(schemas, architectures, settings)
     _tighten_uploads(schemas, architectures)
     _document(schema.get("paths", {}))
     app.openapi_schema = schema

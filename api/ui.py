@@ -15,9 +15,10 @@ header forbids anything else, so an air-gapped browser renders the same page.
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -28,6 +29,10 @@ from pydantic import BaseModel, Field
 
 from api.deps import CurrentPrincipal, SettingsDep
 from api.errors import ApiError, ErrorCode
+from api.schemas import ErrorPublic
+from core.errors import CoreError
+from core.objectives import OBJECTIVES
+from core.safe_parse import BoundedSafeLoader, RefusedYaml, check_json, compose_yaml
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
@@ -43,8 +48,13 @@ TEMPLATE_DROP = {
     "dataset": ("data_dir", "download", "num_workers", "path"),
 }
 
+if TYPE_CHECKING:
+    ObjectiveName = str
+else:
+    ObjectiveName = OBJECTIVES.literal()
+
 pages = APIRouter(prefix="/ui", include_in_schema=False)
-helpers = APIRouter(prefix="/ui/api", include_in_schema=False)
+helpers = APIRouter(prefix="/ui/api", tags=["dashboard"])
 
 
 def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
@@ -121,7 +131,7 @@ def field_lines(text: str) -> dict[str, int]:
     """The 1-based line of every field of a YAML (or JSON) document, by dotted path: ``pruning.k``,
     ``pruning.k.0``... (the paths the API names in ``field``)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_yaml(text)  # no aliases, bounded depth: the walk below recurses per level
     except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
@@ -144,31 +154,63 @@ def field_lines(text: str) -> dict[str, int]:
 
 
 class SpecText(BaseModel):
-    text: str = Field(max_length=1_000_000)
+    text: str = Field(max_length=1_000_000, description="The editor's text (at most max_spec_bytes bytes).")
     format: Literal["yaml", "json"] = "yaml"
 
 
-@helpers.get("/spec-template")
+class SpecTemplate(BaseModel):
+    format: Literal["yaml", "json"]
+    text: str = Field(description="The spec as editor text in that format.")
+    spec: dict[str, Any] = Field(description="The same spec as an object.")
+
+
+class ParseProblem(BaseModel):
+    detail: str
+    line: int | None = Field(None, description="1-based line of the problem, when known.")
+
+
+class ParsedSpec(BaseModel):
+    spec: dict[str, Any] | None = Field(description="The text as an object; null when it does not parse.")
+    lines: dict[str, int] = Field(description="The 1-based line of every field, by dotted path (pruning.k.0).")
+    error: ParseProblem | None = Field(description="Why the text does not parse (a 200: the editor shows it).")
+
+
+# The helpers are in the OpenAPI document (tag "dashboard"), so the fuzz test covers them like every route.
+HELPER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic} for code in (400, 401, 413, 422, 429, 503)
+}
+
+
+@helpers.get("/spec-template", response_model=SpecTemplate, responses=HELPER_RESPONSES)
 def get_spec_template(
     _principal: CurrentPrincipal,
-    arch: str | None = Query(None, max_length=200),
-    dataset: str | None = Query(None, max_length=200),
-    objective: str | None = Query(None, max_length=50),
+    arch: str | None = Query(None, max_length=200, description="Architecture to fill in (not checked here)."),
+    dataset: str | None = Query(None, max_length=200, description="Dataset to fill in (not checked here)."),
+    objective: ObjectiveName | None = Query(None, description="Objective whose catalogue defaults to use."),
     fmt: Literal["yaml", "json"] = Query("yaml", alias="format"),
 ) -> dict[str, Any]:
-    """The default spec for these choices, as editor text."""
+    """The dashboard's spec editor: the default spec for these choices, as editor text."""
     spec = spec_template(arch, dataset, objective)
     return {"format": fmt, "text": dump_spec(spec, fmt), "spec": spec}
 
 
-@helpers.post("/spec-parse")
+@helpers.post("/spec-parse", response_model=ParsedSpec, responses=HELPER_RESPONSES)
 def parse_spec(body: SpecText, _principal: CurrentPrincipal, settings: SettingsDep) -> dict[str, Any]:
-    """The editor's text as a spec object, with the line of every field; a text that does not parse
-    answers ``{"spec": null, "error": {"detail", "line"}}`` (the spec itself is validated on submit)."""
+    """The dashboard's spec editor: its text as a spec object, with the line of every field. A text that
+    does not parse answers 200 with ``error`` (the spec itself is validated on submit); one that would
+    cost the service what no spec needs is refused with 422: a YAML alias (``yaml_alias_refused``),
+    nesting deeper than 32 levels (``nesting_too_deep``), an integer of more than 4300 digits
+    (``number_too_long``), more than 100,000 YAML nodes (``too_many_nodes``)."""
     if len(body.text.encode()) > settings.max_spec_bytes:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"the spec exceeds {settings.max_spec_bytes} bytes", "text")
     try:
-        spec = json.loads(body.text) if body.format == "json" else yaml.safe_load(body.text)
+        if body.format == "json":
+            check_json(body.text, "text")  # before json.loads recurses: CoreError -> 422 naming the place
+            spec = json.loads(body.text)
+        else:
+            spec = yaml.load(body.text, Loader=BoundedSafeLoader)  # a SafeLoader subclass: no arbitrary objects
+    except RefusedYaml as exc:  # refused before anything was expanded
+        raise CoreError(exc.code, "text", str(exc)) from None
     except json.JSONDecodeError as exc:
         return {"spec": None, "lines": {}, "error": {"detail": f"not valid JSON: {exc.msg}", "line": exc.lineno}}
     except yaml.YAMLError as exc:
@@ -181,7 +223,23 @@ def parse_spec(body: SpecText, _principal: CurrentPrincipal, settings: SettingsD
         }
     if not isinstance(spec, dict):
         return {"spec": None, "lines": {}, "error": {"detail": "a job spec is a mapping of fields", "line": 1}}
+    try:  # YAML has values JSON has not (dates, binary, sets, non-string keys): the answer is JSON
+        spec = json.loads(json.dumps(spec, default=_not_json, allow_nan=False))
+    except _NotJson as exc:
+        return {"spec": None, "lines": {}, "error": {"detail": str(exc), "line": None}}
+    except (TypeError, ValueError) as exc:  # a key JSON cannot have, NaN or Infinity
+        return {"spec": None, "lines": {}, "error": {"detail": f"not a JSON-like spec: {exc}", "line": None}}
     return {"spec": spec, "lines": field_lines(body.text), "error": None}
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(value: Any) -> Any:
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    raise _NotJson(f"a {type(value).__name__} value has no place in a job spec")
 
 
 def install_ui(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from api.errors import ApiError, ErrorCode
 from core.models.zoo import NORMALIZATIONS as MODEL_NORMALIZATIONS
+from service.settings import Settings
 
 # The largest page offset (and event cursor) we accept: far beyond any real table, well inside the
 # 32-bit INTEGER that SQLite and Postgres both bind without overflow.
@@ -149,6 +150,46 @@ _DEVICE = re.compile(DEVICE_PATTERN)
 def check_device(device: str) -> None:
     if not _DEVICE.fullmatch(device):
         raise _bad("device", "must be auto, cpu, cuda or cuda:N")
+
+
+def allowed_devices(settings: Settings) -> list[str]:
+    """The job devices this service's workers can run (``settings.worker_devices``): auto, each listed
+    device, and plain ``cuda`` when one of them is a GPU."""
+    devices = settings.worker_device_list
+    allowed = {"auto", *devices}
+    if any(d.startswith("cuda") for d in devices):
+        allowed.add("cuda")
+    return sorted(allowed)
+
+
+def max_num_workers(settings: Settings) -> int:
+    """The largest ``dataset.num_workers`` accepted: the workers' cores, within the spec's own bound."""
+    from core.data.datasets import DatasetSpec
+
+    spec_bound = next(
+        (m.le for m in DatasetSpec.model_fields["num_workers"].metadata if getattr(m, "le", None) is not None), 64
+    )
+    return min(int(spec_bound), settings.max_dataloader_workers)
+
+
+def check_worker_limits(device: str, num_workers: int, download: bool, settings: Settings) -> None:
+    """Refuse (422) what the workers could not run, which would otherwise fail only once the job starts:
+    a device none of them has, more data-loading processes than their cores, a dataset download
+    where they cannot download. The published schema says the same (api/openapi.py)."""
+    allowed = allowed_devices(settings)
+    if device not in allowed:
+        raise _bad("device", f"the workers have no device {device!r}; this service runs jobs on {', '.join(allowed)}")
+    most = max_num_workers(settings)
+    if num_workers > most:
+        raise _bad(
+            "dataset.num_workers", f"at most {most} data-loading processes (the workers' cores), got {num_workers}"
+        )
+    if download and not settings.dataset_download:
+        raise _bad(
+            "dataset.download",
+            "this service's workers do not download datasets: use a catalogue dataset the service holds "
+            "or upload an .npz (POST /v1/datasets)",
+        )
 
 
 def _json_type(value: Any) -> str:

@@ -136,7 +136,7 @@ def run(
     device: str | None = typer.Option(None, help="Override the spec's device (auto, cpu, cuda, cuda:N)."),
 ) -> None:
     """Run a job spec: pretrain, prune, finetune, evaluate, export."""
-    from core.pipeline.preflight import preflight, shape_error
+    from core.pipeline.preflight import check_host, preflight, shape_error
     from core.pipeline.report import render_markdown
     from core.pipeline.runner import run_job
     from core.spec import load_spec
@@ -146,6 +146,7 @@ def run(
         if device:  # validated like the spec's own field
             spec = load_spec({**spec.model_dump(mode="json"), "device": device})
         _check_out_dir(out, resume, force)
+        check_host(spec)  # the device and the data-loading processes this machine has
         skipped = preflight(spec)  # the network must take the dataset's inputs: refuse before training
         if skipped:
             typer.echo(f"note: input shape not checked before the run: {skipped}", err=True)

@@ -7,7 +7,6 @@ validation failure into a ``CoreError`` naming the first offending field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -21,6 +20,7 @@ from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
+from core.safe_parse import load_json, load_yaml
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
 __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
@@ -351,15 +351,12 @@ def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
             text = path.read_text()
         except OSError as exc:
             raise CoreError("spec_unreadable", "spec", f"cannot read {path}: {exc}") from exc
+        # No aliases, bounded nesting and integers (core/safe_parse.py): a spec file cannot make the
+        # parser expand a bomb or recurse past the interpreter's limit.
         try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise CoreError("spec_unparsable", "spec", f"{path} is not valid YAML/JSON: {exc}") from exc
+            data = (load_yaml(text) or {}) if path.suffix in (".yaml", ".yml") else load_json(text)
+        except CoreError as exc:
+            raise CoreError(exc.code, exc.field, f"{path}: {exc.message}") from None
     if not isinstance(data, dict):
         raise CoreError("invalid_spec", "spec", "the spec must be a mapping")
     try:

@@ -31,6 +31,7 @@ import httpx
 
 from hydra_client.display import event_line
 from hydra_client.errors import HydraError
+from hydra_client.spec_yaml import parse_spec_text
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -58,12 +59,7 @@ class Event:
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A job spec from a YAML or JSON file, as a dict (the service validates it)."""
     text = Path(path).read_text()
-    if str(path).endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
+    data = parse_spec_text(text, str(path), as_json=str(path).endswith(".json"))  # no aliases, bounded
     if not isinstance(data, dict):
         raise HydraError("invalid_spec", f"{path} does not hold a mapping (a job spec)")
     return data

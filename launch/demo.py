@@ -218,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out = _data_dir() / "demo"
     if args.spec is None:
         args.spec = default_spec()
-    import yaml
+    from core.errors import CoreError
+    from core.safe_parse import load_yaml  # no aliases, bounded nesting (a spec is user text)
 
-    spec = yaml.safe_load(args.spec.read_text())
+    try:
+        spec = load_yaml(args.spec.read_text())
+    except CoreError as err:
+        print(f"{args.spec}: {err}", file=sys.stderr)
+        return 2
     service: EmbeddedService | None = None
     started = time.monotonic()
     try:

@@ -136,6 +136,26 @@ class Settings(BaseSettings):
     max_streams_total: int = Field(
         1000, ge=1, description="Open event streams per API process, all keys together; more get 503."
     )
+    # --- what the workers can do (the API refuses at submission a job they could not run)
+    worker_devices: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda:[0-9]{1,3})(,(cpu|cuda:[0-9]{1,3}))*$",
+        description="Comma-separated devices the worker pool has (cpu, cuda:0, ...). A job's device must be "
+        "auto, one of these, or cuda when one of these is a cuda device. Default: cpu only (the embedded default); "
+        "Compose's GPU worker sets cpu,cuda:0.",
+    )
+    max_dataloader_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=0,
+        le=1024,
+        description="Most data-loading processes a job may ask for (dataset.num_workers): the workers' cores. "
+        "Default: this machine's core count (the embedded default runs its worker here).",
+    )
+    dataset_download: bool = Field(
+        False,
+        description="Whether workers may download the catalogue's datasets (dataset.download: true). Off: they "
+        "have no network or the data folder is provisioned; a job asking to download is refused at submission.",
+    )
 
     # --- logs
     log_json: bool = Field(
@@ -158,6 +178,11 @@ class Settings(BaseSettings):
             if values.get(name) in (None, ""):
                 values[name] = under(root)
         return values
+
+    @property
+    def worker_device_list(self) -> tuple[str, ...]:
+        """``worker_devices`` as a tuple: ``("cpu", "cuda:0")``."""
+        return tuple(d.strip() for d in self.worker_devices.split(",") if d.strip())
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -234,10 +234,12 @@ class JobAttempt:
 
         The spec stays the user's (spec.json, the report and the resume check see ``model:<id>``);
         only the inputs point at this worker's files."""
+        from core.pipeline.preflight import check_host
         from core.pipeline.runner import RunInputs
         from core.spec import load_spec
 
         spec = load_spec(spec_dict)
+        check_host(spec)  # a device or cores this worker lacks: a clear failure reason, not a CUDA error
         folder = Path(self.settings.work_dir) / self.job_id / "inputs"
         model_path: str | None = spec.model.checkpoint
         if model_path and model_path.startswith("model:"):

@@ -50,6 +50,7 @@ from api.validation import (
     check_json_types,
     check_model_kwargs,
     check_storable,
+    check_worker_limits,
 )
 from core.spec import BOUND_OBJECTIVES, JobSpec
 from service.db import jobs, keys, uploads
@@ -197,6 +198,7 @@ def submit_job(
     check_json_types(raw_body, spec_dict)  # no lax conversions across JSON types (true -> 1.0, "3" -> 3)
     check_storable(spec_dict, "")  # NUL, NaN, Infinity: refused here, not by the database driver
     check_device(spec.device)
+    check_worker_limits(spec.device, spec.dataset.num_workers, spec.dataset.download, settings)
     _check_references(session, principal.tenant_id, spec)
     _check_bounds_supported(spec)
     _preflight(session, principal.tenant_id, spec)

@@ -22,6 +22,7 @@ from api.schemas import ModelPublic, ModelsPublic
 from api.uploading import receive_upload
 from api.validation import ID_PATTERN, MAX_OFFSET, NO_NUL_PATTERN, check_model_kwargs, check_storable
 from core.errors import CoreError
+from core.safe_parse import check_json
 from service.db import uploads
 from service.db.base import UploadedModel, new_id
 
@@ -45,10 +46,13 @@ def _upload_error(err: CoreError, temp_name: str = "", shown_name: str | None = 
 
 
 def _parse_kwargs(text: str) -> dict[str, Any]:
+    check_json(text, "kwargs")  # depth and integer length before json.loads recurses (422 naming the place)
     try:
         value = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, f"kwargs is not valid JSON: {exc.msg}", "kwargs") from exc
+    except ValueError as exc:  # JSONDecodeError
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, f"kwargs is not valid JSON: {getattr(exc, 'msg', exc)}", "kwargs"
+        ) from exc
     if not isinstance(value, dict):
         raise ApiError(ErrorCode.VALIDATION_ERROR, "kwargs must be a JSON object", "kwargs")
     check_storable(value, "kwargs")

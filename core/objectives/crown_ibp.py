@@ -19,7 +19,9 @@ class CrownIBPObjective(ObjectiveSpec):
     """Zhang et al. 2020 CROWN-IBP: CE of negated margin lower bounds, beta*CROWN + (1-beta)*IBP."""
 
     type: Literal["crown_ibp"] = "crown_ibp"
-    eps: float = Field(0.007, gt=0)
+    eps: float = Field(
+        0.007, gt=0, le=1, description="l_inf radius in pixel space [0, 1] (at most 1: the whole input range)."
+    )
     ramp_epochs: int = Field(120, ge=0, le=10_000)
     kappa: float = Field(0.0, ge=0, le=1)
 

@@ -26,7 +26,9 @@ class MixTrainObjective(ObjectiveSpec):
     """Wang et al. 2018: natural CE plus a sampled symbolic-interval bound loss."""
 
     type: Literal["mixtrain"] = "mixtrain"
-    eps: float = Field(0.007, gt=0)
+    eps: float = Field(
+        0.007, gt=0, le=1, description="l_inf radius in pixel space [0, 1] (at most 1: the whole input range)."
+    )
     sample_prob: float = Field(0.8, ge=0, le=1)
     subset_size: int = Field(5, ge=1, le=10_000)
     ramp_epochs: int = Field(15, ge=0, le=10_000)

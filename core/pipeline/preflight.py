@@ -27,6 +27,7 @@ unknown here (or the network is too big to build), the run checks it when it sta
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -129,6 +130,7 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
         raise
     except Exception:  # noqa: BLE001 - a builder the meta device cannot run: build it for real
         model, device = _build_cpu(arch, kwargs), "cpu"
+    check_ranges(spec, model, shape)
     if shape is None:
         return skipped
     where = f"dataset {spec.dataset.name!r} (inputs {_fmt(shape)}, {num_classes or '?'} classes)"
@@ -177,6 +179,61 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     return None
 
 
+def check_ranges(spec: JobSpec, model: nn.Module, shape: tuple[int, ...] | None) -> None:
+    """Refuse (422) values no real job can use, which would otherwise run for hours to no purpose:
+
+    - an attack radius beyond the input range (``invalid_eps``): inputs live in pixel space [0, 1]
+      (normalisation is inside the network), so an l_inf ball of radius >= 1 already holds every image
+      and an l_2 ball cannot usefully exceed the box's diameter, sqrt(C·H·W) (checked once the shape is
+      known). Checked for the job's objective, each stage's override and the evaluation's ball
+      (``core.pipeline.evaluate.attack_settings``: its own eps/norm, else the objective's);
+    - a keep fraction ``k`` that keeps no weight of some conv/linear layer under the uniform allocation
+      (``invalid_k``, naming the layer; the global and learned allocations are ``_check_budget``'s)."""
+    diameter = math.sqrt(math.prod(shape)) if shape else None
+    limits = {"linf": (1.0, "1 (the whole [0, 1] pixel range)")}
+    if diameter is not None:
+        limits["l2"] = (diameter, f"{diameter:.4g}, the diameter sqrt({_fmt(shape)}) of the input box")
+
+    def check(field: str, norm: str, eps: float) -> None:
+        bound = limits.get(norm)
+        if bound is not None and eps > bound[0]:
+            raise CoreError("invalid_eps", field, f"an {norm} radius of {eps:g} exceeds {bound[1]}")
+
+    owners = [("objective", spec.objective)] + [
+        (f"stages.{name}.objective", stage.objective)
+        for name in ("pretrain", "prune", "finetune")
+        if (stage := getattr(spec.stages, name)) is not None and stage.objective is not None
+    ]
+    for where, objective in owners:
+        ball = objective.ball()
+        if ball is not None:
+            check(f"{where}.eps", ball.norm, ball.eps)
+    if spec.evaluation.eps is not None:
+        ball = spec.objective.ball()
+        check("evaluation.eps", spec.evaluation.norm or (ball.norm if ball else "linf"), spec.evaluation.eps)
+
+    if spec.pruning.allocation != "uniform" or spec.pruning.granularity != "unstructured":
+        return  # global/learned: _check_budget; channel: at least one channel is always kept
+    from core.pruning.masked import kept_count
+
+    layers = [
+        (name, m.weight.numel())
+        for name, m in model.named_modules()
+        if type(m) in (nn.Conv2d, nn.Linear)  # the layers convert_to_masked converts
+    ]
+    for k in spec.pruning.k:
+        for name, size in layers:
+            if kept_count(size, k) < 1:
+                smallest = min(layers, key=lambda layer: layer[1])
+                raise CoreError(
+                    "invalid_k",
+                    "pruning.k",
+                    f"k = {k:g} keeps no weight of layer {name!r} ({size} weights): every layer keeps the "
+                    f"fraction k of its weights; k = {1 / smallest[1]:.3g} keeps one weight of the smallest "
+                    f"layer, {smallest[0]!r} ({smallest[1]} weights)",
+                )
+
+
 def _check_budget(spec: JobSpec, model: nn.Module) -> None:
     """A global or learned allocation spreads ``kept_count(N, k)`` weights over the layers: refuse (on
     ``pruning.k``) a ``k`` that cannot give every layer its minimum (learned: one weight; global:
@@ -223,6 +280,30 @@ def _check_channel(model: nn.Module, device: str, arch: str, kwargs: dict[str, A
                 "pruning.granularity",
                 f"channel pruning cannot rebuild {arch}: {_first_line(exc)}",
             ) from exc
+
+
+def check_host(spec: JobSpec) -> None:
+    """Refuse (``CoreError``) a spec this machine cannot run, at the start of a local run rather than at
+    its first batch: a device it does not have (``device_unavailable`` on ``device``: ``cuda`` with no
+    GPU, ``cuda:N`` with N at or past ``torch.cuda.device_count()``) and more data-loading processes
+    than it has cores (``too_many_workers`` on ``dataset.num_workers``). The service checks the same
+    against its settings at submission (its API does not run on the workers' machines)."""
+    import os
+
+    device = spec.device
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            have = f"{count} GPU{'s' if count != 1 else ''}" + (f" (cuda:0 to cuda:{count - 1})" if count else "")
+            raise CoreError("device_unavailable", "device", f"{device} is not available: this machine has {have}")
+    cores = os.cpu_count() or 1
+    if spec.dataset.num_workers > cores:
+        raise CoreError(
+            "too_many_workers",
+            "dataset.num_workers",
+            f"{spec.dataset.num_workers} data-loading processes on a machine with {cores} cores",
+        )
 
 
 def shape_error(exc: BaseException) -> CoreError | None:

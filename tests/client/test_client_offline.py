@@ -193,3 +193,32 @@ def test_hydra_compress_has_the_core_and_the_client_commands() -> None:
         assert f" {name} " in result.output, name
     result = CliRunner().invoke(app, ["status", "some-id", "--url", "http://127.0.0.1:9"], env={"HYDRA_API_KEY": ""})
     assert result.exit_code == 2 and "API key" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        (
+            "bomb.yaml",
+            "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)),
+            "aliases",
+        ),
+        ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000, "nesting deeper"),
+        ("deep.json", "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("huge.yaml", "seed: " + "9" * 5000, "integer of 5000"),
+        ("huge.json", '{"seed": ' + "9" * 5000 + "}", "digits"),
+    ],
+)
+def test_a_hostile_spec_file_is_refused_before_it_is_expanded(tmp_path, name: str, text: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from hydra_client import load_spec_file
+
+    path = tmp_path / name
+    path.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(HydraError) as info:
+        load_spec_file(path)
+    assert time.monotonic() - started < 1.0
+    assert info.value.error_code == "invalid_spec" and words in info.value.detail, info.value

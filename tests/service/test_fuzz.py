@@ -1,6 +1,8 @@
 """Schemathesis against the real app, on Postgres and on the embedded SQLite default.
 
-Every operation of the OpenAPI document, every phase (examples, coverage, fuzzing and the stateful
+Every operation of the OpenAPI document (which documents every JSON route the service serves, the
+dashboard's editor helpers under ``/ui/api`` included; the test checks that no such route is left
+out), every phase (examples, coverage, fuzzing and the stateful
 phase, which chains the operations through the links schemathesis infers: a job it submitted is read,
 streamed, cancelled...), with a fixed seed and a bounded number of examples so the run is repeatable
 and fits the suite's time budget. The app runs in process through schemathesis's ASGI transport with
@@ -44,6 +46,8 @@ from service.settings import Settings  # noqa: E402
 SEED = int(os.environ.get("HYDRA_FUZZ_SEED", "20261202"))
 MAX_EXAMPLES = int(os.environ.get("HYDRA_FUZZ_EXAMPLES", "10"))  # per operation; coverage adds its edge cases
 ERROR_KEYS = {"error_code", "detail", "field"}
+# schemathesis's default statuses for a refused schema-violating request, plus 413 (api/limits.py)
+NEGATIVE_STATUSES = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 # Submissions and uploads build the network (on the meta device, on the CPU where a builder cannot run
 # there); a torchvision one can take seconds on two shared cores. The fuzz keeps torchvision in its
 # schema but sends at most this many of them.
@@ -144,7 +148,11 @@ def run_schemathesis(app: Any, token: str) -> dict[str, Any]:
             },
             "request-timeout": 5,
             "max-stream-events": 2,
-            "checks": {"positive_data_acceptance": {"enabled": False}},
+            "checks": {
+                "positive_data_acceptance": {"enabled": False},
+                # a body over the size cap is refused before it is read (413): a rejection like any 4xx
+                "negative_data_rejection": {"expected-statuses": NEGATIVE_STATUSES},
+            },
             # the live stream of a queued job never ends by itself: read one event, or for one second
             "operations": [{"include-path": "/v1/jobs/{job_id}/events", "request-timeout": 1, "max-stream-events": 1}],
             "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
@@ -248,3 +256,25 @@ def test_schemathesis_finds_nothing(backend: str, request: pytest.FixtureRequest
         f"not exercised: {sorted(result['declared'] - result['exercised'])}"
     )
     assert not [code for code in result["statuses"] if code >= 500], report
+
+
+def _segments_match(called: list[str], documented: list[str]) -> bool:
+    return len(called) == len(documented) and all(
+        a == b or a == "*" or b.startswith("{") for a, b in zip(called, documented)
+    )
+
+
+def test_every_json_route_the_dashboard_calls_is_documented_and_so_fuzzed(sqlite_settings: Settings) -> None:
+    """The fuzz covers the document; the dashboard's script is the one client of the ``/ui/api`` helpers,
+    so every path it calls (``api("/ui/api/spec-parse", ...)``) must be in the document too."""
+    import re
+
+    script = (Path(__file__).resolve().parents[2] / "api" / "static" / "hydra.js").read_text()
+    called = {
+        re.sub(r"\$\{[^}]*\}", "*", path).split("?")[0].split("${")[0]
+        for path in re.findall(r"""\bapi\([`"]([^`"]+)[`"]""", script)
+    }
+    assert {"/ui/api/spec-parse", "/ui/api/spec-template", "/v1/jobs"} <= called, called
+    documented = [p.split("/") for p in build_app(sqlite_settings, RecordingQueue()).openapi()["paths"]]
+    missing = [p for p in called if not any(_segments_match(p.split("/"), d) for d in documented)]
+    assert not missing, f"the dashboard calls routes the OpenAPI document (and so the fuzz) leaves out: {missing}"
