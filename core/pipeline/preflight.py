@@ -106,7 +106,9 @@ def _npz_header(path: str, declared: int | None) -> tuple[tuple[int, ...] | None
         return None, None
 
 
-def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> str | None:
+def preflight(
+    spec: JobSpec, dataset_info: Mapping[str, Any] | None = None, onnx_info: Mapping[str, Any] | None = None
+) -> str | None:
     """Refuse an architecture that cannot take the dataset's inputs or gives the wrong number of
     outputs: build it with the dataset's ``num_classes`` (unless ``model.kwargs`` sets one) and run one
     forward on a zero batch of the dataset's input shape.
@@ -117,6 +119,8 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     from core.models.zoo import create_model
 
     shape, num_classes, skipped = dataset_signature(spec, dataset_info)
+    if spec.model.onnx is not None:
+        return _preflight_onnx(spec, shape, num_classes, skipped, onnx_info)
     arch = spec.model.arch
     kwargs = dict(spec.model.kwargs)
     if num_classes is not None:
@@ -175,6 +179,44 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     if spec.pruning.granularity == "channel":
         _check_channel(model, device, arch, kwargs, shape)
     return None
+
+
+def _preflight_onnx(
+    spec: JobSpec,
+    shape: tuple[int, ...] | None,
+    num_classes: int | None,
+    skipped: str | None,
+    onnx_info: Mapping[str, Any] | None,
+) -> str | None:
+    """``model.onnx``: the graph's input shape and classes against the data set's (``model.onnx``), and a
+    bound objective against the bound code's layers. A local file is imported (checked, converted,
+    verified: ``core.models.onnx_network.load_onnx``); an upload's record (``onnx_info``: ``input_shape``,
+    ``num_classes``) stands for it when the caller has one."""
+    from core.models.onnx_import import ImportedNetwork
+    from core.models.onnx_network import check_fits_dataset, create_onnx_model, load_onnx
+    from core.spec import BOUND_OBJECTIVES
+
+    onnx = spec.model.onnx
+    assert onnx is not None
+    source: ImportedNetwork | None = None
+    if onnx_info is not None:
+        graph_shape, graph_classes = tuple(onnx_info["input_shape"]), int(onnx_info["num_classes"])
+    elif onnx.startswith("model:"):
+        return "the uploaded ONNX network is checked against the data when the job starts"
+    else:
+        source = load_onnx(onnx)
+        graph_shape, graph_classes = source.input_shape, source.num_classes
+    stand_in = ImportedNetwork(nn.Identity(), "", "", "", graph_shape, graph_classes, 0, {}, 0, 0.0)
+    check_fits_dataset(stand_in, shape, num_classes)
+    objectives = [spec.objective] + [spec.objective_for(s) for s in ("pretrain", "prune", "finetune")]
+    if source is not None and any(o.type in BOUND_OBJECTIVES for o in objectives):
+        from core.certify.bounds import check_supported
+
+        try:
+            check_supported(create_onnx_model(source, **spec.model.kwargs))  # names the first unsupported layer
+        except CoreError as err:
+            raise CoreError(err.code, "model.onnx", f"{err.message} (needed by the bound-based objective)") from None
+    return skipped if shape is None else None
 
 
 def _check_budget(spec: JobSpec, model: nn.Module) -> None:

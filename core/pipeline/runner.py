@@ -36,6 +36,8 @@ from core.data.datasets import build_datasets, train_loader
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
+from core.models.onnx_import import ImportedNetwork
+from core.models.onnx_network import check_fits_dataset, create_onnx_model, load_onnx
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
@@ -68,10 +70,11 @@ class RunInputs:
 
     model_checkpoint: str | Path | None = None
     dataset_path: str | Path | None = None
+    model_onnx: str | Path | None = None  # the .onnx file behind model.onnx
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> RunInputs:
-        return cls(spec.model.checkpoint, spec.dataset.path)
+        return cls(spec.model.checkpoint, spec.dataset.path, spec.model.onnx)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -82,9 +85,15 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
+def build_network(spec: JobSpec, info: dict[str, Any], source: ImportedNetwork | None = None) -> nn.Module:
+    """The job's network with masked layers: the catalogue's ``model.arch``, or ``source`` (the graph
+    imported from ``model.onnx``, with its trained weights)."""
     kwargs = dict(spec.model.kwargs)
     kwargs.setdefault("num_classes", info["num_classes"])
+    if spec.model.onnx is not None:
+        if source is None:
+            raise CoreError("missing_onnx", "model.onnx", "the ONNX network was not imported")
+        return convert_to_masked(create_onnx_model(source, **kwargs))
     return convert_to_masked(create_model(spec.model.arch, **kwargs))
 
 
@@ -102,7 +111,11 @@ class _Runner:
         first_seed = job_seeds(spec)[0]
         torch.manual_seed(first_seed)
         random.seed(first_seed)
-        self.model = build_network(spec, self.info).to(self.device)
+        self.source: ImportedNetwork | None = None  # model.onnx, imported (checked, converted, verified)
+        if spec.model.onnx is not None:
+            self.source = load_onnx(inputs.model_onnx if inputs.model_onnx is not None else spec.model.onnx)
+            check_fits_dataset(self.source, self.info.get("input_shape"), self.info["num_classes"])
+        self.model = build_network(spec, self.info, self.source).to(self.device)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -204,7 +217,7 @@ class _Runner:
         uploaded starting weights again), and forget the previous seed's pretrained network."""
         torch.manual_seed(seed)
         random.seed(seed)
-        self.model = build_network(self.spec, self.info).to(self.device)
+        self.model = build_network(self.spec, self.info, self.source).to(self.device)
         self._load_starting_weights()
         has_pretrain = any(s.kind == "pretrain" for s in self.steps)
         self.pretrained = None if has_pretrain else self._dense_state()
@@ -343,7 +356,7 @@ class _Runner:
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
         assert self.pretrained is not None
-        network = build_network(self.spec, self.info)
+        network = build_network(self.spec, self.info, self.source)
         network.load_state_dict(self.pretrained)
         return network.eval()
 
