@@ -113,7 +113,11 @@ def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx_data")
     rng = np.random.default_rng(0)
     paths = {}
-    for name, shape, classes in (("rgb", (40, 32, 32, 3), CLASSES), ("grey", (40, 8, 8), CLASSES), ("rgb5", (40, 32, 32, 3), 5)):
+    for name, shape, classes in (
+        ("rgb", (40, 32, 32, 3), CLASSES),
+        ("grey", (40, 8, 8), CLASSES),
+        ("rgb5", (40, 32, 32, 3), 5),
+    ):
         path = folder / f"{name}.npz"
         labels = np.arange(shape[0]) % classes
         np.savez(path, images=rng.integers(0, 256, shape, dtype=np.uint8), labels=labels)
@@ -254,8 +258,15 @@ def _unsupported_op() -> bytes:
 
 def _subgraph() -> bytes:
     model = _helper_graph()
-    branch = helper.make_graph([helper.make_node("Identity", ["r"], ["o"])], "b", [], [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
-    model.graph.node.append(helper.make_node("If", ["cond"], ["z"], name="branchy", then_branch=branch, else_branch=branch))
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["o"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)],
+    )
+    model.graph.node.append(
+        helper.make_node("If", ["cond"], ["z"], name="branchy", then_branch=branch, else_branch=branch)
+    )
     return model.SerializeToString()
 
 
@@ -370,12 +381,16 @@ def _check_run(out, report, *, input_name, output_name, input_shape, k, method="
     x = torch.rand(3, *input_shape)
     got = session.run([output_name], {input_name: x.numpy()})[0]
     source = load_onnx(json.loads((out / "spec.json").read_text())["model"]["onnx"])
-    reloaded = load_compressed_model(out / variant["artifacts"]["compressed"]["name"], build=lambda: create_onnx_model(source))
+    reloaded = load_compressed_model(
+        out / variant["artifacts"]["compressed"]["name"], build=lambda: create_onnx_model(source)
+    )
     with torch.no_grad():
         assert np.abs(got - reloaded(x).numpy()).max() <= 1e-4
     card = (out / f"{method}_k{k:g}.model_card.md").read_text()
     assert report["source_graph"]["sha256"] in card and output_name in card
-    weights = [numpy_helper.to_array(t) for t in graph.graph.initializer if t.name.endswith("weight") or len(t.dims) == 4]
+    weights = [
+        numpy_helper.to_array(t) for t in graph.graph.initializer if t.name.endswith("weight") or len(t.dims) == 4
+    ]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert zeros > 0.5  # the pruned weights are zero in the shipped graph
 

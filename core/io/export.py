@@ -25,8 +25,8 @@ import hashlib
 import json
 import math
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -213,7 +213,7 @@ def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
             prepared = onnxscript.optimizer.optimize(prepared)
             if default_opset(prepared) > CONVERT_OPSET:
                 prepared = convert_version(prepared, CONVERT_OPSET)
-    except Exception as err:  # the optimizer/version converter raise many types on odd graphs
+    except Exception as err:  # noqa: BLE001 - the optimizer/version converter raise many types on odd graphs
         raise _refuse("onnx_unsupported_op", f"the graph could not be prepared for conversion: {err}") from None
     constants = {t.name: t for t in prepared.graph.initializer}
     for node in prepared.graph.node:
@@ -237,7 +237,7 @@ def _convert(model: onnx.ModelProto) -> torch.fx.GraphModule:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return convert(model)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - onnx2torch raises anything; the node is named below
         raise _first_unconvertible(model, err) from None
 
 
@@ -252,7 +252,7 @@ def _first_unconvertible(model: onnx.ModelProto, err: Exception) -> CoreError:
         try:
             converter = get_converter(domain=onnx_node.domain, operation_type=onnx_node.operation_type, version=opset)
             converter(onnx_node, graph)
-        except Exception as node_err:
+        except Exception as node_err:  # noqa: BLE001 - the first node whose converter fails
             node = model.graph.node[i]
             return _refuse("onnx_unsupported_op", f"{_node_label(node, i)} cannot be converted to PyTorch: {node_err}")
     return _refuse("onnx_unsupported_op", f"the graph could not be converted to PyTorch: {err}")
@@ -348,7 +348,7 @@ def import_onnx(data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX
         diff = onnx_parity(data, module, input_name, output_name, inputs)
     except CoreError:
         raise
-    except Exception as err:  # onnxruntime or the converted module failed on a valid-looking graph
+    except Exception as err:  # noqa: BLE001 - onnxruntime or the converted module failed on a valid-looking graph
         raise _refuse("onnx_parity", f"the graph could not be run on random inputs: {err}") from None
     if not diff <= PARITY_ATOL:
         raise _refuse(
