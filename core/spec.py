@@ -52,11 +52,11 @@ class ModelSpec(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from core.models.zoo import list_models
+        from core.models.zoo import is_catalogue_name, list_models
 
-        known = list_models()
-        if v not in known and not v.startswith("torchvision:") and v != ONNX_ARCH:
-            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(sorted(known))}")
+        if not is_catalogue_name(v) and v != ONNX_ARCH:
+            known = ", ".join(sorted(list_models()))
+            raise ValueError(f"unknown architecture {v!r}; known: {known}, torchvision:<name>, timm:<name>")
         return v
 
     @model_validator(mode="before")

@@ -89,9 +89,9 @@ def upload_model(
     """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
     from core.io.weights import check_weights, precheck_weights_file  # lazy: only this route reads weights files
-    from core.models.zoo import list_models
+    from core.models.zoo import is_catalogue_name
 
-    if arch not in list_models() and not arch.startswith("torchvision:"):
+    if not is_catalogue_name(arch):
         raise ApiError(ErrorCode.VALIDATION_ERROR, f"unknown architecture {arch!r}", "arch")
     declared = checkpoint_format
     if declared == "auto" and (file.filename or "").lower().endswith(".safetensors"):

@@ -139,11 +139,13 @@ def preflight(
     channels = _input_channels(model)
     if channels is not None and channels != shape[0]:
         field = "model.kwargs.in_channels" if "in_channels" in spec.model.kwargs else "model.arch"
-        hint = (
-            "set model.kwargs.in_channels (with a normalization of as many channels)"
-            if not arch.startswith("torchvision:")
-            else "torchvision classifiers take 3 channels"
-        ) + " or choose another architecture"
+        if arch.startswith("timm:"):
+            hint = "set model.kwargs.in_chans (with a normalization of as many channels)"
+        elif arch.startswith("torchvision:"):
+            hint = "torchvision classifiers take 3 channels"
+        else:
+            hint = "set model.kwargs.in_channels (with a normalization of as many channels)"
+        hint += " or choose another architecture"
         raise CoreError(
             INCOMPATIBLE, field, f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}"
         )
