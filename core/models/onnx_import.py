@@ -323,6 +323,8 @@ def _drop_unused_initializers(module: torch.fx.GraphModule) -> None:
         for name, _ in list(container.named_buffers(recurse=False)):
             if f"initializers.{name}" not in used:
                 delattr(container, name)
+        if not list(container.buffers()):  # an empty holder would read as an unknown layer to the bound code
+            delattr(module, "initializers")
 
 
 # ------------------------------------------------------------------ parity and the whole import
