@@ -421,3 +421,8 @@ def test_the_cli_runs_a_helper_graph_with_trades_from_a_local_path(tmp_path, dat
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     _check_run(tmp_path / "run", report, input_name="x", output_name="y", input_shape=(1, 8, 8), k=0.2)
+    changed = _helper_graph()
+    changed.graph.initializer[0].raw_data = np.ones((4, 1, 3, 3), np.float32).tobytes()
+    path.write_bytes(changed.SerializeToString())  # another network under the same name
+    resumed = CliRunner().invoke(app, ["run", str(spec_path), "--out", str(tmp_path / "run"), "--resume"])
+    assert resumed.exit_code != 0 and "not the one the checkpoint was trained from" in resumed.output

@@ -168,6 +168,7 @@ class _Runner:
             "results": json.dumps(self.results),
             "rng": ckpt.capture_rng_state(),
             "spec": self.spec.model_dump_json(),
+            "onnx_sha256": self.source.sha256 if self.source is not None else None,
         }
         path = self.out / CHECKPOINT_NAME
         ckpt.save_checkpoint(path, state)
@@ -178,6 +179,9 @@ class _Runner:
         differing = differing_fields(saved_spec.model_dump(mode="json"), self.spec.model_dump(mode="json"))
         if differing:
             raise ResumeMismatch(differing)
+        saved_graph = state.get("onnx_sha256")
+        if self.source is not None and saved_graph is not None and saved_graph != self.source.sha256:
+            raise ResumeMismatch(["model.onnx"], "the ONNX file is not the one the checkpoint was trained from")
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
         self.done_iters = int(state["done_iters"])
         self.model.load_state_dict(state["model"])
