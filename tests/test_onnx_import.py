@@ -317,6 +317,19 @@ def test_hostile_files_are_refused_naming_the_problem(case):
     assert needle in err.value.message
 
 
+def test_a_shape_bomb_is_refused_before_anything_allocates_it():
+    model = _helper_graph()
+    shape = numpy_helper.from_array(np.array([4096, 4096], dtype=np.int64), "bomb_shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.append(helper.make_node("ConstantOfShape", ["bomb_shape"], ["big"], name="bomb"))
+    model.graph.node.append(helper.make_node("ReduceSum", ["big"], ["total"], name="sum", keepdims=0))
+    model.graph.node.append(helper.make_node("Add", ["y_pre", "total"], ["y"], name="use_it"))
+    model.graph.node[6].output[0] = "y_pre"  # head_bias now feeds use_it
+    with pytest.raises(CoreError, match="'bomb' \\(op ConstantOfShape\\) makes a tensor of 16,777,216") as err:
+        import_onnx(model.SerializeToString(), max_elements=1_000_000)
+    assert err.value.code == "onnx_too_large"
+
+
 def test_size_and_node_limits_refuse_before_parsing_everything():
     data = _helper_graph().SerializeToString()
     with pytest.raises(CoreError, match="limit is 100") as err:
@@ -403,9 +416,10 @@ def test_an_exported_torchvision_network_prunes_end_to_end_and_ships_as_onnx(tmp
     path.write_bytes(_export(build()))
     out = tmp_path / "run"
     small = {"name": "npz", "path": str(data["rgb"]), "num_classes": CLASSES, "batch_size": 16, "max_train_samples": 16}
-    # lwm, one-shot: the largest magnitudes of the user's own weights, straight to evaluation and export
-    stages = {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01} if method == "hydra" else None}
-    spec = _spec(path, data["rgb"], dataset=small, stages=stages, pruning={"methods": [method], "k": [0.2]})
+    # lwm: the largest magnitudes of the user's own weights, finetuned with the natural objective
+    stages = {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}}
+    objective = {"type": "natural"} if method == "lwm" else None
+    spec = _spec(path, data["rgb"], objective, dataset=small, stages=stages, pruning={"methods": [method], "k": [0.2]})
     report = run_job(spec, out)
     _check_run(out, report, input_name="img", output_name="scores", input_shape=(3, 32, 32), k=0.2, method=method)
     assert json.loads((out / "spec.json").read_text())["stages"]["pretrain"] is None  # the graph's weights

@@ -8,7 +8,8 @@ MatMul with a weight initializer is an ``nn.Conv2d`` / ``nn.Linear`` — exactly
 Nothing in the file runs as code. It is parsed with ``ModelProto.ParseFromString`` (never
 ``onnx.load``, which follows external-data paths), then refused unless:
 
-* it is at most ``MAX_BYTES`` and ``MAX_NODES`` nodes, no subgraphs (If/Loop/Scan), no model-local
+* it is at most ``MAX_BYTES`` and ``MAX_NODES`` nodes, no inferred tensor over ``MAX_ELEMENTS`` per
+  sample (shape bombs: ConstantOfShape, Expand, Tile), no subgraphs (If/Loop/Scan), no model-local
   functions, only the default ONNX domain (custom ops would need code we do not have);
 * no tensor (initializer, sparse initializer, Constant attribute) has ``data_location = EXTERNAL``:
   the weights must be inside the file, nothing is read from a path the file names;
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 FIELD = "model.onnx"
 MAX_BYTES = 512 * 1024 * 1024
 MAX_NODES = 20_000
+MAX_ELEMENTS = 1 << 26  # per sample, any tensor the graph makes (256 MiB of float32)
 MIN_OPSET, MAX_OPSET = 9, 22
 CONVERT_OPSET = 17  # onnx2torch's newest converters; newer graphs are down-converted to it
 PARITY_ATOL = 1e-4
@@ -98,7 +100,9 @@ def _node_label(node: onnx.NodeProto, index: int) -> str:
 
 
 # ------------------------------------------------------------------ parsing and static checks
-def parse_onnx(data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> onnx.ModelProto:
+def parse_onnx(
+    data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES, max_elements: int = MAX_ELEMENTS
+) -> onnx.ModelProto:
     """Parse and check ``data`` (module docstring); ``CoreError`` on ``model.onnx`` naming the problem."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -138,7 +142,33 @@ def parse_onnx(data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise _refuse("onnx_invalid", f"onnx.checker refused the model: {first[:300]}") from None
+    _check_tensor_sizes(model, max_elements)
     return model
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, max_elements: int) -> None:
+    """Refuse a graph whose shapes, as inferred (constants propagated), make a tensor of more than
+    ``max_elements`` per sample (batch-like symbolic dimensions count 1): a ConstantOfShape / Expand /
+    Tile / Resize bomb would otherwise allocate it in the constant folding, onnxruntime or PyTorch."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError) as err:
+        raise _refuse("onnx_invalid", f"shape inference failed: {str(err)[:300]}") from None
+    sizes: dict[str, int] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+            sizes[value.name] = math.prod(dims)
+    for i, node in enumerate(model.graph.node):
+        for output in node.output:
+            if sizes.get(output, 0) > max_elements:
+                raise _refuse(
+                    "onnx_too_large",
+                    f"{_node_label(node, i)} makes a tensor of {sizes[output]:,} elements per sample "
+                    f"(limit {max_elements:,})",
+                )
 
 
 def _check_tensors(model: onnx.ModelProto) -> None:
@@ -360,9 +390,11 @@ def onnx_parity(data: bytes, module: nn.Module, input_name: str, output_name: st
     return float(np.abs(got - want).max())
 
 
-def import_onnx(data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> ImportedNetwork:
+def import_onnx(
+    data: bytes, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES, max_elements: int = MAX_ELEMENTS
+) -> ImportedNetwork:
     """Check, convert and verify an ONNX network (module docstring); ``CoreError`` on ``model.onnx``."""
-    model = parse_onnx(data, max_bytes=max_bytes, max_nodes=max_nodes)
+    model = parse_onnx(data, max_bytes=max_bytes, max_nodes=max_nodes, max_elements=max_elements)
     input_name, input_shape, output_name, classes = _io_signature(model)
     module = _convert(_prepare(model))
     prunable = _make_prunable(module, model)
