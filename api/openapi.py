@@ -149,6 +149,21 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str]) -> None
         "title": "Checkpoint",
         "description": "Starting weights: an uploaded model, `model:<id>` (POST /v1/models).",
     }
+    # model.onnx replaces arch and the starting checkpoint, and takes only the input normalisation
+    # (ModelSpec._onnx_replaces_arch / _onnx_source)
+    schemas["ModelSpec"]["anyOf"] = [
+        {"not": {"required": ["onnx"]}},
+        {"properties": {"onnx": {"type": "null"}}},
+        {
+            "required": ["onnx"],
+            "not": {"required": ["arch"]},
+            "properties": {
+                "onnx": {"type": "string"},
+                "checkpoint": {"type": "null"},
+                "kwargs": {"propertyNames": {"enum": ["normalization", "mean", "std"]}},
+            },
+        },
+    ]
     model["onnx"] = {
         **_nullable({"type": "string", "pattern": MODEL_REF_PATTERN}),
         "title": "Onnx",

@@ -370,13 +370,6 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _start_point(self) -> JobSpec:
-        if self.model.onnx is not None and self.pruning.granularity == "channel":
-            raise _field_error(
-                ("pruning", "granularity"),
-                "channel_unsupported",
-                "channel granularity is not available for model.onnx networks yet; use unstructured",
-                "channel",
-            )
         if self.stages.pretrain is None and self.model.checkpoint is None and self.model.onnx is None:
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
         prune = self.stages.prune

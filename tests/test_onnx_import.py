@@ -368,6 +368,10 @@ def test_a_graph_that_does_not_fit_the_data_is_refused_at_preflight(tmp_path, da
     with pytest.raises(CoreError, match="gives 3 outputs but the data set has 5 classes") as err:
         preflight(five)
     assert err.value.field == "model.onnx"
+    channel = _spec(path, data["grey"], pruning={"methods": ["lwm"], "k": [0.5], "granularity": "channel"})
+    with pytest.raises(CoreError, match="not available for model.onnx") as err:
+        preflight(channel)
+    assert (err.value.code, err.value.field) == ("channel_unsupported", "pruning.granularity")
 
 
 def test_a_bound_objective_is_refused_naming_the_first_layer_it_cannot_bound(tmp_path, data):

@@ -50,6 +50,7 @@ from api.validation import (
     check_model_kwargs,
     check_storable,
 )
+from core.errors import CoreError
 from core.spec import BOUND_OBJECTIVES, JobSpec
 from service.db import jobs, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
@@ -163,7 +164,7 @@ def _check_bounds_supported(session: Session, tenant_id: int, spec: JobSpec) -> 
         row = _onnx_upload(session, tenant_id, spec)
         refusal = (row.arch_kwargs or {}).get("bounds_unsupported") if row is not None else None
         if refusal:
-            raise ApiError(ErrorCode.INVALID_SPEC, f"{refusal} (needed by the bound-based objective)", "model.onnx")
+            raise CoreError("unsupported_layer", "model.onnx", f"{refusal} (needed by the bound-based objective)")
         return
     from core.certify.bounds import check_supported  # lazy: torch is heavy and only needed here
     from core.models.zoo import create_model

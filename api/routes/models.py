@@ -105,7 +105,9 @@ def upload_model(
     arch_kwargs = _parse_kwargs(kwargs)
     if arch is None or arch == ONNX_ARCH:
         if arch_kwargs:
-            raise ApiError(ErrorCode.VALIDATION_ERROR, "an ONNX network takes no kwargs", "kwargs")
+            raise ApiError(
+                ErrorCode.INVALID_UPLOAD, "an ONNX network takes no kwargs (it is the graph as sent)", "kwargs"
+            )
         return _upload_onnx(principal.tenant_id, session, settings, store, file, name, arch is None)
     from core.io.weights import check_weights, precheck_weights_file  # lazy: only this route reads weights files
     from core.models.zoo import is_catalogue_name
@@ -156,7 +158,7 @@ def _upload_onnx(
         except CoreError as err:
             if err.code == "onnx_unparsable" and arch_missing:  # most likely a weights file without its arch
                 raise ApiError(
-                    ErrorCode.VALIDATION_ERROR,
+                    ErrorCode.INVALID_UPLOAD,
                     "arch is required for a weights file (the file is not an ONNX network, which needs none)",
                     "arch",
                 ) from err

@@ -200,6 +200,7 @@ def _preflight_onnx(
 
     onnx = spec.model.onnx
     assert onnx is not None
+    check_onnx_granularity(spec)
     source: ImportedNetwork | None = None
     if onnx_info is not None:
         graph_shape, graph_classes = tuple(onnx_info["input_shape"]), int(onnx_info["num_classes"])
@@ -219,6 +220,16 @@ def _preflight_onnx(
         except CoreError as err:
             raise CoreError(err.code, "model.onnx", f"{err.message} (needed by the bound-based objective)") from None
     return skipped if shape is None else None
+
+
+def check_onnx_granularity(spec: JobSpec) -> None:
+    """Channel pruning of an imported graph (its dependency graph through Torch-Pruning) is not built yet."""
+    if spec.model.onnx is not None and spec.pruning.granularity == "channel":
+        raise CoreError(
+            "channel_unsupported",
+            "pruning.granularity",
+            "channel granularity is not available for model.onnx networks yet; use unstructured",
+        )
 
 
 def _check_budget(spec: JobSpec, model: nn.Module) -> None:

@@ -80,7 +80,9 @@ def test_a_graph_that_does_not_fit_the_job_is_refused_at_submission(client: Test
     assert "3 outputs" in body["detail"] and "10 classes" in body["detail"]
     ten = upload(client, key, onnx_bytes()).json()
     bounded = {"model": {"onnx": ten["ref"]}, "objective": {"type": "crown_ibp", "eps": 0.1}}
-    body = assert_error(client.post("/v1/jobs", json=bounded, headers=key.headers), 422, None, "model.onnx")
+    body = assert_error(
+        client.post("/v1/jobs", json=bounded, headers=key.headers), 422, "unsupported_layer", "model.onnx"
+    )
     assert "not supported by the bound code" in body["detail"]
 
 
@@ -90,8 +92,8 @@ def test_a_graph_that_does_not_fit_the_job_is_refused_at_submission(client: Test
         (onnx_bytes(domain="evil.ops"), {}, "invalid_upload", "file", "evil.ops"),
         (onnx_bytes(external=True), {}, "invalid_upload", "file", "'/etc/shadow'"),
         (b"\x0a\xff\xff\xff\xff\x0f garbage", {"arch": "onnx"}, "invalid_upload", "file", "not an ONNX model"),
-        (b"definitely not weights", {}, "validation_error", "arch", "arch is required"),
-        (onnx_bytes(), {"arch": "onnx", "kwargs": '{"num_classes": 3}'}, "validation_error", "kwargs", "no kwargs"),
+        (b"definitely not weights", {}, "invalid_upload", "arch", "arch is required"),
+        (onnx_bytes(), {"arch": "onnx", "kwargs": '{"num_classes": 3}'}, "invalid_upload", "kwargs", "no kwargs"),
     ],
     ids=["custom op", "external data", "garbage", "weights without arch", "kwargs"],
 )
