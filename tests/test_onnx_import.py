@@ -169,7 +169,8 @@ def test_torchvision_networks_convert_within_atol_and_every_weight_layer_becomes
     assert len(masked_layers(model)) == weight_nodes == len(imported.prunable)
     x = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(model.eval()(x), net(x), atol=1e-4)  # the user's trained function, unchanged
+        want = net(x)
+        assert torch.allclose(model.eval()(x), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))  # unchanged
 
 
 def _opset18_graph() -> onnx.ModelProto:
