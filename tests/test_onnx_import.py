@@ -298,7 +298,11 @@ HOSTILE = {
     "empty": (b"", "onnx_unparsable", "empty"),
     "depth bomb": (_nested_bomb(400), "onnx_unparsable", "not an ONNX model"),
     "external data path": (_external_data(), "onnx_external_data", "'conv_w'"),
-    "custom domain op": (_helper_graph(custom_domain="evil.ops").SerializeToString(), "onnx_custom_op", "evil.ops"),
+    "custom domain op": (
+        _helper_graph(custom_domain="evil.ops").SerializeToString(),
+        "onnx_custom_op",
+        "'stem_conv' (op Conv, domain evil.ops)",
+    ),
     "op the converter lacks": (_unsupported_op(), "onnx_unsupported_op", "'odd_hardmax' (op Hardmax)"),
     "weight-first MatMul": (
         _helper_graph(matmul_weight_first=True).SerializeToString(),

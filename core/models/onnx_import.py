@@ -127,15 +127,15 @@ def parse_onnx(
         raise _refuse(
             "onnx_custom_op", f"the model defines local functions ({model.functions[0].name!r}); they are not supported"
         )
-    for opset in model.opset_import:
-        if opset.domain not in _DEFAULT_DOMAINS:
-            raise _refuse("onnx_custom_op", f"the model imports the custom operator domain {opset.domain!r}")
-    _check_tensors(model)
-    for i, node in enumerate(graph.node):
+    for i, node in enumerate(graph.node):  # nodes first: a refusal names the node
         if node.domain not in _DEFAULT_DOMAINS:
             raise _refuse("onnx_custom_op", f"{_node_label(node, i)} is a custom operator; only standard ONNX ops")
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             raise _refuse("onnx_unsupported_op", f"{_node_label(node, i)} holds a subgraph (control flow)")
+    for opset in model.opset_import:
+        if opset.domain not in _DEFAULT_DOMAINS:
+            raise _refuse("onnx_custom_op", f"the model imports the custom operator domain {opset.domain!r}")
+    _check_tensors(model)
     opset = default_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise _refuse("onnx_opset", f"opset {opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
