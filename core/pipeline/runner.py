@@ -117,7 +117,7 @@ class _Runner:
             check_onnx_granularity(spec)
             self.source = load_onnx(inputs.model_onnx if inputs.model_onnx is not None else spec.model.onnx)
             check_fits_dataset(self.source, self.info.get("input_shape"), self.info["num_classes"])
-        self.model = build_network(spec, self.info, self.source).to(self.device)
+        self.model = self._build().to(self.device)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -145,6 +145,12 @@ class _Runner:
                 self.pretrained = self._dense_state()
 
     # -- state ------------------------------------------------------------------------------
+    def _build(self) -> nn.Module:
+        """A fresh network of the job (``build_network``; the imported graph when there is one)."""
+        if self.source is None:
+            return build_network(self.spec, self.info)
+        return build_network(self.spec, self.info, self.source)
+
     def _load_starting_weights(self) -> None:
         source = self.inputs.model_checkpoint
         if source is not None:
@@ -223,7 +229,7 @@ class _Runner:
         uploaded starting weights again), and forget the previous seed's pretrained network."""
         torch.manual_seed(seed)
         random.seed(seed)
-        self.model = build_network(self.spec, self.info, self.source).to(self.device)
+        self.model = self._build().to(self.device)
         self._load_starting_weights()
         has_pretrain = any(s.kind == "pretrain" for s in self.steps)
         self.pretrained = None if has_pretrain else self._dense_state()
@@ -362,7 +368,7 @@ class _Runner:
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
         assert self.pretrained is not None
-        network = build_network(self.spec, self.info, self.source)
+        network = self._build()
         network.load_state_dict(self.pretrained)
         return network.eval()
 
