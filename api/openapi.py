@@ -142,6 +142,10 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
                         "model": {"required": ["checkpoint"], "properties": {"checkpoint": {"type": "string"}}}
                     },
                 },
+                {  # an uploaded ONNX network brings its weights (stages.pretrain defaults to null then)
+                    "required": ["model"],
+                    "properties": {"model": {"required": ["onnx"], "properties": {"onnx": {"type": "string"}}}},
+                },
             ]
         },
         {
@@ -165,6 +169,27 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
         **_nullable({"type": "string", "pattern": MODEL_REF_PATTERN}),
         "title": "Checkpoint",
         "description": "Starting weights: an uploaded model, `model:<id>` (POST /v1/models).",
+    }
+    # model.onnx replaces arch and the starting checkpoint, and takes only the input normalisation
+    # (ModelSpec._onnx_replaces_arch / _onnx_source)
+    schemas["ModelSpec"]["anyOf"] = [
+        {"not": {"required": ["onnx"]}},
+        {"properties": {"onnx": {"type": "null"}}},
+        {
+            "required": ["onnx"],
+            "not": {"required": ["arch"]},
+            "properties": {
+                "onnx": {"type": "string"},
+                "checkpoint": {"type": "null"},
+                "kwargs": {"propertyNames": {"enum": ["normalization", "mean", "std"]}},
+            },
+        },
+    ]
+    model["onnx"] = {
+        **_nullable({"type": "string", "pattern": MODEL_REF_PATTERN}),
+        "title": "Onnx",
+        "description": "Your own network instead of `arch`: an ONNX upload, `model:<id>` (POST /v1/models "
+        "without arch); its weights are the starting point, input shape and classes come from the graph.",
     }
 
     dataset = schemas["DatasetSpec"]
@@ -250,7 +275,8 @@ def _tighten_uploads(schemas: dict[str, Any], architectures: list[str]) -> None:
         if "file" in props:
             props["file"]["minLength"] = 1
         if "arch" in props:
-            props["arch"] = {**props["arch"], "enum": architectures}
+            enum = architectures + (["onnx"] if name.startswith("Body_upload_model") else [])
+            props["arch"] = {**props["arch"], "enum": enum}
         if "kwargs" in props:  # sent as a JSON part (the route parses it): an object, like a job's
             props["kwargs"] = {**copy.deepcopy(KWARGS_SCHEMA), "title": "Kwargs", "default": {}}
 

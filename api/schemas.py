@@ -100,7 +100,9 @@ class ModelPublic(BaseModel):
     sha256: str
     created_at: datetime
 
-    @computed_field(description='Use as `model.checkpoint` in a job spec ("model:<id>").')  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]
+        description='Use as `model.checkpoint` in a job spec ("model:<id>"), or as `model.onnx` for an ONNX upload.'
+    )
     @property
     def ref(self) -> str:
         return f"model:{self.id}"

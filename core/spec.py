@@ -27,6 +27,10 @@ __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", 
 
 
 # ---------------------------------------------------------------- model and data
+ONNX_ARCH = "onnx"  # model.arch of a network given as model.onnx
+ONNX_KWARGS = ("normalization", "mean", "std")
+
+
 class ModelSpec(StrictModel):
     arch: str = Field("cnn_small_mnist", description="Architecture name from the catalogue.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments for the architecture.")
@@ -34,16 +38,57 @@ class ModelSpec(StrictModel):
         None, description="Starting weights: a file path (CLI) or an uploaded model id (service)."
     )
     checkpoint_format: Literal["auto", "safetensors", "state_dict", "hydra"] = "auto"
+    onnx: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="The user's own network as an ONNX graph instead of a catalogue architecture: a local "
+        ".onnx path (CLI) or an uploaded model id 'model:<id>' (service). Checked and converted by "
+        "core.models.onnx_import; its input shape and classes are read from the graph, its weights are the "
+        "starting point (stages.pretrain defaults to null), arch becomes 'onnx', and kwargs may only set "
+        "the input normalisation (normalization, mean, std; default none: the graph's own preprocessing).",
+    )
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from core.models.zoo import list_models
+        from core.models.zoo import is_catalogue_name, list_models
 
-        known = list_models()
-        if v not in known and not v.startswith("torchvision:"):
-            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(sorted(known))}")
+        if not is_catalogue_name(v) and v != ONNX_ARCH:
+            known = ", ".join(sorted(list_models()))
+            raise ValueError(f"unknown architecture {v!r}; known: {known}, torchvision:<name>, timm:<name>")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _onnx_replaces_arch(cls, data: Any) -> Any:
+        """``onnx`` replaces ``arch``, which then reads 'onnx' (also after a dump and reload)."""
+        if not isinstance(data, dict) or data.get("onnx") is None:
+            return data
+        arch = data.get("arch", ONNX_ARCH)
+        if arch != ONNX_ARCH:
+            raise _field_error(("arch",), "invalid_model", "give either model.arch or model.onnx, not both", arch)
+        return {**data, "arch": ONNX_ARCH}
+
+    @model_validator(mode="after")
+    def _onnx_source(self) -> ModelSpec:
+        if self.onnx is None:
+            if self.arch == ONNX_ARCH:
+                raise _field_error(("onnx",), "missing_onnx", "arch 'onnx' needs model.onnx (the graph)", None)
+            return self
+        if self.checkpoint is not None:
+            raise _field_error(
+                ("checkpoint",), "invalid_model", "an ONNX network brings its own weights", self.checkpoint
+            )
+        extra = sorted(set(self.kwargs) - set(ONNX_KWARGS))
+        if extra:
+            raise _field_error(
+                ("kwargs",),
+                "invalid_model_kwargs",
+                f"an ONNX network takes only {', '.join(ONNX_KWARGS)} in model.kwargs, not {', '.join(extra)}",
+                self.kwargs,
+            )
+        return self
 
 
 # ---------------------------------------------------------------- objectives
@@ -316,9 +361,24 @@ class JobSpec(StrictModel):
             return v
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _onnx_starts_trained(cls, data: Any) -> Any:
+        """A network given as ONNX comes with its trained weights: no pretraining unless the spec asks."""
+        model = data.get("model") if isinstance(data, dict) else None
+        onnx = model.get("onnx") if isinstance(model, dict) else getattr(model, "onnx", None)
+        if onnx is None:
+            return data
+        stages = data.get("stages")
+        if stages is None and "stages" not in data:
+            return {**data, "stages": {"pretrain": None}}
+        if isinstance(stages, dict) and "pretrain" not in stages:
+            return {**data, "stages": {**stages, "pretrain": None}}
+        return data
+
     @model_validator(mode="after")
     def _start_point(self) -> JobSpec:
-        if self.stages.pretrain is None and self.model.checkpoint is None:
+        if self.stages.pretrain is None and self.model.checkpoint is None and self.model.onnx is None:
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
         prune = self.stages.prune
         if self.pruning.allocation == "learned" and (prune is None or prune.epochs == 0):

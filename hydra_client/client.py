@@ -434,7 +434,9 @@ class Client:
         name: str | None = None,
     ) -> dict[str, Any]:
         """Upload a network (safetensors, or a weights-only torch state dict) for architecture ``arch``;
-        the answer's ``ref`` (``model:<id>``) goes in a spec as ``model.checkpoint``."""
+        the answer's ``ref`` (``model:<id>``) goes in a spec as ``model.checkpoint``. With ``arch="onnx"``
+        the file is your own ONNX network (checked and converted by the service); its ``ref`` goes in a
+        spec as ``model.onnx``."""
         data = {"arch": arch, "kwargs": json.dumps(kwargs or {}), "format": format}
         if name:
             data["name"] = name

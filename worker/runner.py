@@ -250,6 +250,15 @@ class JobAttempt:
             local = folder / ("model.safetensors" if row.format == "safetensors" else "model.pt")
             self._download(row.storage_key, local)
             model_path = str(local)
+        onnx_path: str | None = spec.model.onnx
+        if onnx_path and onnx_path.startswith("model:"):
+            with session_scope(self.settings) as session:
+                onnx_row = db_uploads.get_model(session, tenant_id, onnx_path.removeprefix("model:"))
+            if onnx_row is None or onnx_row.format != "onnx":
+                raise CoreError("model_not_found", "model.onnx", f"no uploaded ONNX network {onnx_path!r}")
+            local = folder / "network.onnx"
+            self._download(onnx_row.storage_key, local)
+            onnx_path = str(local)
         dataset_path: str | None = spec.dataset.path
         if dataset_path and dataset_path.startswith("dataset:"):
             with session_scope(self.settings) as session:
@@ -259,7 +268,7 @@ class JobAttempt:
             local = folder / "dataset.npz"
             self._download(dataset_row.storage_key, local)
             dataset_path = str(local)
-        return spec, RunInputs(model_checkpoint=model_path, dataset_path=dataset_path)
+        return spec, RunInputs(model_checkpoint=model_path, dataset_path=dataset_path, model_onnx=onnx_path)
 
     def _download(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)

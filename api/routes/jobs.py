@@ -52,6 +52,7 @@ from api.validation import (
     check_storable,
     check_worker_limits,
 )
+from core.errors import CoreError
 from core.spec import BOUND_OBJECTIVES, JobSpec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
@@ -62,6 +63,7 @@ from service.storage import ObjectNotFound
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MODEL_REF = "model:"
+ONNX_FORMAT = "onnx"  # UploadedModel.format of an ONNX network (api/routes/models.py)
 DATASET_REF = "dataset:"
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
@@ -87,6 +89,12 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
         model = uploads.get_model(session, tenant_id, checkpoint[len(MODEL_REF) :])
         if model is None:
             raise ApiError(ErrorCode.INVALID_REFERENCE, f"no uploaded model {checkpoint!r}", "model.checkpoint")
+        if model.format == ONNX_FORMAT:
+            raise ApiError(
+                ErrorCode.INVALID_REFERENCE,
+                f"{checkpoint!r} is an ONNX network: name it as model.onnx, not model.checkpoint",
+                "model.checkpoint",
+            )
         if model.arch != spec.model.arch:
             raise ApiError(
                 ErrorCode.INVALID_REFERENCE,
@@ -101,6 +109,7 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
                 f"the spec gives {spec.model.kwargs}",
                 "model.kwargs",
             )
+    _onnx_upload(session, tenant_id, spec)
     dataset = spec.dataset
     if dataset.name == "imagefolder":
         raise ApiError(
@@ -123,6 +132,24 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
         )
 
 
+def _onnx_upload(session: Session, tenant_id: int, spec: JobSpec) -> Any:
+    """The tenant's ONNX upload a spec names as ``model.onnx`` (``model:<id>``), or None without one."""
+    ref = spec.model.onnx
+    if ref is None:
+        return None
+    if not ref.startswith(MODEL_REF):
+        raise ApiError(
+            ErrorCode.INVALID_REFERENCE,
+            f"must name an uploaded ONNX network as '{MODEL_REF}<id>' (POST /v1/models), got {ref!r}",
+            "model.onnx",
+        )
+    row = uploads.get_model(session, tenant_id, ref[len(MODEL_REF) :])
+    if row is None or row.format != ONNX_FORMAT:
+        what = "no uploaded model" if row is None else "not an ONNX upload:"
+        raise ApiError(ErrorCode.INVALID_REFERENCE, f"{what} {ref!r}", "model.onnx")
+    return row
+
+
 def _uses_bounds(spec: JobSpec) -> bool:
     objectives = [spec.objective] + [
         getattr(stage, "objective", None) for stage in (spec.stages.pretrain, spec.stages.prune, spec.stages.finetune)
@@ -130,10 +157,16 @@ def _uses_bounds(spec: JobSpec) -> bool:
     return any(getattr(o, "type", None) in BOUND_OBJECTIVES for o in objectives if o is not None)
 
 
-def _check_bounds_supported(spec: JobSpec) -> None:
+def _check_bounds_supported(session: Session, tenant_id: int, spec: JobSpec) -> None:
     """MixTrain and CROWN-IBP bound every layer; refuse now an architecture they cannot handle,
     rather than fail after hours of pretraining."""
     if not _uses_bounds(spec):
+        return
+    if spec.model.onnx is not None:  # the upload recorded whether the bound code takes every layer
+        row = _onnx_upload(session, tenant_id, spec)
+        refusal = (row.arch_kwargs or {}).get("bounds_unsupported") if row is not None else None
+        if refusal:
+            raise CoreError("unsupported_layer", "model.onnx", f"{refusal} (needed by the bound-based objective)")
         return
     from core.certify.bounds import check_supported  # lazy: torch is heavy and only needed here
     from core.models.zoo import create_model
@@ -157,7 +190,12 @@ def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     if path is not None and path.startswith(DATASET_REF):
         row = uploads.get_dataset(session, tenant_id, path[len(DATASET_REF) :])
         known = {"input_shape": row.input_shape, "num_classes": row.num_classes} if row is not None else {}
-    preflight(spec, known)  # CoreError -> 422; with ``known`` given no file on the API's disk is opened
+    graph = None
+    row = _onnx_upload(session, tenant_id, spec)
+    if row is not None:  # what the graph said at upload: its input shape and classes
+        recorded = row.arch_kwargs or {}
+        graph = {"input_shape": recorded["input"]["shape"], "num_classes": recorded["output"]["num_classes"]}
+    preflight(spec, known, graph)  # CoreError -> 422; with ``known`` given no file on the API's disk is opened
 
 
 async def _raw_json(request: Request) -> Any:
@@ -200,7 +238,7 @@ def submit_job(
     check_device(spec.device)
     check_worker_limits(spec.device, spec.dataset.num_workers, spec.dataset.download, settings)
     _check_references(session, principal.tenant_id, spec)
-    _check_bounds_supported(spec)
+    _check_bounds_supported(session, principal.tenant_id, spec)
     _preflight(session, principal.tenant_id, spec)
     job, created = jobs.create_job(session, principal.tenant_id, spec_dict, idempotency_key, settings.max_attempts)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -6,6 +6,12 @@ Pickled code never runs: safetensors or ``torch.load(weights_only=True)`` only, 
 The network is built on the ``meta`` device for the check (shapes and dtypes, no memory), so a request
 naming a huge architecture costs nothing; the format is the one the bytes show, and a file named
 ``.safetensors`` must be one. Nothing is stored (object or row) unless every check passed.
+
+An ONNX graph (``arch`` left out, or ``onnx``) is the user's own network: it is checked, converted and
+verified against onnxruntime by ``core.models.onnx_import`` (nothing in it runs as code; a refusal is a
+422 naming the node or the problem), stored as sent, and recorded with what the graph says (input
+shape, classes, names, opset, op counts, and whether the bound code supports every layer) in
+``arch_kwargs``; a job names it as ``model.onnx: model:<id>``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ _FORM_FIELD = {
     "model.checkpoint_format": "format",
     "model.arch": "arch",
     "model.kwargs": "kwargs",
+    "model.onnx": "file",
 }
+ONNX_ARCH = "onnx"
 
 
 def _upload_error(err: CoreError, temp_name: str = "", shown_name: str | None = None) -> ApiError:
@@ -84,19 +92,32 @@ def upload_model(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
-    file: Annotated[UploadFile, File(description="safetensors, or a weights-only torch state dict")],
-    arch: Annotated[str, Form(description="Architecture name from GET /v1/catalogue/architectures.")],
+    file: Annotated[UploadFile, File(description="safetensors, a weights-only torch state dict, or an .onnx network")],
+    arch: Annotated[
+        str | None,
+        Form(
+            description="Architecture name from GET /v1/catalogue/architectures for a weights file; "
+            "left out (or 'onnx') for an ONNX network."
+        ),
+    ] = None,
     kwargs: Annotated[str, Form(description="JSON object of architecture arguments (a JSON part).")] = "{}",
     checkpoint_format: Annotated[Literal["auto", "safetensors", "state_dict", "hydra"], Form(alias="format")] = "auto",
     name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL_PATTERN)] = None,
 ) -> UploadedModel:
-    """Upload a checkpoint; it is loaded into the declared architecture before it is accepted."""
+    """Upload a checkpoint, loaded into the declared architecture before it is accepted; or (``arch``
+    left out) an ONNX network, converted and checked against onnxruntime before it is accepted."""
     arch_kwargs = _parse_kwargs(kwargs)
+    if arch is None or arch == ONNX_ARCH:
+        if arch_kwargs:
+            raise ApiError(
+                ErrorCode.INVALID_UPLOAD, "an ONNX network takes no kwargs (it is the graph as sent)", "kwargs"
+            )
+        return _upload_onnx(principal.tenant_id, session, settings, store, file, name, arch is None)
     from core.io.weights import precheck_weights_file  # lazy: only this route reads weights files
     from core.io.weights_check import check_weights_file
-    from core.models.zoo import list_models
+    from core.models.zoo import is_catalogue_name
 
-    if arch not in list_models() and not arch.startswith("torchvision:"):
+    if not is_catalogue_name(arch):
         raise ApiError(ErrorCode.VALIDATION_ERROR, f"unknown architecture {arch!r}", "arch")
     declared = checkpoint_format
     if declared == "auto" and (file.filename or "").lower().endswith(".safetensors"):
@@ -123,6 +144,47 @@ def upload_model(
             arch=arch,
             arch_kwargs=arch_kwargs,
             format=detected,
+            storage_key=key,
+            size=received.size,
+            sha256=received.sha256,
+        )
+
+
+def _upload_onnx(
+    tenant_id: int, session: Any, settings: Any, store: Any, file: UploadFile, name: str | None, arch_missing: bool
+) -> UploadedModel:
+    from core.certify.bounds import check_supported  # lazy: torch and onnx only for this route
+    from core.models.onnx_import import MAX_NODES, import_onnx
+    from core.models.onnx_network import create_onnx_model
+
+    with receive_upload(file, settings, suffix=".onnx") as received:
+        try:
+            source = import_onnx(received.path.read_bytes(), max_bytes=settings.max_upload_bytes, max_nodes=MAX_NODES)
+        except CoreError as err:
+            if err.code == "onnx_unparsable" and arch_missing:  # most likely a weights file without its arch
+                raise ApiError(
+                    ErrorCode.INVALID_UPLOAD,
+                    "arch is required for a weights file (the file is not an ONNX network, which needs none)",
+                    "arch",
+                ) from err
+            raise _upload_error(err, received.path.name, file.filename) from err
+        graph = source.describe()
+        try:  # recorded now, so a bound-based job is refused at submission naming the layer
+            check_supported(create_onnx_model(source))
+            graph["bounds_unsupported"] = None
+        except CoreError as err:
+            graph["bounds_unsupported"] = err.message
+        model_id = new_id()
+        key = f"tenants/{tenant_id}/models/{model_id}/network.onnx"
+        store.put_file(key, received.path)
+        return uploads.create_model(
+            session,
+            model_id=model_id,
+            tenant_id=tenant_id,
+            name=name or file.filename or model_id,
+            arch=ONNX_ARCH,
+            arch_kwargs=graph,
+            format=ONNX_ARCH,
             storage_key=key,
             size=received.size,
             sha256=received.sha256,

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -384,9 +385,12 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return _net_part(state, prefix), metadata
 
 
-def load_compressed_model(path: str | os.PathLike[str]) -> nn.Module:
+def load_compressed_model(path: str | os.PathLike[str], build: Callable[[], nn.Module] | None = None) -> nn.Module:
     """Rebuild the network through ``core.models.zoo.create_model(arch, **kwargs)`` from the metadata and
-    load exactly the exported effective weights (plain, unmasked layers) and normalisation."""
+    load exactly the exported effective weights (plain, unmasked layers) and normalisation.
+
+    ``build``: makes the fresh network instead, for a network no catalogue name rebuilds (one imported
+    from ONNX: ``core.models.onnx_network.create_onnx_model``)."""
     from core.models.zoo import create_model
 
     state, metadata, prefix = _read_compressed(path)
@@ -394,7 +398,7 @@ def load_compressed_model(path: str | os.PathLike[str]) -> nn.Module:
     kwargs = metadata.get("kwargs", metadata.get("arch_kwargs", {})) or {}
     if not isinstance(arch, str) or not isinstance(kwargs, dict):
         raise _invalid("the artifact's metadata names no architecture ('arch', 'kwargs')")
-    model = create_model(arch, **kwargs)
+    model = build() if build is not None else create_model(arch, **kwargs)
     net, _ = _split_model(model)
     net_state = _net_part(state, prefix)
     try:

@@ -45,10 +45,14 @@ def export_onnx(
     *,
     metadata: dict[str, Any] | None = None,
     exporter: str = "dynamo",
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+    opset: int = OPSET,
 ) -> dict[str, Any]:
     """Write ``model`` (plain or masked; evaluated in eval mode) as one ONNX file with a dynamic batch
     dimension; ``metadata`` goes into the model's ``metadata_props`` (JSON values). Atomic. Returns
-    ``{"size", "sha256"}``."""
+    ``{"size", "sha256"}``. A network imported from ONNX passes the user's input/output names and
+    opset (below 18 the dynamo exporter's graph is down-converted by ``onnx.version_converter``)."""
     from core.io.export import file_digest
 
     if exporter not in ("dynamo", "torchscript"):
@@ -69,9 +73,9 @@ def export_onnx(
                     tmp,
                     dynamo=True,
                     external_data=False,
-                    opset_version=OPSET,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=[output_name],
                     dynamic_shapes=({0: batch},),
                     verbose=False,
                 )
@@ -81,10 +85,10 @@ def export_onnx(
                     (x,),
                     tmp,
                     dynamo=False,
-                    opset_version=OPSET,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                 )
         if metadata:
             _set_metadata(tmp, metadata)
@@ -124,14 +128,20 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 @torch.no_grad()
 def check_onnx_parity(
-    path: str | os.PathLike[str], model: nn.Module, inputs: Tensor, *, atol: float = PARITY_ATOL
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    atol: float = PARITY_ATOL,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
 ) -> float:
     """Run the ONNX file with onnxruntime (CPU) and ``model`` (eval) on ``inputs``; return the largest
     absolute logit difference, raising ``CoreError`` when it exceeds ``atol``."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.detach().cpu().numpy().astype(np.float32)})[0]
+    got = session.run([output_name], {input_name: inputs.detach().cpu().numpy().astype(np.float32)})[0]
     was_training = model.training
     model.eval()
     try:

@@ -30,6 +30,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "none": None,
 }
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 
 
 class Normalize(nn.Module):
@@ -102,6 +103,11 @@ def list_models() -> dict[str, dict[str, Any]]:
     }
 
 
+def is_catalogue_name(name: str) -> bool:
+    """A registered architecture or a ``torchvision:<name>`` / ``timm:<name>`` one (checked when built)."""
+    return name in MODELS or name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX))
+
+
 def create_model(name: str, **kwargs: Any) -> NormalizedModel:
     """Build architecture ``name`` (weights=None) wrapped with its input normalisation.
 
@@ -113,12 +119,15 @@ def create_model(name: str, **kwargs: Any) -> NormalizedModel:
     if name.startswith(TORCHVISION_PREFIX):
         net, in_channels = _torchvision(name[len(TORCHVISION_PREFIX) :], kwargs), 3
         default_norm = "imagenet"
+    elif name.startswith(TIMM_PREFIX):
+        net, in_channels = _timm(name[len(TIMM_PREFIX) :], kwargs), int(kwargs.get("in_chans", 3))
+        default_norm = "imagenet"
     else:
         if name not in MODELS:
             raise CoreError(
                 "unknown_architecture",
                 "model.arch",
-                f"unknown architecture {name!r}; known: {', '.join(MODELS.names())}, torchvision:<name>",
+                f"unknown architecture {name!r}; known: {', '.join(MODELS.names())}, torchvision:<name>, timm:<name>",
             )
         entry = MODELS.get(name)
         _check_kwargs(name, entry, kwargs)
@@ -183,6 +192,31 @@ def _torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
         return torchvision.models.get_model(tv_name, weights=None, **kwargs)
     except (TypeError, ValueError) as err:
         raise CoreError("invalid_model_kwargs", "model.kwargs", f"torchvision:{tv_name}: {err}") from err
+
+
+def _timm(timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A timm architecture, never with downloaded weights (``pretrained=False``: weights come from the
+    user's upload, ``model.checkpoint``). ``num_classes`` / ``in_chans`` and timm's own arguments pass
+    through; timm's default input normalisation is ImageNet's, as here."""
+    import timm
+
+    if not timm.is_model(timm_name):
+        close = timm.list_models(f"*{timm_name[:12]}*")[:10] if timm_name else []
+        raise CoreError(
+            "unknown_architecture",
+            "model.arch",
+            f"timm has no architecture {timm_name!r}" + (f"; similar: {', '.join(close)}" if close else ""),
+        )
+    if "pretrained" in kwargs:
+        raise CoreError(
+            "invalid_model_kwargs",
+            "model.kwargs",
+            "timm weights are not downloaded; upload them (POST /v1/models) and name them in model.checkpoint",
+        )
+    try:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise CoreError("invalid_model_kwargs", "model.kwargs", f"timm:{timm_name}: {err}") from err
 
 
 # ------------------------------------------------------------------ certified-setting CNNs

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
+from core.models.onnx_network import fresh_network_of
 from core.pipeline.evaluate import sparsity_from_channel_export, sparsity_from_export
 from core.pipeline.plan import Step
 from core.pruning.masked import masked_layers
@@ -84,8 +85,11 @@ def export_variant(
     from core.io.export import export_compressed, export_dense
     from core.io.plain_code import torch_nn_source
 
+    build = fresh_network_of(model)  # an imported ONNX network: reloads go into the same graph
+    source = getattr(model, "source", None)
     meta = {
         "arch": spec.model.arch,
+        **({"onnx_sha256": source.sha256} if source is not None else {}),
         "kwargs": {**spec.model.kwargs, "num_classes": info["num_classes"]},
         "variant": step.variant,
         "method": step.method or "dense",
@@ -100,6 +104,8 @@ def export_variant(
         writer = export_compressed if fmt == "compressed" else export_dense
         _record(artifacts, fmt, name, writer(model, out_dir / name, meta), out_dir / name, on_artifact)
     extras: dict[str, Any] = {}
+    if source is not None:  # the user's graph this network was converted from (report, model card)
+        extras["source_graph"] = source.describe()
     if step.method is not None and spec.pruning.granularity == "channel":
         with rng_kept(device):
             extras["channels"] = _export_channel(model, out_dir, step, meta, info, example, artifacts, on_artifact)
@@ -111,7 +117,7 @@ def export_variant(
         # has (uniform jobs stay bit-for-bit what they were); the channel reload leaves the RNG alone.
         kept = rng_kept(device) if evaluated_fmt == CHANNEL else contextlib.nullcontext()
         with kept:
-            network = load_exported(out_dir, artifacts, evaluated_fmt).to(device).eval()
+            network = load_exported(out_dir, artifacts, evaluated_fmt, build).to(device).eval()
         evaluated = "the exported network, reloaded from " + artifacts[evaluated_fmt]["name"]
     with rng_kept(device):  # building the plain copy draws initial weights: keep the run's RNG as it was
         plain = torch_nn_source(network, tuple(info["input_shape"]))
@@ -128,13 +134,16 @@ def export_variant(
     return Exported(artifacts, network, evaluated, checks, extras, variant_sparsity(model, out_dir, artifacts))
 
 
-def load_exported(out_dir: Path, artifacts: dict[str, Any], fmt: str) -> nn.Module:
-    """The network of one exported file (plain layers, eval mode)."""
+def load_exported(
+    out_dir: Path, artifacts: dict[str, Any], fmt: str, build: Callable[[], nn.Module] | None = None
+) -> nn.Module:
+    """The network of one exported file (plain layers, eval mode); ``build`` makes the fresh network
+    for one no catalogue name rebuilds (an imported ONNX graph)."""
     from core.io.export import load_compressed_model
     from core.io.export_channel import load_channel_pruned
 
     path = out_dir / artifacts[fmt]["name"]
-    return (load_channel_pruned(path) if fmt == CHANNEL else load_compressed_model(path)).eval()
+    return (load_channel_pruned(path) if fmt == CHANNEL else load_compressed_model(path, build)).eval()
 
 
 def _export_channel(
@@ -183,9 +192,17 @@ def _export_onnx(
         "only if they agree within atol",
     }
     cpu = copy.deepcopy(network).cpu().eval()
+    source = getattr(network, "source", None)  # an imported ONNX network keeps the user's names and opset
+    names: dict[str, Any] = {}
+    if source is not None:
+        names = {"input_name": source.input_name, "output_name": source.output_name}
+        check["names"] = {"input": source.input_name, "output": source.output_name, "opset": source.opset}
     try:
-        written = export_onnx(cpu, path, example.cpu(), metadata=meta)
-        check["max_abs_diff"] = check_onnx_parity(path, cpu, example.cpu(), atol=PARITY_ATOL)
+        # onnx2torch's modules export themselves through the TorchScript exporter (their own symbolic
+        # functions); torch.export cannot trace their data-dependent shape handling (Reshape).
+        how: dict[str, Any] = {"opset": source.opset, "exporter": "torchscript"} if source is not None else {}
+        written = export_onnx(cpu, path, example.cpu(), metadata=meta, **names, **how)
+        check["max_abs_diff"] = check_onnx_parity(path, cpu, example.cpu(), atol=PARITY_ATOL, **names)
     except CoreError as err:
         path.unlink(missing_ok=True)
         return {**check, "ok": False, "error": f"{err.code}: {err.message}"}
@@ -239,7 +256,8 @@ def inference_cost(
     dense_artifacts = (dense_result or {}).get("artifacts", {})
     with rng_kept(device):
         fmt = "compressed" if "compressed" in dense_artifacts else None
-        dense = load_exported(out_dir, dense_artifacts, fmt) if fmt else dense_fallback()
+        build = fresh_network_of(network)
+        dense = load_exported(out_dir, dense_artifacts, fmt, build) if fmt else dense_fallback()
         dense_onnx = dense_artifacts.get(ONNX, {}).get("name")
         variant_onnx = artifacts.get(ONNX, {}).get("name")
         shape = tuple(info.get("input_shape") or ())

@@ -151,10 +151,23 @@ def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -
 
 def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
+    graph = result.get("source_graph")
+    if graph:
+        ops = ", ".join(f"{op} {n}" for op, n in graph["op_counts"].items())
+        source = [
+            f"- architecture: the user's ONNX graph, sha256 `{graph['sha256']}` (opset {graph['opset']}, "
+            f"{graph['nodes']} nodes: {ops}; {graph['parameters']:,} parameters, {graph['prunable_layers']} "
+            "prunable Conv/Gemm/MatMul layers), converted with onnx2torch (logits within "
+            f"{graph['conversion_parity_max_abs_diff']:.2g} of onnxruntime's)",
+            f"- graph input `{graph['input']['name']}`, output `{graph['output']['name']}`: the ONNX export "
+            "keeps these names and the opset",
+        ]
+    else:
+        source = [f"- architecture: `{spec.model.arch}` (from `core.models.zoo`), arguments `{json.dumps(kwargs)}`"]
     lines = [
         "## Architecture",
         "",
-        f"- architecture: `{spec.model.arch}` (from `core.models.zoo`), arguments `{json.dumps(kwargs)}`",
+        *source,
         "- input: "
         + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
         + "pixels in [0, 1]; the input normalisation is part of the network",
@@ -398,18 +411,29 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
     lines = ["## How to load it", ""]
     if "compressed" in arts:
+        imports, rebuild = ["from core import load_compressed_model"], ""
+        if result.get("source_graph"):  # the user's graph, not a catalogue name, gives the layers
+            imports.append("from core.models.onnx_network import create_onnx_model, load_onnx")
+            rebuild = ', build=lambda: create_onnx_model(load_onnx("your_network.onnx"))'
         lines += [
             "The compressed artifact (sparse, with the architecture in its metadata):",
             "",
             "```python",
-            "from core import load_compressed_model",
+            *imports,
             "",
-            f'model = load_compressed_model("{arts["compressed"]["name"]}").eval()',
+            f'model = load_compressed_model("{arts["compressed"]["name"]}"{rebuild}).eval()',
             "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)",
             "```",
             "",
         ]
-    if "dense" in arts:  # the dense export format
+    if "dense" in arts and result.get("source_graph"):  # no catalogue name rebuilds the user's graph
+        lines += [
+            "The dense safetensors (effective weights, no pruning state) load with `load_state_dict` into "
+            "the source graph converted by `core.models.onnx_network.load_onnx` (the ONNX file below needs "
+            "nothing of this project).",
+            "",
+        ]
+    elif "dense" in arts:  # the dense export format
         lines += [
             "The dense safetensors (effective weights, no pruning state) into the plain architecture:",
             "",
@@ -435,7 +459,22 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "```",
             "",
         ]
-    if "onnx" in arts:
+    graph = result.get("source_graph")
+    if "onnx" in arts and graph:
+        in_name, out_name = graph["input"]["name"], graph["output"]["name"]
+        lines += [
+            f"The ONNX graph (your input `{in_name}` and output `{out_name}`, opset {graph['opset']}, "
+            "dynamic batch), with no project code:",
+            "",
+            "```python",
+            "import numpy as np, onnxruntime as ort",
+            "",
+            f'session = ort.InferenceSession("{arts["onnx"]["name"]}", providers=["CPUExecutionProvider"])',
+            f'outputs = session.run(["{out_name}"], {{"{in_name}": inputs.astype(np.float32)}})[0]',
+            "```",
+            "",
+        ]
+    elif "onnx" in arts:
         lines += [
             "The ONNX graph (input normalisation inside; input `input`, pixels in [0, 1], dynamic batch; "
             "output `logits`), with no project code:",

@@ -107,7 +107,9 @@ def _npz_header(path: str, declared: int | None) -> tuple[tuple[int, ...] | None
         return None, None
 
 
-def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> str | None:
+def preflight(
+    spec: JobSpec, dataset_info: Mapping[str, Any] | None = None, onnx_info: Mapping[str, Any] | None = None
+) -> str | None:
     """Refuse an architecture that cannot take the dataset's inputs or gives the wrong number of
     outputs: build it with the dataset's ``num_classes`` (unless ``model.kwargs`` sets one) and run one
     forward on a zero batch of the dataset's input shape.
@@ -118,6 +120,9 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     from core.models.zoo import create_model
 
     shape, num_classes, skipped = dataset_signature(spec, dataset_info)
+    if spec.model.onnx is not None:
+        check_ranges(spec, nn.Identity(), shape)  # the radii; k of a graph's layers is checked at the run
+        return _preflight_onnx(spec, shape, num_classes, skipped, onnx_info)
     arch = spec.model.arch
     kwargs = dict(spec.model.kwargs)
     if num_classes is not None:
@@ -137,11 +142,13 @@ def preflight(spec: JobSpec, dataset_info: Mapping[str, Any] | None = None) -> s
     channels = _input_channels(model)
     if channels is not None and channels != shape[0]:
         field = "model.kwargs.in_channels" if "in_channels" in spec.model.kwargs else "model.arch"
-        hint = (
-            "set model.kwargs.in_channels (with a normalization of as many channels)"
-            if not arch.startswith("torchvision:")
-            else "torchvision classifiers take 3 channels"
-        ) + " or choose another architecture"
+        if arch.startswith("timm:"):
+            hint = "set model.kwargs.in_chans (with a normalization of as many channels)"
+        elif arch.startswith("torchvision:"):
+            hint = "torchvision classifiers take 3 channels"
+        else:
+            hint = "set model.kwargs.in_channels (with a normalization of as many channels)"
+        hint += " or choose another architecture"
         raise CoreError(
             INCOMPATIBLE, field, f"{arch} takes {channels}-channel inputs but {where} has {shape[0]}; {hint}"
         )
@@ -232,6 +239,55 @@ def check_ranges(spec: JobSpec, model: nn.Module, shape: tuple[int, ...] | None)
                     f"fraction k of its weights; k = {1 / smallest[1]:.3g} keeps one weight of the smallest "
                     f"layer, {smallest[0]!r} ({smallest[1]} weights)",
                 )
+
+
+def _preflight_onnx(
+    spec: JobSpec,
+    shape: tuple[int, ...] | None,
+    num_classes: int | None,
+    skipped: str | None,
+    onnx_info: Mapping[str, Any] | None,
+) -> str | None:
+    """``model.onnx``: the graph's input shape and classes against the data set's (``model.onnx``), and a
+    bound objective against the bound code's layers. A local file is imported (checked, converted,
+    verified: ``core.models.onnx_network.load_onnx``); an upload's record (``onnx_info``: ``input_shape``,
+    ``num_classes``) stands for it when the caller has one."""
+    from core.models.onnx_import import ImportedNetwork
+    from core.models.onnx_network import check_fits_dataset, create_onnx_model, load_onnx
+    from core.spec import BOUND_OBJECTIVES
+
+    onnx = spec.model.onnx
+    assert onnx is not None
+    check_onnx_granularity(spec)
+    source: ImportedNetwork | None = None
+    if onnx_info is not None:
+        graph_shape, graph_classes = tuple(onnx_info["input_shape"]), int(onnx_info["num_classes"])
+    elif onnx.startswith("model:"):
+        return "the uploaded ONNX network is checked against the data when the job starts"
+    else:
+        source = load_onnx(onnx)
+        graph_shape, graph_classes = source.input_shape, source.num_classes
+    stand_in = ImportedNetwork(nn.Identity(), "", "", "", graph_shape, graph_classes, 0, {}, 0, 0.0)
+    check_fits_dataset(stand_in, shape, num_classes)
+    objectives = [spec.objective] + [spec.objective_for(s) for s in ("pretrain", "prune", "finetune")]
+    if source is not None and any(o.type in BOUND_OBJECTIVES for o in objectives):
+        from core.certify.bounds import check_supported
+
+        try:
+            check_supported(create_onnx_model(source, **spec.model.kwargs))  # names the first unsupported layer
+        except CoreError as err:
+            raise CoreError(err.code, "model.onnx", f"{err.message} (needed by the bound-based objective)") from None
+    return skipped if shape is None else None
+
+
+def check_onnx_granularity(spec: JobSpec) -> None:
+    """Channel pruning of an imported graph (its dependency graph through Torch-Pruning) is not built yet."""
+    if spec.model.onnx is not None and spec.pruning.granularity == "channel":
+        raise CoreError(
+            "channel_unsupported",
+            "pruning.granularity",
+            "channel granularity is not available for model.onnx networks yet; use unstructured",
+        )
 
 
 def _check_budget(spec: JobSpec, model: nn.Module) -> None:

@@ -297,6 +297,8 @@ def write_reports(
         "format": REPORT_FORMAT,
         "name": spec.name,
         "arch": spec.model.arch,
+        # model.onnx: the user's graph (sha256, op counts, names, opset), as every variant records it
+        "source_graph": next((r["source_graph"] for r in results.values() if "source_graph" in r), None),
         "dataset": info,
         "objective": spec.objective.model_dump(),
         "attack": attack_settings(spec),

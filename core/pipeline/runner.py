@@ -38,11 +38,14 @@ from core.data.datasets import build_datasets, train_loader
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
+from core.models.onnx_import import ImportedNetwork
+from core.models.onnx_network import check_fits_dataset, create_onnx_model, load_onnx
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
+from core.pipeline.preflight import check_onnx_granularity
 from core.pipeline.training import lr_at, make_optimizer, train_step
 from core.pruning.masked import (
     convert_to_masked,
@@ -73,10 +76,11 @@ class RunInputs:
 
     model_checkpoint: str | Path | None = None
     dataset_path: str | Path | None = None
+    model_onnx: str | Path | None = None  # the .onnx file behind model.onnx
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> RunInputs:
-        return cls(spec.model.checkpoint, spec.dataset.path)
+        return cls(spec.model.checkpoint, spec.dataset.path, spec.model.onnx)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -87,9 +91,15 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
+def build_network(spec: JobSpec, info: dict[str, Any], source: ImportedNetwork | None = None) -> nn.Module:
+    """The job's network with masked layers: the catalogue's ``model.arch``, or ``source`` (the graph
+    imported from ``model.onnx``, with its trained weights)."""
     kwargs = dict(spec.model.kwargs)
     kwargs.setdefault("num_classes", info["num_classes"])
+    if spec.model.onnx is not None:
+        if source is None:
+            raise CoreError("missing_onnx", "model.onnx", "the ONNX network was not imported")
+        return convert_to_masked(create_onnx_model(source, **kwargs))
     return convert_to_masked(create_model(spec.model.arch, **kwargs))
 
 
@@ -107,7 +117,12 @@ class _Runner:
         first_seed = job_seeds(spec)[0]
         torch.manual_seed(first_seed)
         random.seed(first_seed)
-        self.model = build_network(spec, self.info).to(self.device)
+        self.source: ImportedNetwork | None = None  # model.onnx, imported (checked, converted, verified)
+        if spec.model.onnx is not None:
+            check_onnx_granularity(spec)
+            self.source = load_onnx(inputs.model_onnx if inputs.model_onnx is not None else spec.model.onnx)
+            check_fits_dataset(self.source, self.info.get("input_shape"), self.info["num_classes"])
+        self.model = self._build().to(self.device)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -135,6 +150,12 @@ class _Runner:
                 self.pretrained = self._dense_state()
 
     # -- state ------------------------------------------------------------------------------
+    def _build(self) -> nn.Module:
+        """A fresh network of the job (``build_network``; the imported graph when there is one)."""
+        if self.source is None:
+            return build_network(self.spec, self.info)
+        return build_network(self.spec, self.info, self.source)
+
     def _load_starting_weights(self) -> None:
         source = self.inputs.model_checkpoint
         if source is not None:
@@ -160,6 +181,7 @@ class _Runner:
             "results": json.dumps(self.results),
             "rng": ckpt.capture_rng_state(),
             "spec": self.spec.model_dump_json(),
+            "onnx_sha256": self.source.sha256 if self.source is not None else None,
         }
         path = self.out / CHECKPOINT_NAME
         ckpt.save_checkpoint(path, state)
@@ -170,6 +192,9 @@ class _Runner:
         differing = differing_fields(saved_spec.model_dump(mode="json"), self.spec.model_dump(mode="json"))
         if differing:
             raise ResumeMismatch(differing)
+        saved_graph = state.get("onnx_sha256")
+        if self.source is not None and saved_graph is not None and saved_graph != self.source.sha256:
+            raise ResumeMismatch(["model.onnx"], "the ONNX file is not the one the checkpoint was trained from")
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
         self.done_iters = int(state["done_iters"])
         self.model.load_state_dict(state["model"])
@@ -208,7 +233,7 @@ class _Runner:
         uploaded starting weights again), and forget the previous seed's pretrained network."""
         torch.manual_seed(seed)
         random.seed(seed)
-        self.model = build_network(self.spec, self.info).to(self.device)
+        self.model = self._build().to(self.device)
         self._load_starting_weights()
         has_pretrain = any(s.kind == "pretrain" for s in self.steps)
         self.pretrained = None if has_pretrain else self._dense_state()
@@ -344,7 +369,7 @@ class _Runner:
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
         assert self.pretrained is not None
-        network = build_network(self.spec, self.info)
+        network = self._build()
         network.load_state_dict(self.pretrained)
         return network.eval()
 

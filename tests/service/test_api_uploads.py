@@ -148,7 +148,7 @@ def test_missing_form_fields(client: TestClient, key) -> None:  # type: ignore[n
     response = client.post("/v1/models", headers=key.headers, data={"arch": ARCH})
     assert_error(response, 422, "validation_error", "file")
     response = client.post("/v1/models", headers=key.headers, files={"file": ("w", b"x")})
-    assert_error(response, 422, "validation_error", "arch")
+    assert_error(response, 422, "invalid_upload", "arch")  # without arch the file must be an ONNX network
 
 
 def test_upload_size_limits_are_413(settings, queue, key) -> None:  # type: ignore[no-untyped-def]

@@ -38,7 +38,7 @@ from schemathesis.engine import Status, events, from_schema  # noqa: E402
 from schemathesis.specs.openapi import checks as st_checks  # noqa: E402
 
 from api.openapi import SEMANTIC_422  # noqa: E402
-from service.db import keys  # noqa: E402
+from service.db import keys, workers  # noqa: E402
 from service.db.session import session_scope  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -241,6 +241,9 @@ def test_schemathesis_finds_nothing(backend: str, request: pytest.FixtureRequest
     app = build_app(settings, RecordingQueue())
     with session_scope(settings) as session:
         _, token = keys.create_api_key(session, f"fuzz-{uuid.uuid4().hex[:8]}", "fuzz")
+        # a live worker, so /readyz is ready and any 5xx it answers is a real fault (its 503 without a
+        # worker heartbeat is tested in tests/service/test_api_auth.py)
+        workers.beat(session, "fuzz-worker@fuzz-host", "fuzz-host", 1)
     hook = _budget_torchvision()
     try:
         result = run_schemathesis(app, token)
