@@ -295,7 +295,10 @@ def build_parser(prog: str = "hydra-client") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "hydra-client") -> int:
     """Run one command; its exit status (see the module's docstring)."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2, its line already printed)
+        return done.code if isinstance(done.code, int) else EXIT_REFUSED
     if args.command is None:
         parser.print_help()
         return EXIT_REFUSED
