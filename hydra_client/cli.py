@@ -313,5 +313,7 @@ def main(argv: list[str] | None = None, prog: str = "hydra-client") -> int:
         return EXIT_INTERRUPTED
 
 
+app = main  # the console script of installs made before the argparse rewrite names ``hydra_client.cli:app``
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
