@@ -12,4 +12,13 @@ from hydra_client.client import FINAL_STATUSES, Client, Event, load_spec_file
 from hydra_client.display import comparison_table, event_line
 from hydra_client.errors import HydraError
 
-__all__ = ["__version__", "FINAL_STATUSES", "Client", "Event", "HydraError", "comparison_table", "event_line", "load_spec_file"]
+__all__ = [
+    "__version__",
+    "FINAL_STATUSES",
+    "Client",
+    "Event",
+    "HydraError",
+    "comparison_table",
+    "event_line",
+    "load_spec_file",
+]

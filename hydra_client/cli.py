@@ -20,6 +20,7 @@ only. Each command is one function, ``@command(name, its arguments)``, listed in
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -253,7 +254,7 @@ def download(args: argparse.Namespace) -> int:
     if len(names) > 1:
         args.out.mkdir(parents=True, exist_ok=True)
     for item in names:
-        path = _calling(lambda item=item: client.download(args.job_id, item, args.out))
+        path = _calling(functools.partial(client.download, args.job_id, item, args.out))
         info = sizes.get(item, {})
         print(f"{path}  {info.get('size', path.stat().st_size)} bytes  sha256 {info.get('sha256', '')} ok")
     return EXIT_OK

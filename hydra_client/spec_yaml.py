@@ -91,4 +91,6 @@ def parse_spec_text(text: str, source: str, as_json: bool) -> Any:
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         kind = "JSON" if as_json else "YAML"
         where = "" if isinstance(exc, _Refused) else _where(exc)
-        raise HydraError("invalid_spec", f"{source} is not an acceptable {kind} job spec{where}: {_problem(exc)}") from None
+        raise HydraError(
+            "invalid_spec", f"{source} is not an acceptable {kind} job spec{where}: {_problem(exc)}"
+        ) from None

@@ -37,9 +37,7 @@ def _forward(name: str) -> None:
     forward.__name__ = forward.__qualname__ = name
     existing = {c.name or (c.callback.__name__ if c.callback else None) for c in app.registered_commands}
     if name not in existing:  # a core command of the same name wins
-        app.command(name, help=next(c.help for c in COMMANDS if c.name == name), context_settings=PASS_THROUGH)(
-            forward
-        )
+        app.command(name, help=next(c.help for c in COMMANDS if c.name == name), context_settings=PASS_THROUGH)(forward)
 
 
 for _command in COMMANDS:

@@ -308,14 +308,21 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
     if "job_id" in followed:
         if service is not None and not args.keep_running:
-            print("the service is stopped: `hydra-service serve` serves the dashboard; the key is in "
-                  f"{data_dir / 'admin.key'}")
+            print(
+                "the service is stopped: `hydra-service serve` serves the dashboard; the key is in "
+                f"{data_dir / 'admin.key'}"
+            )
         print(f"open the job in the dashboard: {dashboard_link(followed['url'], followed['job_id'])}")
     return code
 
 
 def _run(
-    client: Client, spec: dict[str, Any], args: argparse.Namespace, record: Path, embedded: bool, followed: dict[str, str]
+    client: Client,
+    spec: dict[str, Any],
+    args: argparse.Namespace,
+    record: Path,
+    embedded: bool,
+    followed: dict[str, str],
 ) -> int:
     """Submit (or follow again) the demo's job, follow it, show its report and check its artifact."""
     started = time.monotonic()

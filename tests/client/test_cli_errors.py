@@ -177,7 +177,9 @@ def _job_service(statuses: list[str], events: list[dict[str, Any]]) -> tuple[Cli
         calls.append(request.url.path)
         if request.url.path.endswith("/events"):
             body = "".join(f"id: {e['id']}\nevent: {e['kind']}\ndata: {json.dumps(e)}\n\n" for e in events)
-            return httpx.Response(200, text=body + "event: end\ndata: {}\n\n", headers={"content-type": "text/event-stream"})
+            return httpx.Response(
+                200, text=body + "event: end\ndata: {}\n\n", headers={"content-type": "text/event-stream"}
+            )
         last["status"] = next(rows, last["status"])
         return httpx.Response(200, json={"id": "j", "status": last["status"], "fraction": 1.0})
 

@@ -122,7 +122,9 @@ def test_bad_specs_name_the_field(client: TestClient, key, queue, spec: dict, fi
         ),
     ],
 )
-def test_a_misspelled_key_is_named_with_a_suggestion(client: TestClient, key, spec: dict, field: str, detail: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_misspelled_key_is_named_with_a_suggestion(
+    client: TestClient, key, spec: dict, field: str, detail: str
+) -> None:  # type: ignore[no-untyped-def]
     body = assert_error(submit(client, key, spec), 422, "validation_error", field)
     assert body["detail"] == detail
     assert "Field required" not in body["detail"]
