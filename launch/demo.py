@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     if "job_id" in followed:
         if service is not None and not args.keep_running:
             print(
-                "the service is stopped: `hydra-service serve` serves the dashboard; the key is in "
-                f"{data_dir / 'admin.key'}"
+                f"the demo's service is stopped (--keep-running keeps it): `hydra-service serve --port {args.port}` "
+                f"serves the dashboard again; its key is in {data_dir / 'admin.key'}"
             )
         print(f"open the job in the dashboard: {dashboard_link(followed['url'], followed['job_id'])}")
     return code
