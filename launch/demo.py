@@ -300,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             url = service.url
         code = _run(Client(url, key, timeout=30), spec, args, data_dir / RECORD_NAME, service is not None, followed)
     except KeyboardInterrupt:
-        again = "the job resumes from its last epoch" if service is not None else "the job goes on"
-        print(f"\ninterrupted; {again}: run the demo again to follow it", file=sys.stderr)
+        if "job_id" in followed:
+            again = "the job resumes from its last epoch" if service is not None else "the job goes on"
+            print(f"\ninterrupted; {again}: run the demo again to follow it", file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
         code = 130
     finally:
         if service is not None and not args.keep_running:
