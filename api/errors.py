@@ -17,10 +17,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import CoreError
+from core.errors import CoreError, with_field
+from core.field_errors import clean_message, first_problem
 from core.spec import OBJECTIVE_TYPES
 
 log = logging.getLogger(__name__)
@@ -110,11 +112,15 @@ def field_from_loc(loc: Sequence[Any]) -> str | None:
 
 
 def _message(err: dict[str, Any]) -> str:
-    msg = str(err.get("msg", "invalid value"))
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    return msg
+    return clean_message(str(err.get("msg", "invalid value")))
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The route's request-body model (``JobSpec`` for ``POST /v1/jobs``), whose fields an unknown
+    key is matched against for a suggestion."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    annotation = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -127,19 +133,21 @@ async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, exc.code, exc.message, exc.field)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if not errors:
         return error_response(422, ErrorCode.VALIDATION_ERROR.code, "invalid request")
     first = errors[0]
-    field = field_from_loc(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         detail = f"body is not valid JSON: {(first.get('ctx') or {}).get('error', 'decode error')}"
         return error_response(422, "invalid_json", detail, None)
-    detail = f"{field}: {_message(first)}" if field else _message(first)
-    if len(errors) > 1:
-        detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    # an unknown (misspelled) key first, with the known field it most likely meant (core.field_errors)
+    skip = 1 if tuple(first.get("loc", ()))[:1] == ("body",) else 0
+    field, message, others = first_problem(errors, _body_model(request), field_from_loc, skip=skip)
+    detail = with_field(field, message)
+    if others:
+        detail += f" (and {others} more problem{'s' if others > 1 else ''})"
     return error_response(422, ErrorCode.VALIDATION_ERROR.code, detail, field)
 
 

@@ -18,7 +18,7 @@ import typer
 from tqdm import tqdm
 
 from core.callbacks import RunCallbacks
-from core.errors import CoreError, RunCanceled
+from core.errors import CoreError, RunCanceled, with_field
 from core.vocab import REPORT_JSON, REPORT_MD
 
 app = typer.Typer(add_completion=False, help="Robust network compression with HYDRA.", no_args_is_help=True)
@@ -103,8 +103,7 @@ class ConsoleCallbacks(RunCallbacks):
 
 def _fail(err: CoreError) -> NoReturn:
     """One line, ``error [code] field: message``, on stderr; exit status 2 (bad input, not a crash)."""
-    message = " ".join(err.message.split())
-    typer.echo(f"error [{err.code}] {err.field}: {message}" if err.field else f"error [{err.code}] {message}", err=True)
+    typer.echo(f"error [{err.code}] {with_field(err.field, err.message)}", err=True)
     raise typer.Exit(code=2)
 
 

@@ -7,6 +7,25 @@ input in ``core`` raises this, never a bare ``ValueError``, so a caller can tell
 from __future__ import annotations
 
 
+def names_field(message: str, field: str | None) -> bool:
+    """Whether ``message`` already says where the problem is (it starts with ``field:``, or names it
+    in backticks: ``unknown field `epohcs` in `stages.pretrain```); ``hydra_client.errors`` has the twin."""
+    if not field:
+        return True
+    parent, _, last = field.rpartition(".")
+    return (
+        message.startswith(f"{field}:")
+        or f"`{field}`" in message
+        or (bool(parent) and f"`{last}` in `{parent}`" in message)
+    )
+
+
+def with_field(field: str | None, message: str) -> str:
+    """``field: message`` on one line, the field named once even when the message names it already."""
+    message = " ".join(message.split())
+    return message if names_field(message, field) else f"{field}: {message}"
+
+
 class CoreError(Exception):
     """Bad input or an impossible request, named by the field that caused it."""
 
@@ -14,7 +33,7 @@ class CoreError(Exception):
         self.code = code
         self.field = field
         self.message = message
-        super().__init__(f"{field}: {message}" if field else message)
+        super().__init__(with_field(field, message))
 
 
 class ResumeMismatch(CoreError):

@@ -108,8 +108,8 @@ def _yaml_error(exc: yaml.YAMLError, field: str) -> CoreError:
         return CoreError(exc.code, field, str(exc))
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
-    where = f" (line {mark.line + 1})" if mark is not None else ""
-    return CoreError("spec_unparsable", field, f"not valid YAML: {problem}{where}")
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return CoreError("spec_unparsable", field, f"not valid YAML: {' '.join(problem.split())}{where}")
 
 
 def load_yaml(text: str, field: str = "spec") -> Any:

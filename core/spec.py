@@ -17,6 +17,7 @@ from core.certify.bounds import BOUND_METHODS, BoundMethod
 from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
 from core.data.datasets import DatasetSpec
 from core.errors import CoreError
+from core.field_errors import first_problem
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
@@ -409,8 +410,11 @@ def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
         path = Path(data)
         try:
             text = path.read_text()
-        except OSError as exc:
-            raise CoreError("spec_unreadable", "spec", f"cannot read {path}: {exc}") from exc
+        except FileNotFoundError:
+            raise CoreError("spec_unreadable", "spec", f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CoreError("spec_unreadable", "spec", f"cannot read {path}: {reason}") from None
         # No aliases, bounded nesting and integers (core/safe_parse.py): a spec file cannot make the
         # parser expand a bomb or recurse past the interpreter's limit.
         try:
@@ -422,5 +426,6 @@ def load_spec(data: dict[str, Any] | str | Path) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CoreError("invalid_spec", _field_of(dict(first)), first["msg"]) from exc
+        # an unknown (misspelled) key first, with the known field it most likely meant
+        field, message, _ = first_problem(exc.errors(), JobSpec, lambda loc: _field_of({"loc": loc}))
+        raise CoreError("invalid_spec", field, message) from exc

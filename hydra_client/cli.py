@@ -1,84 +1,126 @@
 """The service from a shell, on ``hydra_client.Client``:
 
-    hydra-compress submit spec.yaml --url URL --key KEY [--wait]   # prints the job id; --wait: progress, table
-    hydra-compress wait JOB_ID                                     # progress, then the table
-    hydra-compress status JOB_ID [--json]
-    hydra-compress list [--status running]
-    hydra-compress report JOB_ID [--json]
-    hydra-compress download JOB_ID [NAME] [--out DIR]              # sha256 checked; no NAME: the compressed networks
-    hydra-compress cancel JOB_ID [--wait]
+    hydra-client submit spec.yaml --url URL --key KEY [--wait]   # prints the job id; --wait: progress, table
+    hydra-client wait JOB_ID [--history]                         # progress, then the table
+    hydra-client status JOB_ID [--json]
+    hydra-client list [--status running]
+    hydra-client report JOB_ID [--json]
+    hydra-client download JOB_ID [NAME] [--out DIR]              # sha256 checked; no NAME: the compressed networks
+    hydra-client cancel JOB_ID [--wait]
 
+(``hydra-compress`` has the same commands beside the core's local ones, see ``launch.cli``.)
 ``--url`` and ``--key`` default to ``HYDRA_URL`` and ``HYDRA_API_KEY``. Exit status: 0 success,
-1 the job failed, 3 the job was canceled, 2 the service refused the request (the error's code and
-field are printed) or could not be reached.
+1 the job failed, 2 a user error or a refused request (one line on stderr: the error's code, field
+and problem; also a service that could not be reached), 3 the job was canceled, 130 interrupted.
 
-The commands are registered on any typer app with ``register(app)`` (``launch.cli`` adds them to the
-core's local commands under one ``hydra-compress``); ``app`` here has them alone (``hydra-client``).
+argparse (the standard library), not typer/click: the client installs with httpx, tqdm and PyYAML
+only. Each command is one function, ``@command(name, its arguments)``, listed in ``COMMANDS``.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
-
-import typer
+from typing import Any, NoReturn
 
 from hydra_client.client import DEFAULT_URL, FINAL_STATUSES, Client
 from hydra_client.display import comparison_table
 from hydra_client.errors import HydraError
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BY_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "canceled": EXIT_CANCELED}
 
-Url = Annotated[str, typer.Option("--url", envvar="HYDRA_URL", help="The service (env HYDRA_URL).")]
-Key = Annotated[
-    str | None, typer.Option("--key", envvar="HYDRA_API_KEY", help="API key (env HYDRA_API_KEY).", show_default=False)
-]
-JobId = Annotated[str, typer.Argument(help="The job's id (printed by submit).")]
+
+class Refused(Exception):
+    """A user error or a refused request: one line on stderr, exit status 2."""
+
+    def __init__(self, err: HydraError) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
-def _client(url: str, key: str | None) -> Client:
-    if not key:
-        _refused(HydraError("unauthorized", "an API key is needed: --key or HYDRA_API_KEY"))
-    return Client(url, key)
+def error_line(err: HydraError) -> str:
+    """``error [code] field: problem`` on one line (the field named once)."""
+    return f"error [{err.error_code}] {err.message}"
 
 
-def _refused(err: HydraError) -> NoReturn:
-    where = f" {err.field}:" if err.field else ""
-    typer.echo(f"error [{err.error_code}]{where} {err.detail}", err=True)
-    raise typer.Exit(EXIT_REFUSED)
+@dataclass(frozen=True)
+class Command:
+    name: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+    @property
+    def help(self) -> str:
+        return (self.run.__doc__ or "").strip().split("\n")[0]
+
+
+COMMANDS: list[Command] = []
+
+
+def command(name: str, arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[..., Any]:
+    """Register ``fn(args) -> exit status`` as command ``name``; ``arguments`` adds its own options."""
+
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS.append(Command(name, arguments, fn))
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("HYDRA_URL") or DEFAULT_URL,
+        help=f"The service (env HYDRA_URL; default {DEFAULT_URL}).",
+    )
+    parser.add_argument("--key", default=os.environ.get("HYDRA_API_KEY"), help="API key (env HYDRA_API_KEY).")
+
+
+def _job_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", metavar="JOB_ID", help="The job's id (printed by submit).")
+    _connection(parser)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    if not args.key:
+        raise Refused(HydraError("unauthorized", "an API key is needed: --key or HYDRA_API_KEY"))
+    return Client(args.url, args.key)
 
 
 def _calling(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except HydraError as err:
-        _refused(err)
+        raise Refused(err) from None
 
 
-def _finish(client: Client, job_id: str, progress: bool) -> NoReturn:
-    """Wait for the job, print its outcome (the table on success) and exit with its status's code."""
+def _finish(client: Client, job_id: str, progress: bool, history: bool = False) -> int:
+    """Wait for the job, print its outcome (the table on success); its status's exit code."""
     try:
-        row = client.wait(job_id, progress=progress)
+        row = client.wait(job_id, progress=progress, history=history)
     except KeyboardInterrupt:
-        typer.echo(f"\nstopped following job {job_id}; it goes on (hydra-compress cancel {job_id} stops it)", err=True)
-        raise typer.Exit(130) from None
+        print(f"\nstopped following job {job_id}; it goes on (hydra-client cancel {job_id} stops it)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except HydraError as err:
-        _refused(err)
+        raise Refused(err) from None
     status = row["status"]
     if status == "succeeded":
         report = _calling(lambda: client.report(job_id))
-        typer.echo("")
-        typer.echo(comparison_table(report))
-        typer.echo(f"\njob {job_id} succeeded; artifacts: hydra-compress download {job_id}")
+        print("")
+        print(comparison_table(report))
+        print(f"\njob {job_id} succeeded; artifacts: hydra-client download {job_id}")
     else:
         reason = f": {row['error_reason']}" if row.get("error_reason") else ""
-        typer.echo(f"job {job_id} {status}{reason}", err=True)
-    raise typer.Exit(EXIT_BY_STATUS.get(status, EXIT_FAILED))
+        print(f"job {job_id} {status}{reason}", file=sys.stderr)
+    return EXIT_BY_STATUS.get(status, EXIT_FAILED)
 
 
 def _fmt_time(value: str | None) -> str:
@@ -89,166 +131,190 @@ def _metrics_text(metrics: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in (metrics or {}).items())
 
 
+def _progress_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=help)
+
+
 # ----------------------------------------------------------------------------- the commands
-def submit(
-    spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.", exists=True, dir_okay=False)],
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Follow the job to its end; the exit status says how it ended.")
-    ] = False,
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="Submitting again with it returns the same job.")
-    ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="With --wait: progress lines/bar.")] = True,
-) -> None:
+def _submit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, metavar="SPEC", help="Job spec, YAML or JSON.")
+    _connection(parser)
+    parser.add_argument(
+        "--wait", action="store_true", help="Follow the job to its end; the exit status says how it ended."
+    )
+    parser.add_argument("--idempotency-key", help="Submitting again with it returns the same job.")
+    _progress_flag(parser, "With --wait: progress lines (and a bar on a terminal).")
+
+
+@command("submit", _submit_args)
+def submit(args: argparse.Namespace) -> int:
     """Submit a job spec; prints the job id (alone on stdout, for scripts)."""
-    client = _client(url, key)
-    job = _calling(lambda: client.submit(spec, idempotency_key=idempotency_key))
-    typer.echo(job["id"])
-    if wait:
-        _finish(client, job["id"], progress)
+    from hydra_client.client import load_spec_file
+
+    spec = _calling(lambda: load_spec_file(args.spec))  # a bad file is refused before any key or network
+    client = _client(args)
+    job = _calling(lambda: client.submit(spec, idempotency_key=args.idempotency_key))
+    print(job["id"], flush=True)
+    return _finish(client, job["id"], args.progress) if args.wait else EXIT_OK
 
 
-def wait_cmd(
-    job_id: JobId,
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
+def _wait_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    _progress_flag(parser, "Progress lines (and a bar on a terminal).")
+    parser.add_argument("--history", action="store_true", help="Replay the events of a job already finished.")
+
+
+@command("wait", _wait_args)
+def wait(args: argparse.Namespace) -> int:
     """Follow a job to its end (progress, then the comparison table); the exit status says how it ended."""
-    _finish(_client(url, key), job_id, progress)
+    return _finish(_client(args), args.job_id, args.progress, args.history)
 
 
-def status(
-    job_id: JobId,
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    as_json: Annotated[bool, typer.Option("--json", help="The job row as JSON.")] = False,
-) -> None:
+def _status_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("--json", dest="as_json", action="store_true", help="The job row as JSON.")
+
+
+@command("status", _status_args)
+def status(args: argparse.Namespace) -> int:
     """A job's status, stage, progress and latest metrics."""
-    client = _client(url, key)
-    row = _calling(lambda: client.get(job_id))
-    if as_json:
-        typer.echo(json.dumps(row, indent=2))
-        return
+    client = _client(args)
+    row = _calling(lambda: client.get(args.job_id))
+    if args.as_json:
+        print(json.dumps(row, indent=2))
+        return EXIT_OK
     stage = ""
     if row.get("stage"):
         stage = f"  {row['stage']} {row.get('variant') or ''} epoch {row.get('epoch') or 0}/{row.get('epochs') or 0}"
-    typer.echo(
+    print(
         f"{row['id']}  {row['status']}{stage}  {100 * float(row.get('fraction') or 0):.0f}%  "
         f"attempt {row.get('attempt')}/{row.get('max_attempts')}"
     )
     if row.get("metrics"):
-        typer.echo(f"  metrics: {_metrics_text(row['metrics'])}")
-    typer.echo(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
+        print(f"  metrics: {_metrics_text(row['metrics'])}")
+    print(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
     if row.get("error_reason"):
-        typer.echo(f"  reason: {row['error_reason']}")
+        print(f"  reason: {row['error_reason']}")
+    return EXIT_OK
 
 
-def list_cmd(
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    status_filter: Annotated[str | None, typer.Option("--status", help="queued, running, succeeded, ...")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 20,
-) -> None:
+def _list_args(parser: argparse.ArgumentParser) -> None:
+    _connection(parser)
+    parser.add_argument("--status", dest="status_filter", help="queued, running, succeeded, ...")
+    parser.add_argument("--limit", type=int, default=20, help="How many (default 20).")
+
+
+@command("list", _list_args)
+def list_jobs(args: argparse.Namespace) -> int:
     """Your jobs, newest first."""
-    client = _client(url, key)
-    for row in _calling(lambda: client.list(status=status_filter, limit=limit)):
-        typer.echo(
+    client = _client(args)
+    for row in _calling(lambda: client.list(status=args.status_filter, limit=args.limit)):
+        print(
             f"{row['id']}  {row['status']:9s} {100 * float(row.get('fraction') or 0):4.0f}%  "
             f"{_fmt_time(row.get('created_at'))}  {row.get('name') or ''}"
         )
+    return EXIT_OK
 
 
-def report_cmd(
-    job_id: JobId,
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    as_json: Annotated[bool, typer.Option("--json", help="The whole report as JSON.")] = False,
-) -> None:
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("--json", dest="as_json", action="store_true", help="The whole report as JSON.")
+
+
+@command("report", _report_args)
+def report(args: argparse.Namespace) -> int:
     """The comparison table of a succeeded job (or its whole report with --json)."""
-    client = _client(url, key)
-    report = _calling(lambda: client.report(job_id))
-    typer.echo(json.dumps(report, indent=2) if as_json else comparison_table(report))
+    client = _client(args)
+    body = _calling(lambda: client.report(args.job_id))
+    print(json.dumps(body, indent=2) if args.as_json else comparison_table(body))
+    return EXIT_OK
 
 
-def download(
-    job_id: JobId,
-    name: Annotated[str | None, typer.Argument(help="Artifact name; default: every compressed network.")] = None,
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder (or file name, with NAME).")] = Path("."),
-    all_files: Annotated[bool, typer.Option("--all", help="Every artifact of the job.")] = False,
-) -> None:
+def _download_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("name", nargs="?", metavar="NAME", help="Artifact name; default: every compressed network.")
+    parser.add_argument("--out", "-o", type=Path, default=Path("."), help="Folder (or file name, with NAME).")
+    parser.add_argument("--all", dest="all_files", action="store_true", help="Every artifact of the job.")
+
+
+@command("download", _download_args)
+def download(args: argparse.Namespace) -> int:
     """Download artifacts; each one's size and sha256 is checked against the job's listing."""
-    client = _client(url, key)
-    listing = _calling(lambda: client.artifacts(job_id))
-    if name:
-        names = [name]
-    elif all_files:
+    client = _client(args)
+    listing = _calling(lambda: client.artifacts(args.job_id))
+    if args.name:
+        names = [args.name]
+    elif args.all_files:
         names = [a["name"] for a in listing]
     else:
         names = [a["name"] for a in listing if a["name"].endswith(".compressed.safetensors")]
     if not names:
-        _refused(HydraError("not_found", f"job {job_id} has no artifacts to download yet", "name"))
+        raise Refused(HydraError("not_found", f"job {args.job_id} has no artifacts to download yet", "name"))
     sizes = {a["name"]: a for a in listing}
     if len(names) > 1:
-        out.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
     for item in names:
-        path = _calling(functools.partial(client.download, job_id, item, out))
+        path = _calling(functools.partial(client.download, args.job_id, item, args.out))
         info = sizes.get(item, {})
-        typer.echo(f"{path}  {info.get('size', path.stat().st_size)} bytes  sha256 {info.get('sha256', '')} ok")
+        print(f"{path}  {info.get('size', path.stat().st_size)} bytes  sha256 {info.get('sha256', '')} ok")
+    return EXIT_OK
 
 
-def cancel(
-    job_id: JobId,
-    url: Url = DEFAULT_URL,
-    key: Key = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job has stopped.")] = False,
-) -> None:
+def _cancel_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("--wait", action="store_true", help="Wait until the job has stopped.")
+
+
+@command("cancel", _cancel_args)
+def cancel(args: argparse.Namespace) -> int:
     """Cancel a job: a queued one at once, a running one at its next batch."""
-    client = _client(url, key)
-    row = _calling(lambda: client.cancel(job_id))
-    if wait and row["status"] not in FINAL_STATUSES:
-        row = _calling(lambda: client.wait(job_id, progress=False))
+    client = _client(args)
+    row = _calling(lambda: client.cancel(args.job_id))
+    if args.wait and row["status"] not in FINAL_STATUSES:
+        row = _calling(lambda: client.wait(args.job_id))
     note = " (stops at its next batch)" if row["status"] == "running" else ""
-    typer.echo(f"{job_id}  {row['status']}{note}")
+    print(f"{args.job_id}  {row['status']}{note}")
+    return EXIT_OK
 
 
-COMMANDS: list[tuple[str, Callable[..., Any]]] = [
-    ("submit", submit),
-    ("wait", wait_cmd),
-    ("status", status),
-    ("list", list_cmd),
-    ("report", report_cmd),
-    ("download", download),
-    ("cancel", cancel),
-]
+# ----------------------------------------------------------------------------- the parser
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (``PROG: error: ... (see PROG --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_REFUSED, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def register(target: typer.Typer) -> typer.Typer:
-    """Add the client's commands to ``target`` (a command of the same name already there is kept)."""
-    existing = {c.name or (c.callback.__name__ if c.callback else None) for c in target.registered_commands}
-    for name, fn in COMMANDS:
-        if name not in existing:
-            target.command(name)(fn)
-    return target
+def build_parser(prog: str = "hydra-client") -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description="Use a HYDRA compression service: submit, follow, download.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for cmd in COMMANDS:
+        cmd.arguments(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
 
 
-app = register(
-    typer.Typer(
-        name="hydra-client",
-        help="Use a HYDRA compression service: submit, follow, download.",
-        no_args_is_help=True,
-        add_completion=False,
-    )
-)
+def main(argv: list[str] | None = None, prog: str = "hydra-client") -> int:
+    """Run one command; its exit status (see the module's docstring)."""
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2, its line already printed)
+        return done.code if isinstance(done.code, int) else EXIT_REFUSED
+    if args.command is None:
+        parser.print_help()
+        return EXIT_REFUSED
+    run = next(cmd.run for cmd in COMMANDS if cmd.name == args.command)
+    try:
+        return run(args)
+    except Refused as refused:
+        print(error_line(refused.err), file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def main() -> None:  # pragma: no cover - console script
-    app()
-
+app = main  # the console script of installs made before the argparse rewrite names ``hydra_client.cli:app``
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

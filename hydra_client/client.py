@@ -4,7 +4,7 @@
 
     client = Client("http://127.0.0.1:8000", api_key)
     job = client.submit("examples/demo_mnist5k.yaml", idempotency_key="demo-1")
-    final = client.wait(job["id"], progress=True)          # a progress bar fed by the event stream
+    final = client.wait(job["id"], progress=True)          # quiet by default; progress: lines and a bar
     report = client.report(job["id"])
     client.download(job["id"], "hydra_k0.01.compressed.safetensors", "out/")   # sha256 checked
 
@@ -57,8 +57,15 @@ class Event:
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
-    """A job spec from a YAML or JSON file, as a dict (the service validates it)."""
-    text = Path(path).read_text()
+    """A job spec from a YAML or JSON file, as a dict (the service validates it). A file that is
+    missing, unreadable or not a spec raises ``HydraError`` like every other failure."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HydraError("spec_unreadable", f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise HydraError("spec_unreadable", f"cannot read {path}: {reason}") from None
     data = parse_spec_text(text, str(path), as_json=str(path).endswith(".json"))  # no aliases, bounded
     if not isinstance(data, dict):
         raise HydraError("invalid_spec", f"{path} does not hold a mapping (a job spec)")
@@ -323,26 +330,29 @@ class Client:
     def wait(
         self,
         job_id: str,
-        progress: bool = True,
+        progress: bool = False,
         *,
+        history: bool = False,
         timeout: float | None = None,
         poll_interval: float = 1.0,
         file: IO[str] | None = None,
     ) -> dict[str, Any]:
-        """Wait until the job is final and return its row.
+        """Wait until the job is final and return its row. Quiet unless asked:
 
         ``progress=True``: one line per stage, epoch and evaluation (from the event stream) and, on a
         terminal, a tqdm bar of the whole run (from the job's ``fraction``); off a terminal (a pipe, a
         log file) only the lines, so a log is not flooded with bar redraws. Output goes to ``file``
-        (default: stderr). ``timeout`` (s): ``HydraError('timeout')`` when the job is not final by then."""
+        (default: stderr). A job that is already final is returned at once without replaying its
+        events, unless ``history=True``. ``timeout`` (s): ``HydraError('timeout')`` when the job is
+        not final by then."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not progress:
-            while True:
-                row = self.get(job_id)
-                if row["status"] in FINAL_STATUSES:
-                    return row
+        row = self.get(job_id)
+        if not progress or (row["status"] in FINAL_STATUSES and not history):
+            while row["status"] not in FINAL_STATUSES:
                 self._check_deadline(deadline, job_id, row)
                 time.sleep(poll_interval)
+                row = self.get(job_id)
+            return row
         return self._wait_with_progress(job_id, deadline, poll_interval, file or sys.stderr)
 
     @staticmethod

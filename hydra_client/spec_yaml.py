@@ -59,8 +59,30 @@ class SpecLoader(yaml.SafeLoader):
 SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)
 
 
+def _where(exc: BaseException) -> str:
+    """`` at line L, column C`` of a YAML or JSON parse error, when it says."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f" at line {exc.lineno}, column {exc.colno}"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, _Refused):
+        return str(exc)
+    problem = getattr(exc, "problem", None)  # a MarkedYAMLError's own words, without its source excerpt
+    context = getattr(exc, "context", None)
+    text = f"{problem} ({context})" if problem and context else (problem or str(exc))
+    return " ".join(text.split())
+
+
 def parse_spec_text(text: str, source: str, as_json: bool) -> Any:
-    """The parsed spec text; ``HydraError("invalid_spec", ...)`` naming ``source`` for anything refused."""
+    """The parsed spec text; ``HydraError("invalid_spec", ...)`` naming ``source`` (and the line and
+    column of a syntax error) on one line for anything refused."""
     try:
         if as_json:
             # json.loads recurses per level and int() has a digit limit: both are errors here, not crashes
@@ -68,5 +90,7 @@ def parse_spec_text(text: str, source: str, as_json: bool) -> Any:
         return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: no arbitrary objects
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         kind = "JSON" if as_json else "YAML"
-        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise HydraError("invalid_spec", f"{source} is not an acceptable {kind} job spec: {detail}") from None
+        where = "" if isinstance(exc, _Refused) else _where(exc)
+        raise HydraError(
+            "invalid_spec", f"{source} is not an acceptable {kind} job spec{where}: {_problem(exc)}"
+        ) from None

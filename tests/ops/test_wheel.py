@@ -188,7 +188,7 @@ def test_the_wheel_ships_the_migrations_the_demo_spec_and_the_entry_points(insta
     for line in (
         "hydra-service = launch.service_cli:app",
         "hydra-compress = launch.cli:app",
-        "hydra-client = hydra_client.cli:app",
+        "hydra-client = hydra_client.cli:main",
     ):
         assert line in entry_points
     # one source of truth for the demo spec: the documented examples/ file is the packaged one

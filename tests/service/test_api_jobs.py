@@ -93,8 +93,41 @@ def test_broker_outage_still_keeps_the_job(client: TestClient, key, queue, setti
 )
 def test_bad_specs_name_the_field(client: TestClient, key, queue, spec: dict, field: str) -> None:  # type: ignore[no-untyped-def]
     body = assert_error(submit(client, key, spec), 422, "validation_error", field)
-    assert field in body["detail"]
+    parent, _, last = field.rpartition(".")
+    if body["detail"].startswith("unknown field"):  # names the key and where it is, once
+        assert f"`{last}` in `{parent}`" in body["detail"] if parent else f"`{last}` in the spec" in body["detail"]
+    else:
+        assert body["detail"].startswith(f"{field}: ") and f"{field}: {field}:" not in body["detail"]
     assert queue.sent == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "detail"),
+    [
+        (
+            {"stages": {"pretrain": {"epohcs": 3, "lr": 0.1}}},
+            "stages.pretrain.epohcs",
+            "unknown field `epohcs` in `stages.pretrain` — did you mean `epochs`?",
+        ),
+        ({"sede": 1}, "sede", "unknown field `sede` in the spec — did you mean `seed`?"),
+        (
+            {"objective": {"type": "trades", "bta": 6}},
+            "objective.bta",
+            "unknown field `bta` in `objective` — did you mean `beta`?",
+        ),
+        (  # the typo first, with the other problem counted (not the "Field required" the typo caused)
+            {"stages": {"pretrain": {"epohcs": 3, "lr": -1}}},
+            "stages.pretrain.epohcs",
+            "unknown field `epohcs` in `stages.pretrain` — did you mean `epochs`? (and 1 more problem)",
+        ),
+    ],
+)
+def test_a_misspelled_key_is_named_with_a_suggestion(
+    client: TestClient, key, spec: dict, field: str, detail: str
+) -> None:  # type: ignore[no-untyped-def]
+    body = assert_error(submit(client, key, spec), 422, "validation_error", field)
+    assert body["detail"] == detail
+    assert "Field required" not in body["detail"]
 
 
 def test_body_that_is_not_json_or_not_an_object(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
