@@ -21,6 +21,7 @@ from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
+from core.pruning.sharpness import Scope
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
 __all__ = ["EPS_8_255", "NORM_DEFAULTS", "STEP_2_255", "norm_defaults", "Norm", "DatasetSpec"]  # re-exported
@@ -70,6 +71,22 @@ def _field_error(loc: tuple[str, ...], code: str, message: str, value: Any) -> V
     cross-field rule raised by a model validator names the field, not the model."""
     return ValidationError.from_exception_data(
         "JobSpec", [InitErrorDetails(type=PydanticCustomError(code, message), loc=loc, input=value)]
+    )
+
+
+class ScoreSharpnessSpec(StrictModel):
+    """Sharpness-aware score steps (S2AP / SAM on the scores; core/pruning/sharpness.py)."""
+
+    rho: float = Field(
+        gt=0,
+        le=10,
+        description="Radius of the ascent step on the scores: relative to each score tensor's norm "
+        "(scope layer, S2AP's gamma) or absolute over all scores (scope global, SAM's rho).",
+    )
+    scope: Scope = Field(
+        "layer",
+        description="layer: e_l = rho·||s_l||·g_l/||g_l|| per layer (S2AP's constraint); global: "
+        "e = rho·g/||g|| with one norm over all scores (plain SAM).",
     )
 
 
@@ -139,6 +156,13 @@ class PruningSpec(StrictModel):
     learned_lr: float = Field(
         0.01, gt=0, le=10, description="Learned allocation: Adam learning rate of the per-layer rate logits."
     )
+    score_sharpness: ScoreSharpnessSpec | None = Field(
+        None,
+        description="Sharpness-aware score steps (S2AP, arXiv 2510.18381: SAM on the importance scores): "
+        "each prune step's score gradient is taken at the scores perturbed by an ascent step of radius "
+        "rho, one extra forward/backward per step; on top of any allocation and granularity, for the "
+        "methods that train scores (hydra; lwm is unchanged). null = off. See core/pruning/sharpness.py.",
+    )
 
     @field_validator("k")
     @classmethod
@@ -166,6 +190,14 @@ class PruningSpec(StrictModel):
             except CoreError as err:
                 name = (err.field or "pruning.allocation").removeprefix("pruning.")
                 raise _field_error((name,), err.code, err.message, getattr(self, name, None)) from None
+        if self.score_sharpness is not None and not any(METHODS.get(m).trains_scores for m in self.methods):
+            raise _field_error(
+                ("score_sharpness",),
+                "invalid_score_sharpness",
+                "sharpness-aware scores perturb the trained scores, but no method in pruning.methods trains "
+                "scores (add hydra, or set score_sharpness to null)",
+                self.score_sharpness,
+            )
         if self.allocation == "learned" and max(self.k) >= 1.0:
             raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
         return self

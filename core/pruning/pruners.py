@@ -71,6 +71,9 @@ class GlobalPruner(Pruner):
         self._allocate(step.model)
         return True
 
+    def refresh(self, model: nn.Module) -> None:
+        self._allocate(model)
+
     def _allocate(self, model: nn.Module) -> None:
         apply_allocation(model, "global", self.k, min_per_layer=self.options.min_per_layer)
 
@@ -120,6 +123,9 @@ class LearnedPruner(Pruner):
         self.learned.refresh(step.model)
         return True
 
+    def refresh(self, model: nn.Module) -> None:
+        self.learned.refresh(model)
+
     def finish(self, model: nn.Module) -> None:
         self.learned.finalize(model, self.k)  # exactly kept_count(N, k) weights
 
@@ -159,6 +165,12 @@ class ChannelPruner(Pruner):
     def after_step(self, step: PruneStep) -> bool:
         self.channels.refresh(step.model)
         return True
+
+    def score_tensors(self, model: nn.Module) -> list[Tensor]:
+        return list(self.channels.scores)  # after accumulate_grad their .grad is the channel gradient
+
+    def refresh(self, model: nn.Module) -> None:
+        self.channels.refresh(model)
 
     def finish(self, model: nn.Module) -> None:
         self.channels.finalize(model)
