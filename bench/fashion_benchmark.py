@@ -224,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(folders) > 1:
             merged = out / "merged" / job
             subprocess.run(
-                [sys.executable, str(ROOT / "scripts" / "merge_seed_runs.py"), *map(str, folders), "--out", str(merged)],
+                [
+                    sys.executable,
+                    str(ROOT / "scripts" / "merge_seed_runs.py"),
+                    *map(str, folders),
+                    "--out",
+                    str(merged),
+                ],
                 check=True,
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -239,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         f"(10 steps of 0.02); evaluation {json.dumps(profile['evaluation'])}; seeds {args.seeds}; "
         f"score_sharpness rho {RHO} (scope layer)"
     )
-    lines = [f"Budget: {budget}", "", "| job | network | k | benign % | robust % (worst case) |", "|---|---|---|---|---|"]
+    lines = [
+        f"Budget: {budget}",
+        "",
+        "| job | network | k | benign % | robust % (worst case) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['job']} | {r['variant']} | {r['k']} | {_fmt(r['benign'])} | {_fmt(r['robust'])} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -124,8 +124,15 @@ class PruningSpec(StrictModel):
         description="What is pruned: single weights (unstructured) or whole channels/filters (channel: one "
         "score per output channel of every coupled group, the network physically rebuilt smaller at "
         "export; hydra trains the channel scores, lwm is L1-norm filter pruning). Channel granularity "
-        "supports the uniform allocation and plain conv/linear/BatchNorm networks (no grouped "
+        "supports the uniform allocation (and learned under budget: macs) and plain conv/linear/BatchNorm networks (no grouped "
         "convolutions, concatenation or attention). See core/pruning/structured.py.",
+    )
+    budget: Literal["params", "macs"] = Field(
+        "params",
+        description="What k is a fraction of: params (the weights kept, or at channel granularity the "
+        "channels of every group) or macs (the conv/linear multiply-accumulates of the rebuilt network; "
+        "channel granularity only: uniform keeps the one channel fraction whose MACs match, learned trains "
+        "per-group rates under HARP's MAC hinge). See core/pruning/channel_budget.py.",
     )
     global_min_per_layer: int = Field(
         1,
@@ -190,6 +197,20 @@ class PruningSpec(StrictModel):
             except CoreError as err:
                 name = (err.field or "pruning.allocation").removeprefix("pruning.")
                 raise _field_error((name,), err.code, err.message, getattr(self, name, None)) from None
+        if self.budget == "macs" and self.granularity != "channel":
+            raise _field_error(
+                ("budget",),
+                "invalid_budget",
+                "budget: macs counts the MACs of the rebuilt network: it needs granularity: channel",
+                self.budget,
+            )
+        if self.granularity == "channel" and self.allocation == "learned" and self.budget != "macs":
+            raise _field_error(
+                ("budget",),
+                "invalid_budget",
+                "learned channel rates are trained under a MAC budget: set budget: macs",
+                self.budget,
+            )
         if self.score_sharpness is not None and not any(METHODS.get(m).trains_scores for m in self.methods):
             raise _field_error(
                 ("score_sharpness",),
