@@ -79,7 +79,8 @@ def _layers(model: nn.Module) -> list[tuple[str, Any]]:
 def check_pruning_combination(method: str, allocation: str, granularity: str) -> None:
     """Refuse a combination no pruner serves, naming the field: unknown values here, then the method's
     own list (``core.pruning.methods.PruningMethod.pruners``): ``learned`` needs trained scores (HYDRA,
-    not the one-shot LWM/L1 baselines); ``channel`` goes with the ``uniform`` allocation only."""
+    not the one-shot LWM/L1 baselines); ``channel`` goes with the ``uniform`` allocation, or ``learned``
+    under ``pruning.budget: macs`` (checked by the spec)."""
     if allocation not in ALLOCATIONS:
         raise CoreError(
             "invalid_allocation",

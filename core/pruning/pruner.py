@@ -137,6 +137,12 @@ class Pruner(ABC):
         the loss gradient in score space (per-weight scores by default)."""
         return [layer.scores for _, layer in masked_layers(model)]
 
+    def collect_score_grad(self, step: PruneStep) -> None:
+        """After ``backward``: make :meth:`score_tensors`' ``.grad`` the loss gradient, and nothing else
+        (no rate gradient): the part of :meth:`after_backward` a wrapper needs at a point it discards.
+        Default: nothing (per-weight scores get theirs from ``backward``)."""
+        return None  # the per-weight scores' .grad is already the gradient
+
     def refresh(self, model: nn.Module) -> None:
         """The masks from the current scores by this pruner's rule, with no training side effect (no
         rate step): what :meth:`after_step` does to the masks. Default: every layer's own top-k."""

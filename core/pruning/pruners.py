@@ -12,7 +12,11 @@
 * :class:`ChannelPruner` — channel scores over the coupled channel groups
   (``core.pruning.structured.ChannelPruning``): the prune stage's optimizer trains them (not the
   per-weight probes), the probes' gradient is reduced to them after ``backward``, the top-k channels
-  of every group are kept; :meth:`~ChannelPruner.finish` sets the exact keep fractions.
+  of every group are kept; :meth:`~ChannelPruner.finish` sets the exact keep fractions. With
+  ``pruning.budget: macs`` every group keeps the one channel fraction whose MACs are ``k`` of the dense
+  network's (``core.pruning.channel_budget``).
+* :class:`LearnedChannelPruner` — ``allocation: learned`` at channel granularity under the MAC budget:
+  HARP-style per-group rates with the MAC hinge, projected onto the budget at the end.
 
 A method (``core.pruning.methods``) maps each combination it supports to one of these, or to a subclass
 (LWM's global magnitude pruning overrides :meth:`GlobalPruner.init_scores`). Whether scores train is
@@ -148,7 +152,7 @@ class ChannelPruner(Pruner):
     L1-norm filter pruning (Li et al. 2017). With ``pruning.budget: macs`` every group keeps the one
     channel fraction whose MACs are ``k`` of the dense network's (``core.pruning.channel_budget``)."""
 
-    Options = ChannelOptions
+    Options: ClassVar[type[PrunerOptions]] = ChannelOptions
     state_kind = "channel"
     options: ChannelOptions
 
@@ -181,6 +185,9 @@ class ChannelPruner(Pruner):
     def after_step(self, step: PruneStep) -> bool:
         self.channels.refresh(step.model)
         return True
+
+    def collect_score_grad(self, step: PruneStep) -> None:
+        self.channels.accumulate_grad(step.model)
 
     def score_tensors(self, model: nn.Module) -> list[Tensor]:
         return list(self.channels.scores)  # after accumulate_grad their .grad is the channel gradient

@@ -11,8 +11,9 @@ SAM (Foret et al., ICLR 2021) applied to the scores instead of the weights, with
 proportional to each layer's score norm. We implemented it from that description (the paper's code was
 not consulted), as SAM's one-step approximation of the inner maximisation, per prune step:
 
-1. the pipeline's ``backward`` gives ``g = ∂L/∂s`` at the current scores (the inner pruner's own
-   ``after_backward`` first: channel scores get their gradient from the probes there);
+1. the pipeline's ``backward`` gives ``g = ∂L/∂s`` at the current scores (the inner pruner's
+   ``collect_score_grad``: channel scores get theirs from the probes; no rate gradient is computed at
+   this point, it would be discarded);
 2. ascent: ``e = rho · g / ||g||`` — ``scope: layer`` (S2AP's constraint, the default):
    ``e_l = rho · ||s_l|| · g_l / ||g_l||`` per score tensor; ``scope: global`` (plain SAM):
    ``e = rho · g / ||g||`` with one norm over all scores, ``rho`` an absolute radius;
@@ -99,7 +100,7 @@ class SharpnessAwarePruner(Pruner):
         return self.inner.penalty(step)
 
     def after_backward(self, step: PruneStep) -> None:
-        self.inner.after_backward(step)  # the gradient at s (channel: reduced from the probes)
+        self.inner.collect_score_grad(step)  # the gradient at s (channel: reduced from the probes)
         scores = self.inner.score_tensors(step.model)
         shifts = ascent_shifts(scores, [s.grad for s in scores], self.rho, self.scope)
         self.last_shift_norm = float(torch.linalg.vector_norm(torch.stack([e.float().norm() for e in shifts])))
