@@ -80,10 +80,6 @@ class SharpnessAwarePruner(Pruner):
         self.method, self.k, self.score_init, self.options = inner.method, inner.k, inner.score_init, inner.options
         self.last_shift_norm = 0.0  # ||e|| of the latest step (diagnostics, tests)
 
-    @classmethod
-    def check_supported(cls, model: nn.Module, example_input: Tensor) -> None:  # pragma: no cover - via inner
-        raise TypeError("call check_supported on the inner pruner's class")
-
     def enter(self, model: nn.Module) -> None:
         self.inner.enter(model)
 
