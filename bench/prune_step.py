@@ -12,11 +12,17 @@ to cancel machine noise; each figure is the median of ``--steps`` timed iteratio
 step; learned penalty, rate gradient, rate step and refresh; channel probe reduction and channel
 refresh, with the channel scores and BatchNorm as the optimizer's parameters), against the same lean
 dense TRADES step. ``--k`` is the keep fraction (of weights, or of channels per group at channel
-granularity).
+granularity). ``--budget macs`` (channel granularity) makes ``k`` the fraction of MACs kept: uniform keeps
+the one channel fraction of those MACs, ``--allocation learned`` trains per-group rates under the MAC
+hinge (``core.pruning.channel_budget``). ``--sharpness RHO`` wraps the pruner in the sharpness-aware
+score step (``pruning.score_sharpness: {rho: RHO}``, ``core.pruning.sharpness``): one extra
+forward/backward of the objective per step, so its target is at most 2.2x the dense step.
 
     python bench/prune_step.py --arch resnet18 --batch-size 32 --steps 10 --json
     python bench/prune_step.py --arch resnet18 --allocation learned --steps 10 --json
     python bench/prune_step.py --arch resnet18 --granularity channel --k 0.5 --steps 10 --json
+    python bench/prune_step.py --arch resnet18 --sharpness 0.1 --steps 10 --json
+    python bench/prune_step.py --arch resnet18 --granularity channel --allocation learned --budget macs --k 0.5 --json
 """
 
 from __future__ import annotations
@@ -53,11 +59,18 @@ def build(
     allocation: str = "uniform",
     granularity: str = "unstructured",
     example: torch.Tensor | None = None,
+    budget: str = "params",
+    sharpness: float | None = None,
 ) -> dict[str, Variant]:
     torch.manual_seed(seed)
     dense = create_model(arch, num_classes=10)
     dense.train()
-    options = PruningSpec(allocation=allocation, granularity=granularity)  # type: ignore[arg-type]
+    options = PruningSpec(
+        allocation=allocation,  # type: ignore[arg-type]
+        granularity=granularity,  # type: ignore[arg-type]
+        budget=budget,  # type: ignore[arg-type]
+        score_sharpness=None if sharpness is None else {"rho": sharpness},  # type: ignore[arg-type]
+    )
 
     def masked(stage: str) -> tuple[torch.nn.Module, Pruner | None]:
         net = convert_to_masked(copy.deepcopy(dense))
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     parser.add_argument("--k", type=float, default=K, help="keep fraction (channels per group at channel granularity)")
     parser.add_argument("--allocation", default="uniform", choices=["uniform", "global", "learned"])
     parser.add_argument("--granularity", default="unstructured", choices=["unstructured", "channel"])
+    parser.add_argument("--budget", default="params", choices=["params", "macs"], help="macs: channel granularity")
+    parser.add_argument("--sharpness", type=float, default=None, metavar="RHO", help="score_sharpness rho")
     parser.add_argument("--json", action="store_true", help="print a JSON line last")
     args = parser.parse_args(argv)
 
@@ -102,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     g = torch.Generator().manual_seed(args.seed)
     x = torch.rand(args.batch_size, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.batch_size,), generator=g)
-    variants = build(args.arch, args.seed, args.k, args.allocation, args.granularity, example=x[:2])
+    variants = build(
+        args.arch, args.seed, args.k, args.allocation, args.granularity, x[:2], args.budget, args.sharpness
+    )
 
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -132,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
         "arch": args.arch,
         "allocation": args.allocation,
         "granularity": args.granularity,
+        "budget": args.budget,
+        "sharpness": args.sharpness if args.sharpness is not None else "off",
         "k": args.k,
         "batch_size": args.batch_size,
         "steps": args.steps,
@@ -149,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     }
     print(
         f"{args.arch} batch {args.batch_size}, TRADES linf 8/255 x10, k={args.k}, {args.allocation} allocation, "
-        f"{args.granularity}, {args.threads} threads, median of {args.steps}:"
+        f"{args.granularity}, budget {args.budget}, sharpness {args.sharpness}, {args.threads} threads, "
+        f"median of {args.steps}:"
     )
     print(f"  prune step    {med['prune']:.3f}s  ({result['ratio']:.3f}x dense; cpu {result['ratio_cpu']:.3f}x)")
     print(f"  dense step    {med['dense']:.3f}s")

@@ -21,6 +21,7 @@ from core.field_errors import first_problem
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.methods import METHODS
+from core.pruning.sharpness import Scope
 from core.safe_parse import load_json, load_yaml
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
@@ -119,6 +120,22 @@ def _field_error(loc: tuple[str, ...], code: str, message: str, value: Any) -> V
     )
 
 
+class ScoreSharpnessSpec(StrictModel):
+    """Sharpness-aware score steps (S2AP / SAM on the scores; core/pruning/sharpness.py)."""
+
+    rho: float = Field(
+        gt=0,
+        le=10,
+        description="Radius of the ascent step on the scores: relative to each score tensor's norm "
+        "(scope layer, S2AP's gamma) or absolute over all scores (scope global, SAM's rho).",
+    )
+    scope: Scope = Field(
+        "layer",
+        description="layer: e_l = rho·||s_l||·g_l/||g_l|| per layer (S2AP's constraint); global: "
+        "e = rho·g/||g|| with one norm over all scores (plain SAM).",
+    )
+
+
 class PruningSpec(StrictModel):
     methods: list[MethodName] = Field(
         default_factory=lambda: ["hydra"],
@@ -153,8 +170,15 @@ class PruningSpec(StrictModel):
         description="What is pruned: single weights (unstructured) or whole channels/filters (channel: one "
         "score per output channel of every coupled group, the network physically rebuilt smaller at "
         "export; hydra trains the channel scores, lwm is L1-norm filter pruning). Channel granularity "
-        "supports the uniform allocation and plain conv/linear/BatchNorm networks (no grouped "
+        "supports the uniform allocation (and learned under budget: macs) and plain conv/linear/BatchNorm networks (no grouped "
         "convolutions, concatenation or attention). See core/pruning/structured.py.",
+    )
+    budget: Literal["params", "macs"] = Field(
+        "params",
+        description="What k is a fraction of: params (the weights kept, or at channel granularity the "
+        "channels of every group) or macs (the conv/linear multiply-accumulates of the rebuilt network; "
+        "channel granularity only: uniform keeps the one channel fraction whose MACs match, learned trains "
+        "per-group rates under HARP's MAC hinge). See core/pruning/channel_budget.py.",
     )
     global_min_per_layer: int = Field(
         1,
@@ -185,6 +209,13 @@ class PruningSpec(StrictModel):
     learned_lr: float = Field(
         0.01, gt=0, le=10, description="Learned allocation: Adam learning rate of the per-layer rate logits."
     )
+    score_sharpness: ScoreSharpnessSpec | None = Field(
+        None,
+        description="Sharpness-aware score steps (S2AP, arXiv 2510.18381: SAM on the importance scores): "
+        "each prune step's score gradient is taken at the scores perturbed by an ascent step of radius "
+        "rho, one extra forward/backward per step; on top of any allocation and granularity, for the "
+        "methods that train scores (hydra; lwm is unchanged). null = off. See core/pruning/sharpness.py.",
+    )
 
     @field_validator("k")
     @classmethod
@@ -212,6 +243,28 @@ class PruningSpec(StrictModel):
             except CoreError as err:
                 name = (err.field or "pruning.allocation").removeprefix("pruning.")
                 raise _field_error((name,), err.code, err.message, getattr(self, name, None)) from None
+        if self.budget == "macs" and self.granularity != "channel":
+            raise _field_error(
+                ("budget",),
+                "invalid_budget",
+                "budget: macs counts the MACs of the rebuilt network: it needs granularity: channel",
+                self.budget,
+            )
+        if self.granularity == "channel" and self.allocation == "learned" and self.budget != "macs":
+            raise _field_error(
+                ("budget",),
+                "invalid_budget",
+                "learned channel rates are trained under a MAC budget: set budget: macs",
+                self.budget,
+            )
+        if self.score_sharpness is not None and not any(METHODS.get(m).trains_scores for m in self.methods):
+            raise _field_error(
+                ("score_sharpness",),
+                "invalid_score_sharpness",
+                "sharpness-aware scores perturb the trained scores, but no method in pruning.methods trains "
+                "scores (add hydra, or set score_sharpness to null)",
+                self.score_sharpness,
+            )
         if self.allocation == "learned" and max(self.k) >= 1.0:
             raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
         return self

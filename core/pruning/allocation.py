@@ -79,7 +79,8 @@ def _layers(model: nn.Module) -> list[tuple[str, Any]]:
 def check_pruning_combination(method: str, allocation: str, granularity: str) -> None:
     """Refuse a combination no pruner serves, naming the field: unknown values here, then the method's
     own list (``core.pruning.methods.PruningMethod.pruners``): ``learned`` needs trained scores (HYDRA,
-    not the one-shot LWM/L1 baselines); ``channel`` goes with the ``uniform`` allocation only."""
+    not the one-shot LWM/L1 baselines); ``channel`` goes with the ``uniform`` allocation, or ``learned``
+    under ``pruning.budget: macs`` (checked by the spec)."""
     if allocation not in ALLOCATIONS:
         raise CoreError(
             "invalid_allocation",
@@ -302,27 +303,7 @@ class LearnedAllocation(nn.Module):
 
     def _rate_grad(self, scores: Tensor, score_grad: Tensor, r: float) -> float:
         """``∂L/∂log r`` of one layer (see the module docstring)."""
-        a = scores.abs().reshape(-1)
-        n = a.numel()
-        reach = 6.0 * self.tau
-        lo = max(0, int(math.floor(n * r * math.exp(-reach))))
-        hi = min(n, int(math.ceil(n * r * math.exp(reach))))
-        if hi <= lo:
-            return 0.0
-        if hi <= n // 4:  # a small band near the top: one sorted partial selection
-            band = torch.topk(a, hi, sorted=True).indices[lo:]
-        else:  # values at descending ranks lo and hi-1 bound the band (kthvalue: ascending, 1-based)
-            top = torch.kthvalue(a, n - lo).values
-            bottom = torch.kthvalue(a, n - hi + 1).values
-            band = ((a <= top) & (a >= bottom)).nonzero().view(-1)
-            band = band[torch.argsort(a[band], descending=True)]
-        ranks = lo + torch.arange(band.numel(), device=a.device, dtype=torch.float64)
-        u = (ranks + 0.5) / n
-        z = (math.log(r) - torch.log(u)) / self.tau
-        s = torch.sigmoid(z)
-        weight = s * (1 - s) / self.tau
-        d_mask = (score_grad.reshape(-1)[band] * torch.sign(scores.reshape(-1)[band])).double()
-        return float((d_mask * weight).sum())
+        return rank_rate_grad(scores, score_grad, r, self.tau)
 
     def step(self) -> None:
         """One Adam step of the rates (their own optimizer; see the module docstring)."""
@@ -406,3 +387,30 @@ def project_counts(logits: list[float], sizes: list[int], target: int) -> list[i
             counts[i] += 1 if remainder > 0 else -1
         remainder = target - sum(counts)
     return counts
+
+
+def rank_rate_grad(scores: Tensor, score_grad: Tensor, r: float, tau: float) -> float:
+    """``∂L/∂log r`` of one budget unit (a layer's weights, or a channel group's channels) whose top
+    ``r`` fraction by ``|scores|`` is kept: the soft threshold in rank space of the module docstring,
+    from the straight-through ``score_grad`` (``∂L/∂M = score_grad · sign(scores)``)."""
+    a = scores.abs().reshape(-1)
+    n = a.numel()
+    reach = 6.0 * tau
+    lo = max(0, int(math.floor(n * r * math.exp(-reach))))
+    hi = min(n, int(math.ceil(n * r * math.exp(reach))))
+    if hi <= lo:
+        return 0.0
+    if hi <= n // 4:  # a small band near the top: one sorted partial selection
+        band = torch.topk(a, hi, sorted=True).indices[lo:]
+    else:  # values at descending ranks lo and hi-1 bound the band (kthvalue: ascending, 1-based)
+        top = torch.kthvalue(a, n - lo).values
+        bottom = torch.kthvalue(a, n - hi + 1).values
+        band = ((a <= top) & (a >= bottom)).nonzero().view(-1)
+        band = band[torch.argsort(a[band], descending=True)]
+    ranks = lo + torch.arange(band.numel(), device=a.device, dtype=torch.float64)
+    u = (ranks + 0.5) / n
+    z = (math.log(r) - torch.log(u)) / tau
+    s = torch.sigmoid(z)
+    weight = s * (1 - s) / tau
+    d_mask = (score_grad.reshape(-1)[band] * torch.sign(scores.reshape(-1)[band])).double()
+    return float((d_mask * weight).sum())

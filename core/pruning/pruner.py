@@ -37,6 +37,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from core.pruning.masked import masked_layers, refresh_masks
+
 if TYPE_CHECKING:  # the objective is handed in by the pipeline; pruning sits below objectives
     from core.objectives import Objective
 
@@ -128,6 +130,23 @@ class Pruner(ABC):
     def after_step(self, step: PruneStep) -> bool:
         """After the optimizer step: produce the masks from the updated scores. Return False to leave
         it to ``train_step``'s default, every layer's own top-k (``refresh_masks``)."""
+
+    # -- what a wrapper (core.pruning.sharpness) needs to perturb the scores --------------------
+    def score_tensors(self, model: nn.Module) -> list[Tensor]:
+        """The tensors that hold the trained scores; after :meth:`after_backward` their ``.grad`` is
+        the loss gradient in score space (per-weight scores by default)."""
+        return [layer.scores for _, layer in masked_layers(model)]
+
+    def collect_score_grad(self, step: PruneStep) -> None:
+        """After ``backward``: make :meth:`score_tensors`' ``.grad`` the loss gradient, and nothing else
+        (no rate gradient): the part of :meth:`after_backward` a wrapper needs at a point it discards.
+        Default: nothing (per-weight scores get theirs from ``backward``)."""
+        return None  # the per-weight scores' .grad is already the gradient
+
+    def refresh(self, model: nn.Module) -> None:
+        """The masks from the current scores by this pruner's rule, with no training side effect (no
+        rate step): what :meth:`after_step` does to the masks. Default: every layer's own top-k."""
+        refresh_masks(model)
 
     # -- end of the prune stage -----------------------------------------------------------------
     def finish(self, model: nn.Module) -> None:

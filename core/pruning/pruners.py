@@ -12,7 +12,11 @@
 * :class:`ChannelPruner` — channel scores over the coupled channel groups
   (``core.pruning.structured.ChannelPruning``): the prune stage's optimizer trains them (not the
   per-weight probes), the probes' gradient is reduced to them after ``backward``, the top-k channels
-  of every group are kept; :meth:`~ChannelPruner.finish` sets the exact keep fractions.
+  of every group are kept; :meth:`~ChannelPruner.finish` sets the exact keep fractions. With
+  ``pruning.budget: macs`` every group keeps the one channel fraction whose MACs are ``k`` of the dense
+  network's (``core.pruning.channel_budget``).
+* :class:`LearnedChannelPruner` — ``allocation: learned`` at channel granularity under the MAC budget:
+  HARP-style per-group rates with the MAC hinge, projected onto the budget at the end.
 
 A method (``core.pruning.methods``) maps each combination it supports to one of these, or to a subclass
 (LWM's global magnitude pruning overrides :meth:`GlobalPruner.init_scores`). Whether scores train is
@@ -22,12 +26,15 @@ pruner serves HYDRA's trained scores and LWM's one-shot first mask.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from core.errors import CoreError
 from core.pruning.allocation import LearnedAllocation, apply_allocation
+from core.pruning.channel_budget import ChannelCost, ChannelRates, project_counts_to_cost, uniform_counts
 from core.pruning.masked import init_scores, refresh_masks, set_keep_fraction
 from core.pruning.pruner import Pruner, PrunerContext, PrunerOptions, PruneStep
 from core.pruning.structured import ChannelPruning, check_channel_supported
@@ -70,6 +77,9 @@ class GlobalPruner(Pruner):
     def after_step(self, step: PruneStep) -> bool:
         self._allocate(step.model)
         return True
+
+    def refresh(self, model: nn.Module) -> None:
+        self._allocate(model)
 
     def _allocate(self, model: nn.Module) -> None:
         apply_allocation(model, "global", self.k, min_per_layer=self.options.min_per_layer)
@@ -120,6 +130,9 @@ class LearnedPruner(Pruner):
         self.learned.refresh(step.model)
         return True
 
+    def refresh(self, model: nn.Module) -> None:
+        self.learned.refresh(model)
+
     def finish(self, model: nn.Module) -> None:
         self.learned.finalize(model, self.k)  # exactly kept_count(N, k) weights
 
@@ -130,24 +143,37 @@ class LearnedPruner(Pruner):
         self.learned.load_state_dict(state["learned"])
 
 
+class ChannelOptions(PrunerOptions):
+    budget: str  # pruning.budget: "params" (k = channels of every group) or "macs" (k = MACs kept)
+
+
 class ChannelPruner(Pruner):
     """Whole channels of every coupled channel group; the first mask from ``scaled`` channel scores is
-    L1-norm filter pruning (Li et al. 2017)."""
+    L1-norm filter pruning (Li et al. 2017). With ``pruning.budget: macs`` every group keeps the one
+    channel fraction whose MACs are ``k`` of the dense network's (``core.pruning.channel_budget``)."""
 
+    Options: ClassVar[type[PrunerOptions]] = ChannelOptions
     state_kind = "channel"
+    options: ChannelOptions
 
     def __init__(self, ctx: PrunerContext) -> None:
         super().__init__(ctx)
         self.channels = ChannelPruning(ctx.model, ctx.example_input)
+        self.cost = ChannelCost(ctx.model, self.channels, ctx.example_input) if self.options.budget == "macs" else None
 
     @classmethod
     def check_supported(cls, model: nn.Module, example_input: Tensor) -> None:
         check_channel_supported(model, example_input)
 
+    def _set_budget(self) -> None:
+        self.channels.set_keep(self.k)
+        if self.cost is not None:
+            self.channels.set_counts(uniform_counts(self.cost, self.k))
+
     @torch.no_grad()
     def enter(self, model: nn.Module) -> None:
         self.channels.init_scores(model, self.score_init)
-        self.channels.set_keep(self.k)
+        self._set_budget()
         self.channels.refresh(model)
 
     def optimizer_parameters(self, model: nn.Module) -> list[nn.Parameter] | None:
@@ -160,6 +186,15 @@ class ChannelPruner(Pruner):
         self.channels.refresh(step.model)
         return True
 
+    def collect_score_grad(self, step: PruneStep) -> None:
+        self.channels.accumulate_grad(step.model)
+
+    def score_tensors(self, model: nn.Module) -> list[Tensor]:
+        return list(self.channels.scores)  # after accumulate_grad their .grad is the channel gradient
+
+    def refresh(self, model: nn.Module) -> None:
+        self.channels.refresh(model)
+
     def finish(self, model: nn.Module) -> None:
         self.channels.finalize(model)
 
@@ -168,7 +203,82 @@ class ChannelPruner(Pruner):
 
     def _load_state(self, state: dict[str, Any], model: nn.Module) -> None:
         self.channels.load_state_dict(state["channels"])
+        if self.cost is not None:  # the per-group counts follow from k (uniform) or the rates (learned)
+            self._set_budget()
         self.channels.refresh(model)  # the same masks again, and the per-layer plans accumulate_grad reads
+
+
+class LearnedChannelOptions(ChannelOptions):
+    learned_tau: float
+    learned_gamma: float
+    learned_gamma_steps: int
+    learned_gamma_ratio: float
+    learned_lr: float
+
+
+class LearnedChannelPruner(ChannelPruner):
+    """HARP-style learned per-group channel rates under the MAC budget (``pruning.budget: macs``; see
+    ``core.pruning.channel_budget``): the rates start at the uniform MAC-matching fraction, train with
+    the scores, and :meth:`finish` projects them onto the budget."""
+
+    Options = LearnedChannelOptions
+    state_kind = "learned_channel"
+    options: LearnedChannelOptions
+
+    def __init__(self, ctx: PrunerContext) -> None:
+        super().__init__(ctx)
+        if self.cost is None:
+            raise CoreError("invalid_budget", "pruning.budget", "learned channel rates need budget: macs")
+        o = self.options
+        self.rates = ChannelRates(
+            self.cost,
+            uniform_counts(self.cost, self.k),
+            tau=o.learned_tau,
+            gamma=o.learned_gamma,
+            gamma_steps=o.learned_gamma_steps,
+            gamma_ratio=o.learned_gamma_ratio,
+            lr=o.learned_lr,
+        )
+
+    def _set_budget(self) -> None:
+        self.channels.set_keep(self.k)
+        self.channels.set_counts(self.rates.counts())
+
+    def set_progress(self, fraction: float) -> None:
+        self.rates.set_progress(fraction)
+
+    def zero_grad(self, step: PruneStep) -> None:
+        self.rates.optimizer.zero_grad(set_to_none=True)
+
+    def penalty(self, step: PruneStep) -> Tensor | None:
+        return self.rates.penalty(self.k)
+
+    def after_backward(self, step: PruneStep) -> None:
+        super().after_backward(step)
+        self.rates.accumulate_grad(self.channels)
+
+    def after_step(self, step: PruneStep) -> bool:
+        self.rates.optimizer.step()
+        self._set_budget()
+        self.channels.refresh(step.model)
+        return True
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        assert self.cost is not None
+        counts = project_counts_to_cost(self.rates.logits.tolist(), self.cost, self.k)
+        self.channels.set_counts(counts)
+        self.channels.refresh(model)
+        self.channels.finalize(model)
+        exact = [min(1 - 1e-12, max(1e-12, c / n)) for c, n in zip(counts, self.cost.sizes)]
+        self.rates.logits.copy_(torch.tensor([math.log(x / (1 - x)) for x in exact], dtype=torch.float64))
+
+    def _state(self) -> dict[str, Any]:
+        return {"channels": self.channels.state_dict(), "rates": self.rates.state_dict()}
+
+    def _load_state(self, state: dict[str, Any], model: nn.Module) -> None:
+        self.rates.load_state_dict(state["rates"])
+        super()._load_state(state, model)
 
 
 #: A score-based method's pruners (HYDRA's): every allocation at unstructured granularity, uniform at channel.
@@ -177,6 +287,14 @@ SCORE_PRUNERS: dict[tuple[str, str], type[Pruner]] = {
     ("global", "unstructured"): GlobalPruner,
     ("learned", "unstructured"): LearnedPruner,
     ("uniform", "channel"): ChannelPruner,
+    ("learned", "channel"): LearnedChannelPruner,
 }
 
-__all__ = ["SCORE_PRUNERS", "ChannelPruner", "GlobalPruner", "LearnedPruner", "UniformPruner"]
+__all__ = [
+    "SCORE_PRUNERS",
+    "ChannelPruner",
+    "GlobalPruner",
+    "LearnedChannelPruner",
+    "LearnedPruner",
+    "UniformPruner",
+]

@@ -342,6 +342,9 @@ class ChannelPruning(nn.Module):
                     raise _unsupported(f"{s.layer} is not a masked layer")
                 self._plan.setdefault(s.layer, {0: [], 1: []})[s.dim].append((gi, s.pos.to(device), s.root.to(device)))
         self._masks: list[Tensor] = [torch.ones(g.size, device=device) for g in self.groups]
+        # per-group kept channels when a budget other than "k of every group" sets them
+        # (core.pruning.channel_budget); re-derived by the pruner, so not part of the state
+        self.counts: list[int] | None = None
         self._vectors: dict[str, tuple[Tensor, Tensor]] = {}
         self._probe_key: dict[str, tuple[int, int]] = {}
 
@@ -382,6 +385,14 @@ class ChannelPruning(nn.Module):
             raise CoreError("invalid_k", "pruning.k", f"k (fraction of channels kept) must be in (0, 1], got {k}")
         self.keep.fill_(k)
 
+    def set_counts(self, counts: list[int] | None) -> None:
+        """Channels kept per group (each in ``[1, size]``), overriding ``keep``; None: back to ``keep``."""
+        if counts is not None:
+            if len(counts) != len(self.groups) or any(not 1 <= c <= g.size for c, g in zip(counts, self.groups)):
+                raise ValueError(f"per-group counts {counts} do not fit the groups' sizes")
+            counts = [int(c) for c in counts]
+        self.counts = counts
+
     # -- masks ----------------------------------------------------------------------------------
     @torch.no_grad()
     def refresh(self, model: nn.Module) -> None:
@@ -389,7 +400,7 @@ class ChannelPruning(nn.Module):
         write every masked layer's weight mask; sets the probes. Once per optimizer step, never in forward."""
         k = float(self.keep)
         for gi, g in enumerate(self.groups):
-            n_keep = max(1, kept_count(g.size, k))
+            n_keep = self.counts[gi] if self.counts is not None else max(1, kept_count(g.size, k))
             mask = self._masks[gi]
             if n_keep >= g.size:
                 mask.fill_(1.0)

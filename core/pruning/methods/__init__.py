@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from core.errors import CoreError
 from core.pruning.pruner import Pruner, PrunerContext
+from core.pruning.sharpness import SharpnessAwarePruner
 from core.registry import Registry, import_submodules
 
 
@@ -78,11 +79,17 @@ def pruner_class(method: str, allocation: str, granularity: str) -> type[Pruner]
 
 def build_pruner(pruning: Any, method: str, k: float, model: nn.Module, example_input: Tensor) -> Pruner:
     """One variant's pruner: ``pruning`` is the spec's ``pruning`` section, ``model`` the masked
-    network on its device, ``example_input`` a batch of real inputs on the same device."""
+    network on its device, ``example_input`` a batch of real inputs on the same device. With
+    ``pruning.score_sharpness`` set, a method that trains scores gets its pruner wrapped in
+    ``core.pruning.sharpness.SharpnessAwarePruner`` (any allocation and granularity)."""
     entry = METHODS.get(method)
     cls = entry.pruner_class(pruning.allocation, pruning.granularity)
     score_init = pruning.score_init if entry.uses_score_init else "scaled"
-    return cls(PrunerContext(method, float(k), score_init, pruning, model, example_input))
+    pruner = cls(PrunerContext(method, float(k), score_init, pruning, model, example_input))
+    sharpness = getattr(pruning, "score_sharpness", None)
+    if sharpness is not None and entry.trains_scores:  # a one-shot method has no score step to perturb
+        return SharpnessAwarePruner(pruner, sharpness.rho, sharpness.scope)
+    return pruner
 
 
 MODULES = import_submodules(__name__)
