@@ -31,6 +31,7 @@ import httpx
 
 from hydra_client.display import event_line
 from hydra_client.errors import HydraError
+from hydra_client.report_view import ReportView
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -210,9 +211,11 @@ class Client:
         """Cancel a job (a queued one at once, a running one at its next batch); returns the job."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def report(self, job_id: str) -> dict[str, Any]:
-        """The report of a succeeded job (``HydraError('job_not_succeeded')`` until then)."""
-        return self._json("GET", f"/v1/jobs/{job_id}/report")
+    def report(self, job_id: str) -> ReportView:
+        """The report of a succeeded job (``HydraError('job_not_succeeded')`` until then); the whole
+        report, typed for the fields this client reads (``hydra_client.report_view``)."""
+        report: ReportView = self._json("GET", f"/v1/jobs/{job_id}/report")
+        return report
 
     def artifacts(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """The files a job produced: name, size, sha256, content type."""

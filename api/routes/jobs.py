@@ -51,6 +51,8 @@ from api.validation import (
     check_model_kwargs,
     check_storable,
 )
+from core.pipeline.report_build import load_report
+from core.pipeline.report_model import Report
 from core.spec import BOUND_OBJECTIVES, JobSpec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
@@ -361,13 +363,14 @@ def job_events(
     return {"data": events, "count": len(events), "next_after": events[-1].id if events else after}
 
 
-@router.get("/{job_id}/report", responses=ERRORS)
-def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
-    """The machine-readable report of a succeeded job (409 until then)."""
+@router.get("/{job_id}/report", response_model=Report, responses=ERRORS)
+def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> Report:
+    """The machine-readable report of a succeeded job (409 until then), in the current format: a report
+    stored in an older one is migrated as it is read (``core.pipeline.report_build.load_report``)."""
     job = _job_or_404(session, principal.tenant_id, job_id)
     if job.status != JobStatus.SUCCEEDED.value:
         raise ApiError(ErrorCode.JOB_NOT_SUCCEEDED, f"the job is {job.status}; a report exists once it succeeded")
-    return job.report or {}
+    return load_report(job.report or {})
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=ERRORS)
