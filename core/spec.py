@@ -20,6 +20,7 @@ from core.data.datasets import DatasetSpec
 from core.errors import CoreError
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
+from core.pruning.masked import check_keep_fraction
 from core.pruning.methods import METHODS
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
 
@@ -144,8 +145,10 @@ class PruningSpec(StrictModel):
     @classmethod
     def _k_range(cls, v: list[float]) -> list[float]:
         for value in v:
-            if not (0.0 < value <= 1.0):
-                raise ValueError(f"k must be in (0, 1], got {value}")
+            try:
+                check_keep_fraction(value)
+            except CoreError as err:
+                raise ValueError(err.message) from None
         if len(set(v)) != len(v):
             raise ValueError("k values must be distinct")
         return v

@@ -272,6 +272,8 @@ def cancel_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) 
 
 
 def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> bytes:
+    # Kept rather than sse-starlette (issue 17 item 7): one frame format of three fields; the stream's
+    # lifetime (slots, key re-checks, heartbeats) is ours (api/streams.py) and the library would not own it.
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
