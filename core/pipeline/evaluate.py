@@ -337,8 +337,12 @@ def evaluate_variant(
     device: torch.device,
     num_classes: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    attack_log: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Final evaluation of one network: metrics, the procedure, sample and interval of each.
+
+    ``attack_log``, when given, receives each attack's wall seconds (``seconds``) and what its library
+    printed, logged or warned (``output``): the run's report records them, the result itself does not.
 
     Benign accuracy on the 'final' sample; when the objective is attacked, every registered attack that
     applies (``core.robust.suite``) and their per-example worst case; when it certifies, its
@@ -372,7 +376,8 @@ def evaluate_variant(
     finally:
         model.train(was_training)
     result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts, intervals=tally.intervals)
-    result.update(attack_seconds=tally.seconds, attack_output=tally.output)
+    if attack_log is not None:
+        attack_log.update(seconds=tally.seconds, output=tally.output)
     return result
 
 

@@ -340,12 +340,13 @@ class _Runner:
         self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant, "seconds": seconds["export"]})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
-        result = evaluate_variant(
-            exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"], self.cb.should_cancel
-        )
+        attack_log: dict[str, Any] = {}
+        args = (exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result = evaluate_variant(*args, self.cb.should_cancel, attack_log=attack_log)
         self._add_seconds(step.variant, "evaluate", started)
         result["training_loss"] = self.history[step.variant]["training_loss"]
-        result["timings"] = {"stages": seconds, "attacks": result.pop("attack_seconds", {})}
+        result["timings"] = {"stages": seconds, "attacks": attack_log.get("seconds", {})}
+        result["attack_output"] = attack_log.get("output", {})
         result["evaluated"] = exported.evaluated
         result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
