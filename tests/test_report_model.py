@@ -79,7 +79,9 @@ def test_a_network_at_chance_is_flagged() -> None:
 
 def test_a_robust_accuracy_above_benign_is_flagged_but_not_a_smoothed_certificate() -> None:
     broken = build_variant(_raw(metrics={"benign_acc": 0.5, "pgd_acc": 0.6}), 10)
-    assert broken.checks["robust_above_benign"].flagged and "pgd_acc 60.0%" in broken.checks["robust_above_benign"].message
+    assert (
+        broken.checks["robust_above_benign"].flagged and "pgd_acc 60.0%" in broken.checks["robust_above_benign"].message
+    )
     smoothed = build_variant(_raw(metrics={"benign_acc": 0.5, "certified_acc@0": 0.6}), 10)
     assert not smoothed.checks["robust_above_benign"].flagged
 
@@ -101,7 +103,11 @@ def test_what_an_attack_library_says_becomes_a_flagged_check() -> None:
         print("there are 27 points with zero gradient!")
         logging.getLogger("auto-attack").warning("there are 3 points with zero gradient!")
         warnings.warn("slow path", stacklevel=1)
-    assert said.lines == ["there are 27 points with zero gradient!", "slow path", "there are 3 points with zero gradient!"]
+    assert said.lines == [
+        "there are 27 points with zero gradient!",
+        "slow path",
+        "there are 3 points with zero gradient!",
+    ]
     result = build_variant(_raw(attack_output={"apgd_t": said.lines, "pgd": []}), 10)
     check = result.checks["attack_warnings"]
     assert check.flagged and check.message.startswith("apgd_t: there are 27 points") and "pgd" not in check.details

@@ -95,7 +95,9 @@ def test_run_produces_reports_and_artifacts(finished):
     assert set(report["variants"]["dense"]["timings"]["stages"]) == {"pretrain", "export", "evaluate"}
     assert set(hydra["timings"]["attacks"]) >= {"pgd"} and all(t > 0 for t in hydra["timings"]["attacks"].values())
     finished_stages = [p for k, p in rec.events if k == "stage_finished"]
-    assert all(p["seconds"] >= 0 for p in finished_stages) and len(finished_stages) == 3 + 4 + 3  # dense, hydra (prune + finetune), lwm
+    assert (
+        all(p["seconds"] >= 0 for p in finished_stages) and len(finished_stages) == 3 + 4 + 3
+    )  # dense, hydra (prune + finetune), lwm
     evaluated = [p for k, p in rec.events if k == "evaluation_finished"]
     assert all("pgd" in p["attack_seconds"] for p in evaluated)
     assert {"chance_accuracy", "training_diverged", "robust_above_benign"} <= set(hydra["checks"])

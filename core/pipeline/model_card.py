@@ -309,10 +309,7 @@ def _evaluation(result: VariantResult) -> list[str]:
     if samples:
         lines += ["Samples:", ""]
         for name, s in samples.items():
-            lines.append(
-                f"- `{name}`: {s.n} of {s.of} test samples, {s.how}; per class "
-                f"{json.dumps(s.per_class)}"
-            )
+            lines.append(f"- `{name}`: {s.n} of {s.of} test samples, {s.how}; per class {json.dumps(s.per_class)}")
         lines.append("")
     if result.checks:
         lines += ["Checks:", ""]
@@ -485,11 +482,7 @@ def _plain_definition(result: VariantResult) -> list[str]:
     else:
         load = f'net.load_state_dict(load_file("{plain.loads}"))  # strict: every tensor matches'
 
-    pre = (
-        f"normalize = Normalize({plain.mean}, {plain.std})"
-        if plain.mean is not None
-        else "normalize = nn.Identity()"
-    )
+    pre = f"normalize = Normalize({plain.mean}, {plain.std})" if plain.mean is not None else "normalize = nn.Identity()"
     return [
         "Without this project (only `torch` and `safetensors`): the network in plain `torch.nn`, checked "
         "at export to load this file strictly and give the same logits:",

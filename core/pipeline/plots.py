@@ -4,6 +4,7 @@ the seeds or the 95% intervals) and the per-layer keep rates of global/learned a
 from __future__ import annotations
 
 from pathlib import Path
+
 from core.pipeline.report_model import Allocation, Report
 from core.pruning.methods import METHODS
 from core.vocab import DENSE

@@ -32,6 +32,7 @@ from core.pipeline.report_model import (
 from core.spec import JobSpec
 from core.vocab import PLOT_NAME, RATES_PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
 
+
 def _pct(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) else "–"
 

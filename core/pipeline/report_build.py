@@ -106,7 +106,9 @@ def _robust_above_benign(metrics: Mapping[str, float]) -> Check | None:
     if benign is None or len(metrics) < 2:
         return None
     above = {
-        k: v for k, v in metrics.items() if k != "benign_acc" and not k.startswith("certified_acc") and v > benign + 1e-9
+        k: v
+        for k, v in metrics.items()
+        if k != "benign_acc" and not k.startswith("certified_acc") and v > benign + 1e-9
     }
     message = (
         ", ".join(f"{k} {100 * v:.1f}%" for k, v in above.items()) + f" above benign {100 * benign:.1f}%: "
@@ -124,7 +126,9 @@ def _diverged(training_loss: Mapping[str, list[float]]) -> Check | None:
     for stage, losses in training_loss.items():
         first = losses[0] if losses else None
         for epoch, loss in enumerate(losses, 1):
-            if not math.isfinite(loss) or (first is not None and math.isfinite(first) and loss > DIVERGENCE_FACTOR * first):
+            if not math.isfinite(loss) or (
+                first is not None and math.isfinite(first) and loss > DIVERGENCE_FACTOR * first
+            ):
                 bad[stage] = {"epoch": epoch, "loss": loss if math.isfinite(loss) else str(loss), "first": first}
                 break
     message = (

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_FORMAT = "hydra-compress-report/3"
+REPORT_FORMAT: Literal["hydra-compress-report/3"] = "hydra-compress-report/3"
 Interval = tuple[float, float]
 
 

@@ -341,8 +341,8 @@ class _Runner:
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
         attack_log: dict[str, Any] = {}
-        args = (exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
-        result = evaluate_variant(*args, self.cb.should_cancel, attack_log=attack_log)
+        on = (exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result = evaluate_variant(*on, self.cb.should_cancel, attack_log=attack_log)
         self._add_seconds(step.variant, "evaluate", started)
         result["training_loss"] = self.history[step.variant]["training_loss"]
         result["timings"] = {"stages": seconds, "attacks": attack_log.get("seconds", {})}

@@ -64,5 +64,7 @@ def test_report_js_shows_what_report_md_shows(tmp_path: Path) -> None:
     assert any("not measurable at this size" in r for r in shown["inference"])
     assert "Each network is checked for" in shown["checks"]
     assert len(shown["layers"]) == 1 + len(report["variants"]["hydra_k0.1"]["sparsity"]["layers"]) + 1
-    assert "hydra_k0.1" in shown["artifacts"] and any("hydra_k0.1.compressed.safetensors" in r for r in shown["artifacts"])
+    assert "hydra_k0.1" in shown["artifacts"] and any(
+        "hydra_k0.1.compressed.safetensors" in r for r in shown["artifacts"]
+    )
     assert shown["series"] == 2 and shown["headline"].startswith("hydra_k0.1 (")
