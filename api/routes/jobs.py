@@ -53,7 +53,7 @@ from api.validation import (
 )
 from core.pipeline.report_build import load_report
 from core.pipeline.report_model import Report
-from core.spec import BOUND_OBJECTIVES, JobSpec
+from core.spec import JobSpec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
 from service.db.session import get_read_sessionmaker
@@ -124,32 +124,11 @@ def _check_references(session: Session, tenant_id: int, spec: JobSpec) -> None:
         )
 
 
-def _uses_bounds(spec: JobSpec) -> bool:
-    objectives = [spec.objective] + [
-        getattr(stage, "objective", None) for stage in (spec.stages.pretrain, spec.stages.prune, spec.stages.finetune)
-    ]
-    return any(getattr(o, "type", None) in BOUND_OBJECTIVES for o in objectives if o is not None)
-
-
-def _check_bounds_supported(spec: JobSpec) -> None:
-    """MixTrain and CROWN-IBP bound every layer; refuse now an architecture they cannot handle,
-    rather than fail after hours of pretraining."""
-    if not _uses_bounds(spec):
-        return
-    from core.certify.bounds import check_supported  # lazy: torch is heavy and only needed here
-    from core.models.zoo import create_model
-
-    try:
-        model = create_model(spec.model.arch, **spec.model.kwargs)  # bad kwargs: CoreError naming them
-    except TypeError as exc:  # a torchvision builder refusing an argument
-        raise ApiError(ErrorCode.INVALID_SPEC, f"bad architecture arguments: {exc}", "model.kwargs") from exc
-    check_supported(model)  # CoreError("unsupported_layer", "model.arch", ...) -> 422
-
-
 def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     """One dry forward of the network on a zero input of the dataset's shape (core/pipeline/preflight.py):
     refuse now (422, ``incompatible_architecture`` on ``model.arch``) an architecture whose channels,
-    input size or classes do not fit the data. An uploaded dataset's shape and classes are the ones
+    input size or classes do not fit the data, or (``unsupported_layer``) whose layers a bound objective
+    cannot handle; the network is built once for both. An uploaded dataset's shape and classes are the ones
     recorded when it was checked on upload."""
     from core.pipeline.preflight import preflight  # lazy: only the routes that need it build networks
 
@@ -200,7 +179,6 @@ def submit_job(
     check_storable(spec_dict, "")  # NUL, NaN, Infinity: refused here, not by the database driver
     check_device(spec.device)
     _check_references(session, principal.tenant_id, spec)
-    _check_bounds_supported(spec)
     _preflight(session, principal.tenant_id, spec)
     job, created = jobs.create_job(session, principal.tenant_id, spec_dict, idempotency_key, settings.max_attempts)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
