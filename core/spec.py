@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -75,6 +75,10 @@ def _field_error(loc: tuple[str, ...], code: str, message: str, value: Any) -> V
 
 
 class PruningSpec(StrictModel):
+    # The allocations that need every k below 1 (a learned allocation trains rates below the budget);
+    # read by the validator below and by the API's JSON Schema (api/openapi.py).
+    ALLOCATIONS_K_BELOW_ONE: ClassVar[tuple[str, ...]] = ("learned",)
+
     methods: list[MethodName] = Field(
         default_factory=lambda: ["hydra"],
         min_length=1,
@@ -169,7 +173,7 @@ class PruningSpec(StrictModel):
             except CoreError as err:
                 name = (err.field or "pruning.allocation").removeprefix("pruning.")
                 raise _field_error((name,), err.code, err.message, getattr(self, name, None)) from None
-        if self.allocation == "learned" and max(self.k) >= 1.0:
+        if self.allocation in self.ALLOCATIONS_K_BELOW_ONE and max(self.k) >= 1.0:
             raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
         return self
 
