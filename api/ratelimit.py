@@ -18,6 +18,10 @@ from typing import Protocol
 
 from service.settings import Settings
 
+# Kept hand-written rather than `limits`/`slowapi` (issue 17 item 7): the whole limiter is one counter
+# per key and window in two backends (~60 lines), it must fail open when Redis is unreachable (above)
+# and answer Retry-After from our own ApiError; slowapi decorates routes and keys by request, not by our
+# authenticated key id, and `limits` would add a dependency for the same INCR + EXPIRE.
 WINDOW_S = 60
 log = logging.getLogger(__name__)
 

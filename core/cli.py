@@ -136,7 +136,7 @@ def run(
 ) -> None:
     """Run a job spec: pretrain, prune, finetune, evaluate, export."""
     from core.pipeline.preflight import check_host, preflight, shape_error
-    from core.pipeline.report import render_markdown
+    from core.pipeline.report import summary_text
     from core.pipeline.runner import run_job
     from core.spec import load_spec
 
@@ -163,7 +163,7 @@ def run(
     except KeyboardInterrupt:
         typer.echo("\ninterrupted; the last epoch checkpoint stands: rerun with --resume", err=True)
         raise typer.Exit(code=130) from None
-    typer.echo(render_markdown(report).split("## How")[0])
+    typer.echo(summary_text(report))  # the table and the checks; report.md has the rest
     typer.echo(f"artifacts and report in {out}")
 
 

@@ -8,7 +8,7 @@ validation failure into a ``CoreError`` naming the first offending field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -20,6 +20,7 @@ from core.errors import CoreError
 from core.field_errors import first_problem
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
+from core.pruning.masked import check_keep_fraction
 from core.pruning.methods import METHODS
 from core.pruning.sharpness import Scope
 from core.safe_parse import load_json, load_yaml
@@ -137,6 +138,10 @@ class ScoreSharpnessSpec(StrictModel):
 
 
 class PruningSpec(StrictModel):
+    # The allocations that need every k below 1 (a learned allocation trains rates below the budget);
+    # read by the validator below and by the API's JSON Schema (api/openapi.py).
+    ALLOCATIONS_K_BELOW_ONE: ClassVar[tuple[str, ...]] = ("learned",)
+
     methods: list[MethodName] = Field(
         default_factory=lambda: ["hydra"],
         min_length=1,
@@ -221,8 +226,10 @@ class PruningSpec(StrictModel):
     @classmethod
     def _k_range(cls, v: list[float]) -> list[float]:
         for value in v:
-            if not (0.0 < value <= 1.0):
-                raise ValueError(f"k must be in (0, 1], got {value}")
+            try:
+                check_keep_fraction(value)
+            except CoreError as err:
+                raise ValueError(err.message) from None
         if len(set(v)) != len(v):
             raise ValueError("k values must be distinct")
         return v
@@ -265,7 +272,7 @@ class PruningSpec(StrictModel):
                 "scores (add hydra, or set score_sharpness to null)",
                 self.score_sharpness,
             )
-        if self.allocation == "learned" and max(self.k) >= 1.0:
+        if self.allocation in self.ALLOCATIONS_K_BELOW_ONE and max(self.k) >= 1.0:
             raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
         return self
 

@@ -31,6 +31,7 @@ import httpx
 
 from hydra_client.display import event_line
 from hydra_client.errors import HydraError
+from hydra_client.report_view import ReportView
 from hydra_client.spec_yaml import parse_spec_text
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -94,6 +95,9 @@ def _retry_after(response: httpx.Response | None, attempt: int) -> float:
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
     """Server-Sent Events from the lines of a stream: ``(event, data, id)`` per dispatched event."""
+    # Kept rather than httpx-sse (issue 17 item 7): the client's only dependency is httpx, and this is
+    # the WHATWG dispatch rule for the three fields our server sends (event, data, id; comments skipped),
+    # tested against the server's own stream; reconnection with Last-Event-ID lives in Client.events.
     kind, event_id = "message", None
     data: list[str] = []
     for line in lines:
@@ -213,9 +217,11 @@ class Client:
         """Cancel a job (a queued one at once, a running one at its next batch); returns the job."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def report(self, job_id: str) -> dict[str, Any]:
-        """The report of a succeeded job (``HydraError('job_not_succeeded')`` until then)."""
-        return self._json("GET", f"/v1/jobs/{job_id}/report")
+    def report(self, job_id: str) -> ReportView:
+        """The report of a succeeded job (``HydraError('job_not_succeeded')`` until then); the whole
+        report, typed for the fields this client reads (``hydra_client.report_view``)."""
+        report: ReportView = self._json("GET", f"/v1/jobs/{job_id}/report")
+        return report
 
     def artifacts(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """The files a job produced: name, size, sha256, content type."""

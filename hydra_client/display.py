@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra_client.report_view import ComparisonRow, ReportView
+
 
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
@@ -35,28 +37,39 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def report_metrics(report: dict[str, Any]) -> list[str]:
+def report_metrics(report: ReportView) -> list[str]:
     """The metrics of the comparison, in the report's order of procedures (benign first), headline included."""
-    rows = report.get("comparison") or []
-    names = [m for m in (report.get("procedures") or {}) if any(m in r for r in rows)]
-    headline = report.get("headline_robust_metric")
-    if headline and headline not in names and any(headline in r for r in rows):
+    rows = report["comparison"]
+    names = [m for m in report["procedures"] if any(m in r["metrics"] for r in rows)]
+    headline = report["headline_robust_metric"]
+    if headline not in names and any(headline in r["metrics"] for r in rows):
         names.append(headline)
     return names
 
 
-def comparison_table(report: dict[str, Any]) -> str:
-    """The report's comparison as a plain-text table, then how each number was measured."""
-    rows = report.get("comparison") or []
+def _with_interval(row: ComparisonRow, metric: str) -> str:
+    value = row["metrics"].get(metric)
+    if value is None:
+        return "-"
+    ci = row["ci95"].get(metric)
+    return f"{_pct(value)} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(value)
+
+
+def comparison_table(report: ReportView) -> str:
+    """The report's comparison as a plain-text table (each value with its 95% interval), the flagged
+    checks, then how each number was measured."""
+    rows = report["comparison"]
     metrics = report_metrics(report)
-    headline = report.get("headline_robust_metric")
+    headline = report["headline_robust_metric"]
     header = (
-        ["network", "sparsity %"] + [f"{m}{'*' if m == headline else ''} %" for m in metrics] + ["compressed bytes"]
+        ["network", "sparsity %"]
+        + [f"{m}{'*' if m == headline else ''} % [95% CI]" for m in metrics]
+        + ["compressed bytes"]
     )
     body = [
-        [str(r.get("variant")), _pct(r.get("sparsity"))]
-        + [_pct(r.get(m)) for m in metrics]
-        + [str(r["compressed_bytes"]) if r.get("compressed_bytes") is not None else "-"]
+        [r["variant"], _pct(r["sparsity"])]
+        + [_with_interval(r, m) for m in metrics]
+        + [str(r["bytes"]["compressed"]) if "compressed" in r["bytes"] else "-"]
         for r in rows
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -65,7 +78,9 @@ def comparison_table(report: dict[str, Any]) -> str:
         for row in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    procedures = report.get("procedures") or {}
+    if report["flags"]:
+        lines += ["", "checks flagged:"] + [f"- {f['variant']}: {f['check']}: {f['message']}" for f in report["flags"]]
+    procedures = report["procedures"]
     if metrics:
         lines.append("")
         if headline in metrics:

@@ -37,6 +37,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from core.pipeline.report_build import load_report  # no torch: pydantic only
+from core.pipeline.report_model import Report
 from hydra_client import Client, HydraError
 
 SPEC_NAME = "demo_mnist5k.yaml"
@@ -162,20 +164,23 @@ def dashboard_link(url: str, job_id: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the report
-def print_table(report: dict[str, Any]) -> None:
-    rows = report["comparison"]
+def print_table(report: Report) -> None:
+    rows = report.comparison
     print()
     print(
         f"{'network':16s} {'sparsity':>9s} {'benign %':>9s} {'PGD %':>8s} {'AutoAttack %':>13s} "
         f"{'worst case %':>13s} {'compressed bytes':>17s}"
     )
     for r in rows:
-        size = r.get("compressed_bytes")
+        size = r.bytes.get("compressed")
+        m = r.metrics
         print(
-            f"{r['variant']:16s} {100 * r['sparsity']:8.2f}% {100 * r['benign_acc']:9.2f} "
-            f"{100 * r.get('pgd_acc', 0.0):8.2f} {100 * r.get('autoattack_acc', float('nan')):13.2f} "
-            f"{100 * r.get('robust_acc', float('nan')):13.2f} {size if size is not None else '-':>17}"
+            f"{r.variant:16s} {100 * r.sparsity:8.2f}% {100 * m['benign_acc']:9.2f} "
+            f"{100 * m.get('pgd_acc', 0.0):8.2f} {100 * m.get('autoattack_acc', float('nan')):13.2f} "
+            f"{100 * m.get('robust_acc', float('nan')):13.2f} {size if size is not None else '-':>17}"
         )
+    for flag in report.flags:
+        print(f"check flagged for {flag.variant}: {flag.check}: {flag.message}")
     print()
     for key, label in (
         ("benign_acc", "benign"),
@@ -183,16 +188,16 @@ def print_table(report: dict[str, Any]) -> None:
         ("autoattack_acc", "AutoAttack"),
         ("robust_acc", "worst case"),
     ):
-        if key in report["procedures"]:
-            print(f"{label + ':':12s}{report['procedures'][key]}")
-    obj = report.get("objective", {})
+        if key in report.procedures:
+            print(f"{label + ':':12s}{report.procedures[key]}")
+    obj = report.objective
     print(
         f"trained with {obj.get('type')} ({obj.get('norm')}, eps={obj.get('eps')}, step={obj.get('step_size')}, "
         f"{obj.get('steps')} steps)"
     )
 
 
-def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant: str, out_dir: Path) -> bool:
+def check_artifact(client: Client, job_id: str, report: Report, variant: str, out_dir: Path) -> bool:
     """Download ``variant``'s compressed network, verify its sha256, reload it and re-measure it."""
     import torch
 
@@ -223,7 +228,7 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     if dense:
         print(f"  the same network as a dense checkpoint: {dense['size']} bytes ({dense['size'] / size:.1f}x larger)")
 
-    spec = load_spec(report["spec"])
+    spec = load_spec(report.spec)
     _, test_ds, _ = build_datasets(spec.dataset, spec.seed)
     # the report's own 'final' sample (seeded, class-stratified when capped), not the first n digits
     sample = stratified_subset(test_ds, spec.evaluation.max_samples, sample_seed(spec))
@@ -233,7 +238,7 @@ def check_artifact(client: Client, job_id: str, report: dict[str, Any], variant:
     model = load_compressed_model(path).eval()
     with torch.no_grad():
         acc = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, n, 500)) / n
-    stated = report["variants"][variant]["metrics"]["benign_acc"]
+    stated = report.variants[variant].metrics["benign_acc"]
     ok_acc = abs(acc - stated) <= 1.0 / n + 1e-9  # at most one prediction apart (CPU vs GPU arithmetic)
     print(
         f"reloaded with load_compressed_model: benign accuracy {100 * acc:.2f}% on {n} test digits; "
@@ -347,9 +352,9 @@ def _run(
         mark_shown(record, job_id)
         print(f"\njob {row['status']}: {row.get('error_reason') or ''}", file=sys.stderr)
         return 1
-    report = client.report(job_id)
+    report = load_report(client.report(job_id))
     print_table(report)
-    hydra = next((r["variant"] for r in report["comparison"] if r["method"] == "hydra"), None)
+    hydra = next((r.variant for r in report.comparison if r.method == "hydra"), None)
     ok = check_artifact(client, job_id, report, hydra, args.out) if hydra else False
     mark_shown(record, job_id)
     print(f"\ndemo {'passed' if ok else 'FAILED'} in {(time.monotonic() - started) / 60:.1f} min")

@@ -24,6 +24,7 @@ from core.callbacks import RunCallbacks
 from core.io.checkpoint import load_checkpoint
 from core.pipeline.plan import differing_fields
 from core.pipeline.report import write_reports
+from core.pipeline.report_build import load_report
 from core.spec import JobSpec
 from core.vocab import CHECKPOINT_NAME, REPORT_JSON, SPEC_NAME
 
@@ -32,8 +33,9 @@ def read_run(folder: Path) -> tuple[JobSpec, dict[str, Any], dict[str, Any] | No
     """(spec, evaluated variants, dataset info or None, device or None) of one run folder."""
     report_path = folder / REPORT_JSON
     if report_path.exists():
-        report = json.loads(report_path.read_text())
-        return JobSpec.model_validate(report["spec"]), report["variants"], report["dataset"], report["device"]
+        report = load_report(json.loads(report_path.read_text()))  # any known format
+        variants = {name: r.model_dump(mode="json") for name, r in report.variants.items()}
+        return JobSpec.model_validate(report.spec), variants, report.dataset.model_dump(), report.device
     state = load_checkpoint(folder / CHECKPOINT_NAME)  # weights_only: the run's own format
     return JobSpec.model_validate_json(state["spec"]), json.loads(state["results"]), None, None
 

@@ -82,7 +82,7 @@ def fake_run(monkeypatch):
 
     fake_run = type("FakeRun", (), {"calls": calls, "error": None})
     monkeypatch.setattr(run_mod, "run_job", run_job)
-    monkeypatch.setattr(report_mod, "render_markdown", lambda report: "report\n")
+    monkeypatch.setattr(report_mod, "summary_text", lambda report: "report\n")
     return fake_run
 
 

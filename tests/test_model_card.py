@@ -8,7 +8,7 @@ import yaml
 
 from core.callbacks import RunCallbacks
 from core.pipeline.model_card import render_model_card
-from core.pipeline.report import comparison_rows
+from core.pipeline.report_build import build_variant, comparison_rows
 from core.pipeline.runner import run_job
 from core.spec import load_spec
 
@@ -32,8 +32,9 @@ TINY = {
 }
 INFO = {"name": "mnist5k", "num_classes": 10, "input_shape": [1, 28, 28], "n_train": 128, "n_test": 60}
 PGD_PROC = "PGD-2 (ours; linf eps=0.1, step=0.05, 1 random start(s), cross-entropy) on the 'final' sample"
-RESULT = {
+RESULT_JSON = {
     "method": "hydra",
+    "n_test": 60,
     "k": 0.1,
     "seed": 1,
     "evaluated": "the exported network, reloaded from hydra_k0.1.compressed.safetensors",
@@ -62,7 +63,14 @@ RESULT = {
         "dense": {"name": "hydra_k0.1.dense.safetensors", "size": 98765, "sha256": "b" * 64},
     },
 }
-PARENT = {"artifacts": {"compressed": {"name": "dense.compressed.safetensors", "size": 11, "sha256": "c" * 64}}}
+PARENT_JSON = {
+    "method": "dense",
+    "k": 1.0,
+    "n_test": 60,
+    "metrics": {"benign_acc": 0.9},
+    "artifacts": {"compressed": {"name": "dense.compressed.safetensors", "size": 11, "sha256": "c" * 64}},
+}
+RESULT, PARENT = build_variant(RESULT_JSON, 10), build_variant(PARENT_JSON, 10)
 
 
 def _front_matter(card: str) -> dict:
@@ -123,7 +131,7 @@ def test_card_from_a_result_names_every_number_with_its_procedure():
 
 def test_dense_card_has_no_parent_but_the_start_point():
     spec = load_spec({**TINY, "model": {"arch": "cnn_small_mnist"}})
-    dense = {**RESULT, "method": "dense", "k": 1.0}
+    dense = RESULT.model_copy(update={"method": "dense", "k": 1.0})
     card = render_model_card("dense", dense, spec, INFO)
     assert "parent_network" not in _front_matter(card)
     assert "None: this is the dense network" in card and "random initialisation" in card
@@ -162,8 +170,8 @@ def test_a_run_writes_a_card_beside_every_network_and_reports_it(tmp_path):
         assert f"{100 * result['sparsity']['total']:.2f}%" in card
     hydra_card = (tmp_path / "hydra_k0.1.model_card.md").read_text()
     assert report["variants"]["dense"]["artifacts"]["compressed"]["sha256"] in hydra_card  # its parent
-    rows = comparison_rows(report["variants"])
-    assert all("model_card_bytes" not in r and r["compressed_bytes"] for r in rows)
+    rows = comparison_rows({name: build_variant(r, 10) for name, r in report["variants"].items()})
+    assert all("model_card" not in r.bytes and r.bytes["compressed"] for r in rows)
 
 
 def test_a_stated_licence_is_in_the_metadata_and_the_text():

@@ -86,7 +86,21 @@ def test_run_produces_reports_and_artifacts(finished):
     out, report, rec = finished
     assert {r["variant"] for r in report["comparison"]} == {"dense", "hydra_k0.05", "lwm_k0.05"}
     for row in report["comparison"]:
-        assert 0 <= row["pgd_acc"] <= row["benign_acc"] <= 1
+        assert 0 <= row["metrics"]["pgd_acc"] <= row["metrics"]["benign_acc"] <= 1
+    assert report["format"] == "hydra-compress-report/3"
+    # the training loss of every epoch, and the wall time of every stage and attack, per network
+    hydra = report["variants"]["hydra_k0.05"]
+    assert [len(v) for v in hydra["training_loss"].values()] == [1, 2]  # prune: 1 epoch, finetune: 2
+    assert set(hydra["timings"]["stages"]) == {"prune", "finetune", "export", "evaluate"}
+    assert set(report["variants"]["dense"]["timings"]["stages"]) == {"pretrain", "export", "evaluate"}
+    assert set(hydra["timings"]["attacks"]) >= {"pgd"} and all(t > 0 for t in hydra["timings"]["attacks"].values())
+    finished_stages = [p for k, p in rec.events if k == "stage_finished"]
+    assert (
+        all(p["seconds"] >= 0 for p in finished_stages) and len(finished_stages) == 3 + 4 + 3
+    )  # dense, hydra (prune + finetune), lwm
+    evaluated = [p for k, p in rec.events if k == "evaluation_finished"]
+    assert all("pgd" in p["attack_seconds"] for p in evaluated)
+    assert {"chance_accuracy", "training_diverged", "robust_above_benign"} <= set(hydra["checks"])
     for name in ("hydra_k0.05", "lwm_k0.05"):
         sp = report["variants"][name]["sparsity"]
         # the measured sparsity is that of k = 0.05 in every layer (floor((1-k) n) zeroed per layer)

@@ -93,12 +93,12 @@ def test_multi_seed_jobs_repeat_every_network_and_report_mean_and_std(tmp_path):
     assert report["seeds"] == [0, 1]
     agg = {a["variant"]: a for a in report["aggregate"]}
     assert set(agg) == {"dense", "hydra_k0.1"}
-    per_seed = agg["hydra_k0.1"]["benign_acc"]["per_seed"]
+    per_seed = agg["hydra_k0.1"]["metrics"]["benign_acc"]["per_seed"]
     assert per_seed == {
         "0": report["variants"]["hydra_k0.1_s0"]["metrics"]["benign_acc"],
         "1": report["variants"]["hydra_k0.1_s1"]["metrics"]["benign_acc"],
     }
-    assert agg["hydra_k0.1"]["benign_acc"]["mean"] == pytest.approx(sum(per_seed.values()) / 2)
+    assert agg["hydra_k0.1"]["metrics"]["benign_acc"]["mean"] == pytest.approx(sum(per_seed.values()) / 2)
     # the two seeds really trained different networks
     assert (
         report["variants"]["dense_s0"]["artifacts"]["compressed"]["sha256"]
@@ -118,7 +118,7 @@ def test_the_headline_is_the_worst_case_over_every_attack_on_the_exported_networ
         assert key in m and key in v["procedures"] and key in v["intervals"]
     assert m["robust_acc"] <= min(m[k] for k in attacks[2:]) + 1e-9  # same (robust) sample
     assert "exported network" in v["evaluated"]
-    assert "possible_gradient_masking" in v["checks"]["gradient_masking"]
+    assert "possible_gradient_masking" in v["checks"]["gradient_masking"]["details"]
     assert Counter(v["samples"]["robust"]["per_class"]).total() == 20
     assert json.loads((tmp_path / "report.json").read_text())["interval_method"].startswith("two-sided 95%")
 

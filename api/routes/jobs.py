@@ -53,7 +53,9 @@ from api.validation import (
     check_worker_limits,
 )
 from core.errors import CoreError
-from core.spec import BOUND_OBJECTIVES, JobSpec
+from core.pipeline.report_build import load_report
+from core.pipeline.report_model import Report
+from core.spec import JobSpec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
 from service.db.session import get_read_sessionmaker
@@ -150,38 +152,25 @@ def _onnx_upload(session: Session, tenant_id: int, spec: JobSpec) -> Any:
     return row
 
 
-def _uses_bounds(spec: JobSpec) -> bool:
-    objectives = [spec.objective] + [
-        getattr(stage, "objective", None) for stage in (spec.stages.pretrain, spec.stages.prune, spec.stages.finetune)
-    ]
-    return any(getattr(o, "type", None) in BOUND_OBJECTIVES for o in objectives if o is not None)
-
-
 def _check_bounds_supported(session: Session, tenant_id: int, spec: JobSpec) -> None:
-    """MixTrain and CROWN-IBP bound every layer; refuse now an architecture they cannot handle,
-    rather than fail after hours of pretraining."""
-    if not _uses_bounds(spec):
-        return
-    if spec.model.onnx is not None:  # the upload recorded whether the bound code takes every layer
-        row = _onnx_upload(session, tenant_id, spec)
-        refusal = (row.arch_kwargs or {}).get("bounds_unsupported") if row is not None else None
-        if refusal:
-            raise CoreError("unsupported_layer", "model.onnx", f"{refusal} (needed by the bound-based objective)")
-        return
-    from core.certify.bounds import check_supported  # lazy: torch is heavy and only needed here
-    from core.models.zoo import create_model
+    """MixTrain and CROWN-IBP bound every layer: for an uploaded ONNX network, its upload recorded whether
+    the bound code takes every layer, so the job is refused now without converting the graph again
+    (a catalogue network is checked by ``preflight`` on its one build)."""
+    from core.pipeline.preflight import needs_bounds  # lazy, like preflight itself
 
-    try:
-        model = create_model(spec.model.arch, **spec.model.kwargs)  # bad kwargs: CoreError naming them
-    except TypeError as exc:  # a torchvision builder refusing an argument
-        raise ApiError(ErrorCode.INVALID_SPEC, f"bad architecture arguments: {exc}", "model.kwargs") from exc
-    check_supported(model)  # CoreError("unsupported_layer", "model.arch", ...) -> 422
+    if spec.model.onnx is None or not needs_bounds(spec):
+        return
+    row = _onnx_upload(session, tenant_id, spec)
+    refusal = (row.arch_kwargs or {}).get("bounds_unsupported") if row is not None else None
+    if refusal:
+        raise CoreError("unsupported_layer", "model.onnx", f"{refusal} (needed by the bound-based objective)")
 
 
 def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     """One dry forward of the network on a zero input of the dataset's shape (core/pipeline/preflight.py):
     refuse now (422, ``incompatible_architecture`` on ``model.arch``) an architecture whose channels,
-    input size or classes do not fit the data. An uploaded dataset's shape and classes are the ones
+    input size or classes do not fit the data, or (``unsupported_layer``) whose layers a bound objective
+    cannot handle; the network is built once for both. An uploaded dataset's shape and classes are the ones
     recorded when it was checked on upload."""
     from core.pipeline.preflight import preflight  # lazy: only the routes that need it build networks
 
@@ -310,6 +299,8 @@ def cancel_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) 
 
 
 def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> bytes:
+    # Kept rather than sse-starlette (issue 17 item 7): one frame format of three fields; the stream's
+    # lifetime (slots, key re-checks, heartbeats) is ours (api/streams.py) and the library would not own it.
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -401,13 +392,14 @@ def job_events(
     return {"data": events, "count": len(events), "next_after": events[-1].id if events else after}
 
 
-@router.get("/{job_id}/report", responses=ERRORS)
-def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
-    """The machine-readable report of a succeeded job (409 until then)."""
+@router.get("/{job_id}/report", response_model=Report, responses=ERRORS)
+def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> Report:
+    """The machine-readable report of a succeeded job (409 until then), in the current format: a report
+    stored in an older one is migrated as it is read (``core.pipeline.report_build.load_report``)."""
     job = _job_or_404(session, principal.tenant_id, job_id)
     if job.status != JobStatus.SUCCEEDED.value:
         raise ApiError(ErrorCode.JOB_NOT_SUCCEEDED, f"the job is {job.status}; a report exists once it succeeded")
-    return job.report or {}
+    return load_report(job.report or {})
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=ERRORS)

@@ -85,19 +85,13 @@
     const others = Object.keys(metrics).filter((k) => /^val_/.test(k) && !keys.includes(k));
     return keys.concat(others).slice(0, 4).map((k) => `${k} ${k === "loss" ? metrics[k].toFixed(3) : pct(metrics[k])}`).join(" · ") || "–";
   }
-  /* A succeeded job's headline: its best compressed network by the report's headline robust number.
-     Reports never change once written, so each is fetched once per tab. */
+  /* A succeeded job's headline (report.js): reports never change once written, so each is fetched
+     once per tab. */
   async function reportHeadline(jobId) {
     const cacheKey = `hydra.headline.${jobId}`;
     const cached = sessionStorage.getItem(cacheKey);
     if (cached) return cached;
-    const report = await api(`/v1/jobs/${encodeURIComponent(jobId)}/report`);
-    const robust = report.headline_robust_metric;
-    const rows = (report.comparison || []).filter((r) => r.method !== "dense");
-    const best = rows.sort((a, b) => (b[robust] || 0) - (a[robust] || 0))[0] || (report.comparison || [])[0];
-    if (!best) return "–";
-    const line = `${best.variant} (${pct(best.sparsity)}% sparse): benign ${pct(best.benign_acc)}`
-      + (robust && typeof best[robust] === "number" ? ` · ${robust} ${pct(best[robust])}` : "");
+    const line = HydraReport.headline(await api(`/v1/jobs/${encodeURIComponent(jobId)}/report`));
     sessionStorage.setItem(cacheKey, line);
     return line;
   }
@@ -334,7 +328,6 @@
         button.addEventListener("click", () => download(a, state));
         tr.append(text("td", a.name, "mono"), text("td", bytes(a.size), "num"), text("td", a.sha256, "sha"), cell);
         tbody.appendChild(tr);
-        if (a.name === "comparison.png") showPng(a);
       }
     }
 
@@ -377,124 +370,12 @@
       }
     }
 
-    async function showPng(artifact) {
-      try {
-        const blob = await blobOf(artifact);
-        $("comparison-png").src = URL.createObjectURL(blob);
-        $("comparison-png-box").hidden = false;
-      } catch (err) { /* the SVG plot is there anyway */ }
-    }
-
     async function loadReport() {
       reportShown = true;
       let report;
       try { report = await api(`/v1/jobs/${encodeURIComponent(jobId)}/report`); } catch (err) { reportShown = false; return; }
       $("report-section").hidden = false;
-      const rows = report.comparison || [];
-      const procedures = report.procedures || {};
-      const headline = report.headline_robust_metric;
-      const metrics = Object.keys(procedures).filter((m) => rows.some((r) => m in r));
-      if (headline && !metrics.includes(headline) && rows.some((r) => headline in r)) metrics.push(headline);
-      const ds = report.dataset || {};
-      const obj = report.objective || {};
-      $("report-summary").textContent = `${report.arch} on ${ds.name} (${ds.n_train} train / ${ds.n_test} test), `
-        + `objective ${obj.type}${obj.eps !== undefined ? ", eps " + obj.eps : ""}${obj.norm ? " (" + obj.norm + ")" : ""}, `
-        + `device ${report.device}. Headline robust number: ${headline}.`;
-
-      const table = $("comparison-table");
-      table.replaceChildren();
-      const thead = document.createElement("thead");
-      const htr = document.createElement("tr");
-      htr.append(text("th", "network"), text("th", "method"), text("th", "k (kept)", "num"), text("th", "sparsity %", "num"));
-      for (const m of metrics) {
-        const th = text("th", `${m}${m === headline ? " ★" : ""} %`, "num");
-        th.title = procedures[m] || "";
-        htr.appendChild(th);
-      }
-      htr.append(text("th", "compressed", "num"), text("th", "dense", "num"));
-      thead.appendChild(htr);
-      const tb = document.createElement("tbody");
-      for (const r of rows) {
-        const tr = document.createElement("tr");
-        tr.dataset.variant = r.variant;
-        tr.append(text("td", r.variant, "mono"), text("td", r.method), text("td", r.k, "num"), text("td", pct(r.sparsity), "num"));
-        for (const m of metrics) {
-          const td = text("td", pct(r[m]), "num");
-          const ci = r.ci95 && r.ci95[m];
-          if (Array.isArray(ci)) td.title = `95% interval ${pct(ci[0])} – ${pct(ci[1])} (${report.interval_method || "binomial"})`;
-          tr.appendChild(td);
-        }
-        tr.append(text("td", bytes(r.compressed_bytes), "num"), text("td", bytes(r.dense_bytes), "num"));
-        tb.appendChild(tr);
-      }
-      table.append(thead, tb);
-
-      const ul = $("procedures");
-      ul.replaceChildren();
-      for (const [m, how] of Object.entries(procedures)) {
-        const li = document.createElement("li");
-        li.dataset.metric = m;
-        li.append(text("strong", m), document.createTextNode(`: ${how}`));
-        ul.appendChild(li);
-      }
-
-      // accuracy against sparsity (per method; the dense network as horizontal lines)
-      const plot = $("sparsity-plot");
-      plot.replaceChildren();
-      const series = [];
-      const hlines = [];
-      const dense = rows.find((r) => r.method === "dense");
-      const methods = [...new Set(rows.filter((r) => r.method !== "dense").map((r) => r.method))];
-      methods.forEach((method, i) => {
-        const color = HydraCharts.COLORS[i % HydraCharts.COLORS.length];
-        const own = rows.filter((r) => r.method === method).sort((a, b) => a.sparsity - b.sparsity);
-        series.push({ name: `${method} benign`, color, dashed: true, points: own.filter((r) => typeof r.benign_acc === "number").map((r) => [100 * r.sparsity, 100 * r.benign_acc]) });
-        if (headline) series.push({ name: `${method} ${headline}`, color, points: own.filter((r) => typeof r[headline] === "number").map((r) => [100 * r.sparsity, 100 * r[headline]]) });
-      });
-      if (dense) {
-        if (typeof dense.benign_acc === "number") hlines.push({ y: 100 * dense.benign_acc, name: "dense benign", dashed: true });
-        if (headline && typeof dense[headline] === "number") hlines.push({ y: 100 * dense[headline], name: `dense ${headline}` });
-      }
-      const chart = HydraCharts.lineChart(plot, { title: "accuracy (%) against sparsity (% of weights pruned)", series, hlines,
-                                                 xLabel: "sparsity %", yLabel: "accuracy %", yMin: 0 });
-      plot.replaceChildren(...chart.childNodes);
-      plot.classList.add("chart-box");
-
-      // per-layer sparsity, measured from each compressed artifact
-      const variants = Object.entries(report.variants || {}).filter(([, v]) => v.sparsity && v.sparsity.layers);
-      const layers = [];
-      for (const [, v] of variants) for (const name of Object.keys(v.sparsity.layers)) if (!layers.includes(name)) layers.push(name);
-      const lt = $("layers-table");
-      lt.replaceChildren();
-      if (variants.length) {
-        const head = document.createElement("tr");
-        head.appendChild(text("th", "layer"));
-        head.appendChild(text("th", "weights", "num"));
-        for (const [name] of variants) head.appendChild(text("th", `${name} %`, "num"));
-        const thead2 = document.createElement("thead");
-        thead2.appendChild(head);
-        const tb2 = document.createElement("tbody");
-        for (const layer of layers) {
-          const tr = document.createElement("tr");
-          tr.dataset.layer = layer;
-          const first = variants.find(([, v]) => v.sparsity.layers[layer]);
-          tr.append(text("td", layer, "mono"), text("td", first ? first[1].sparsity.layers[layer].n : "–", "num"));
-          for (const [, v] of variants) {
-            const l = v.sparsity.layers[layer];
-            const td = text("td", l ? pct(l.sparsity) : "–", "num");
-            if (l) td.title = `${l.nnz} of ${l.n} weights kept`;
-            tr.appendChild(td);
-          }
-          tb2.appendChild(tr);
-        }
-        const total = document.createElement("tr");
-        total.append(text("td", "total", "mono"), text("td", variants[0][1].sparsity.prunable_params, "num"));
-        for (const [, v] of variants) total.appendChild(text("td", pct(v.sparsity.total), "num"));
-        tb2.appendChild(total);
-        lt.append(thead2, tb2);
-      } else {
-        lt.appendChild(row([text("td", "no compressed artifact, so no measured sparsity", "muted")]));
-      }
+      HydraReport.render(report); // report.js
     }
 
     refreshJob().then(() => {

@@ -201,16 +201,10 @@ def certify_dataset(
     }
 
 
-def certified_radius(p_a_lower: float, sigma: float) -> float:
-    """``sigma · Φ⁻¹(pA)``, the l_2 radius Cohen et al.'s theorem gives for ``pA > 1/2`` (else 0)."""
-    return sigma * float(norm.ppf(p_a_lower)) if p_a_lower > 0.5 else 0.0
-
-
 __all__ = [
     "ABSTAIN",
     "CERTIFY_METHOD",
     "Smooth",
-    "certified_radius",
     "certify_dataset",
     "lower_confidence_bound",
 ]

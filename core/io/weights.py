@@ -450,11 +450,10 @@ def load_weights(
 
     Returns ``{"format", "loaded", "derived"}``: the format read, the keys loaded and those left as they were.
     """
-    from core.pruning.masked import masked_layers, refresh_masks, set_keep_fraction
+    from core.pruning.masked import check_keep_fraction, masked_layers, refresh_masks, set_keep_fraction
 
     if keep is not None:  # checked before anything is read or copied
-        if not isinstance(keep, (int, float)) or not 0.0 < float(keep) <= 1.0:
-            raise CoreError("invalid_k", "pruning.k", f"k (fraction of weights kept) must be in (0, 1], got {keep!r}")
+        check_keep_fraction(keep)
         if not masked_layers(model):
             raise CoreError("not_masked", "pruning.k", "keep was given but the model has no masked layers")
     source, info = check_weights(path, model, fmt)

@@ -11,8 +11,13 @@ sure.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +116,16 @@ def _sample_indices(test_ds: Dataset, limit: int | None, seed: int) -> np.ndarra
 
 
 class _Tally:
-    """Metrics with their procedures, counts and 95% intervals."""
+    """Metrics with their procedures, counts and 95% intervals; each attack's wall seconds and what its
+    library printed or warned while it ran."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
         self.procedures: dict[str, str] = {}
         self.counts: dict[str, list[int]] = {}
         self.intervals: dict[str, list[float]] = {}
+        self.seconds: dict[str, float] = {}
+        self.output: dict[str, list[str]] = {}
 
     def add(self, key: str, correct: int, n: int, procedure: str) -> None:
         self.metrics[key] = correct / n if n else 0.0
@@ -127,6 +135,38 @@ class _Tally:
 
     def add_flags(self, key: str, flags: torch.Tensor, procedure: str) -> None:
         self.add(key, int(flags.sum()), int(flags.numel()), procedure)
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@dataclass
+class _Said:
+    lines: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[_Said]:
+    """What an attack's library says while it runs: its stdout, its ``warnings`` and its WARNING log
+    records (pyautoattack logs "there are 27 points with zero gradient!"); kept for the report's checks
+    instead of scrolling past in a worker's log. Around every attack alike: no attack is special-cased."""
+    said, out, handler = _Said(), io.StringIO(), _Lines()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+    finally:
+        root.removeHandler(handler)
+        said.lines += [line.strip() for line in out.getvalue().splitlines() if line.strip()]
+        said.lines += [str(w.message) for w in caught] + handler.lines
 
 
 @dataclass
@@ -231,7 +271,13 @@ def _run_attacks(
     for attack in attacks:
         stop_if_asked(should_stop, f"before {attack.label(settings)}")
         sample = robust if attack.sample == "robust" and robust is not None else final
-        flags = attack.run(model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop)
+        started = time.monotonic()
+        with _captured() as said:
+            flags = attack.run(
+                model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop
+            )
+        tally.seconds[attack.name] = time.monotonic() - started
+        tally.output[attack.name] = said.lines
         tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
         worst.add(attack, sample, flags)
         group = attack.group
@@ -291,8 +337,12 @@ def evaluate_variant(
     device: torch.device,
     num_classes: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    attack_log: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Final evaluation of one network: metrics, the procedure, sample and interval of each.
+
+    ``attack_log``, when given, receives each attack's wall seconds (``seconds``) and what its library
+    printed, logged or warned (``output``): the run's report records them, the result itself does not.
 
     Benign accuracy on the 'final' sample; when the objective is attacked, every registered attack that
     applies (``core.robust.suite``) and their per-example worst case; when it certifies, its
@@ -326,6 +376,8 @@ def evaluate_variant(
     finally:
         model.train(was_training)
     result.update(metrics=tally.metrics, procedures=tally.procedures, counts=tally.counts, intervals=tally.intervals)
+    if attack_log is not None:
+        attack_log.update(seconds=tally.seconds, output=tally.output)
     return result
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from core.pipeline.measure import latency_text, speedup_text
+from core.pipeline.report_model import Ratio, VariantResult
 from core.pruning.methods import METHODS
 from core.spec import JobSpec
 from core.vocab import DENSE, card_name, dense_name
@@ -47,15 +48,15 @@ def _pct(value: Any) -> str:
 
 def _front_matter(
     variant: str,
-    result: dict[str, Any],
+    result: VariantResult,
     spec: JobSpec,
     info: dict[str, Any],
     shown: dict[str, Any],
-    parent: dict[str, Any] | None,
+    parent: VariantResult | None,
 ) -> str:
-    method = result.get("method") or DENSE
+    method = result.method
     dataset = str(info.get("name") or spec.dataset.name)
-    metrics = result.get("metrics") or {}
+    metrics = result.metrics
     tags = [
         "pytorch",
         "safetensors",
@@ -107,27 +108,27 @@ HUB_DATASETS = {
 }
 
 
-def _parent_ids(result: dict[str, Any], shown: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
+def _parent_ids(result: VariantResult, shown: dict[str, Any], parent: VariantResult | None) -> dict[str, Any]:
     """The parent network by what resolves it: the dense network's file and sha256 for a pruned one, the
     user's checkpoint reference for the dense one. (Hub-style ``base_model`` needs a Hub id, which a
     network of this run does not have.)"""
-    if (result.get("method") or DENSE) != DENSE:
-        arts = (parent or {}).get("artifacts") or {}
+    if result.method != DENSE:
+        arts = parent.artifacts if parent is not None else {}
         art = next((arts[f] for f in ("compressed", "dense", "channel", "onnx") if f in arts), None)
-        if isinstance(art, dict) and art.get("sha256"):
-            return {"parent_network": {"file": art["name"], "sha256": art["sha256"]}}
+        if art is not None:
+            return {"parent_network": {"file": art.name, "sha256": art.sha256}}
         return {}
     checkpoint = _checkpoint(shown)
     return {"parent_network": {"checkpoint": checkpoint}} if checkpoint else {}
 
 
-def threat_model(spec: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
+def threat_model(spec: JobSpec, result: VariantResult) -> dict[str, Any]:
     """What the robust numbers hold against: the l_p ball, the attacks and the certificate that measured
     them (names from the evaluation's own procedures)."""
     from core.pipeline.evaluate import attack_settings
 
     ball = attack_settings(spec)
-    procedures = result.get("procedures") or {}
+    procedures = result.procedures
     attacks = [m for m in procedures if _kind(m) == "robust"]
     certified = [m for m in procedures if _kind(m) == "certified"]
     return {
@@ -143,15 +144,15 @@ def _checkpoint(shown: dict[str, Any]) -> str | None:
     return (shown.get("model") or {}).get("checkpoint")
 
 
-def _parent_name(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> str | None:
-    if (result.get("method") or DENSE) != DENSE:
-        return dense_name(None if spec.seeds is None else result.get("seed"))
+def _parent_name(result: VariantResult, spec: JobSpec, shown: dict[str, Any]) -> str | None:
+    if result.method != DENSE:
+        return dense_name(None if spec.seeds is None else result.seed)
     return _checkpoint(shown)
 
 
-def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
+def _architecture(result: VariantResult, spec: JobSpec, info: dict[str, Any]) -> list[str]:
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
-    graph = result.get("source_graph")
+    graph = result.source_graph
     if graph:
         ops = ", ".join(f"{op} {n}" for op, n in graph["op_counts"].items())
         source = [
@@ -172,10 +173,10 @@ def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -
         + (f"{list(info['input_shape'])} " if info.get("input_shape") else "")
         + "pixels in [0, 1]; the input normalisation is part of the network",
         f"- classes: {info.get('num_classes')}",
-        f"- compression: {_method_description(result.get('method') or DENSE)}"
-        + (f"; keep fraction k = {result['k']:g}" if isinstance(result.get("k"), (int, float)) else ""),
+        f"- compression: {_method_description(result.method)}"
+        + (f"; keep fraction k = {result.k:g}" if isinstance(result.k, (int, float)) else ""),
     ]
-    if (result.get("method") or DENSE) != DENSE:
+    if result.method != DENSE:
         pruning = spec.pruning
         lines.append(
             f"- granularity `{pruning.granularity}`"
@@ -196,8 +197,8 @@ def _architecture(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -
     return lines + [""]
 
 
-def _channels(result: dict[str, Any]) -> list[str]:
-    channels = result.get("channels")
+def _channels(result: VariantResult) -> list[str]:
+    channels = result.channels
     if not channels:
         return []
     lines = ["Output channels kept per layer (the rebuilt network's widths):", "", "| layer | channels | kept |"]
@@ -207,8 +208,8 @@ def _channels(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _fmt_entry(entry: Any, unit: str, scale: float) -> tuple[str, str, str]:
-    if not isinstance(entry, dict):
+def _fmt_entry(entry: Ratio | None, unit: str, scale: float) -> tuple[str, str, str]:
+    if entry is None:
         return "–", "–", "–"
 
     def one(v: Any) -> str:
@@ -216,61 +217,61 @@ def _fmt_entry(entry: Any, unit: str, scale: float) -> tuple[str, str, str]:
             return "–"
         return f"{v * scale:,.0f}" if not unit else f"{v * scale:.4g} {unit}"
 
-    ratio = entry.get("ratio")
+    ratio = entry.ratio
     return (
-        one(entry.get("variant")),
-        one(entry.get("dense")),
+        one(entry.variant),
+        one(entry.dense),
         f"{ratio:.3g}" if isinstance(ratio, (int, float)) else "–",
     )
 
 
-def _inference(result: dict[str, Any]) -> list[str]:
-    inf = result.get("inference")
+def _inference(result: VariantResult) -> list[str]:
+    inf = result.inference
     if not inf:
         return []
     lines = [
         "## Inference cost",
         "",
-        f"This network next to the dense one (`{inf.get('dense_network', 'dense')}`), measured in the same process.",
+        f"This network next to the dense one (`{inf.dense_network or 'dense'}`), measured in the same process.",
         "",
         "| measure | this network | dense | ratio (latency: speed-up, dense / this) |",
         "|---|---:|---:|---:|",
     ]
     rows: list[tuple[str, Any, str, float]] = [
-        ("parameters", inf.get("params"), "", 1.0),
-        ("nonzero parameters", inf.get("nonzero_params"), "", 1.0),
-        ("MACs (layer shapes)", inf.get("macs"), "", 1.0),
-        ("MACs of nonzero weights", inf.get("sparse_macs"), "", 1.0),
+        ("parameters", inf.params, "", 1.0),
+        ("nonzero parameters", inf.nonzero_params, "", 1.0),
+        ("MACs (layer shapes)", inf.macs, "", 1.0),
+        ("MACs of nonzero weights", inf.sparse_macs, "", 1.0),
     ]
-    peak = inf.get("peak_memory")
-    if isinstance(peak, dict):
-        rows.append((f"peak inference memory, batch {peak.get('batch')}", peak, "MiB", 1 / 2**20))
+    peak = inf.peak_memory
+    if peak is not None:
+        rows.append((f"peak inference memory, batch {peak.batch}", peak, "MiB", 1 / 2**20))
     for label, entry, unit, scale in rows:
         mine, dense, ratio = _fmt_entry(entry, unit, scale)
         lines.append(f"| {label} | {mine} | {dense} | {ratio} |")
     # latency: times with their spread, and only the speed-up (dense / this network), never a ratio
-    for key, entry in (inf.get("latency") or {}).items():
+    for key, entry in inf.latency.items():
         lines.append(
-            f"| latency {key} | {latency_text(entry)} | {latency_text(entry, 'dense')} | {speedup_text(entry)} |"
+            f"| latency {key} | {latency_text(entry.model_dump())} | {latency_text(entry.model_dump(), 'dense')} | {speedup_text(entry.model_dump())} |"
         )
     lines.append("")
-    lines += [f"- {what}: {how}" for what, how in (inf.get("method") or {}).items()]
+    lines += [f"- {what}: {how}" for what, how in inf.method.items()]
     return lines + [""]
 
 
-def _sparsity(result: dict[str, Any]) -> list[str]:
-    sp = result.get("sparsity")
+def _sparsity(result: VariantResult) -> list[str]:
+    sp = result.sparsity
     lines = ["## Sparsity", ""]
     if not sp:
-        k = result.get("k")
+        k = result.k
         target = f" (target: {_pct(1 - k)} from k = {k:g})" if isinstance(k, (int, float)) else ""
         return lines + [f"Not measured: no compressed artifact was exported{target}.", ""]
     lines += [
-        f"Total: **{_pct(sp['total'])}** of the {sp.get('prunable_params', 0):,} prunable (conv/linear) "
-        f"weights are zero; {sp.get('kept_params', 0):,} kept. Counted from the tensors stored in the "
+        f"Total: **{_pct(sp.total)}** of the {sp.prunable_params:,} prunable (conv/linear) "
+        f"weights are zero; {sp.kept_params:,} kept. Counted from the tensors stored in the "
         + (
             "channel-pruned artifact (removed channels count as zeros of the full-width layers)"
-            if "channel" in (result.get("artifacts") or {})
+            if "channel" in result.artifacts
             else "compressed artifact"
         )
         + ", not from the spec.",
@@ -278,19 +279,19 @@ def _sparsity(result: dict[str, Any]) -> list[str]:
         "| layer | weights | nonzero | sparsity |",
         "|---|---:|---:|---:|",
     ]
-    for layer, row in (sp.get("layers") or {}).items():
-        lines.append(f"| `{layer}` | {row['n']:,} | {row['nnz']:,} | {_pct(row['sparsity'])} |")
+    for layer, row in sp.layers.items():
+        lines.append(f"| `{layer}` | {row.n:,} | {row.nnz:,} | {_pct(row.sparsity)} |")
     return lines + [""] + _channels(result)
 
 
-def _evaluation(result: dict[str, Any]) -> list[str]:
-    metrics = result.get("metrics") or {}
-    procedures = result.get("procedures") or {}
-    intervals = result.get("intervals") or {}
-    counts = result.get("counts") or {}
+def _evaluation(result: VariantResult) -> list[str]:
+    metrics = result.metrics
+    procedures = result.procedures
+    intervals = result.intervals
+    counts = result.counts
     lines = ["## Evaluation", ""]
-    if result.get("evaluated"):
-        lines += [f"Measured on {result['evaluated']}.", ""]
+    if result.evaluated:
+        lines += [f"Measured on {result.evaluated}.", ""]
     for kind, title in (
         ("benign", "Benign"),
         ("robust", "Robust (empirical, under attack)"),
@@ -315,32 +316,39 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
             proc = " ".join(str(procedures.get(m, "–")).split()).replace("|", "\\|")
             lines.append(f"| `{m}` | {value_text} | {ci_text} | {count_text} | {proc} |")
         lines.append("")
-    if result.get("interval_method"):
-        lines += [f"Intervals: {result['interval_method']}.", ""]
-    samples = result.get("samples") or {}
+    if result.interval_method:
+        lines += [f"Intervals: {result.interval_method}.", ""]
+    samples = result.samples
     if samples:
         lines += ["Samples:", ""]
         for name, s in samples.items():
-            lines.append(
-                f"- `{name}`: {s.get('n')} of {s.get('of')} test samples, {s.get('how')}; per class "
-                f"{json.dumps(s.get('per_class'))}"
-            )
+            lines.append(f"- `{name}`: {s.n} of {s.of} test samples, {s.how}; per class {json.dumps(s.per_class)}")
         lines.append("")
-    checks = result.get("checks") or {}
-    if checks:
+    if result.checks:
         lines += ["Checks:", ""]
-        for name, check in checks.items():
-            lines.append(f"- `{name}`: `{json.dumps(check, default=str)}`")
+        for name, check in result.checks.items():
+            verdict = "**FLAGGED**" if check.flagged else "ok"
+            lines.append(f"- `{name}` {verdict}: {check.message} (rule: {check.rule})")
         lines.append("")
+    lines += _timings(result)
     return lines
 
 
-def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> list[str]:
-    method = result.get("method") or DENSE
+def _timings(result: VariantResult) -> list[str]:
+    t = result.timings
+    if not t.stages and not t.attacks:
+        return []
+    parts = [f"{stage} {sec:.1f} s" for stage, sec in t.stages.items()]
+    parts += [f"attack {name} {sec:.1f} s" for name, sec in t.attacks.items()]
+    return ["Wall time: " + ", ".join(parts) + ".", ""]
+
+
+def _training(result: VariantResult, spec: JobSpec, shown: dict[str, Any]) -> list[str]:
+    method = result.method
     lines = [
         "## Training",
         "",
-        f"Seed {result.get('seed', spec.seed)}; dataset `{spec.dataset.name}` "
+        f"Seed {result.seed if result.seed is not None else spec.seed}; dataset `{spec.dataset.name}` "
         f"(batch size {spec.dataset.batch_size}"
         + (f", at most {spec.dataset.max_train_samples} training samples" if spec.dataset.max_train_samples else "")
         + ").",
@@ -375,7 +383,7 @@ def _training(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any]) -> l
     return lines
 
 
-def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any], parent: dict[str, Any] | None) -> list[str]:
+def _parent(result: VariantResult, spec: JobSpec, shown: dict[str, Any], parent: VariantResult | None) -> list[str]:
     lines = ["## Parent network", ""]
     checkpoint = _checkpoint(shown)
     start = (
@@ -383,7 +391,7 @@ def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any], parent
         if checkpoint
         else "a fresh random initialisation"
     )
-    if (result.get("method") or DENSE) == DENSE:
+    if result.method == DENSE:
         how = (
             "then pretrained with the stage above"
             if spec.stages.pretrain and spec.stages.pretrain.epochs
@@ -392,27 +400,27 @@ def _parent(result: dict[str, Any], spec: JobSpec, shown: dict[str, Any], parent
         return lines + [f"None: this is the dense network. It starts from {start}, {how}.", ""]
     name = _parent_name(result, spec, shown)
     lines.append(f"Pruned from the dense network `{name}` of this run (itself from {start}).")
-    for fmt, art in ((parent or {}).get("artifacts") or {}).items():
-        if isinstance(art, dict) and "sha256" in art and fmt != "model_card":
-            lines.append(f"- `{art['name']}`: {art['size']:,} bytes, sha256 `{art['sha256']}`")
+    for fmt, art in (parent.artifacts if parent is not None else {}).items():
+        if fmt != "model_card":
+            lines.append(f"- `{art.name}`: {art.size:,} bytes, sha256 `{art.sha256}`")
     return lines + [""]
 
 
-def _artifacts(result: dict[str, Any]) -> list[str]:
+def _artifacts(result: VariantResult) -> list[str]:
     lines = ["## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
-    for fmt, art in (result.get("artifacts") or {}).items():
+    for fmt, art in result.artifacts.items():
         if fmt != "model_card":  # this card cannot name its own digest
-            lines.append(f"| `{art['name']}` | {art['size']:,} | `{art['sha256']}` |")
+            lines.append(f"| `{art.name}` | {art.size:,} | `{art.sha256}` |")
     return lines + ["", "Check a download with `sha256sum <file>`.", ""]
 
 
-def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
-    arts = result.get("artifacts") or {}
+def _usage(result: VariantResult, spec: JobSpec, info: dict[str, Any]) -> list[str]:
+    arts = result.artifacts
     kwargs = {**spec.model.kwargs, "num_classes": info.get("num_classes")}
     lines = ["## How to load it", ""]
     if "compressed" in arts:
         imports, rebuild = ["from core import load_compressed_model"], ""
-        if result.get("source_graph"):  # the user's graph, not a catalogue name, gives the layers
+        if result.source_graph:  # the user's graph, not a catalogue name, gives the layers
             imports.append("from core.models.onnx_network import create_onnx_model, load_onnx")
             rebuild = ', build=lambda: create_onnx_model(load_onnx("your_network.onnx"))'
         lines += [
@@ -421,12 +429,12 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "```python",
             *imports,
             "",
-            f'model = load_compressed_model("{arts["compressed"]["name"]}"{rebuild}).eval()',
+            f'model = load_compressed_model("{arts["compressed"].name}"{rebuild}).eval()',
             "logits = model(x)  # x: float tensor of [0, 1] pixels, shape (N, *input_shape)",
             "```",
             "",
         ]
-    if "dense" in arts and result.get("source_graph"):  # no catalogue name rebuilds the user's graph
+    if "dense" in arts and result.source_graph:  # no catalogue name rebuilds the user's graph
         lines += [
             "The dense safetensors (effective weights, no pruning state) load with `load_state_dict` into "
             "the source graph converted by `core.models.onnx_network.load_onnx` (the ONNX file below needs "
@@ -442,7 +450,7 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "from core import create_model",
             "",
             f'model = create_model("{spec.model.arch}", **{json.dumps(kwargs)})',
-            f'model.net.load_state_dict(load_file("{arts["dense"]["name"]}"))  # strict',
+            f'model.net.load_state_dict(load_file("{arts["dense"].name}"))  # strict',
             "model.eval()",
             "```",
             "",
@@ -455,11 +463,11 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "```python",
             "from core.io.export_channel import load_channel_pruned",
             "",
-            f'model = load_channel_pruned("{arts["channel"]["name"]}")  # eval mode',
+            f'model = load_channel_pruned("{arts["channel"].name}")  # eval mode',
             "```",
             "",
         ]
-    graph = result.get("source_graph")
+    graph = result.source_graph
     if "onnx" in arts and graph:
         in_name, out_name = graph["input"]["name"], graph["output"]["name"]
         lines += [
@@ -469,7 +477,7 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "```python",
             "import numpy as np, onnxruntime as ort",
             "",
-            f'session = ort.InferenceSession("{arts["onnx"]["name"]}", providers=["CPUExecutionProvider"])',
+            f'session = ort.InferenceSession("{arts["onnx"].name}", providers=["CPUExecutionProvider"])',
             f'outputs = session.run(["{out_name}"], {{"{in_name}": inputs.astype(np.float32)}})[0]',
             "```",
             "",
@@ -482,7 +490,7 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
             "```python",
             "import numpy as np, onnxruntime as ort",
             "",
-            f'session = ort.InferenceSession("{arts["onnx"]["name"]}", providers=["CPUExecutionProvider"])',
+            f'session = ort.InferenceSession("{arts["onnx"].name}", providers=["CPUExecutionProvider"])',
             'logits = session.run(["logits"], {"input": images.astype(np.float32)})[0]',
             "```",
             "",
@@ -492,38 +500,34 @@ def _usage(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[
     return lines
 
 
-def _plain_definition(result: dict[str, Any]) -> list[str]:
+def _plain_definition(result: VariantResult) -> list[str]:
     """The network written out in plain ``torch.nn`` (checked when it was exported), so loading needs
     neither this project nor a guess at strides and paddings."""
-    plain = result.get("plain_definition")
+    plain = result.plain_definition
     if not plain:
         return [
             "Without this project: this architecture is not a plain `nn.Sequential`, so its definition is "
             "not printed here; the ONNX graph (when exported) runs with onnxruntime alone.",
             "",
         ]
-    prefix = plain.get("prefix") or ""
-    if not plain.get("loads"):
+    prefix = plain.prefix
+    if not plain.loads:
         load = "# no plain safetensors file was exported for this network"
     elif prefix:
         load = (
-            f'tensors = load_file("{plain["loads"]}")\n'
+            f'tensors = load_file("{plain.loads}")\n'
             f"net.load_state_dict({{k.removeprefix({prefix!r}): v for k, v in tensors.items() if k.startswith({prefix!r})}})"
         )
     else:
-        load = f'net.load_state_dict(load_file("{plain["loads"]}"))  # strict: every tensor matches'
+        load = f'net.load_state_dict(load_file("{plain.loads}"))  # strict: every tensor matches'
 
-    pre = (
-        f"normalize = Normalize({plain['mean']}, {plain['std']})"
-        if plain.get("mean") is not None
-        else "normalize = nn.Identity()"
-    )
+    pre = f"normalize = Normalize({plain.mean}, {plain.std})" if plain.mean is not None else "normalize = nn.Identity()"
     return [
         "Without this project (only `torch` and `safetensors`): the network in plain `torch.nn`, checked "
         "at export to load this file strictly and give the same logits:",
         "",
         "```python",
-        plain["code"].rstrip(),
+        plain.code.rstrip(),
         "",
         "from safetensors.torch import load_file",
         "",
@@ -548,7 +552,7 @@ LIMITATIONS = (
 )
 
 
-def _use_and_limits(result: dict[str, Any], spec: JobSpec, info: dict[str, Any]) -> list[str]:
+def _use_and_limits(result: VariantResult, spec: JobSpec, info: dict[str, Any]) -> list[str]:
     tm = threat_model(spec, result)
     attacks = ", ".join(f"`{m}`" for m in tm["attacks"]) or "none"
     certificates = ", ".join(f"`{m}`" for m in tm["certificates"]) or "none"
@@ -607,10 +611,10 @@ def _licence_and_citation(spec: JobSpec) -> list[str]:
 
 def render_model_card(
     variant: str,
-    result: dict[str, Any],
+    result: VariantResult,
     spec: JobSpec,
     info: dict[str, Any],
-    parent: dict[str, Any] | None = None,
+    parent: VariantResult | None = None,
     record: dict[str, Any] | None = None,
 ) -> str:
     """The card of network ``variant`` from its evaluation ``result`` (``metrics``, ``procedures``,
@@ -618,7 +622,7 @@ def render_model_card(
     ``info``; ``parent``: the dense network's result (its artifacts are named) for a pruned variant;
     ``record``: the spec as the user wrote it (``spec.json``; default: ``spec``), shown in the card."""
     shown = record if record is not None else spec.model_dump(mode="json")
-    method = result.get("method") or DENSE
+    method = result.method
     title = f"# {variant}"
     summary = (
         f"A {'dense' if method == 'dense' else 'pruned'} `{spec.model.arch}` classifier for "
@@ -627,13 +631,16 @@ def render_model_card(
         + (f" (job `{spec.name}`)" if spec.name else "")
         + "."
     )
-    sp = result.get("sparsity")
-    metrics = result.get("metrics") or {}
-    headline = [f"sparsity {_pct(sp['total'])}"] if sp else []
+    sp = result.sparsity
+    metrics = result.metrics
+    headline = [f"sparsity {_pct(sp.total)}"] if sp else []
     headline += [f"{m} {_pct(v)}" for m, v in metrics.items() if m in ("benign_acc", "robust_acc", "pgd_acc")]
     parts = [_front_matter(variant, result, spec, info, shown, parent), title, "", summary, ""]
     if headline:
         parts += ["Headline: " + ", ".join(headline) + ".", ""]
+    flagged = [f"- **{name.replace('_', ' ')}**: {c.message}." for name, c in result.checks.items() if c.flagged]
+    if flagged:
+        parts += ["**Checks flagged** (read these before trusting the numbers):", "", *flagged, ""]
     body = (
         _architecture(result, spec, info)
         + _sparsity(result)

@@ -107,6 +107,15 @@ def _npz_header(path: str, declared: int | None) -> tuple[tuple[int, ...] | None
         return None, None
 
 
+def needs_bounds(spec: JobSpec) -> bool:
+    """True when the job's objective, or a stage's, bounds every layer (MixTrain, CROWN-IBP)."""
+    from core.objectives import objective_class
+
+    stages = (spec.stages.pretrain, spec.stages.prune, spec.stages.finetune)
+    objectives = [spec.objective] + [getattr(s, "objective", None) for s in stages if s is not None]
+    return any(objective_class(o.type).needs_bounds for o in objectives if o is not None)
+
+
 def preflight(
     spec: JobSpec, dataset_info: Mapping[str, Any] | None = None, onnx_info: Mapping[str, Any] | None = None
 ) -> str | None:
@@ -114,10 +123,12 @@ def preflight(
     outputs: build it with the dataset's ``num_classes`` (unless ``model.kwargs`` sets one) and run one
     forward on a zero batch of the dataset's input shape.
 
+    When an objective bounds every layer (``needs_bounds``), the same network is checked for layers the
+    bounds cannot handle (``unsupported_layer`` on ``model.arch``): submission builds the network once.
+
     Returns ``None`` when everything was checked, else the reason the shape check was skipped.
     Raises ``CoreError``: ``incompatible_architecture`` on ``model.arch`` (or ``model.kwargs.<name>``),
     or whatever ``create_model`` raises for bad architecture arguments (``model.kwargs``)."""
-    from core.models.zoo import create_model
 
     shape, num_classes, skipped = dataset_signature(spec, dataset_info)
     if spec.model.onnx is not None:
@@ -127,14 +138,12 @@ def preflight(
     kwargs = dict(spec.model.kwargs)
     if num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
-    model: nn.Module
-    try:
-        with torch.device("meta"):  # no memory, no init: only the shapes
-            model, device = create_model(arch, **kwargs), "meta"  # bad kwargs: CoreError on model.kwargs
-    except CoreError:
-        raise
-    except Exception:  # noqa: BLE001 - a builder the meta device cannot run: build it for real
-        model, device = _build_cpu(arch, kwargs), "cpu"
+    bounded = needs_bounds(spec)  # the bound check reads values: then the one build is a real one
+    model, device = (_build_cpu(arch, kwargs), "cpu") if bounded else _build_meta(arch, kwargs)
+    if bounded:  # the same network: one build per submission
+        from core.certify.bounds import check_supported
+
+        check_supported(model)  # CoreError("unsupported_layer", "model.arch", ...): MixTrain/CROWN-IBP
     check_ranges(spec, model, shape)
     if shape is None:
         return skipped
@@ -385,6 +394,20 @@ def shape_error(exc: BaseException) -> CoreError | None:
     if not any(m in text for m in markers):
         return None
     return CoreError(SHAPE_ERROR, "model.arch", f"the network does not fit the data: {_first_line(exc)}")
+
+
+def _build_meta(arch: str, kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The network on the meta device (no memory, no init: only the shapes), or built for real on the
+    CPU when its builder cannot run there; with the device it is on."""
+    from core.models.zoo import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(arch, **kwargs), "meta"  # bad kwargs: CoreError on model.kwargs
+    except CoreError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder the meta device cannot run: build it for real
+        return _build_cpu(arch, kwargs), "cpu"
 
 
 def _build_cpu(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:

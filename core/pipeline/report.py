@@ -10,141 +10,78 @@ and its per-layer keep rates (``variants.<name>.allocation``)."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core.callbacks import RunCallbacks
 from core.io.export import file_digest
-from core.objectives import objective_class
 from core.pipeline.evaluate import attack_settings
 from core.pipeline.measure import latency_text, speedup_text
 from core.pipeline.plots import plot_comparison, plot_layer_rates
-from core.pipeline.stats import INTERVAL_METHOD, seed_summary
+from core.pipeline.report_build import build_report, load_report
+from core.pipeline.report_model import (
+    REPORT_FORMAT,
+    AggregateRow,
+    Allocation,
+    ComparisonRow,
+    FileDigest,
+    Ratio,
+    Report,
+)
 from core.spec import JobSpec
-from core.vocab import DENSE, PLOT_NAME, RATES_PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
-
-REPORT_FORMAT = "hydra-compress-report/2"
-
-
-def _base(name: str, r: dict[str, Any], multi: bool) -> str:
-    suffix = f"_s{r.get('seed')}"
-    return name[: -len(suffix)] if multi and name.endswith(suffix) else name
-
-
-def comparison_rows(results: dict[str, Any], multi_seed: bool = False) -> list[dict[str, Any]]:
-    """One row per network, dense first, then by method, decreasing k and seed."""
-    rows = []
-    for name, r in results.items():
-        row: dict[str, Any] = {
-            "variant": name,
-            "base": _base(name, r, multi_seed),
-            "method": r["method"],
-            "k": r["k"],
-            "seed": r.get("seed"),
-        }
-        sp = r.get("sparsity")
-        row["sparsity"] = sp["total"] if sp else 1.0 - r["k"]
-        row.update(r["metrics"])
-        row["ci95"] = r.get("intervals", {})
-        for fmt, art in r.get("artifacts", {}).items():
-            if fmt != "model_card":  # network files only: compressed_bytes, dense_bytes
-                row[f"{fmt}_bytes"] = art["size"]
-        rows.append(row)
-    rows.sort(key=lambda row: (row["method"] != DENSE, row["method"], -row["k"], row["seed"] or 0))
-    return rows
-
-
-def aggregate_rows(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
-    """Per network (over its seeds): mean, std and each seed's value of every metric and the sparsity."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["base"], []).append(row)
-    out = []
-    for base, members in groups.items():
-        agg: dict[str, Any] = {
-            "variant": base,
-            "method": members[0]["method"],
-            "k": members[0]["k"],
-            "seeds": [m["seed"] for m in members],
-        }
-        for key in ["sparsity", *metrics]:
-            values = {str(m["seed"]): m[key] for m in members if isinstance(m.get(key), (int, float))}
-            if values:
-                agg[key] = seed_summary(values)
-        out.append(agg)
-    return out
+from core.vocab import PLOT_NAME, RATES_PLOT_NAME, REPORT_JSON, REPORT_MD, RUN_ARTIFACTS
 
 
 def _pct(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) else "–"
 
 
-def _cell(row: dict[str, Any], metric: str) -> str:
-    value = row.get(metric)
-    ci = row.get("ci95", {}).get(metric)
-    if not isinstance(value, (int, float)):
+def _cell(row: ComparisonRow, metric: str) -> str:
+    value = row.metrics.get(metric)
+    ci = row.ci95.get(metric)
+    if value is None:
         return "–"
     return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * value:.2f}"
 
 
-def _mean_cell(agg: dict[str, Any], metric: str) -> str:
-    s = agg.get(metric)
-    if not isinstance(s, dict):
+def _mean_cell(agg: AggregateRow, metric: str) -> str:
+    s = agg.sparsity if metric == "sparsity" else agg.metrics.get(metric)
+    if s is None:
         return "–"
-    if s.get("n_seeds", 2) < 2:  # no spread to show: say so rather than print "± 0.0"
-        return f"{100 * s['mean']:.1f} (1 seed)"
-    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+    if s.n_seeds < 2:  # no spread to show: say so rather than print "± 0.0"
+        return f"{100 * s.mean:.1f} (1 seed)"
+    return f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
 
 
-def _checks_lines(report: dict[str, Any]) -> list[str]:
-    lines = []
-    for name, r in report["variants"].items():
-        masking = r.get("checks", {}).get("gradient_masking")
-        if masking and masking.get("possible_gradient_masking"):
-            lines.append(
-                f"- **possible gradient masking in `{name}`**: {masking['best_gradient_free_attack']} "
-                f"beats the best gradient attack ({masking['best_gradient_attack']}) by "
-                f"{100 * masking['gap']:.1f} points; trust robust_acc (the worst case), not PGD alone."
-            )
-        sound = r.get("checks", {}).get("certificate_below_attack")
-        if sound and not sound.get("ok"):
-            lines.append(
-                f"- **certificate above attack in `{name}`**: {sound['metric']} {100 * sound['verified']:.1f}% "
-                f"> robust_acc {100 * sound['empirical_robust']:.1f}%."
-            )
-        onnx = r.get("checks", {}).get("onnx_parity")
-        if onnx and not onnx.get("ok"):
-            lines.append(f"- **ONNX export of `{name}` not shipped**: {onnx.get('error')}")
-    lines = lines or [
-        "- no check flagged (gradient masking: a gradient-free attack beating the best gradient "
-        "attack by > 2 points; certificates above the attacked accuracy; ONNX graphs that disagree "
-        "with PyTorch)."
-    ]
-    parity = [c for r in report["variants"].values() if (c := r.get("checks", {}).get("onnx_parity")) and c.get("ok")]
+def _checks_lines(report: Report) -> list[str]:
+    lines = [f"- **{f.check.replace('_', ' ')} in `{f.variant}`**: {f.message}." for f in report.flags]
+    if not lines:
+        lines = ["- no check flagged. Each network is checked for: " + "; ".join(report.check_rules.values()) + "."]
+    parity = [c for r in report.variants.values() if (c := r.checks.get("onnx_parity")) and not c.flagged]
     if parity:
+        worst = max(float(c.details.get("max_abs_diff", 0.0)) for c in parity)
         lines.append(
             f"- ONNX parity: {len(parity)} graph(s) give PyTorch's logits through onnxruntime within "
-            f"{max(c['max_abs_diff'] for c in parity):.2g} (allowed {parity[0]['atol']:g})."
+            f"{worst:.2g} (allowed {float(parity[0].details.get('atol', 0.0)):g})."
         )
     return lines
 
 
-def _ratio_cell(entry: Any, scale: float = 1.0, unit: str = "") -> str:
-    if not isinstance(entry, dict) or not isinstance(entry.get("variant"), (int, float)):
+def _ratio_cell(entry: Ratio | None, scale: float = 1.0, unit: str = "") -> str:
+    if entry is None or entry.variant is None:
         return "–"
-    value = entry["variant"] * scale
+    value = entry.variant * scale
     text = f"{value:,.0f}" if not unit else f"{value:.3g} {unit}"
-    factor = entry.get("ratio")
-    return f"{text} ({factor:.3g}x)" if isinstance(factor, (int, float)) else text
+    return f"{text} ({entry.ratio:.3g}x)" if entry.ratio is not None else text
 
 
-def _inference_lines(report: dict[str, Any]) -> list[str]:
+def _inference_lines(report: Report) -> list[str]:
     """The inference-cost table: each pruned network against the dense one, measured in one process."""
-    rows = [(name, r["inference"]) for name, r in report["variants"].items() if r.get("inference")]
+    rows = [(name, r.inference) for name, r in report.variants.items() if r.inference is not None]
     if not rows:
         return []
-    latency_keys = list(dict.fromkeys(key for _, inf in rows for key in inf.get("latency", {})))
+    latency_keys = list(dict.fromkeys(key for _, inf in rows for key in inf.latency))
     header = ["network", "parameters", "nonzero parameters", "MACs", *[f"{k} latency" for k in latency_keys]]
     header.append("peak memory")
     lines = [
@@ -159,73 +96,82 @@ def _inference_lines(report: dict[str, Any]) -> list[str]:
         "|---" * len(header) + "|",
     ]
     for name, inf in rows:
-        cells = [
-            name,
-            _ratio_cell(inf.get("params")),
-            _ratio_cell(inf.get("nonzero_params")),
-            _ratio_cell(inf.get("macs")),
-        ]
-        cells += [
-            f"{latency_text(e)}: {speedup_text(e)}" if (e := inf["latency"].get(k)) else "–" for k in latency_keys
-        ]
-        cells.append(_ratio_cell(inf.get("peak_memory"), 1 / 2**20, "MiB"))
+        cells = [name, _ratio_cell(inf.params), _ratio_cell(inf.nonzero_params), _ratio_cell(inf.macs)]
+        for key in latency_keys:
+            e = inf.latency.get(key)
+            cells.append(f"{latency_text(e.model_dump())}: {speedup_text(e.model_dump())}" if e else "–")
+        cells.append(_ratio_cell(inf.peak_memory, 1 / 2**20, "MiB"))
         lines.append("| " + " | ".join(cells) + " |")
-    method = rows[0][1].get("method", {})
-    lines += [""] + [f"- {what}: {how}" for what, how in method.items()] + [""]
+    lines += [""] + [f"- {what}: {how}" for what, how in rows[0][1].method.items()] + [""]
     return lines
 
 
-def _rates_variants(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def rates_variants(report: Report) -> list[tuple[str, Allocation]]:
     """The variants whose per-layer rates the report shows: all pruned ones of a global/learned job."""
-    if (report.get("spec") or {}).get("pruning", {}).get("allocation", "uniform") == "uniform":
+    if report.spec.get("pruning", {}).get("allocation", "uniform") == "uniform":
         return []
-    return [(name, r["allocation"]) for name, r in report["variants"].items() if r.get("allocation")]
+    return [(name, r.allocation) for name, r in report.variants.items() if r.allocation is not None]
 
 
-def _rates_lines(report: dict[str, Any]) -> list[str]:
-    variants = _rates_variants(report)
+def _rates_lines(report: Report) -> list[str]:
+    variants = rates_variants(report)
     if not variants:
         return []
-    layers = list(variants[0][1]["layers"])
+    first = variants[0][1]
     lines = [
-        f"## Per-layer keep rates ({variants[0][1]['allocation']} allocation)",
+        f"## Per-layer keep rates ({first.allocation} allocation)",
         "",
         "Kept weights / weights of each layer, counted from the exported networks.",
         "",
         "| layer | weights | " + " | ".join(name for name, _ in variants) + " |",
         "|---|---:|" + "---:|" * len(variants),
     ]
-    for layer in layers:
-        n = variants[0][1]["layers"][layer]["n"]
-        cells = [_pct(a["layers"].get(layer, {}).get("rate")) + "%" for _, a in variants]
-        lines.append(f"| `{layer}` | {n:,} | " + " | ".join(cells) + " |")
-    cells = [_pct(a["total"]["rate"]) + "%" for _, a in variants]
-    lines += [f"| total | {variants[0][1]['total']['n']:,} | " + " | ".join(cells) + " |", ""]
+    for layer, rate in first.layers.items():
+        cells = [_pct(a.layers[layer].rate if layer in a.layers else None) + "%" for _, a in variants]
+        lines.append(f"| `{layer}` | {rate.n:,} | " + " | ".join(cells) + " |")
+    cells = [_pct(a.total.rate) + "%" for _, a in variants]
+    lines += [f"| total | {first.total.n:,} | " + " | ".join(cells) + " |", ""]
     return lines + [f"![per-layer keep rates]({RATES_PLOT_NAME})", ""]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    rows = report["comparison"]
-    metrics = [m for m in report["procedures"] if any(m in r for r in rows)]
+def _timing_lines(report: Report) -> list[str]:
+    """Wall time of every stage and every attack, per network."""
+    stages = list(dict.fromkeys(s for r in report.variants.values() for s in r.timings.stages))
+    attacks = list(dict.fromkeys(a for r in report.variants.values() for a in r.timings.attacks))
+    if not stages and not attacks:
+        return []
+    header = ["network", *stages, *(f"{a} (attack)" for a in attacks)]
+    lines = ["## Wall time (seconds)", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, r in report.variants.items():
+        cells = [f"{r.timings.stages[s]:.1f}" if s in r.timings.stages else "–" for s in stages]
+        cells += [f"{r.timings.attacks[a]:.1f}" if a in r.timings.attacks else "–" for a in attacks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def render_summary(report: Report) -> str:
+    """The heading, the comparison table (mean ± std over seeds first in a multi-seed job) and the
+    flagged checks: what the CLI prints at the end of a run."""
+    metrics = report.metric_names()
     lines = [
-        f"# Robust compression report{': ' + report['name'] if report.get('name') else ''}",
+        f"# Robust compression report{': ' + report.name if report.name else ''}",
         "",
-        f"Architecture `{report['arch']}` on `{report['dataset']['name']}` "
-        f"({report['dataset']['n_train']} train / {report['dataset']['n_test']} test), "
-        f"objective `{report['objective']['type']}`, device `{report['device']}`. "
-        f"Headline robust number: `{report['headline_robust_metric']}`.",
+        f"Architecture `{report.arch}` on `{report.dataset.name}` "
+        f"({report.dataset.n_train} train / {report.dataset.n_test} test), "
+        f"objective `{report.objective['type']}`, device `{report.device}`. "
+        f"Headline robust number: `{report.headline_robust_metric}`.",
         "",
     ]
-    if report.get("aggregate"):
+    if report.aggregate:
         lines += [
-            f"### Mean ± standard deviation over seeds {report['seeds']}",
+            f"### Mean ± standard deviation over seeds {report.seeds}",
             "",
             "| network | seeds | sparsity % | " + " | ".join(f"{m} %" for m in metrics) + " |",
             "|---|---|---|" + "---|" * len(metrics),
         ]
-        for agg in report["aggregate"]:
+        for agg in report.aggregate:
             lines.append(
-                f"| {agg['variant']} | {', '.join(str(s) for s in agg['seeds'])} | {_mean_cell(agg, 'sparsity')} | "
+                f"| {agg.variant} | {', '.join(str(s) for s in agg.seeds)} | {_mean_cell(agg, 'sparsity')} | "
                 + " | ".join(_mean_cell(agg, m) for m in metrics)
                 + " |"
             )
@@ -234,25 +180,32 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| network | sparsity (measured) | " + " | ".join(f"{m} % [95% CI]" for m in metrics) + " | compressed bytes |",
         "|---|---|" + "---|" * len(metrics) + "---|",
     ]
-    for r in rows:
-        cells = [_cell(r, m) for m in metrics]
-        lines.append(
-            f"| {r['variant']} | {_pct(r['sparsity'])}% | "
-            + " | ".join(cells)
-            + f" | {r.get('compressed_bytes', '–')} |"
-        )
-    lines += ["", f"Intervals: {INTERVAL_METHOD}.", ""]
+    for r in report.comparison:
+        cells = " | ".join(_cell(r, m) for m in metrics)
+        lines.append(f"| {r.variant} | {_pct(r.sparsity)}% | {cells} | {r.bytes.get('compressed', '–')} |")
+    lines += ["", f"Intervals: {report.interval_method}.", ""]
+    return "\n".join(lines + ["## Checks", "", *_checks_lines(report), ""])
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """:func:`render_summary` of a report as stored (any known format)."""
+    return render_summary(load_report(report))
+
+
+def render_markdown(report: Report) -> str:
+    """``report.md``: the summary, then the inference costs, per-layer rates, wall times, how each number
+    was measured, the samples and the plot."""
+    lines = [render_summary(report)]
     lines += _inference_lines(report)
     lines += _rates_lines(report)
-    lines += ["## Checks", ""]
-    lines += _checks_lines(report)
-    lines += ["", "## How each number was measured", ""]
-    lines += [f"- **{m}**: {desc}" for m, desc in report["procedures"].items()]
+    lines += _timing_lines(report)
+    lines += ["## How each number was measured", ""]
+    lines += [f"- **{m}**: {desc}" for m, desc in report.procedures.items()]
     lines += ["", "## Samples", ""]
-    for name, sample in report.get("samples", {}).items():
+    for name, sample in report.samples.items():
         lines.append(
-            f"- **{name}**: {sample['n']} of {sample['of']} test samples, {sample['how']}; per class "
-            + ", ".join(f"{c}: {n}" for c, n in sample["per_class"].items())
+            f"- **{name}**: {sample.n} of {sample.of} test samples, {sample.how}; per class "
+            + ", ".join(f"{c}: {n}" for c, n in sample.per_class.items())
         )
     lines += [
         "",
@@ -266,16 +219,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def robust_metric_of(spec: JobSpec, rows: list[dict[str, Any]]) -> str:
-    """The headline robust number: the objective's own (its certificate, for the verifiable ones),
-    else the per-example worst case over every attack run, else PGD."""
-    keys = list(rows[0]) if rows else []
-    chosen = objective_class(spec.objective.type).headline(keys)
-    if chosen is not None:
-        return chosen
-    return "robust_acc" if any("robust_acc" in row for row in rows) else "pgd_acc"
-
-
 def write_reports(
     out: Path,
     spec: JobSpec,
@@ -283,52 +226,30 @@ def write_reports(
     results: dict[str, Any],
     device: str,
     cb: RunCallbacks,
-) -> dict[str, Any]:
-    multi = spec.seeds is not None
-    rows = comparison_rows(results, multi)
-    procedures: dict[str, str] = {}
-    samples: dict[str, Any] = {}
-    for r in results.values():
-        procedures.update(r.get("procedures", {}))
-        samples.update(r.get("samples", {}))
-    robust = robust_metric_of(spec, rows)
-    aggregate = aggregate_rows(rows, list(procedures)) if multi else None
-    report = {
-        "format": REPORT_FORMAT,
-        "name": spec.name,
-        "arch": spec.model.arch,
-        # model.onnx: the user's graph (sha256, op counts, names, opset), as every variant records it
-        "source_graph": next((r["source_graph"] for r in results.values() if "source_graph" in r), None),
-        "dataset": info,
-        "objective": spec.objective.model_dump(),
-        "attack": attack_settings(spec),
-        "device": device,
-        "headline_robust_metric": robust,
-        "comparison": rows,
-        "seeds": [r["seed"] for r in rows if r["method"] == DENSE] if multi else None,
-        "aggregate": aggregate,
-        "interval_method": INTERVAL_METHOD,
-        "samples": samples,
-        "procedures": procedures,
-        "variants": results,
-        "spec": spec.model_dump(mode="json"),
-    }
-    plot_comparison(rows, out / PLOT_NAME, robust, aggregate)
+) -> Report:
+    """Build the report (validated), draw its plots, write ``report.md`` then ``report.json`` (last: its
+    presence means the run finished), each reported as an artifact."""
+    report = build_report(
+        spec=spec.model_dump(mode="json"), info=info, results=results, device=device, attack=attack_settings(spec)
+    )
+    plot_comparison(report, out / PLOT_NAME)
     run_artifacts = list(RUN_ARTIFACTS)
-    rates = _rates_variants(report)
+    rates = rates_variants(report)
     if rates:
         plot_layer_rates(rates, out / RATES_PLOT_NAME)
         run_artifacts.insert(1, RATES_PLOT_NAME)
     (out / REPORT_MD).write_text(render_markdown(report))
-    artifacts = {}
     for name in run_artifacts:
         size, digest = file_digest(out / name)
-        artifacts[name] = {"size": size, "sha256": digest}
+        report.artifacts[name] = FileDigest(size=size, sha256=digest)
         cb.on_artifact(name, out / name, size, digest)
-    report["artifacts"] = artifacts
+    report = Report.model_validate(report.model_dump())  # validated as written
     tmp = out / f"{REPORT_JSON}.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.write_text(report.model_dump_json(indent=2))
     tmp.replace(out / REPORT_JSON)
     size, digest = file_digest(out / REPORT_JSON)
     cb.on_artifact(REPORT_JSON, out / REPORT_JSON, size, digest)
     return report
+
+
+__all__ = ["REPORT_FORMAT", "render_markdown", "render_summary", "summary_text", "write_reports", "rates_variants"]

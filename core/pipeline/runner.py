@@ -134,6 +134,8 @@ class _Runner:
         self.pruner: Pruner | None = None  # the variant's pruner while its prune stage runs
         self.pretrained: dict[str, torch.Tensor] | None = None
         self.results: dict[str, Any] = {}
+        # Per variant: each stage's per-epoch training loss and wall seconds (in the checkpoint too).
+        self.history: dict[str, dict[str, dict[str, Any]]] = {}
         self.cursor = (0, 0)  # (step index, epochs done within it)
         self.optimizer: torch.optim.Optimizer | None = None
         self._resume_optimizer: dict[str, Any] | None = None
@@ -179,6 +181,7 @@ class _Runner:
             "pruning": self.pruner.state_dict() if self.pruner is not None else None,
             "pretrained": self.pretrained,
             "results": json.dumps(self.results),
+            "history": json.dumps(self.history),
             "rng": ckpt.capture_rng_state(),
             "spec": self.spec.model_dump_json(),
             "onnx_sha256": self.source.sha256 if self.source is not None else None,
@@ -200,6 +203,7 @@ class _Runner:
         self.model.load_state_dict(state["model"])
         self.pretrained = state["pretrained"]
         self.results = json.loads(state["results"])
+        self.history = json.loads(state.get("history") or "{}")  # absent in checkpoints before report/3
         self._resume_optimizer = state["optimizer"]
         step = self.steps[self.cursor[0]] if self.cursor[0] < len(self.steps) else None
         if step is not None and step.kind == "prune" and self.cursor[1] > 0:  # stopped inside a prune stage
@@ -270,17 +274,29 @@ class _Runner:
         objective = build_objective(self.spec.objective_for(step.kind))
         total = stage.epochs * self.steps_per_epoch
         self.cb.on_event(STAGE_STARTED, {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
+        history = self.history.setdefault(step.variant, {"training_loss": {}, "seconds": {}})
+        losses = history["training_loss"].setdefault(step.kind, [])
+        del losses[first_epoch:]  # epochs after the checkpoint are run again
+        started = time.monotonic()
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
+            losses.append(metrics["loss"])
             metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
+            self._add_seconds(step.variant, step.kind, started)
+            started = time.monotonic()
             self._save()
             payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
             self.cb.on_event(EPOCH_FINISHED, {**payload, "metrics": metrics})
         if pruner is not None:  # the masks are final from here on (learned: exact budget)
             pruner.finish(self.model)
             self.pruner = None
-        self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
+        seconds = self.history[step.variant]["seconds"].get(step.kind, 0.0)
+        self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant, "seconds": seconds})
+
+    def _add_seconds(self, variant: str, stage: str, since: float) -> None:
+        seconds = self.history.setdefault(variant, {"training_loss": {}, "seconds": {}})["seconds"]
+        seconds[stage] = seconds.get(stage, 0.0) + time.monotonic() - since
 
     def _continues_variant(self, index: int, step: Step) -> bool:
         """True when the previous step trained this same variant (finetune after prune, evaluate after
@@ -338,16 +354,24 @@ class _Runner:
         set_stage(self.model, "eval")
         self.model.eval()
         self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
+        started = time.monotonic()
         # Attack what the user downloads: the exported network rebuilt from its file with plain layers
         # (no masks, no cached products; a channel variant's smaller network), not the training model.
         exported = export_variant(
             self.model, self.out, self.spec, step, self.info, self.example, self.device, self.cb.on_artifact
         )
-        self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant})
+        self._add_seconds(step.variant, "export", started)
+        seconds = self.history[step.variant]["seconds"]
+        self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant, "seconds": seconds["export"]})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
-        result = evaluate_variant(
-            exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"], self.cb.should_cancel
-        )
+        started = time.monotonic()
+        attack_log: dict[str, Any] = {}
+        on = (exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
+        result = evaluate_variant(*on, self.cb.should_cancel, attack_log=attack_log)
+        self._add_seconds(step.variant, "evaluate", started)
+        result["training_loss"] = self.history[step.variant]["training_loss"]
+        result["timings"] = {"stages": seconds, "attacks": attack_log.get("seconds", {})}
+        result["attack_output"] = attack_log.get("output", {})
         result["evaluated"] = exported.evaluated
         result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
@@ -363,8 +387,13 @@ class _Runner:
             result["inference"] = inference_cost(*args)
         self.results[step.variant] = result
         self._write_model_card(step, result)
-        self.cb.on_event(EVALUATION_FINISHED, {"variant": step.variant, "metrics": result["metrics"]})
-        self.cb.on_event(STAGE_FINISHED, {"stage": "evaluate", "variant": step.variant})
+        timings = result["timings"]
+        self.cb.on_event(
+            EVALUATION_FINISHED,
+            {"variant": step.variant, "metrics": result["metrics"], "attack_seconds": timings["attacks"]},
+        )
+        payload = {"stage": "evaluate", "variant": step.variant, "seconds": timings["stages"]["evaluate"]}
+        self.cb.on_event(STAGE_FINISHED, payload)
 
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
@@ -378,13 +407,16 @@ class _Runner:
         reported as an artifact like them and named in ``result["artifacts"]["model_card"]``."""
         from core.io.export import file_digest
         from core.pipeline.model_card import render_model_card
+        from core.pipeline.report_build import build_variant
 
         parent = None
         if step.method is not None:
             parent = self.results.get(dense_name(None if self.spec.seeds is None else step.seed))
         name = card_name(step.variant)
         path = self.out / name
-        card = render_model_card(step.variant, result, self.spec, self.info, parent)
+        classes = self.info["num_classes"]
+        typed_parent = build_variant(parent, classes) if parent is not None else None
+        card = render_model_card(step.variant, build_variant(result, classes), self.spec, self.info, typed_parent)
         ckpt.atomic_write_bytes(path, card.encode())
         size, digest = file_digest(path)
         result["artifacts"]["model_card"] = {"name": name, "size": size, "sha256": digest}
@@ -395,7 +427,7 @@ class _Runner:
 
         report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
         self.cb.on_event(RUN_FINISHED, {"variants": sorted(self.results)})
-        return report
+        return report.model_dump(mode="json")
 
 
 def run_job(

@@ -180,9 +180,6 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         return F.linear(x, self.effective_weight(), self.bias)
 
 
-MaskedLayer = MaskedConv2d | MaskedLinear
-
-
 def kept_count(n: int, k: float) -> int:
     """Entries kept out of ``n`` at keep fraction ``k``: ``n - floor((1-k)·n + 1e-6)``.
 
@@ -315,14 +312,17 @@ def refresh_masks(model: nn.Module) -> None:
         layer.refresh_mask(workspace)
 
 
-def check_keep_fraction(k: Any) -> float:
-    """``k`` as a float in (0, 1], or a ``CoreError`` naming ``pruning.k``."""
+def check_keep_fraction(k: Any, kept: str = "weights") -> float:
+    """``k`` as a float in (0, 1], or a ``CoreError`` naming ``pruning.k``: the one range check of a keep
+    fraction (the spec, the weight loader and the channel pruner call it too)."""
+    if isinstance(k, bool):
+        raise CoreError("invalid_k", "pruning.k", f"k must be a number in (0, 1], got {k!r}")
     try:
         k = float(k)
     except (TypeError, ValueError):
         raise CoreError("invalid_k", "pruning.k", f"k must be a number in (0, 1], got {k!r}") from None
     if not (0.0 < k <= 1.0) or math.isnan(k):
-        raise CoreError("invalid_k", "pruning.k", f"k (fraction of weights kept) must be in (0, 1], got {k}")
+        raise CoreError("invalid_k", "pruning.k", f"k (fraction of {kept} kept) must be in (0, 1], got {k}")
     return k
 
 

@@ -377,13 +377,9 @@ class ChannelPruning(nn.Module):
 
     def set_keep(self, k: float) -> None:
         """Fraction of channels kept in every group (0 < k <= 1)."""
-        try:
-            k = float(k)
-        except (TypeError, ValueError):
-            raise CoreError("invalid_k", "pruning.k", f"k must be a number in (0, 1], got {k!r}") from None
-        if not (0.0 < k <= 1.0) or math.isnan(k):
-            raise CoreError("invalid_k", "pruning.k", f"k (fraction of channels kept) must be in (0, 1], got {k}")
-        self.keep.fill_(k)
+        from core.pruning.masked import check_keep_fraction
+
+        self.keep.fill_(check_keep_fraction(k, kept="channels"))
 
     def set_counts(self, counts: list[int] | None) -> None:
         """Channels kept per group (each in ``[1, size]``), overriding ``keep``; None: back to ``keep``."""

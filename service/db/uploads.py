@@ -17,32 +17,13 @@ from service.db.base import Dataset, UploadedModel, utcnow
 _Upload = TypeVar("_Upload", UploadedModel, Dataset)
 
 
-def create_model(
-    session: Session,
-    *,
-    model_id: str,
-    tenant_id: int,
-    name: str,
-    arch: str,
-    arch_kwargs: dict[str, Any],
-    format: str,
-    storage_key: str,
-    size: int,
-    sha256: str,
-) -> UploadedModel:
-    """Record a validated, stored checkpoint."""
-    row = UploadedModel(
-        id=model_id,
-        tenant_id=tenant_id,
-        name=name,
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        format=format,
-        storage_key=storage_key,
-        size=size,
-        sha256=sha256,
-        created_at=utcnow(),
-    )
+def create_model(session: Session, *, model_id: str, **fields: Any) -> UploadedModel:
+    """Record a validated, stored checkpoint (``fields``: the ``UploadedModel`` columns tenant_id, name,
+    arch, arch_kwargs, format, storage_key, size, sha256; an unknown one is a TypeError)."""
+    return _add(session, UploadedModel(id=model_id, created_at=utcnow(), **fields))
+
+
+def _add(session: Session, row: _Upload) -> _Upload:
     session.add(row)
     session.commit()
     return row
@@ -58,35 +39,10 @@ def list_models(session: Session, tenant_id: int, limit: int = 50, offset: int =
     return _list(session, UploadedModel, tenant_id, limit, offset)
 
 
-def create_dataset(
-    session: Session,
-    *,
-    dataset_id: str,
-    tenant_id: int,
-    name: str,
-    storage_key: str,
-    num_classes: int | None,
-    n_samples: int | None,
-    input_shape: list[int] | None,
-    size: int,
-    sha256: str,
-) -> Dataset:
-    """Record a validated, stored dataset."""
-    row = Dataset(
-        id=dataset_id,
-        tenant_id=tenant_id,
-        name=name,
-        storage_key=storage_key,
-        num_classes=num_classes,
-        n_samples=n_samples,
-        input_shape=input_shape,
-        size=size,
-        sha256=sha256,
-        created_at=utcnow(),
-    )
-    session.add(row)
-    session.commit()
-    return row
+def create_dataset(session: Session, *, dataset_id: str, **fields: Any) -> Dataset:
+    """Record a validated, stored dataset (``fields``: the ``Dataset`` columns tenant_id, name,
+    storage_key, num_classes, n_samples, input_shape, size, sha256; an unknown one is a TypeError)."""
+    return _add(session, Dataset(id=dataset_id, created_at=utcnow(), **fields))
 
 
 def get_dataset(session: Session, tenant_id: int | None, dataset_id: str) -> Dataset | None:

@@ -101,28 +101,32 @@ def test_download_refuses_a_file_that_does_not_match_its_listing(tmp_path) -> No
 
 
 REPORT = {
+    "format": "hydra-compress-report/3",
     "headline_robust_metric": "robust_acc",
     "procedures": {"benign_acc": "top-1", "pgd_acc": "PGD-2", "robust_acc": "worst case"},
+    "flags": [{"variant": "hydra_k0.01", "check": "attack_warnings", "message": "apgd_t: 3 points with zero gradient"}],
     "comparison": [
         {
             "variant": "dense",
+            "base": "dense",
             "method": "dense",
             "k": 1.0,
+            "seed": None,
             "sparsity": 0.0,
-            "benign_acc": 0.98,
-            "pgd_acc": 0.9,
-            "robust_acc": 0.89,
-            "compressed_bytes": 666696,
+            "metrics": {"benign_acc": 0.98, "pgd_acc": 0.9, "robust_acc": 0.89},
+            "ci95": {"benign_acc": [0.95, 0.99]},
+            "bytes": {"compressed": 666696},
         },
         {
             "variant": "hydra_k0.01",
+            "base": "hydra_k0.01",
             "method": "hydra",
             "k": 0.01,
+            "seed": None,
             "sparsity": 0.99,
-            "benign_acc": 0.8,
-            "pgd_acc": 0.63,
-            "robust_acc": 0.6,
-            "compressed_bytes": 10500,
+            "metrics": {"benign_acc": 0.8, "pgd_acc": 0.63, "robust_acc": 0.6},
+            "ci95": {"benign_acc": [0.75, 0.845]},
+            "bytes": {"compressed": 10500},
         },
     ],
 }
@@ -131,20 +135,9 @@ REPORT = {
 def test_comparison_table_and_event_lines() -> None:
     table = comparison_table(REPORT)
     lines = table.splitlines()
-    assert lines[0].split() == [
-        "network",
-        "sparsity",
-        "%",
-        "benign_acc",
-        "%",
-        "pgd_acc",
-        "%",
-        "robust_acc*",
-        "%",
-        "compressed",
-        "bytes",
-    ]
-    assert lines[3].split() == ["hydra_k0.01", "99.00", "80.00", "63.00", "60.00", "10500"]
+    assert lines[0].split()[:6] == ["network", "sparsity", "%", "benign_acc", "%", "[95%"]
+    assert lines[3].split() == ["hydra_k0.01", "99.00", "80.00", "[75.00,", "84.50]", "63.00", "60.00", "10500"]
+    assert "- hydra_k0.01: attack_warnings: apgd_t: 3 points with zero gradient" in table
     assert "robust_acc: worst case" in table and "* headline robust number: robust_acc" in table
     epoch = {
         "payload": {

@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,8 @@ from svc_helpers import assert_error, build_app
 
 from service.db import jobs
 from service.db.session import session_scope
+
+STORED_V2 = json.loads((Path(__file__).parents[1] / "data/reports/v2_global_latency.json").read_text())
 
 
 def submit(client: TestClient, key, spec: dict | None = None, **headers: str):  # type: ignore[no-untyped-def]
@@ -360,7 +363,7 @@ def _run_to_success(settings, job_id: str, delay: float = 0.0) -> None:  # type:
         )
         jobs.append_event(s, job_id, "epoch_finished", {"stage": "pretrain", "epoch": 1, "loss": 0.25})
         time.sleep(delay)
-        jobs.finish_job(s, job_id, "worker-1", attempt, "succeeded", report={"variants": [{"k": 0.01, "acc": 0.9}]})
+        jobs.finish_job(s, job_id, "worker-1", attempt, "succeeded", report=STORED_V2)
 
 
 def test_progress_events_and_report(client: TestClient, key, settings) -> None:  # type: ignore[no-untyped-def]
@@ -370,9 +373,11 @@ def test_progress_events_and_report(client: TestClient, key, settings) -> None: 
     job = client.get(f"/v1/jobs/{job_id}", headers=key.headers).json()
     assert job["status"] == "succeeded" and job["attempt"] == 1 and job["fraction"] == 1.0
     assert job["stage"] == "pretrain" and job["metrics"] == {"loss": 0.25} and job["started_at"]
-    assert client.get(f"/v1/jobs/{job_id}/report", headers=key.headers).json() == {
-        "variants": [{"k": 0.01, "acc": 0.9}]
-    }
+    served = client.get(f"/v1/jobs/{job_id}/report", headers=key.headers).json()
+    assert served["format"] == "hydra-compress-report/3"  # a /2 report as stored, migrated as it is read
+    assert served["variants"]["hydra_k0.1"]["metrics"] == STORED_V2["variants"]["hydra_k0.1"]["metrics"]
+    latency = served["variants"]["hydra_k0.1"]["inference"]["latency"]["torch_cpu_b1"]
+    assert latency["verdict"] == "not measurable at this size" and len(latency["speedup_ci95"]) == 2
     events = client.get(f"/v1/jobs/{job_id}/events", headers=key.headers).json()
     kinds = [(e["kind"], e["payload"].get("status")) for e in events["data"]]
     assert kinds == [("status", "queued"), ("status", "running"), ("epoch_finished", None), ("status", "succeeded")]

@@ -134,3 +134,29 @@ def test_options_allow_lists_every_method_of_the_resource(client: TestClient, pa
     response = client.options(path)
     body = assert_error(response, 405, "method_not_allowed")
     assert {m.strip() for m in response.headers["allow"].split(",")} == methods, body
+
+
+def test_the_report_route_documents_the_typed_report(schema: dict) -> None:
+    answer = schema["paths"]["/v1/jobs/{job_id}/report"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Report"}
+    report = schema["components"]["schemas"]["Report"]
+    assert {"variants", "comparison", "flags", "check_rules", "format"} <= set(report["properties"])
+    latency = schema["components"]["schemas"]["Latency"]["properties"]
+    assert {"speedup", "speedup_ci95", "dense_iqr", "variant_iqr", "measurable", "verdict"} <= set(latency)
+
+
+def test_the_pruning_rules_in_the_schema_come_from_the_pruner_registry(schema: dict) -> None:
+    from core.errors import CoreError
+    from core.pruning.methods import pruner_class
+
+    for branch in schema["components"]["schemas"]["PruningSpec"]["anyOf"]:
+        props = branch["properties"]
+        for method in props["methods"]["items"]["enum"]:
+            pruner_class(method, props["allocation"]["enum"][0], props["granularity"]["enum"][0])  # served
+    served = {
+        (b["properties"]["allocation"]["enum"][0], b["properties"]["granularity"]["enum"][0])
+        for b in schema["components"]["schemas"]["PruningSpec"]["anyOf"]
+    }
+    with pytest.raises(CoreError):
+        pruner_class("hydra", "global", "channel")
+    assert ("global", "channel") not in served

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -46,10 +47,12 @@ def test_embedded_default_serves_the_whole_job_flow(sqlite_settings: Settings) -
         assert_error(client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {other}"}), 404, "not_found")
         assert client.get("/v1/jobs", headers=headers).json()["count"] == 1
         assert_error(client.post("/v1/jobs", json={"pruning": {"k": [2]}}, headers=headers), 422, None, "pruning.k")
+        stored = json.loads((Path(__file__).parents[1] / "data/reports/v2_two_seeds.json").read_text())
         with session_scope(sqlite_settings) as s:
             attempt = jobs.claim_job(s, job_id, "w", 60)
-            assert jobs.finish_job(s, job_id, "w", attempt, "succeeded", report={"ok": 1})
-        assert client.get(f"/v1/jobs/{job_id}/report", headers=headers).json() == {"ok": 1}
+            assert jobs.finish_job(s, job_id, "w", attempt, "succeeded", report=stored)
+        served = client.get(f"/v1/jobs/{job_id}/report", headers=headers).json()
+        assert served["format"] == "hydra-compress-report/3" and served["comparison"][0]["variant"] == "dense_s1"
         stream = client.get(f"/v1/jobs/{job_id}/events?stream=true", headers=headers)
         assert "event: end" in stream.text and '"succeeded"' in stream.text
 
