@@ -52,7 +52,7 @@ def test_an_uploaded_onnx_network_is_pruned_by_the_worker_and_downloads_as_onnx(
     assert report["spec"]["model"]["onnx"] == uploaded.json()["ref"] and report["spec"]["stages"]["pretrain"] is None
     assert report["source_graph"]["sha256"] == uploaded.json()["sha256"]
     variant = report["variants"]["hydra_k0.1"]
-    assert variant["checks"]["onnx_parity"]["ok"], variant["checks"]
+    assert variant["checks"]["onnx_parity"]["details"]["ok"], variant["checks"]
     graph = api.get(f"/v1/jobs/{job_id}/artifacts/{variant['artifacts']['onnx']['name']}").content
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     scores = session.run(["class_scores"], {"digits": np.random.default_rng(0).random((5, 1, 28, 28), np.float32)})[0]
