@@ -216,6 +216,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Headline robust number: `{report['headline_robust_metric']}`.",
         "",
     ]
+    res = report.get("resources")
+    if res:
+        lines += [
+            f"Training precision `{res['precision']}`, final evaluation (attacks and certificates) in "
+            f"`{res['eval_precision']}`; {res['world_size']} rank(s), backend `{res['backend']}`.",
+            "",
+        ]
     if report.get("aggregate"):
         lines += [
             f"### Mean ± standard deviation over seeds {report['seeds']}",
@@ -283,7 +290,10 @@ def write_reports(
     results: dict[str, Any],
     device: str,
     cb: RunCallbacks,
+    resources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``resources``: how the run used its hardware (precision of training and of the final
+    evaluation, world size and backend); the report states it beside the device."""
     multi = spec.seeds is not None
     rows = comparison_rows(results, multi)
     procedures: dict[str, str] = {}
@@ -301,6 +311,7 @@ def write_reports(
         "objective": spec.objective.model_dump(),
         "attack": attack_settings(spec),
         "device": device,
+        "resources": resources,
         "headline_robust_metric": robust,
         "comparison": rows,
         "seeds": [r["seed"] for r in rows if r["method"] == DENSE] if multi else None,

@@ -34,7 +34,8 @@ from torch import nn
 
 from core.callbacks import RunCallbacks
 from core.certify.bounds import check_supported
-from core.data.datasets import build_datasets, train_loader
+from core.data.datasets import build_datasets, in_memory_tensors, train_loader
+from core.data.loaders import DeviceBatches, EpochSampler
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
@@ -43,6 +44,18 @@ from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
+from core.pipeline.resources import (
+    COMPILE_FALLBACK,
+    CompiledForward,
+    GradSync,
+    Precision,
+    World,
+    input_format,
+    rank_device,
+    sync_batchnorm,
+    to_memory_format,
+    uses_channels_last,
+)
 from core.pipeline.training import lr_at, make_optimizer, train_step
 from core.pruning.masked import (
     convert_to_masked,
@@ -65,6 +78,9 @@ from core.vocab import (
 )
 
 CHECKPOINT_FORMAT = "hydra-compress-checkpoint/1"
+# resources fields that say how a job runs, not what it computes: a checkpoint resumes under other values
+# (one process -> two ranks and back, compile on or off); precision and sync_bn change the numbers.
+EXECUTION_FIELDS = ("resources.processes", "resources.gpus", "resources.compile", "resources.channels_last")
 
 
 @dataclass(frozen=True)
@@ -94,12 +110,21 @@ def build_network(spec: JobSpec, info: dict[str, Any]) -> nn.Module:
 
 
 class _Runner:
-    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs) -> None:
+    def __init__(
+        self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs, world: World
+    ) -> None:
         self.spec = spec
         self.inputs = inputs
         self.out = out_dir
         self.cb = callbacks
-        self.device = resolve_device(spec.device)
+        self.world = world
+        self.device = rank_device(spec.device, spec.resources.gpus, world)
+        self.precision = Precision(spec.resources.precision, self.device)
+        if spec.resources.eval_precision == "fp16" and self.device.type != "cuda":
+            raise CoreError("unsupported_precision", "resources.eval_precision", "fp16 needs CUDA; use bf16 on CPU")
+        self.sync = GradSync(world.size) if world.size > 1 else None
+        self.compile_failed = False  # a torch.compile failure switches the rest of the run to eager
+        self.forward_model: CompiledForward | None = None  # the training forward while compile is on
         self.steps = plan_steps(spec)
         dataset_path = inputs.dataset_path if inputs.dataset_path is not None else spec.dataset.path
         self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed, dataset_path)
@@ -108,6 +133,10 @@ class _Runner:
         torch.manual_seed(first_seed)
         random.seed(first_seed)
         self.model = build_network(spec, self.info).to(self.device)
+        self.channels_last = uses_channels_last(self.model, self.device, spec.resources.channels_last)
+        # A small in-memory training set lives on the GPU for the whole run (no per-batch copies).
+        tensors = in_memory_tensors(self.train_ds) if self.device.type == "cuda" else None
+        self.device_data = None if tensors is None else (tensors[0].to(self.device), tensors[1].to(self.device))
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -124,6 +153,7 @@ class _Runner:
         self._resume_optimizer: dict[str, Any] | None = None
         self.started = time.time()
         self.steps_per_epoch = math.ceil(len(self.train_ds) / spec.dataset.batch_size)  # type: ignore[arg-type]
+        self.rank_batch = spec.dataset.batch_size // world.size  # the spec refuses a batch that does not divide
         self.total_iters = sum(self._stage(s).epochs for s in self.steps if s.trains) * self.steps_per_epoch
         self.done_iters = 0
         path = out_dir / CHECKPOINT_NAME
@@ -146,9 +176,12 @@ class _Runner:
         return stage
 
     def _dense_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
 
     def _save(self) -> None:
+        if not self.world.main:  # rank 0 alone writes (every rank holds the same state)
+            return
+        scaler = self.precision.scaler
         state = {
             "format": CHECKPOINT_FORMAT,
             "cursor": list(self.cursor),
@@ -160,6 +193,7 @@ class _Runner:
             "results": json.dumps(self.results),
             "rng": ckpt.capture_rng_state(),
             "spec": self.spec.model_dump_json(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
         }
         path = self.out / CHECKPOINT_NAME
         ckpt.save_checkpoint(path, state)
@@ -168,6 +202,7 @@ class _Runner:
     def _restore(self, state: dict[str, Any]) -> None:
         saved_spec = JobSpec.model_validate_json(state["spec"])
         differing = differing_fields(saved_spec.model_dump(mode="json"), self.spec.model_dump(mode="json"))
+        differing = [f for f in differing if f not in EXECUTION_FIELDS and f != "resources"]
         if differing:
             raise ResumeMismatch(differing)
         self.cursor = (int(state["cursor"][0]), int(state["cursor"][1]))
@@ -180,6 +215,8 @@ class _Runner:
         if step is not None and step.kind == "prune" and self.cursor[1] > 0:  # stopped inside a prune stage
             self.pruner = self._build_pruner(step)
             self.pruner.load_state_dict(state.get("pruning"), self.model)
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"])
 
     # -- steps ------------------------------------------------------------------------------
@@ -236,6 +273,12 @@ class _Runner:
         if step.kind == "pretrain":
             self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
+        to_memory_format(self.model, self.channels_last)
+        if self.spec.resources.sync_bn:  # multi-GPU only (the spec refuses it elsewhere)
+            self.model = sync_batchnorm(self.model, True)
+        if self.sync is not None:  # the ranks start every stage from rank 0's network (bit-identical)
+            self.sync.broadcast_model(self.model)
+        self.forward_model = self._compiled(step) if self.spec.resources.compile and not self.compile_failed else None
         pruner = self.pruner if step.kind == "prune" else None
         params = pruner.optimizer_parameters(self.model) if pruner is not None else None
         self.optimizer = make_optimizer(self.model, stage, params)
@@ -247,7 +290,8 @@ class _Runner:
         self.cb.on_event(STAGE_STARTED, {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
-            metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
+            if self.world.main:  # monitoring only: rank 0 validates, the others go on to the next batch
+                metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
             self._save()
             payload = {"stage": step.kind, "variant": step.variant, "epoch": epoch + 1, "epochs": stage.epochs}
@@ -255,7 +299,65 @@ class _Runner:
         if pruner is not None:  # the masks are final from here on (learned: exact budget)
             pruner.finish(self.model)
             self.pruner = None
+        self.forward_model = None
+        if self.spec.resources.sync_bn:
+            self.model = sync_batchnorm(self.model, False)
         self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
+
+    def _compiled(self, step: Step) -> CompiledForward:
+        def warn(message: str) -> None:
+            self.compile_failed = True
+            self.cb.on_event(COMPILE_FALLBACK, {"stage": step.kind, "variant": step.variant, "error": message})
+
+        return CompiledForward(self.model, warn)
+
+    def _loader(self, seed: int, epoch: int) -> Any:
+        """This rank's batches of the epoch: its shard of the global batch (core.data.loaders)."""
+        w = self.world
+        if self.device_data is not None:
+            sampler = EpochSampler(len(self.device_data[1]), seed, epoch, w.size, w.rank)
+            return DeviceBatches(self.device_data[0], self.device_data[1], sampler, self.rank_batch)
+        ds = self.spec.dataset
+        pin = self.device.type == "cuda"
+        return train_loader(
+            self.train_ds,
+            self.rank_batch,
+            seed,
+            epoch,
+            ds.num_workers,
+            num_replicas=w.size,
+            rank=w.rank,
+            pin_memory=pin,
+        )
+
+    def _step(self, objective: Objective, x: torch.Tensor, y: torch.Tensor, refresh: bool, hook: Pruner | None) -> Any:
+        assert self.optimizer is not None
+        forward = self.forward_model if self.forward_model is not None and self.forward_model.active else None
+
+        def step(model: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.optimizer is not None
+            return train_step(
+                self.model,
+                objective,
+                self.optimizer,
+                x,
+                y,
+                refresh=refresh,
+                hook=hook,
+                forward_model=model,
+                precision=self.precision,
+                sync=self.sync,
+            )
+
+        try:
+            return step(forward)
+        except (CoreError, RunCanceled):
+            raise
+        except Exception as exc:
+            if forward is None or self.forward_model is None:
+                raise
+            self.forward_model.fall_back(exc)  # compiled step failed (graph build, backward): redo it eagerly
+            return step(None)
 
     def _continues_variant(self, index: int, step: Step) -> bool:
         """True when the previous step trained this same variant (finetune after prune, evaluate after
@@ -269,8 +371,7 @@ class _Runner:
         model, opt = self.model, self.optimizer
         assert opt is not None
         model.train()
-        ds_spec = self.spec.dataset
-        loader = train_loader(self.train_ds, ds_spec.batch_size, step.seed, epoch, ds_spec.num_workers)
+        loader = self._loader(step.seed, epoch)
         refresh = step.kind == "prune"
         hook = self.pruner if refresh else None  # the variant's pruner: its step hooks and mask update
         loss_sum, correct, seen = 0.0, 0, 0
@@ -279,6 +380,7 @@ class _Runner:
             if self.cb.should_cancel():
                 raise RunCanceled(f"canceled during {step.kind} of {step.variant}, epoch {epoch + 1}")
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = input_format(x, self.channels_last)
             iteration = epoch * n_batches + i
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, iteration, total)
@@ -286,7 +388,7 @@ class _Runner:
             if hook is not None:
                 hook.set_progress(iteration / max(1, total))
             # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
-            loss, logits = train_step(model, objective, opt, x, y, refresh=refresh, hook=hook)
+            loss, logits = self._step(objective, x, y, refresh, hook)
             if not torch.isfinite(loss):
                 raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
             loss_sum += float(loss) * len(y)
@@ -301,6 +403,12 @@ class _Runner:
                 fraction=min(1.0, self.done_iters / max(1, self.total_iters)),
                 metrics={"loss": loss_sum / seen, "train_acc": correct / seen},
             )
+        if self.sync is not None:  # the epoch's numbers over the global batch, as one process would count them
+            import torch.distributed as dist
+
+            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
         return {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "lr": opt.param_groups[0]["lr"]}
 
     def _evaluate(self, index: int, step: Step) -> None:
@@ -312,6 +420,9 @@ class _Runner:
             self._enter_variant(step)
         set_stage(self.model, "eval")
         self.model.eval()
+        to_memory_format(self.model, False)  # safetensors stores contiguous tensors
+        if not self.world.main:  # rank 0 alone exports and evaluates (the final evaluation is not sharded)
+            return
         self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
         # Attack what the user downloads: the exported network rebuilt from its file with plain layers
         # (no masks, no cached products; a channel variant's smaller network), not the training model.
@@ -320,9 +431,15 @@ class _Runner:
         )
         self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
-        result = evaluate_variant(
-            exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"], self.cb.should_cancel
-        )
+        eval_precision = Precision(self.spec.resources.eval_precision, self.device)
+        with eval_precision.autocast():
+            result = evaluate_variant(
+                exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"], self._local_cancel
+            )
+        result["precision"] = eval_precision.name
+        if eval_precision.reduced:  # a weaker attack must never pass silently as the headline
+            note = f" [run under {eval_precision.name} autocast (resources.eval_precision), not fp32]"
+            result["procedures"] = {k: v + note for k, v in result.get("procedures", {}).items()}
         result["evaluated"] = exported.evaluated
         result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
@@ -340,6 +457,11 @@ class _Runner:
         self._write_model_card(step, result)
         self.cb.on_event(EVALUATION_FINISHED, {"variant": step.variant, "metrics": result["metrics"]})
         self.cb.on_event(STAGE_FINISHED, {"stage": "evaluate", "variant": step.variant})
+
+    def _local_cancel(self) -> bool:
+        """Cancel check of work only this rank does (rank 0's evaluation): not a collective."""
+        local = getattr(self.cb, "local_should_cancel", None)
+        return bool(local()) if local is not None else self.cb.should_cancel()
 
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
@@ -368,7 +490,21 @@ class _Runner:
     def _finish(self) -> dict[str, Any]:
         from core.pipeline.report import write_reports
 
-        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
+        if not self.world.main:
+            return {}
+        resources = self.spec.resources
+        run_resources = {
+            "precision": resources.precision,
+            "eval_precision": resources.eval_precision,
+            "world_size": self.world.size,
+            "backend": self.world.backend,
+            "channels_last": self.channels_last,
+            "compile": resources.compile and not self.compile_failed,
+            "sync_bn": resources.sync_bn,
+        }
+        report = write_reports(
+            self.out, self.spec, self.info, self.results, str(self.device), self.cb, resources=run_resources
+        )
         self.cb.on_event(RUN_FINISHED, {"variants": sorted(self.results)})
         return report
 
@@ -386,9 +522,22 @@ def run_job(
     spec's references (default: the spec's own paths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume, inputs or RunInputs.from_spec(spec))
-    (out / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    inputs = inputs or RunInputs.from_spec(spec)
+    if spec.resources.world_size > 1:  # N ranks, each running run_rank (core/pipeline/distributed.py)
+        from core.pipeline.distributed import run_distributed
+
+        return run_distributed(spec, out, callbacks or RunCallbacks(), resume, inputs)
+    return run_rank(spec, out, callbacks or RunCallbacks(), resume, inputs, World())
+
+
+def run_rank(
+    spec: JobSpec, out: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs, world: World
+) -> dict[str, Any]:
+    """One rank's run (the whole run when ``world.size == 1``); rank 0's report, ``{}`` on the others."""
+    runner = _Runner(spec, out, callbacks, resume, inputs, world)
+    if world.main:
+        (out / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     return runner.run()
 
 
-__all__ = ["RunInputs", "run_job", "resolve_device", "build_network", "CHECKPOINT_NAME"]
+__all__ = ["RunInputs", "run_job", "run_rank", "resolve_device", "build_network", "CHECKPOINT_NAME"]
