@@ -118,7 +118,15 @@ def uses_channels_last(model: nn.Module, device: torch.device, requested: bool |
 
 
 def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
-    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    """The 4-D weights in channels-last (or back in the contiguous format). Only weights: a masked
+    layer's scores and mask stay contiguous (they are ranked through flat views), and its effective
+    weight ``weight ⊙ mask`` takes the weight's layout, so the convolution runs channels-last."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() == 4:
+            weight.data = weight.data.contiguous(memory_format=fmt)
+    return model
 
 
 def input_format(x: Tensor, channels_last: bool) -> Tensor:
@@ -192,8 +200,9 @@ class GradSync:
     Every rank calls :meth:`average` at the same point of the same step with the same parameters
     (the same code on the same network), so the flat buffers line up."""
 
-    def __init__(self, world_size: int) -> None:
+    def __init__(self, world_size: int, cpu_group: Any = None) -> None:
         self.world_size = world_size
+        self.cpu_group = cpu_group  # gloo group for CPU tensors when the default group is NCCL
 
     def average(self, params: Iterable[nn.Parameter]) -> None:
         import torch.distributed as dist
@@ -219,6 +228,39 @@ class GradSync:
                 staged = tensor.data.contiguous()
                 dist.broadcast(staged, src=0)
                 tensor.data.copy_(staged)
+
+
+    def average_batchnorm_stats(self, model: nn.Module) -> None:
+        """BatchNorm running statistics averaged over the ranks (each rank saw its shard): the end of
+        every epoch, before the checkpoint and validation. Within an epoch each rank's eval-mode
+        forwards (a TRADES attack) use its own statistics; the weights stay identical regardless."""
+        import torch.distributed as dist
+
+        for name, buf in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                staged = buf.data.contiguous()
+                dist.all_reduce(staged)
+                buf.data.copy_(staged.div_(self.world_size))
+
+    def check_identical(self, tensors: Iterable[Tensor], where: str) -> None:
+        """Raise when the ranks' ``tensors`` (the network with its scores and masks, a pruner's own
+        parameters) are not bit-identical: one float64 fingerprint per rank, gathered. Every rank runs
+        the same operations on the same averaged gradients, so any difference is a bug, caught at the
+        end of the epoch it appeared in rather than in the report."""
+        import torch.distributed as dist
+
+        from core.errors import CoreError
+
+        fingerprint = torch.zeros(2, dtype=torch.float64)
+        for i, t in enumerate(tensors):
+            v = t.detach().double().cpu().reshape(-1)
+            weights = torch.arange(1, v.numel() + 1, dtype=torch.float64).remainder_(97).add_(i + 1)
+            fingerprint[0] += (v * weights).sum()
+            fingerprint[1] += v.abs().sum()
+        gathered = [torch.zeros_like(fingerprint) for _ in range(self.world_size)]
+        dist.all_gather(gathered, fingerprint, group=self.cpu_group)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise CoreError("ranks_diverged", "resources", f"the data-parallel ranks hold different networks after {where}")
 
 
 def _unique(params: Iterable[nn.Parameter]) -> Iterator[nn.Parameter]:

@@ -122,7 +122,7 @@ class _Runner:
         self.precision = Precision(spec.resources.precision, self.device)
         if spec.resources.eval_precision == "fp16" and self.device.type != "cuda":
             raise CoreError("unsupported_precision", "resources.eval_precision", "fp16 needs CUDA; use bf16 on CPU")
-        self.sync = GradSync(world.size) if world.size > 1 else None
+        self.sync = GradSync(world.size, getattr(callbacks, "group", None)) if world.size > 1 else None
         self.compile_failed = False  # a torch.compile failure switches the rest of the run to eager
         self.forward_model: CompiledForward | None = None  # the training forward while compile is on
         self.steps = plan_steps(spec)
@@ -290,6 +290,11 @@ class _Runner:
         self.cb.on_event(STAGE_STARTED, {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
+            if self.sync is not None:  # weights, scores, masks, BatchNorm statistics, learned rates
+                self.sync.average_batchnorm_stats(self.model)
+                own = pruner.own_parameters() if pruner is not None else []
+                state = [*self.model.state_dict().values(), *own]
+                self.sync.check_identical(state, f"{step.kind} epoch {epoch + 1} of {step.variant}")
             if self.world.main:  # monitoring only: rank 0 validates, the others go on to the next batch
                 metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
