@@ -128,7 +128,9 @@ def build_steps(arch: str, device: torch.device, config: str, x: torch.Tensor, a
     }
 
 
-def time_config(arch: str, device: torch.device, config: str, batch: int, steps: int, attack_steps: int) -> dict[str, Any]:
+def time_config(
+    arch: str, device: torch.device, config: str, batch: int, steps: int, attack_steps: int
+) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -168,8 +170,13 @@ def _ddp_rank(rank: int, size: int, store: str, arch: str, batch: int, steps: in
 
     torch.set_num_threads(1)
     if size > 1:
-        dist.init_process_group("gloo", store=dist.FileStore(store, size), rank=rank, world_size=size,
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            "gloo",
+            store=dist.FileStore(store, size),
+            rank=rank,
+            world_size=size,
+            timeout=datetime.timedelta(minutes=30),
+        )
     device = torch.device("cpu")
     torch.manual_seed(0)
     net = create_model(arch, num_classes=10).train()
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             per[config] = time_config(arch, device, config, args.batch, args.steps, args.attack_steps)
             print(f"{arch} {config}: {per[config]}", flush=True)
         if "fp32" in per:
-            for config, figures in per.items():
+            for figures in per.values():
                 figures["speedup_vs_fp32"] = round(figures["lean_img_s"] / per["fp32"]["lean_img_s"], 3)
         result["archs"][arch] = per
         if args.ddp and device.type == "cpu":

@@ -28,7 +28,9 @@ def send_job(app: Celery, settings: Settings, job_id: str) -> None:
     if queue is None:
         # Accepted when a queue served it; the configuration changed since. The default queue's worker
         # refuses it with the field named (too few GPUs), rather than the job waiting for nobody.
-        log.error("job %s needs %d GPUs and no queue serves them now; sent to %s", job_id, job_gpus(spec), settings.queue_name)
+        log.error(
+            "job %s needs %d GPUs and no queue serves them now; sent to %s", job_id, job_gpus(spec), settings.queue_name
+        )
         queue = settings.queue_name
     app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, expires=settings.task_expires_seconds)
     with session_scope(settings) as session:

@@ -170,19 +170,25 @@ async def _raw_json(request: Request) -> Any:
 
 # ----------------------------------------------------------------------------- routes
 
+
 def _route(settings: Settings, spec_dict: dict[str, Any]) -> str:
     """The job's queue by GPU count (service/routing.py); 422 on ``resources.gpus`` when no worker
     queue serves that many GPUs, rather than a job that waits forever."""
     routed = queue_for(settings, spec_dict)
     if routed is None:
         counts = sorted(gpu_queue_map(settings))
-        served = f"multi-GPU queues serve {', '.join(map(str, counts))} GPUs" if counts else "no multi-GPU queue is configured"
+        served = (
+            f"multi-GPU queues serve {', '.join(map(str, counts))} GPUs"
+            if counts
+            else "no multi-GPU queue is configured"
+        )
         raise ApiError(
             ErrorCode.INVALID_SPEC,
             f"no worker takes jobs with {job_gpus(spec_dict)} GPUs ({served}; HYDRA_GPU_QUEUES)",
             "resources.gpus",
         )
     return routed
+
 
 @router.post(
     "",

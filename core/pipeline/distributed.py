@@ -50,7 +50,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from core.callbacks import RunCallbacks
-from core.errors import CoreError, ResumeMismatch, RunCanceled
+from core.errors import CoreError, RankFailed, RankLost, ResumeMismatch, RunCanceled
 from core.pipeline.resources import World
 
 if TYPE_CHECKING:
@@ -71,10 +71,6 @@ ERROR_GRACE_S = 5.0  # after a rank failed: how long to wait for its error messa
 # A collective waits this long for a slow rank (rank 0 evaluates alone while the others wait); a rank
 # that dies is seen by the caller at once, so this bounds only a rank that hangs alive.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=48)
-
-
-class RankFailed(RuntimeError):
-    """A rank died (a signal, out of memory) or raised an error that is not a ``CoreError``."""
 
 
 # ------------------------------------------------------------------------------------------ ranks
@@ -222,7 +218,9 @@ def run_distributed(
                 if procs.join(timeout=POLL_S):
                     report = _drain(messages, replies, callbacks, errors, report)
                     break
-            except (tmp.ProcessRaisedException, tmp.ProcessExitedException) as exc:
+            except tmp.ProcessExitedException as exc:  # died: the others' errors are its consequences
+                raise RankLost(f"a rank of the job died ({size} ranks, {backend}): {exc}") from None
+            except tmp.ProcessRaisedException as exc:
                 deadline = time.monotonic() + ERROR_GRACE_S
                 while not errors and time.monotonic() < deadline:  # the rank's own error, if it sent one
                     report = _drain(messages, replies, callbacks, errors, report, block=True)
@@ -279,4 +277,4 @@ def _drain(
             errors.insert(0 if message[1] == 0 else len(errors), err)
 
 
-__all__ = ["RankCallbacks", "RankFailed", "run_distributed"]
+__all__ = ["RankCallbacks", "RankFailed", "RankLost", "run_distributed"]

@@ -229,7 +229,6 @@ class GradSync:
                 dist.broadcast(staged, src=0)
                 tensor.data.copy_(staged)
 
-
     def average_batchnorm_stats(self, model: nn.Module) -> None:
         """BatchNorm running statistics averaged over the ranks (each rank saw its shard): the end of
         every epoch, before the checkpoint and validation. Within an epoch each rank's eval-mode
@@ -260,7 +259,9 @@ class GradSync:
         gathered = [torch.zeros_like(fingerprint) for _ in range(self.world_size)]
         dist.all_gather(gathered, fingerprint, group=self.cpu_group)
         if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise CoreError("ranks_diverged", "resources", f"the data-parallel ranks hold different networks after {where}")
+            raise CoreError(
+                "ranks_diverged", "resources", f"the data-parallel ranks hold different networks after {where}"
+            )
 
 
 def _unique(params: Iterable[nn.Parameter]) -> Iterator[nn.Parameter]:
