@@ -41,6 +41,7 @@ import queue as queue_mod
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -66,7 +67,8 @@ START_METHOD = "forkserver"
 # What the server imports once (per caller process) for every rank it forks: the pipeline, and the
 # compiler stack that tracing and export pull in lazily (seconds of imports each).
 PRELOAD = ["core.pipeline.runner", "torch._dynamo", "torchvision"]
-POLL_S = 0.1  # the caller's loop: messages, the cancel poll, the ranks' liveness
+POLL_S = 0.1
+CALLER_POLL_S = 1.0  # a rank checks that its caller still lives  # the caller's loop: messages, the cancel poll, the ranks' liveness
 ERROR_GRACE_S = 5.0  # after a rank failed: how long to wait for its error message
 # A collective waits this long for a slow rank (rank 0 evaluates alone while the others wait); a rank
 # that dies is seen by the caller at once, so this bounds only a rank that hangs alive.
@@ -137,8 +139,26 @@ def _decode(rank: int, encoded: tuple[Any, ...]) -> BaseException:
     return RankFailed(f"rank {rank}: {encoded[1]}\n{encoded[2]}")
 
 
+def _watch_caller(caller: int) -> None:
+    """A rank outlives no caller: the ranks are forked by the forkserver, not by the caller, so a
+    caller killed outright (SIGKILL, OOM) would leave them blocked on its queue; exit instead."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(CALLER_POLL_S)
+            try:
+                os.kill(caller, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # a pid reused by another user's process: the caller is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="hydra-caller-watch", daemon=True).start()
+
+
 def _rank_main(
     rank: int,
+    caller: int,
     size: int,
     backend: str,
     store_path: str,
@@ -156,6 +176,7 @@ def _rank_main(
     from core.pipeline.runner import run_rank
     from core.spec import JobSpec
 
+    _watch_caller(caller)
     world = World(size, rank, backend)
     callbacks = RankCallbacks(world, messages, replies, cancel)
 
@@ -195,6 +216,7 @@ def run_distributed(
     messages, replies, cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
     rendezvous = tempfile.mkdtemp(prefix="hydra-ranks-")
     args = (
+        os.getpid(),
         size,
         backend,
         os.path.join(rendezvous, "store"),
