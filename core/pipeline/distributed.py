@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from core.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+# core.pipeline.runner.run_rank: (spec, out, callbacks, resume, inputs, world) -> rank 0's report
+RankEntry = Callable[..., dict[str, Any]]
 
 # forkserver: every rank starts from a clean single-threaded server process (no threads, no CUDA context
 # inherited from the caller, unlike fork), which has already imported torch and the pipeline, so a rank
@@ -158,6 +162,7 @@ def _watch_caller(caller: int) -> None:
 
 def _rank_main(
     rank: int,
+    entry: RankEntry,
     caller: int,
     size: int,
     backend: str,
@@ -173,7 +178,6 @@ def _rank_main(
     """One rank (a spawned process): join the group, run ``run_rank``, report the outcome."""
     import torch.distributed as dist
 
-    from core.pipeline.runner import run_rank
     from core.spec import JobSpec
 
     _watch_caller(caller)
@@ -192,7 +196,7 @@ def _rank_main(
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=COLLECTIVE_TIMEOUT)
         if backend == "nccl":  # the cancel flag is a CPU tensor: a gloo group beside NCCL carries it
             callbacks.group = dist.new_group(backend="gloo")
-        report = run_rank(JobSpec.model_validate_json(spec_json), Path(out), callbacks, resume, inputs, world)
+        report = entry(JobSpec.model_validate_json(spec_json), Path(out), callbacks, resume, inputs, world)
         if world.main:
             messages.put(("done", report))
     except BaseException as exc:
@@ -205,10 +209,11 @@ def _rank_main(
 
 # ------------------------------------------------------------------------------------------ caller
 def run_distributed(
-    spec: JobSpec, out: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs
+    spec: JobSpec, out: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs, entry: RankEntry
 ) -> dict[str, Any]:
-    """Run ``spec`` as ``spec.resources.world_size`` ranks; returns rank 0's report. The caller's
-    ``callbacks`` are called from this process only (see the module docstring)."""
+    """Run ``spec`` as ``spec.resources.world_size`` ranks, each calling ``entry`` (the runner's
+    ``run_rank``, handed in so this module does not import the runner); returns rank 0's report. The
+    caller's ``callbacks`` are called from this process only (see the module docstring)."""
     size, backend = spec.resources.world_size, spec.resources.backend
     ctx = tmp.get_context(START_METHOD)
     if START_METHOD == "forkserver":
@@ -216,6 +221,7 @@ def run_distributed(
     messages, replies, cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
     rendezvous = tempfile.mkdtemp(prefix="hydra-ranks-")
     args = (
+        entry,
         os.getpid(),
         size,
         backend,

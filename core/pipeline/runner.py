@@ -34,29 +34,23 @@ from torch import nn
 
 from core.callbacks import RunCallbacks
 from core.certify.bounds import check_supported
-from core.data.datasets import build_datasets, in_memory_tensors, train_loader
-from core.data.loaders import DeviceBatches, EpochSampler
+from core.data.datasets import build_datasets
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
+from core.pipeline.execution import Execution
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
 from core.pipeline.resources import (
     COMPILE_FALLBACK,
-    CompiledForward,
-    GradSync,
     Precision,
     World,
-    input_format,
-    rank_device,
-    sync_batchnorm,
     to_memory_format,
-    uses_channels_last,
 )
-from core.pipeline.training import lr_at, make_optimizer, train_step
+from core.pipeline.training import lr_at, make_optimizer
 from core.pruning.masked import (
     convert_to_masked,
     refresh_masks,  # noqa: F401  (tests/test_run.py spies on this name)
@@ -118,13 +112,8 @@ class _Runner:
         self.out = out_dir
         self.cb = callbacks
         self.world = world
-        self.device = rank_device(spec.device, spec.resources.gpus, world)
-        self.precision = Precision(spec.resources.precision, self.device)
-        if spec.resources.eval_precision == "fp16" and self.device.type != "cuda":
-            raise CoreError("unsupported_precision", "resources.eval_precision", "fp16 needs CUDA; use bf16 on CPU")
-        self.sync = GradSync(world.size, getattr(callbacks, "group", None)) if world.size > 1 else None
-        self.compile_failed = False  # a torch.compile failure switches the rest of the run to eager
-        self.forward_model: CompiledForward | None = None  # the training forward while compile is on
+        self.exec = Execution(spec, world, getattr(callbacks, "group", None))
+        self.device = self.exec.device
         self.steps = plan_steps(spec)
         dataset_path = inputs.dataset_path if inputs.dataset_path is not None else spec.dataset.path
         self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed, dataset_path)
@@ -133,10 +122,7 @@ class _Runner:
         torch.manual_seed(first_seed)
         random.seed(first_seed)
         self.model = build_network(spec, self.info).to(self.device)
-        self.channels_last = uses_channels_last(self.model, self.device, spec.resources.channels_last)
-        # A small in-memory training set lives on the GPU for the whole run (no per-batch copies).
-        tensors = in_memory_tensors(self.train_ds) if self.device.type == "cuda" else None
-        self.device_data = None if tensors is None else (tensors[0].to(self.device), tensors[1].to(self.device))
+        self.exec.prepare(self.model, self.train_ds)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -153,7 +139,6 @@ class _Runner:
         self._resume_optimizer: dict[str, Any] | None = None
         self.started = time.time()
         self.steps_per_epoch = math.ceil(len(self.train_ds) / spec.dataset.batch_size)  # type: ignore[arg-type]
-        self.rank_batch = spec.dataset.batch_size // world.size  # the spec refuses a batch that does not divide
         self.total_iters = sum(self._stage(s).epochs for s in self.steps if s.trains) * self.steps_per_epoch
         self.done_iters = 0
         path = out_dir / CHECKPOINT_NAME
@@ -181,7 +166,7 @@ class _Runner:
     def _save(self) -> None:
         if not self.world.main:  # rank 0 alone writes (every rank holds the same state)
             return
-        scaler = self.precision.scaler
+        scaler = self.exec.precision.scaler
         state = {
             "format": CHECKPOINT_FORMAT,
             "cursor": list(self.cursor),
@@ -215,8 +200,8 @@ class _Runner:
         if step is not None and step.kind == "prune" and self.cursor[1] > 0:  # stopped inside a prune stage
             self.pruner = self._build_pruner(step)
             self.pruner.load_state_dict(state.get("pruning"), self.model)
-        if self.precision.scaler is not None and state.get("scaler"):
-            self.precision.scaler.load_state_dict(state["scaler"])
+        if self.exec.precision.scaler is not None and state.get("scaler"):
+            self.exec.precision.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"])
 
     # -- steps ------------------------------------------------------------------------------
@@ -273,12 +258,10 @@ class _Runner:
         if step.kind == "pretrain":
             self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
-        to_memory_format(self.model, self.channels_last)
-        if self.spec.resources.sync_bn:  # multi-GPU only (the spec refuses it elsewhere)
-            self.model = sync_batchnorm(self.model, True)
-        if self.sync is not None:  # the ranks start every stage from rank 0's network (bit-identical)
-            self.sync.broadcast_model(self.model)
-        self.forward_model = self._compiled(step) if self.spec.resources.compile and not self.compile_failed else None
+        label = {"stage": step.kind, "variant": step.variant}
+        self.model = self.exec.start_stage(
+            self.model, lambda error: self.cb.on_event(COMPILE_FALLBACK, {**label, "error": error})
+        )
         pruner = self.pruner if step.kind == "prune" else None
         params = pruner.optimizer_parameters(self.model) if pruner is not None else None
         self.optimizer = make_optimizer(self.model, stage, params)
@@ -290,11 +273,7 @@ class _Runner:
         self.cb.on_event(STAGE_STARTED, {"stage": step.kind, "variant": step.variant, "epochs": stage.epochs})
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
-            if self.sync is not None:  # weights, scores, masks, BatchNorm statistics, learned rates
-                self.sync.average_batchnorm_stats(self.model)
-                own = pruner.own_parameters() if pruner is not None else []
-                state = [*self.model.state_dict().values(), *own]
-                self.sync.check_identical(state, f"{step.kind} epoch {epoch + 1} of {step.variant}")
+            self.exec.end_epoch(self.model, pruner, f"{step.kind} epoch {epoch + 1} of {step.variant}")
             if self.world.main:  # monitoring only: rank 0 validates, the others go on to the next batch
                 metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
@@ -304,65 +283,8 @@ class _Runner:
         if pruner is not None:  # the masks are final from here on (learned: exact budget)
             pruner.finish(self.model)
             self.pruner = None
-        self.forward_model = None
-        if self.spec.resources.sync_bn:
-            self.model = sync_batchnorm(self.model, False)
+        self.model = self.exec.end_stage(self.model)
         self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant})
-
-    def _compiled(self, step: Step) -> CompiledForward:
-        def warn(message: str) -> None:
-            self.compile_failed = True
-            self.cb.on_event(COMPILE_FALLBACK, {"stage": step.kind, "variant": step.variant, "error": message})
-
-        return CompiledForward(self.model, warn)
-
-    def _loader(self, seed: int, epoch: int) -> Any:
-        """This rank's batches of the epoch: its shard of the global batch (core.data.loaders)."""
-        w = self.world
-        if self.device_data is not None:
-            sampler = EpochSampler(len(self.device_data[1]), seed, epoch, w.size, w.rank)
-            return DeviceBatches(self.device_data[0], self.device_data[1], sampler, self.rank_batch)
-        ds = self.spec.dataset
-        pin = self.device.type == "cuda"
-        return train_loader(
-            self.train_ds,
-            self.rank_batch,
-            seed,
-            epoch,
-            ds.num_workers,
-            num_replicas=w.size,
-            rank=w.rank,
-            pin_memory=pin,
-        )
-
-    def _step(self, objective: Objective, x: torch.Tensor, y: torch.Tensor, refresh: bool, hook: Pruner | None) -> Any:
-        assert self.optimizer is not None
-        forward = self.forward_model if self.forward_model is not None and self.forward_model.active else None
-
-        def step(model: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-            assert self.optimizer is not None
-            return train_step(
-                self.model,
-                objective,
-                self.optimizer,
-                x,
-                y,
-                refresh=refresh,
-                hook=hook,
-                forward_model=model,
-                precision=self.precision,
-                sync=self.sync,
-            )
-
-        try:
-            return step(forward)
-        except (CoreError, RunCanceled):
-            raise
-        except Exception as exc:
-            if forward is None or self.forward_model is None:
-                raise
-            self.forward_model.fall_back(exc)  # compiled step failed (graph build, backward): redo it eagerly
-            return step(None)
 
     def _continues_variant(self, index: int, step: Step) -> bool:
         """True when the previous step trained this same variant (finetune after prune, evaluate after
@@ -376,7 +298,7 @@ class _Runner:
         model, opt = self.model, self.optimizer
         assert opt is not None
         model.train()
-        loader = self._loader(step.seed, epoch)
+        loader = self.exec.loader(step.seed, epoch)
         refresh = step.kind == "prune"
         hook = self.pruner if refresh else None  # the variant's pruner: its step hooks and mask update
         loss_sum, correct, seen = 0.0, 0, 0
@@ -384,8 +306,7 @@ class _Runner:
         for i, (x, y) in enumerate(loader):
             if self.cb.should_cancel():
                 raise RunCanceled(f"canceled during {step.kind} of {step.variant}, epoch {epoch + 1}")
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            x = input_format(x, self.channels_last)
+            x, y = self.exec.inputs(x, y)
             iteration = epoch * n_batches + i
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, iteration, total)
@@ -393,7 +314,7 @@ class _Runner:
             if hook is not None:
                 hook.set_progress(iteration / max(1, total))
             # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
-            loss, logits = self._step(objective, x, y, refresh, hook)
+            loss, logits = self.exec.step(model, objective, opt, x, y, refresh, hook)
             if not torch.isfinite(loss):
                 raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
             loss_sum += float(loss) * len(y)
@@ -408,12 +329,7 @@ class _Runner:
                 fraction=min(1.0, self.done_iters / max(1, self.total_iters)),
                 metrics={"loss": loss_sum / seen, "train_acc": correct / seen},
             )
-        if self.sync is not None:  # the epoch's numbers over the global batch, as one process would count them
-            import torch.distributed as dist
-
-            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=self.device)
-            dist.all_reduce(totals)
-            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
+        loss_sum, correct, seen = self.exec.epoch_totals(loss_sum, correct, seen)
         return {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "lr": opt.param_groups[0]["lr"]}
 
     def _evaluate(self, index: int, step: Step) -> None:
@@ -497,18 +413,8 @@ class _Runner:
 
         if not self.world.main:
             return {}
-        resources = self.spec.resources
-        run_resources = {
-            "precision": resources.precision,
-            "eval_precision": resources.eval_precision,
-            "world_size": self.world.size,
-            "backend": self.world.backend,
-            "channels_last": self.channels_last,
-            "compile": resources.compile and not self.compile_failed,
-            "sync_bn": resources.sync_bn,
-        }
         report = write_reports(
-            self.out, self.spec, self.info, self.results, str(self.device), self.cb, resources=run_resources
+            self.out, self.spec, self.info, self.results, str(self.device), self.cb, resources=self.exec.describe()
         )
         self.cb.on_event(RUN_FINISHED, {"variants": sorted(self.results)})
         return report
@@ -531,7 +437,7 @@ def run_job(
     if spec.resources.world_size > 1:  # N ranks, each running run_rank (core/pipeline/distributed.py)
         from core.pipeline.distributed import run_distributed
 
-        return run_distributed(spec, out, callbacks or RunCallbacks(), resume, inputs)
+        return run_distributed(spec, out, callbacks or RunCallbacks(), resume, inputs, run_rank)
     return run_rank(spec, out, callbacks or RunCallbacks(), resume, inputs, World())
 
 
