@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job_id: str) -> bool:
-        """Send the job to the workers; ``False`` if the broker did not take it (the sweep will)."""
+    def enqueue(self, job_id: str, queue: str | None = None) -> bool:
+        """Send the job to the workers (``queue``: its routed queue, default ``queue_name``); ``False``
+        if the broker did not take it (the sweep will)."""
         ...
 
 
@@ -39,12 +40,12 @@ class CeleryJobQueue:
             task_ignore_result=True,
         )
 
-    def enqueue(self, job_id: str) -> bool:
+    def enqueue(self, job_id: str, queue: str | None = None) -> bool:
         try:
             self.app.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
-                queue=self.settings.queue_name,
+                queue=queue or self.settings.queue_name,
                 expires=self.settings.task_expires_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure: the sweep re-sends
@@ -61,7 +62,7 @@ class CeleryJobQueue:
 class DisabledJobQueue:
     """Used when ``enqueue_enabled`` is off (benchmarks): jobs are stored, never sent."""
 
-    def enqueue(self, job_id: str) -> bool:
+    def enqueue(self, job_id: str, queue: str | None = None) -> bool:
         return False
 
     def ping(self) -> None:

@@ -52,3 +52,12 @@ class ResumeMismatch(CoreError):
 
 class RunCanceled(Exception):
     """Raised inside a run when the caller's ``should_cancel`` says stop; the last checkpoint stands."""
+
+
+class RankFailed(RuntimeError):
+    """A rank raised an error that is not a ``CoreError`` (a bug: the traceback tail is in the message)."""
+
+
+class RankLost(RankFailed):
+    """A rank died without an error of its own (killed by a signal, out of memory): like a lost
+    worker, the attempt should be retried from the last checkpoint (worker/runner.py)."""

@@ -396,6 +396,46 @@ class ExportSpec(StrictModel):
     )
 
 
+# ---------------------------------------------------------------- resources (how the job runs)
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class ResourcesSpec(StrictModel):
+    """How the job uses its hardware (core/pipeline/resources.py, core/pipeline/distributed.py). The
+    execution-only fields (processes, gpus, compile, channels_last) may change between a run and its
+    resume; the numeric ones (precision, eval_precision, sync_bn) may not."""
+
+    precision: Precision = Field(
+        "fp32",
+        description="Training and training-time attacks: fp32, bf16 (autocast) or fp16 (autocast with a "
+        "gradient scaler; CUDA only).",
+    )
+    eval_precision: Precision = Field(
+        "fp32",
+        description="The final evaluation's attacks and certificates (fp32 unless set; the report names a "
+        "reduced precision beside every number it produced).",
+    )
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format for 4-D networks (default: on for CUDA, off on CPU)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the training forward; falls back to eager with a warning event."
+    )
+    processes: int = Field(1, ge=1, le=64, description="CPU data-parallel ranks (gloo backend).")
+    gpus: int = Field(
+        0, ge=0, le=64, description="CUDA devices: 1 = one GPU, N > 1 = N data-parallel ranks (NCCL backend)."
+    )
+    sync_bn: bool = Field(False, description="SyncBatchNorm across the ranks of a multi-GPU job (gpus > 1).")
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus if self.gpus > 1 else self.processes
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.gpus > 0 else "gloo"
+
+
 class JobSpec(StrictModel):
     name: str | None = Field(None, max_length=200)
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -414,6 +454,7 @@ class JobSpec(StrictModel):
     stages: StagesSpec = Field(default_factory=StagesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @field_validator("device")
     @classmethod
@@ -448,6 +489,48 @@ class JobSpec(StrictModel):
                 "invalid_allocation",
                 "learned allocation trains its per-layer rates in the prune stage, but stages.prune does not run",
                 "learned",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _resources(self) -> JobSpec:
+        """Resource combinations that cannot run, refused with the field named."""
+        r = self.resources
+        on_cpu = self.device == "cpu"
+        for name in ("precision", "eval_precision"):
+            if getattr(r, name) == "fp16" and on_cpu:
+                raise _field_error(
+                    ("resources", name),
+                    "unsupported_precision",
+                    "fp16 needs CUDA (a gradient scaler); use bf16 on CPU",
+                    "fp16",
+                )
+        if r.gpus > 0 and on_cpu:
+            raise _field_error(("resources", "gpus"), "invalid_resources", "gpus > 0 with device: cpu", r.gpus)
+        if r.gpus > 1 and self.device.startswith("cuda:"):
+            raise _field_error(
+                ("resources", "gpus"),
+                "invalid_resources",
+                "a multi-GPU job uses cuda:0..N-1; set device: auto or cuda",
+                r.gpus,
+            )
+        if r.gpus > 0 and r.processes > 1:
+            raise _field_error(
+                ("resources", "processes"),
+                "invalid_resources",
+                "processes is for CPU jobs; a GPU job has one rank per GPU",
+                r.processes,
+            )
+        if r.sync_bn and r.gpus < 2:
+            raise _field_error(
+                ("resources", "sync_bn"), "invalid_resources", "SyncBatchNorm needs gpus > 1 (CUDA)", True
+            )
+        if self.dataset.batch_size % r.world_size:
+            raise _field_error(
+                ("dataset", "batch_size"),
+                "invalid_batch_size",
+                f"the global batch {self.dataset.batch_size} must divide evenly over {r.world_size} ranks",
+                self.dataset.batch_size,
             )
         return self
 

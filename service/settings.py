@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///<data_dir>/broker.db"
     result_backend: str | None = None
     queue_name: str = "gpu"
+    gpu_queues: str = Field(
+        "",
+        pattern=r"^(\d+:[A-Za-z0-9_.-]+(,\d+:[A-Za-z0-9_.-]+)*)?$",
+        description="Queues of multi-GPU workers by GPU count, e.g. HYDRA_GPU_QUEUES=2:gpu2,4:gpu4: a job with "
+        "resources.gpus: N > 1 goes to the queue of the smallest count >= N (service/routing.py); jobs with "
+        "gpus <= 1 go to queue_name. A string, not a mapping: settings objects are hashable (cached clients).",
+    )
     task_expires_seconds: int | None = Field(
         24 * 3600,
         ge=1,

@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core.callbacks import RunCallbacks
-from core.errors import CoreError, ResumeMismatch, RunCanceled
+from core.errors import CoreError, RankLost, ResumeMismatch, RunCanceled
 from core.vocab import CHECKPOINT_NAME, EPOCH_FINISHED, STAGE_STARTED
 from service.db import jobs as db_jobs
 from service.db import uploads as db_uploads
@@ -309,6 +309,8 @@ class JobAttempt:
             report = self._run(spec, inputs)
         except RunCanceled as exc:
             return self._stopped(str(exc))
+        except RankLost as exc:
+            return self._rank_lost(str(exc))
         except CoreError as err:
             return self._fail(str(err), {"error_code": err.code, "field": err.field})
         except Exception as exc:  # noqa: BLE001 - any bug must still end the job with a reason
@@ -374,6 +376,22 @@ class JobAttempt:
                 log.warning("could not re-send job %s; the reaper will", self.job_id, exc_info=True)
         log.info("job %s handed back to the queue (%s)", self.job_id, detail)
         return "requeued"
+
+    def _rank_lost(self, detail: str) -> str:
+        """A data-parallel rank died (every other rank already stopped): treated as a lost worker. The
+        lease ends now and the reaper's next sweep requeues the job with this attempt spent (or fails
+        it after ``max_attempts``); the next attempt resumes from the last checkpoint in the store."""
+        log.error("job %s: %s", self.job_id, detail)
+        if self.lease.lost.is_set():
+            return "lease_lost"
+        self._event("rank_lost", {"reason": detail, "attempt": self.lease.attempt})
+        db_write(
+            self.settings,
+            f"lease expiry of job {self.job_id}",
+            lambda session: db_jobs.expire_lease(session, self.job_id, self.lease.owner, self.lease.attempt),
+        )
+        self.lease.mark_lost()  # the heartbeat must not renew the lease it just gave up
+        return "rank_lost"
 
     def _fail(self, reason: str, details: dict[str, Any]) -> str:
         log.error("job %s failed: %s", self.job_id, reason)

@@ -59,6 +59,7 @@ from core.spec import JobSpec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
 from service.db.session import get_read_sessionmaker
+from service.routing import gpu_queue_map, job_gpus, queue_for
 from service.settings import Settings
 from service.storage import ObjectNotFound
 
@@ -196,6 +197,27 @@ async def _raw_json(request: Request) -> Any:
 
 
 # ----------------------------------------------------------------------------- routes
+
+
+def _route(settings: Settings, spec_dict: dict[str, Any]) -> str:
+    """The job's queue by GPU count (service/routing.py); 422 on ``resources.gpus`` when no worker
+    queue serves that many GPUs, rather than a job that waits forever."""
+    routed = queue_for(settings, spec_dict)
+    if routed is None:
+        counts = sorted(gpu_queue_map(settings))
+        served = (
+            f"multi-GPU queues serve {', '.join(map(str, counts))} GPUs"
+            if counts
+            else "no multi-GPU queue is configured"
+        )
+        raise ApiError(
+            ErrorCode.INVALID_SPEC,
+            f"no worker takes jobs with {job_gpus(spec_dict)} GPUs ({served}; HYDRA_GPU_QUEUES)",
+            "resources.gpus",
+        )
+    return routed
+
+
 @router.post(
     "",
     status_code=201,
@@ -226,6 +248,7 @@ def submit_job(
     check_storable(spec_dict, "")  # NUL, NaN, Infinity: refused here, not by the database driver
     check_device(spec.device)
     check_worker_limits(spec.device, spec.dataset.num_workers, spec.dataset.download, settings)
+    job_queue = _route(settings, spec_dict)
     _check_references(session, principal.tenant_id, spec)
     _check_bounds_supported(session, principal.tenant_id, spec)
     _preflight(session, principal.tenant_id, spec)
@@ -241,7 +264,7 @@ def submit_job(
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
         return job
-    if queue.enqueue(job.id):
+    if queue.enqueue(job.id, job_queue):
         jobs.mark_enqueued(session, job.id)
     return job
 

@@ -622,6 +622,19 @@ def build_datasets(
     return train, test, info
 
 
+def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The images and labels of a small in-memory data set (a ``TensorImageDataset`` with no per-item
+    transform, or a ``Subset`` of one): what a CUDA job moves to the device once
+    (``core.data.loaders.DeviceBatches``). None for anything else (files, augmentation)."""
+    base, index = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, None)
+    if not isinstance(base, TensorImageDataset) or base.transform is not None:
+        return None
+    if index is None:
+        return base.images, base.labels
+    rows = torch.as_tensor(list(index), dtype=torch.long)
+    return base.images[rows], base.labels[rows]
+
+
 def make_loaders(
     train_ds: Dataset, test_ds: Dataset, cfg: DatasetSpec | Mapping[str, Any], seed: int, epoch: int = 0
 ) -> tuple[DataLoader, DataLoader]:
@@ -640,6 +653,7 @@ __all__ = [
     "DatasetSpec",
     "TensorImageDataset",
     "build_datasets",
+    "in_memory_tensors",
     "dataset_catalogue",
     "make_loaders",
     "register_dataset",

@@ -56,8 +56,14 @@ def train_loader(
     drop_last: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches."""
+    """The training loader of one epoch; the same ``(seed, epoch)`` gives the same batches.
+
+    With ``num_replicas > 1`` (data-parallel ranks) ``batch_size`` is this rank's share of the global
+    batch: batch ``i`` of all ranks together is batch ``i`` of the one-process loader with the global
+    batch (when the training set divides evenly; else the last batches differ by the wrap padding).
+    ``pin_memory`` (CUDA jobs): page-locked batches, so ``.to(device, non_blocking=True)`` overlaps."""
     sampler = EpochSampler(len(ds), seed, epoch, num_replicas, rank)  # type: ignore[arg-type]  # map-style: has __len__
     return DataLoader(
         ds,
@@ -66,8 +72,29 @@ def train_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=False,
+        pin_memory=pin_memory,
         generator=epoch_generator(seed, epoch),
     )  # seeds worker processes reproducibly
+
+
+class DeviceBatches:
+    """The batches of :func:`train_loader` over images and labels already on the device (a small
+    in-memory data set moved there once): the same sampler and order, indexing instead of collating.
+
+    ``images`` are uint8 (scaled to [0, 1] here, as ``TensorImageDataset`` does per item) or float."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: EpochSampler, batch_size: int) -> None:
+        self.images, self.labels, self.sampler, self.batch_size = images, labels, sampler, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.images.device)
+        for start in range(0, order.numel(), self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.images[index]
+            yield (x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()), self.labels[index]
 
 
 def test_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:

@@ -162,6 +162,13 @@ def render_summary(report: Report) -> str:
         f"Headline robust number: `{report.headline_robust_metric}`.",
         "",
     ]
+    res = report.resources
+    if res:
+        lines += [
+            f"Training precision `{res['precision']}`, final evaluation (attacks and certificates) in "
+            f"`{res['eval_precision']}`; {res['world_size']} rank(s), backend `{res['backend']}`.",
+            "",
+        ]
     if report.aggregate:
         lines += [
             f"### Mean ± standard deviation over seeds {report.seeds}",
@@ -226,11 +233,18 @@ def write_reports(
     results: dict[str, Any],
     device: str,
     cb: RunCallbacks,
+    resources: dict[str, Any] | None = None,
 ) -> Report:
     """Build the report (validated), draw its plots, write ``report.md`` then ``report.json`` (last: its
-    presence means the run finished), each reported as an artifact."""
+    presence means the run finished), each reported as an artifact. ``resources``: how the run used its
+    hardware (precision of training and of the final evaluation, world size and backend)."""
     report = build_report(
-        spec=spec.model_dump(mode="json"), info=info, results=results, device=device, attack=attack_settings(spec)
+        spec=spec.model_dump(mode="json"),
+        info=info,
+        results=results,
+        device=device,
+        attack=attack_settings(spec),
+        resources=resources,
     )
     plot_comparison(report, out / PLOT_NAME)
     run_artifacts = list(RUN_ARTIFACTS)

@@ -244,6 +244,7 @@ def build_report(
     attack: Mapping[str, Any],
     artifacts: Mapping[str, Any] | None = None,
     headline: str | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> Report:
     """The report of a run from its spec (as JSON), dataset description, per-variant results and device."""
     from core.pipeline.stats import INTERVAL_METHOD
@@ -269,6 +270,7 @@ def build_report(
         name=spec.get("name"),
         arch=spec["model"]["arch"],
         source_graph=next((v.source_graph for v in variants.values() if v.source_graph), None),
+        resources=dict(resources) if resources is not None else None,
         dataset=dict(info),  # type: ignore[arg-type]
         objective=objective,
         attack=dict(attack),  # type: ignore[arg-type]

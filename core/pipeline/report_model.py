@@ -159,7 +159,7 @@ class VariantResult(_Model):
     timings: Timings = Field(default_factory=Timings)
     # Filled by work in progress elsewhere (ONNX import, GPU/precision); optional until then.
     source_graph: dict[str, Any] | None = None
-    precision: dict[str, Any] | None = None
+    precision: str | None = Field(None, description="the final evaluation's precision (resources.eval_precision)")
     resources: dict[str, Any] | None = None
     extras: dict[str, Any] = Field(default_factory=dict, description="fields not yet typed here")
 
@@ -228,6 +228,8 @@ class Report(_Model):
     arch: str
     #: ``model.onnx`` jobs: the user's graph (sha256, op counts, names, opset), as every variant records it
     source_graph: dict[str, Any] | None = None
+    #: how the run used its hardware: precision of training and of the final evaluation, world size, backend
+    resources: dict[str, Any] | None = None
     dataset: DatasetInfo
     objective: dict[str, Any]
     attack: Ball

@@ -34,7 +34,7 @@ from torch import nn
 
 from core.callbacks import RunCallbacks
 from core.certify.bounds import check_supported
-from core.data.datasets import build_datasets, train_loader
+from core.data.datasets import build_datasets
 from core.errors import CoreError, ResumeMismatch, RunCanceled
 from core.io import checkpoint as ckpt
 from core.io.weights import load_weights
@@ -43,10 +43,17 @@ from core.models.onnx_network import check_fits_dataset, create_onnx_model, load
 from core.models.zoo import create_model
 from core.objectives import Objective, build_objective, objective_class
 from core.pipeline.evaluate import evaluate_variant, validate
+from core.pipeline.execution import Execution
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
 from core.pipeline.preflight import check_onnx_granularity
-from core.pipeline.training import lr_at, make_optimizer, train_step
+from core.pipeline.resources import (
+    COMPILE_FALLBACK,
+    Precision,
+    World,
+    to_memory_format,
+)
+from core.pipeline.training import lr_at, make_optimizer
 from core.pruning.masked import (
     convert_to_masked,
     refresh_masks,  # noqa: F401  (tests/test_run.py spies on this name)
@@ -68,6 +75,9 @@ from core.vocab import (
 )
 
 CHECKPOINT_FORMAT = "hydra-compress-checkpoint/1"
+# resources fields that say how a job runs, not what it computes: a checkpoint resumes under other values
+# (one process -> two ranks and back, compile on or off); precision and sync_bn change the numbers.
+EXECUTION_FIELDS = ("resources.processes", "resources.gpus", "resources.compile", "resources.channels_last")
 
 
 @dataclass(frozen=True)
@@ -104,12 +114,16 @@ def build_network(spec: JobSpec, info: dict[str, Any], source: ImportedNetwork |
 
 
 class _Runner:
-    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs) -> None:
+    def __init__(
+        self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs, world: World
+    ) -> None:
         self.spec = spec
         self.inputs = inputs
         self.out = out_dir
         self.cb = callbacks
-        self.device = resolve_device(spec.device)
+        self.world = world
+        self.exec = Execution(spec, world, getattr(callbacks, "group", None))
+        self.device = self.exec.device
         self.steps = plan_steps(spec)
         dataset_path = inputs.dataset_path if inputs.dataset_path is not None else spec.dataset.path
         self.train_ds, self.test_ds, self.info = build_datasets(spec.dataset, spec.seed, dataset_path)
@@ -123,6 +137,7 @@ class _Runner:
             self.source = load_onnx(inputs.model_onnx if inputs.model_onnx is not None else spec.model.onnx)
             check_fits_dataset(self.source, self.info.get("input_shape"), self.info["num_classes"])
         self.model = self._build().to(self.device)
+        self.exec.prepare(self.model, self.train_ds)
         objectives = {spec.objective.type} | {spec.objective_for(s.kind).type for s in self.steps if s.trains}
         if any(objective_class(name).needs_bounds for name in objectives):
             check_supported(self.model)  # refuse now, naming the layer, not hours into the job
@@ -169,9 +184,12 @@ class _Runner:
         return stage
 
     def _dense_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
 
     def _save(self) -> None:
+        if not self.world.main:  # rank 0 alone writes (every rank holds the same state)
+            return
+        scaler = self.exec.precision.scaler
         state = {
             "format": CHECKPOINT_FORMAT,
             "cursor": list(self.cursor),
@@ -185,6 +203,7 @@ class _Runner:
             "rng": ckpt.capture_rng_state(),
             "spec": self.spec.model_dump_json(),
             "onnx_sha256": self.source.sha256 if self.source is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
         }
         path = self.out / CHECKPOINT_NAME
         ckpt.save_checkpoint(path, state)
@@ -193,6 +212,7 @@ class _Runner:
     def _restore(self, state: dict[str, Any]) -> None:
         saved_spec = JobSpec.model_validate_json(state["spec"])
         differing = differing_fields(saved_spec.model_dump(mode="json"), self.spec.model_dump(mode="json"))
+        differing = [f for f in differing if f not in EXECUTION_FIELDS and f != "resources"]
         if differing:
             raise ResumeMismatch(differing)
         saved_graph = state.get("onnx_sha256")
@@ -209,6 +229,8 @@ class _Runner:
         if step is not None and step.kind == "prune" and self.cursor[1] > 0:  # stopped inside a prune stage
             self.pruner = self._build_pruner(step)
             self.pruner.load_state_dict(state.get("pruning"), self.model)
+        if self.exec.precision.scaler is not None and state.get("scaler"):
+            self.exec.precision.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"])
 
     # -- steps ------------------------------------------------------------------------------
@@ -265,6 +287,10 @@ class _Runner:
         if step.kind == "pretrain":
             self.pretrained = None  # this step makes the pretrained network its variants start from
         set_stage(self.model, step.kind, freeze_bn=self.spec.pruning.freeze_bn)
+        label = {"stage": step.kind, "variant": step.variant}
+        self.model = self.exec.start_stage(
+            self.model, lambda error: self.cb.on_event(COMPILE_FALLBACK, {**label, "error": error})
+        )
         pruner = self.pruner if step.kind == "prune" else None
         params = pruner.optimizer_parameters(self.model) if pruner is not None else None
         self.optimizer = make_optimizer(self.model, stage, params)
@@ -281,7 +307,9 @@ class _Runner:
         for epoch in range(first_epoch, stage.epochs):
             metrics = self._train_epoch(step, stage, objective, epoch, total)
             losses.append(metrics["loss"])
-            metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
+            self.exec.end_epoch(self.model, pruner, f"{step.kind} epoch {epoch + 1} of {step.variant}")
+            if self.world.main:  # monitoring only: rank 0 validates, the others go on to the next batch
+                metrics.update(validate(self.model, self.test_ds, self.spec, self.device))
             self.cursor = (index, epoch + 1)
             self._add_seconds(step.variant, step.kind, started)
             started = time.monotonic()
@@ -291,6 +319,7 @@ class _Runner:
         if pruner is not None:  # the masks are final from here on (learned: exact budget)
             pruner.finish(self.model)
             self.pruner = None
+        self.model = self.exec.end_stage(self.model)
         seconds = self.history[step.variant]["seconds"].get(step.kind, 0.0)
         self.cb.on_event(STAGE_FINISHED, {"stage": step.kind, "variant": step.variant, "seconds": seconds})
 
@@ -310,8 +339,7 @@ class _Runner:
         model, opt = self.model, self.optimizer
         assert opt is not None
         model.train()
-        ds_spec = self.spec.dataset
-        loader = train_loader(self.train_ds, ds_spec.batch_size, step.seed, epoch, ds_spec.num_workers)
+        loader = self.exec.loader(step.seed, epoch)
         refresh = step.kind == "prune"
         hook = self.pruner if refresh else None  # the variant's pruner: its step hooks and mask update
         loss_sum, correct, seen = 0.0, 0, 0
@@ -319,7 +347,7 @@ class _Runner:
         for i, (x, y) in enumerate(loader):
             if self.cb.should_cancel():
                 raise RunCanceled(f"canceled during {step.kind} of {step.variant}, epoch {epoch + 1}")
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self.exec.inputs(x, y)
             iteration = epoch * n_batches + i
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, iteration, total)
@@ -327,7 +355,7 @@ class _Runner:
             if hook is not None:
                 hook.set_progress(iteration / max(1, total))
             # refresh=True in the prune stage: scores changed, the only place a mask is recomputed.
-            loss, logits = train_step(model, objective, opt, x, y, refresh=refresh, hook=hook)
+            loss, logits = self.exec.step(model, objective, opt, x, y, refresh, hook)
             if not torch.isfinite(loss):
                 raise CoreError("diverged", f"stages.{step.kind}.lr", f"the loss became {loss.item()} (lower the lr)")
             loss_sum += float(loss) * len(y)
@@ -342,6 +370,7 @@ class _Runner:
                 fraction=min(1.0, self.done_iters / max(1, self.total_iters)),
                 metrics={"loss": loss_sum / seen, "train_acc": correct / seen},
             )
+        loss_sum, correct, seen = self.exec.epoch_totals(loss_sum, correct, seen)
         return {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "lr": opt.param_groups[0]["lr"]}
 
     def _evaluate(self, index: int, step: Step) -> None:
@@ -353,6 +382,9 @@ class _Runner:
             self._enter_variant(step)
         set_stage(self.model, "eval")
         self.model.eval()
+        to_memory_format(self.model, False)  # safetensors stores contiguous tensors
+        if not self.world.main:  # rank 0 alone exports and evaluates (the final evaluation is not sharded)
+            return
         self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
         # Attack what the user downloads: the exported network rebuilt from its file with plain layers
@@ -366,12 +398,25 @@ class _Runner:
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
         attack_log: dict[str, Any] = {}
-        on = (exported.network, self.test_ds, self.spec, self.device, self.info["num_classes"])
-        result = evaluate_variant(*on, self.cb.should_cancel, attack_log=attack_log)
+        eval_precision = Precision(self.spec.resources.eval_precision, self.device)
+        with eval_precision.autocast():
+            result = evaluate_variant(
+                exported.network,
+                self.test_ds,
+                self.spec,
+                self.device,
+                self.info["num_classes"],
+                self._local_cancel,
+                attack_log=attack_log,
+            )
         self._add_seconds(step.variant, "evaluate", started)
         result["training_loss"] = self.history[step.variant]["training_loss"]
         result["timings"] = {"stages": seconds, "attacks": attack_log.get("seconds", {})}
         result["attack_output"] = attack_log.get("output", {})
+        result["precision"] = eval_precision.name
+        if eval_precision.reduced:  # a weaker attack must never pass silently as the headline
+            note = f" [run under {eval_precision.name} autocast (resources.eval_precision), not fp32]"
+            result["procedures"] = {k: v + note for k, v in result.get("procedures", {}).items()}
         result["evaluated"] = exported.evaluated
         result["checks"].update(exported.checks)
         result.update({"method": step.method or "dense", "k": step.k, "seed": step.seed})
@@ -394,6 +439,11 @@ class _Runner:
         )
         payload = {"stage": "evaluate", "variant": step.variant, "seconds": timings["stages"]["evaluate"]}
         self.cb.on_event(STAGE_FINISHED, payload)
+
+    def _local_cancel(self) -> bool:
+        """Cancel check of work only this rank does (rank 0's evaluation): not a collective."""
+        local = getattr(self.cb, "local_should_cancel", None)
+        return bool(local()) if local is not None else self.cb.should_cancel()
 
     def _pretrained_network(self) -> nn.Module:
         """The dense network of this seed, rebuilt in memory (when it has no compressed export)."""
@@ -425,7 +475,11 @@ class _Runner:
     def _finish(self) -> dict[str, Any]:
         from core.pipeline.report import write_reports
 
-        report = write_reports(self.out, self.spec, self.info, self.results, str(self.device), self.cb)
+        if not self.world.main:
+            return {}
+        report = write_reports(
+            self.out, self.spec, self.info, self.results, str(self.device), self.cb, resources=self.exec.describe()
+        )
         self.cb.on_event(RUN_FINISHED, {"variants": sorted(self.results)})
         return report.model_dump(mode="json")
 
@@ -443,9 +497,22 @@ def run_job(
     spec's references (default: the spec's own paths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(spec, out, callbacks or RunCallbacks(), resume, inputs or RunInputs.from_spec(spec))
-    (out / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    inputs = inputs or RunInputs.from_spec(spec)
+    if spec.resources.world_size > 1:  # N ranks, each running run_rank (core/pipeline/distributed.py)
+        from core.pipeline.distributed import run_distributed
+
+        return run_distributed(spec, out, callbacks or RunCallbacks(), resume, inputs, run_rank)
+    return run_rank(spec, out, callbacks or RunCallbacks(), resume, inputs, World())
+
+
+def run_rank(
+    spec: JobSpec, out: Path, callbacks: RunCallbacks, resume: bool, inputs: RunInputs, world: World
+) -> dict[str, Any]:
+    """One rank's run (the whole run when ``world.size == 1``); rank 0's report, ``{}`` on the others."""
+    runner = _Runner(spec, out, callbacks, resume, inputs, world)
+    if world.main:
+        (out / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     return runner.run()
 
 
-__all__ = ["RunInputs", "run_job", "resolve_device", "build_network", "CHECKPOINT_NAME"]
+__all__ = ["RunInputs", "run_job", "run_rank", "resolve_device", "build_network", "CHECKPOINT_NAME"]

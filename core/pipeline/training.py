@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from core.errors import CoreError
 from core.objectives import Objective
+from core.pipeline.resources import GradSync, Precision
 from core.pruning.masked import refresh_masks
 from core.pruning.pruner import PruneStep
 from core.spec import StageSpec
@@ -30,6 +32,8 @@ class StepHook(Protocol):
 
     def after_step(self, step: PruneStep) -> bool: ...
 
+    def own_parameters(self) -> list[nn.Parameter]: ...
+
 
 def train_step(
     model: nn.Module,
@@ -40,6 +44,9 @@ def train_step(
     *,
     refresh: bool = False,
     hook: StepHook | None = None,
+    forward_model: nn.Module | None = None,
+    precision: Precision | None = None,
+    sync: GradSync | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer step on ``objective``; ``refresh=True`` (prune stage) updates the masks after the
     step — the only place a mask changes. Returns the detached loss and the clean logits.
@@ -49,22 +56,47 @@ def train_step(
     the masks after the step; when its ``after_step`` returns False (HYDRA as published), the masks
     are every layer's own top-k (``refresh_masks``).
 
+    ``forward_model``: what the objective runs (a ``torch.compile`` of ``model``; default ``model``
+    itself); the hooks always see ``model``. ``precision``: the objective's loss (its training-time
+    attack included) under autocast, fp16 with the gradient scaler (the penalty is computed in fp32).
+    ``sync`` (data-parallel ranks): gradients averaged over the ranks right after ``backward`` (so the
+    hooks read the global gradient and the scaler sees the same overflow on every rank) and again after
+    the hook's ``after_backward`` when there is a hook (a hook may run its own backward; averaging
+    gradients that are already equal on every rank changes nothing).
+
     The same code serves dense and masked networks in every stage, so a masked step costs only the
     mask (see ``bench/prune_step.py``)."""
     step = PruneStep(model, objective, optimizer, x, y)
     optimizer.zero_grad(set_to_none=True)
     if hook is not None:
         hook.zero_grad(step)
-    loss, logits = objective.loss(model, x, y)
+    with precision.autocast() if precision is not None else nullcontext():
+        loss, logits = objective.loss(forward_model if forward_model is not None else model, x, y)
     penalty = hook.penalty(step) if hook is not None else None
-    (loss if penalty is None else loss + penalty).backward()
+    total = loss if penalty is None else loss + penalty
+    scaler = precision.scaler if precision is not None else None
+    (scaler.scale(total) if scaler is not None else total).backward()
+    own = hook.own_parameters() if hook is not None else []
+    if sync is not None:
+        sync.average([*model.parameters(), *_optimizer_params(optimizer), *own])
+    if precision is not None:
+        precision.unscale_others([*model.parameters(), *own], optimizer)
     if hook is not None:
         hook.after_backward(step)
-    optimizer.step()
+        if sync is not None:
+            sync.average([*model.parameters(), *_optimizer_params(optimizer), *own])
+    if precision is not None:
+        precision.step(optimizer)
+    else:
+        optimizer.step()
     updated = hook is not None and hook.after_step(step)
     if refresh and not updated:
         refresh_masks(model)
-    return loss.detach(), logits
+    return loss.detach(), logits.float()
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def lr_at(stage: StageSpec, iteration: int, total: int) -> float:

@@ -126,6 +126,11 @@ class Pruner(ABC):
         extra forward/backward of ``step.objective`` on ``step.x, step.y``."""
         return None  # a hook with nothing to do by default
 
+    def own_parameters(self) -> list[nn.Parameter]:
+        """Parameters the pruner trains with an optimizer of its own (not the prune stage's): their
+        gradients are averaged across data-parallel ranks and unscaled under fp16 like the model's."""
+        return []
+
     @abstractmethod
     def after_step(self, step: PruneStep) -> bool:
         """After the optimizer step: produce the masks from the updated scores. Return False to leave

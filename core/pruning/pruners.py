@@ -125,6 +125,9 @@ class LearnedPruner(Pruner):
     def after_backward(self, step: PruneStep) -> None:
         self.learned.accumulate_grad(step.model)
 
+    def own_parameters(self) -> list[nn.Parameter]:
+        return list(self.learned.parameters())  # the rate logits: their own Adam (LearnedAllocation.step)
+
     def after_step(self, step: PruneStep) -> bool:
         self.learned.step()
         self.learned.refresh(step.model)

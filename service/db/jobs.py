@@ -408,6 +408,19 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- the reaper
+def expire_lease(session: Session, job_id: str, owner: str, attempt: int) -> bool:
+    """End this attempt's lease now, leaving the job ``running``: the reaper's next sweep treats it as
+    a lost worker (requeued with the attempt spent, or failed after ``max_attempts``). For an attempt
+    that lost part of itself (a data-parallel rank died) and must not record an outcome of its own."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(*_lease_held(job_id, owner, attempt)).values(lease_expires_at=now - timedelta(seconds=1)),
+        execution_options=_NO_SYNC,
+    )
+    session.commit()
+    return rowcount(result) == 1
+
+
 def requeue_stale_jobs(session: Session, now: datetime | None = None) -> list[str]:
     """Deal with running jobs whose lease expired (their worker died or hung) and return the ids
     put back in the queue, which the caller should send to the broker again.

@@ -137,7 +137,11 @@ def test_usage_errors_are_one_line_and_exit_2(cli: str) -> None:
         ("typo.yaml", TYPO, f"error [invalid_spec] {SUGGESTION}"),
         ("bad.yaml", SPECS["bad.yaml"][0], "(line 3, column 4)"),
         ("bad.json", SPECS["bad.json"][0], "line 2 column 10"),
-        ("k.yaml", "pruning:\n  k: [2.0]\n", "error [invalid_spec] pruning.k: k (fraction of weights kept) must be in (0, 1], got 2.0"),
+        (
+            "k.yaml",
+            "pruning:\n  k: [2.0]\n",
+            "error [invalid_spec] pruning.k: k (fraction of weights kept) must be in (0, 1], got 2.0",
+        ),
         ("missing.yaml", None, "no such file"),
     ],
 )

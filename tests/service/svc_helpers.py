@@ -50,12 +50,14 @@ class RecordingQueue:
     """Stands in for the Celery client: records job ids; ``fail`` simulates a broker outage."""
 
     sent: list[str] = field(default_factory=list)
+    queues: list[str | None] = field(default_factory=list)  # the routed queue of each sent job
     fail: bool = False
 
-    def enqueue(self, job_id: str) -> bool:
+    def enqueue(self, job_id: str, queue: str | None = None) -> bool:
         if self.fail:
             return False
         self.sent.append(job_id)
+        self.queues.append(queue)
         return True
 
     def ping(self) -> None:

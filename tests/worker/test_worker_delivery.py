@@ -252,3 +252,38 @@ def test_each_retry_is_logged_with_the_try_that_failed(monkeypatch: pytest.Monke
         assert runner_mod.retrying("upload of k", flaky_put, (Exception,), (2.0, 4.0)) == "stored"
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["upload of k failed (try 1); retrying in 2 s", "upload of k failed (try 2); retrying in 4 s"]
+
+
+def test_a_dead_rank_is_a_lost_worker_requeued_to_its_gpu_queue(settings: Any, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A data-parallel rank that dies (RankLost) ends the attempt's lease at once; the reaper requeues
+    the job with the attempt spent and sends it to the queue of its GPU count (service/routing.py)."""
+    import core.pipeline.runner as core_runner
+    from core.errors import RankLost
+    from worker.reaper import sweep
+    from worker.runner import run_attempt
+
+    routed = settings.model_copy(update={"gpu_queues": "4:gpu4"})
+    spec = {"name": "rank-lost", "device": "auto", "resources": {"gpus": 4}}
+    with session_scope(routed) as session:
+        tenant = get_or_create_tenant(session, "delivery-tests")
+        job, _ = db_jobs.create_job(session, tenant.id, spec, max_attempts=routed.max_attempts)
+
+    def rank_dies(*args: Any, **kwargs: Any) -> None:
+        raise RankLost("a rank of the job died (4 ranks, nccl): process 2 terminated with signal SIGKILL")
+
+    monkeypatch.setattr(core_runner, "run_job", rank_dies)
+    try:
+        assert run_attempt(routed, job.id) == "rank_lost"
+        row = _row(routed, job.id)
+        assert (row.status, row.attempt) == ("running", 1)  # no outcome of its own: a lost worker
+        with session_scope(routed) as session:
+            kinds = [e.kind for e in db_jobs.list_events(session, job.id)]
+        assert "rank_lost" in kinds and "error" not in kinds
+        app = RecordingCelery()
+        result = sweep(routed, app)  # type: ignore[arg-type]
+        assert job.id in result["requeued"]
+        assert app.sent[-1][:2] == ("hydra.run_job", [job.id]) and app.sent[-1][2]["queue"] == "gpu4"
+        assert _row(routed, job.id).status == "queued"
+    finally:
+        with session_scope(routed) as session:
+            db_jobs.request_cancel(session, None, job.id)
