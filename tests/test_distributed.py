@@ -141,7 +141,9 @@ def test_rank_killed_mid_epoch_fails_then_resumes_in_one_process(one_process, tm
     assert rec.killed is not None
     assert not multiprocessing.active_children()  # every rank is gone: nothing left running
     saved = ckpt.load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert saved["cursor"][0] == 0 and saved["cursor"][1] >= 1  # the finished epoch of the pretrain stands
+    # at least the first finished epoch stands (how far the ranks got before the kill landed depends on
+    # how fast the caller relays their progress: under load a whole step may finish first)
+    assert tuple(saved["cursor"][:2]) >= (0, 1)
     report = run_job(spec(), tmp_path, Recorder(), resume=True)  # two ranks -> one process
     assert_same_run(out1, report1, tmp_path, report)
 

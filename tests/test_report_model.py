@@ -114,5 +114,5 @@ def test_what_an_attack_library_says_becomes_a_flagged_check() -> None:
 
 
 def test_fields_other_engineers_add_have_a_place() -> None:
-    result = build_variant(_raw(precision={"dtype": "bf16"}, onnx_opset=17), 10)
-    assert result.precision == {"dtype": "bf16"} and result.extras == {"onnx_opset": 17}
+    result = build_variant(_raw(precision="bf16", onnx_opset=17), 10)
+    assert result.precision == "bf16" and result.extras == {"onnx_opset": 17}
