@@ -71,6 +71,11 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
     return _page(request, "job.html", page="job", title=f"Job {job_id[:8]}", job_id=job_id)
 
 
+@pages.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request) -> HTMLResponse:
+    return _page(request, "compare.html", page="compare", title="Compare jobs")
+
+
 @pages.get("/submit", response_class=HTMLResponse)
 def submit_page(request: Request) -> HTMLResponse:
     return _page(request, "submit.html", page="submit", title="Submit a job")
@@ -91,6 +96,9 @@ def spec_template(arch: str | None, dataset: str | None, objective: str | None) 
         spec["model"]["arch"] = arch
     if dataset:
         spec["dataset"]["name"] = dataset
+    from api.submit_form import apply_profile  # the dataset's starting values (not CIFAR's on MNIST)
+
+    apply_profile(spec, dataset, arch_given=bool(arch))
     for section, names in TEMPLATE_DROP.items():
         for name in names:
             spec[section].pop(name, None)
@@ -157,8 +165,11 @@ def get_spec_template(
     fmt: Literal["yaml", "json"] = Query("yaml", alias="format"),
 ) -> dict[str, Any]:
     """The default spec for these choices, as editor text."""
+    from api.submit_form import annotate_fractions
+
     spec = spec_template(arch, dataset, objective)
-    return {"format": fmt, "text": dump_spec(spec, fmt), "spec": spec}
+    text = dump_spec(spec, fmt)
+    return {"format": fmt, "text": annotate_fractions(text) if fmt == "yaml" else text, "spec": spec}
 
 
 @helpers.post("/spec-parse")
@@ -188,6 +199,9 @@ def install_ui(app: FastAPI) -> None:
     """Mount the dashboard's pages, its helpers and its static files."""
     app.include_router(pages)
     app.include_router(helpers)
+    from api.submit_form import router as submit_form_router
+
+    app.include_router(submit_form_router)
     app.mount(STATIC_URL, StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
     @app.get("/", include_in_schema=False)

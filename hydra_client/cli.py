@@ -7,6 +7,7 @@
     hydra-compress report JOB_ID [--json]
     hydra-compress download JOB_ID [NAME] [--out DIR]              # sha256 checked; no NAME: the compressed networks
     hydra-compress cancel JOB_ID [--wait]
+    hydra-compress delete JOB_ID [--artifact NAME]                 # a stopped job (or one artifact), store included
 
 ``--url`` and ``--key`` default to ``HYDRA_URL`` and ``HYDRA_API_KEY``. Exit status: 0 success,
 1 the job failed, 3 the job was canceled, 2 the service refused the request (the error's code and
@@ -216,6 +217,22 @@ def cancel(
     typer.echo(f"{job_id}  {row['status']}{note}")
 
 
+def delete(
+    job_id: JobId,
+    url: Url = DEFAULT_URL,
+    key: Key = None,
+    artifact: Annotated[str | None, typer.Option("--artifact", help="Delete only this artifact.")] = None,
+) -> None:
+    """Delete a stopped job with its artifacts and checkpoint (or one artifact); cancel a live job first."""
+    client = _client(url, key)
+    if artifact:
+        _calling(lambda: client.delete_artifact(job_id, artifact))
+        typer.echo(f"{job_id}  artifact {artifact} deleted")
+    else:
+        _calling(lambda: client.delete_job(job_id))
+        typer.echo(f"{job_id}  deleted")
+
+
 COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("submit", submit),
     ("wait", wait_cmd),
@@ -224,6 +241,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("report", report_cmd),
     ("download", download),
     ("cancel", cancel),
+    ("delete", delete),
 ]
 
 
