@@ -155,7 +155,7 @@
         tbody.replaceChildren(row([text("td", `could not load the jobs: ${err.message}`, "error-text")], 10));
         return;
       }
-      flash("");
+      if (!$("flash").classList.contains("ok")) flash(""); // an error is over; a confirmation stays
       total = page.count;
       if (offset && offset >= total) { offset = Math.max(0, total - limit()); return refresh(); }
       tbody.replaceChildren();
@@ -747,6 +747,7 @@
 
     async function sync() {
       const mine = ++seq;
+      $("estimate").dataset.ready = ""; // stale until this answer arrives
       $("estimate-state").textContent = "(updating…)";
       try {
         const spec = await parsed();
@@ -765,14 +766,19 @@
         $("estimate-summary").className = "error-text";
       }
     }
-    const later = () => { clearTimeout(timer); timer = setTimeout(sync, 400); };
+    const later = () => { $("estimate").dataset.ready = ""; clearTimeout(timer); timer = setTimeout(sync, 400); };
 
-    async function applyForm(e) {
+    /* One form change at a time, in order: each reads the YAML the previous one wrote. */
+    let chain = Promise.resolve();
+    const applyForm = (e) => {
+      const id = e.target.id, value = e.target.value;
+      chain = chain.then(() => applyField(id, value));
+    };
+
+    async function applyField(id, value) {
       const fields = {};
       const error = $("form-error");
       error.hidden = true;
-      const id = e.target.id;
-      const value = e.target.value;
       try {
         if (id === FORM.eps) {
           const eps = number(value);
