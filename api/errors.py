@@ -191,14 +191,18 @@ def allowed_methods(request: Request) -> list[str]:
             methods = {m.upper() for m in ops if m in _METHODS}
             if "GET" in methods:
                 methods.add("HEAD")
-            patterns.append((re.compile(f"^{regex}/?$"), methods))
+            patterns.append((re.compile(f"^{regex}/?$"), methods, "{" not in template))
         app.state.allow_patterns = patterns
     path = request.url.path
     found: set[str] = set()
-    for regex, methods in patterns:
+    literal: set[str] = set()
+    for regex, methods, is_literal in patterns:
         if regex.match(path):
             found |= methods
-    return sorted(found)
+            if is_literal:
+                literal |= methods
+    # A literal path (/v1/jobs/compare) is its own resource, not a value of /v1/jobs/{job_id}.
+    return sorted(literal or found)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

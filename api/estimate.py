@@ -65,7 +65,7 @@ def estimate(spec: dict[str, Any], dataset_info: dict[str, Any], throughput: flo
     val_samples = min(int(evaluation.get("val_max_samples") or n_test), n_test)
     val_passes = val_samples * (1 + int(evaluation.get("val_pgd_steps") or 0))
     stages_spec = spec.get("stages") or {}
-    stages = []
+    stages: list[dict[str, Any]] = []
     for stage, runs in (("pretrain", seeds), ("prune", variants), ("finetune", variants)):
         cfg = stages_spec.get(stage)
         if not cfg:
@@ -86,7 +86,7 @@ def estimate(spec: dict[str, Any], dataset_info: dict[str, Any], throughput: flo
     networks = variants + seeds  # every variant and the dense network of each seed
     eval_n = min(int(evaluation.get("max_samples") or n_test), n_test)
     per_eval = 1 + int(evaluation.get("pgd_steps") or 0) * int(evaluation.get("pgd_restarts") or 1)
-    eval_total = networks * eval_n * per_eval
+    eval_total: float = networks * eval_n * per_eval
     if evaluation.get("autoattack"):
         aa_n = min(int(evaluation.get("autoattack_max_samples") or n_test), n_test)
         eval_total += networks * aa_n * AUTOATTACK_PASSES

@@ -55,6 +55,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "unknown_architecture",
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
+    ("post", "/v1/jobs/estimate"): ("invalid_reference",),
 }
 _SEMANTIC_TEXT = {
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "

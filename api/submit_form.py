@@ -15,13 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentPrincipal, SettingsDep
 from api.errors import ApiError, ErrorCode
-
-router = APIRouter(prefix="/ui/api", include_in_schema=False)
 
 GREY_28 = [1, 28, 28]
 SMALL_GREY_PROFILE: dict[str, Any] = {
@@ -109,28 +105,37 @@ class FormApply(BaseModel):
     format: Literal["yaml", "json"] = "yaml"
 
 
+def _section(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """A section of the editor's spec as a mapping (anything else is replaced: the form writes a valid one)."""
+    value = spec.get(name)
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def apply_form(spec: dict[str, Any], fields: FormFields) -> dict[str, Any]:
     """``spec`` with the form's fields written in (a stage given 0 epochs is switched off: null)."""
     out = dict(spec)
     if fields.dataset:
-        out["dataset"] = {**(out.get("dataset") or {}), "name": fields.dataset}
+        out["dataset"] = {**_section(out, "dataset"), "name": fields.dataset}
     if fields.arch:
-        out["model"] = {**(out.get("model") or {}), "arch": fields.arch}
-    if fields.objective and (out.get("objective") or {}).get("type") != fields.objective:
+        out["model"] = {**_section(out, "model"), "arch": fields.arch}
+    if fields.objective and _section(out, "objective").get("type") != fields.objective:
         out["objective"] = {"type": fields.objective}
     if fields.eps is not None:
-        objective = dict(out.get("objective") or {})
-        if "sigma" in objective or objective.get("type") == "smoothing":
-            raise ApiError(ErrorCode.VALIDATION_ERROR, "smoothing has no eps: set objective.sigma", "eps")
+        objective = _section(out, "objective")
+        if objective.get("type") == "smoothing":
+            raise ApiError(
+                ErrorCode.VALIDATION_ERROR, "fields.eps: smoothing has no eps; set objective.sigma", "fields.eps"
+            )
         objective["eps"] = fields.eps
         out["objective"] = objective
-    pruning = dict(out.get("pruning") or {})
-    if fields.methods is not None:
-        pruning["methods"] = fields.methods
-    if fields.k is not None:
-        pruning["k"] = fields.k
-    out["pruning"] = pruning
-    stages = dict(out.get("stages") or {})
+    if fields.methods is not None or fields.k is not None:
+        pruning = _section(out, "pruning")
+        if fields.methods is not None:
+            pruning["methods"] = fields.methods
+        if fields.k is not None:
+            pruning["k"] = fields.k
+        out["pruning"] = pruning
+    stages = _section(out, "stages")
     for stage in ("pretrain", "prune", "finetune"):
         epochs = getattr(fields, f"{stage}_epochs")
         if epochs is None:
@@ -138,16 +143,7 @@ def apply_form(spec: dict[str, Any], fields: FormFields) -> dict[str, Any]:
         if epochs == 0:
             stages[stage] = None
         else:
-            stages[stage] = {**(stages.get(stage) or {"lr": 0.1 if stage != "finetune" else 0.01}), "epochs": epochs}
-    out["stages"] = stages
+            before = stages.get(stage) if isinstance(stages.get(stage), dict) else None
+            stages[stage] = {**(before or {"lr": 0.1 if stage != "finetune" else 0.01}), "epochs": epochs}
+        out["stages"] = stages
     return out
-
-
-@router.post("/spec-form")
-def spec_form(body: FormApply, _principal: CurrentPrincipal, _settings: SettingsDep) -> dict[str, Any]:
-    """The editor's spec with the form's fields written in, as editor text."""
-    from api.ui import dump_spec
-
-    spec = apply_form(body.spec, body.fields)
-    text = dump_spec(spec, body.format)
-    return {"format": body.format, "text": annotate_fractions(text) if body.format == "yaml" else text, "spec": spec}

@@ -1,7 +1,8 @@
 """The web dashboard at ``/ui``: server-rendered pages (Jinja2) and a little plain JavaScript.
 
 How it keeps the API's rules: the pages are shells that hold no tenant's data. The browser keeps the
-API key in ``sessionStorage`` (gone when the tab closes, never in a URL or a cookie) and the page's
+API key in ``sessionStorage`` (gone when the tab closes, never in a URL or a cookie; in
+``localStorage`` only when the person ticks "remember in this browser", until Forget) and the page's
 script calls the same JSON API as every other client, with ``Authorization: Bearer``: the list, a
 job, its report and artifacts, the live event stream (``fetch`` streaming: ``EventSource`` cannot
 send headers), submission and cancel. So a key sees its own tenant's jobs and nothing else, exactly
@@ -28,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import CurrentPrincipal, SettingsDep
 from api.errors import ApiError, ErrorCode
+from api.submit_form import FormApply, annotate_fractions, apply_form, apply_profile
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
@@ -96,9 +98,7 @@ def spec_template(arch: str | None, dataset: str | None, objective: str | None) 
         spec["model"]["arch"] = arch
     if dataset:
         spec["dataset"]["name"] = dataset
-    from api.submit_form import apply_profile  # the dataset's starting values (not CIFAR's on MNIST)
-
-    apply_profile(spec, dataset, arch_given=bool(arch))
+    apply_profile(spec, dataset, arch_given=bool(arch))  # the dataset's starting values (not CIFAR's on MNIST)
     for section, names in TEMPLATE_DROP.items():
         for name in names:
             spec[section].pop(name, None)
@@ -165,8 +165,6 @@ def get_spec_template(
     fmt: Literal["yaml", "json"] = Query("yaml", alias="format"),
 ) -> dict[str, Any]:
     """The default spec for these choices, as editor text."""
-    from api.submit_form import annotate_fractions
-
     spec = spec_template(arch, dataset, objective)
     text = dump_spec(spec, fmt)
     return {"format": fmt, "text": annotate_fractions(text) if fmt == "yaml" else text, "spec": spec}
@@ -195,13 +193,18 @@ def parse_spec(body: SpecText, _principal: CurrentPrincipal, settings: SettingsD
     return {"spec": spec, "lines": field_lines(body.text), "error": None}
 
 
+@helpers.post("/spec-form")
+def spec_form(body: FormApply, _principal: CurrentPrincipal) -> dict[str, Any]:
+    """The editor's spec with the submit form's fields written in, as editor text (api/submit_form.py)."""
+    spec = apply_form(body.spec, body.fields)
+    text = dump_spec(spec, body.format)
+    return {"format": body.format, "text": annotate_fractions(text) if body.format == "yaml" else text, "spec": spec}
+
+
 def install_ui(app: FastAPI) -> None:
     """Mount the dashboard's pages, its helpers and its static files."""
     app.include_router(pages)
     app.include_router(helpers)
-    from api.submit_form import router as submit_form_router
-
-    app.include_router(submit_form_router)
     app.mount(STATIC_URL, StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
     @app.get("/", include_in_schema=False)

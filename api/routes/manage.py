@@ -13,15 +13,25 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, StoreDep
 from api.errors import ApiError, ErrorCode
 from api.estimate import epoch_sample_passes, estimate
 from api.job_refs import resolve_job_id
+from api.routes.jobs import _check_references as check_references
+from api.routes.jobs import _raw_json as raw_json
 from api.schemas import ERROR_RESPONSES as ERRORS
 from api.schemas import ComparePublic, EstimatePublic, JobLabels, JobPublic, JobsPublic
-from api.validation import ARTIFACT_NAME_PATTERN, ID_PATTERN, MAX_OFFSET
+from api.validation import (
+    ARTIFACT_NAME_PATTERN,
+    ID_PATTERN,
+    MAX_OFFSET,
+    check_device,
+    check_json_types,
+    check_model_kwargs,
+    check_storable,
+)
 from core.spec import JobSpec
 from service.db import jobs, manage, uploads
 from service.db.base import Job, JobStatus
@@ -36,6 +46,8 @@ uploads_router = APIRouter()
 JobRef = Annotated[str, Path(pattern=ID_PATTERN, description="A job id, or a unique prefix of 8 characters or more.")]
 UploadId = Annotated[str, Path(pattern=ID_PATTERN)]
 MAX_COMPARE = 20
+_ID = ID_PATTERN.strip("^$")
+COMPARE_IDS_PATTERN = f"^{_ID}(,{_ID}){{0,{MAX_COMPARE - 1}}}$"
 CHECKPOINT_KEY = "jobs/{job_id}/checkpoints/checkpoint.pt"  # worker/runner.py checkpoint_key, not importable here
 
 
@@ -97,7 +109,13 @@ def list_jobs(
 def compare_jobs(
     principal: CurrentPrincipal,
     session: ReadSessionDep,
-    ids: Annotated[str, Query(max_length=2000, description="Comma-separated job ids (or 8+ character prefixes).")],
+    ids: Annotated[
+        str,
+        Query(
+            pattern=COMPARE_IDS_PATTERN,
+            description=f"Comma-separated job ids (or 8+ character prefixes), at most {MAX_COMPARE}.",
+        ),
+    ],
 ) -> dict[str, Any]:
     """One table across jobs: every succeeded job's report comparison rows, tagged with the job."""
     refs = [r.strip() for r in ids.split(",") if r.strip()]
@@ -148,17 +166,28 @@ def _dataset_info(session: Any, tenant_id: int, spec: JobSpec) -> dict[str, Any]
 
 
 @router.post("/estimate", response_model=EstimatePublic, responses=ERRORS)
-def estimate_job(spec: JobSpec, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
+def estimate_job(
+    spec: JobSpec,
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    raw_body: Annotated[Any, Depends(raw_json)],
+) -> dict[str, Any]:
     """What a spec will cost: forward+backward passes x samples per stage, and the time at the training
-    throughput measured on earlier jobs of this architecture (when there are any). Nothing is queued."""
+    throughput measured on earlier jobs of this architecture (when there are any). Nothing is queued.
+    The spec is checked as on submission (uploads named by id), except the dry forward of the network."""
     from core.data.datasets import dataset_catalogue
 
+    spec.model.kwargs = check_model_kwargs(spec.model.kwargs)
     spec_dict = spec.model_dump(mode="json")
+    check_json_types(raw_body, spec_dict)  # the same refusals as POST /v1/jobs (no lax conversions)
+    check_storable(spec_dict, "")
+    check_device(spec.device)
+    check_references(session, principal.tenant_id, spec)  # uploads by id only, as on submission
     catalogue = dataset_catalogue()
     rates = []
     measured = manage.measured_epochs(session, spec.model.arch)
     for epoch in measured:
-        info = epoch["dataset"] or catalogue.get((epoch["spec"].get("dataset") or {}).get("name")) or {}
+        info = epoch["dataset"] or catalogue.get(str((epoch["spec"].get("dataset") or {}).get("name"))) or {}
         passes = epoch_sample_passes(epoch["spec"], info, epoch["stage"]) if epoch["stage"] else None
         if passes:
             rates.append(passes / epoch["seconds"])

@@ -719,7 +719,7 @@
     function showEstimate(est) {
       const time = typeof est.seconds === "number" ? ` ≈ ${duration(est.seconds)} at ${compact(est.throughput)} passes/s` : "";
       $("estimate-summary").textContent = `${compact(est.total_sample_passes)} sample-passes (forward+backward passes × samples)${time}. `
-        + (typeof est.seconds === "number" ? `Throughput: ${est.throughput_source}.` : `${est.throughput_source}.`)
+        + (typeof est.seconds === "number" ? `Throughput: ${est.throughput_source}.` : `${est.throughput_source.charAt(0).toUpperCase()}${est.throughput_source.slice(1)}.`)
         + (est.notes.length ? ` ${est.notes.join("; ")}.` : "");
       $("estimate-summary").className = "";
       $("estimate").dataset.ready = "1";

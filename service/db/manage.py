@@ -160,7 +160,7 @@ def delete_artifact(session: Session, tenant_id: int, job_id: str, name: str) ->
         return Deletion("missing")
     if status not in _FINAL:
         session.commit()
-        return Deletion("in_use", blockers=(status,))
+        return Deletion("in_use", blockers=(str(status),))
     key = row.storage_key
     session.delete(row)
     session.commit()
@@ -183,14 +183,15 @@ def jobs_using(session: Session, tenant_id: int, ref: str) -> list[str]:
 def delete_upload(session: Session, tenant_id: int, kind: Literal["model", "dataset"], upload_id: str) -> Deletion:
     """Delete an uploaded model or dataset unless a job not yet final names it."""
     table: type[UploadedModel] | type[Dataset] = UploadedModel if kind == "model" else Dataset
-    row = session.execute(select(table).where(table.id == upload_id, table.tenant_id == tenant_id)).scalar_one_or_none()
-    if row is None:
+    key = session.execute(
+        select(table.storage_key).where(table.id == upload_id, table.tenant_id == tenant_id)
+    ).scalar_one_or_none()
+    if key is None:
         session.commit()
         return Deletion("missing")
     blockers = jobs_using(session, tenant_id, f"{kind}:{upload_id}")
     if blockers:
         return Deletion("in_use", blockers=tuple(blockers))
-    key = row.storage_key
     session.execute(delete(table).where(table.id == upload_id, table.tenant_id == tenant_id))
     session.commit()
     return Deletion("deleted", keys=(key,))
@@ -211,7 +212,7 @@ def measured_epochs(session: Session, arch: str, jobs_limit: int = 20) -> list[d
     ids = list(specs)[:jobs_limit]
     out: list[dict[str, Any]] = []
     if ids:
-        reports = dict(session.execute(select(Job.id, Job.report).where(Job.id.in_(ids))).all())
+        reports: dict[str, Any] = dict(session.execute(select(Job.id, Job.report).where(Job.id.in_(ids))).all())
         events = session.execute(
             select(JobEvent.job_id, JobEvent.kind, JobEvent.payload, JobEvent.created_at)
             .where(JobEvent.job_id.in_(ids), JobEvent.kind.in_(["stage_started", "epoch_finished"]))
