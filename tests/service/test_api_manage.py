@@ -373,3 +373,26 @@ def test_every_response_carries_a_content_security_policy(client: TestClient, ke
     js = client.get(src)
     assert js.status_code == 200 and b"cdn.redoc.ly" not in js.content and len(js.content) > 100_000
     assert "http" not in redoc.text.replace("http-equiv", "")
+
+
+def test_estimate_refuses_what_submission_refuses(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
+    # a lax conversion (1 for true) and a file path instead of an upload: refused as POST /v1/jobs refuses them
+    assert_error(
+        client.post("/v1/jobs/estimate", json={"evaluation": {"measure_latency": 1}}, headers=key.headers),
+        422,
+        field="evaluation.measure_latency",
+    )
+    assert_error(
+        client.post("/v1/jobs/estimate", json={"dataset": {"name": "npz", "path": "/etc/passwd"}}, headers=key.headers),
+        422,
+        "invalid_reference",
+        "dataset.path",
+    )
+
+
+def test_a_literal_path_is_not_a_job_id_for_allow(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
+    response = client.options("/v1/jobs/compare", headers=key.headers)
+    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+    assert (
+        client.options(f"/v1/jobs/{uuid.uuid4()}", headers=key.headers).headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    )
