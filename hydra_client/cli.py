@@ -134,14 +134,21 @@ def status(
         typer.echo(json.dumps(row, indent=2))
         return
     stage = ""
-    if row.get("stage"):
+    if row.get("stage") and row["status"] not in FINAL_STATUSES:  # a finished job: its status, not its last stage
         stage = f"  {row['stage']} {row.get('variant') or ''} epoch {row.get('epoch') or 0}/{row.get('epochs') or 0}"
     typer.echo(
         f"{row['id']}  {row['status']}{stage}  {100 * float(row.get('fraction') or 0):.0f}%  "
         f"attempt {row.get('attempt')}/{row.get('max_attempts')}"
     )
-    if row.get("metrics"):
+    if row.get("metrics") and not row.get("headlines"):
         typer.echo(f"  metrics: {_metrics_text(row['metrics'])}")
+    for line in row.get("headlines") or []:  # every network of a succeeded job
+        robust = line.get("robust_acc")
+        robust_text = f"  {line.get('robust_metric')} {100 * robust:.2f}%" if isinstance(robust, (int, float)) else ""
+        typer.echo(
+            f"  {line['variant']:18s} sparsity {100 * float(line.get('sparsity') or 0):6.2f}%  "
+            f"benign {100 * float(line.get('benign_acc') or 0):.2f}%{robust_text}"
+        )
     typer.echo(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
     if row.get("error_reason"):
         typer.echo(f"  reason: {row['error_reason']}")

@@ -199,6 +199,11 @@ def test_cli_status_report_list_download(service: EmbeddedService, cli_job: tupl
     opts = ["--url", service.url, "--key", service.key]
     result = hydra_compress("status", job_id, *opts)
     assert result.exit_code == 0 and f"{job_id}  succeeded" in result.stdout and "100%" in result.stdout
+    assert "evaluate" not in result.stdout  # the finished state, not the last stage it ran
+    for variant in ("dense", "hydra_k0.1", "lwm_k0.1"):  # every network's headline
+        assert re.search(rf"^  {re.escape(variant)} +sparsity .*benign .*robust_acc", result.stdout, re.M), (
+            result.stdout
+        )
     assert json.loads(hydra_compress("status", job_id, "--json", *opts).stdout)["id"] == job_id
     assert "hydra_k0.1" in hydra_compress("report", job_id, *opts).stdout
     assert job_id in hydra_compress("list", *opts).stdout
