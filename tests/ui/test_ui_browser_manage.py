@@ -74,8 +74,9 @@ def test_submit_form_estimate_compare_and_delete(browser: Any, service: Embedded
     assert by_id(driver, "form-eps").get_attribute("value") == "8/255"  # shown as typed
     wait_until(
         driver,
-        lambda d: by_id(d, "estimate").get_attribute("data-ready") == "1"
-        and len(css(d, "#estimate-table tbody tr")) == 4,
+        lambda d: (
+            by_id(d, "estimate").get_attribute("data-ready") == "1" and len(css(d, "#estimate-table tbody tr")) == 4
+        ),
         what="the estimate of the edited spec",
     )
     prune = css(driver, '#estimate-table tr[data-stage="prune"] td')
@@ -105,7 +106,10 @@ def test_submit_form_estimate_compare_and_delete(browser: Any, service: Embedded
     shot(driver, "m03-list-selected")
     by_id(driver, "compare-button").click()
     wait_until(driver, lambda d: css(d, "#compare-table tbody tr"), what="the comparison")
-    rows = [(tr.get_attribute("data-job-id"), tr.get_attribute("data-variant")) for tr in css(driver, "#compare-table tbody tr")]
+    rows = [
+        (tr.get_attribute("data-job-id"), tr.get_attribute("data-variant"))
+        for tr in css(driver, "#compare-table tbody tr")
+    ]
     assert {r[0] for r in rows} == {job_id, other["id"]}
     assert (job_id, "lwm_k0.05") in rows and (other["id"], "hydra_k0.1") in rows and len(rows) == 5 + 3
     assert len(css(driver, "#compare-plot polyline")) >= 4  # benign and robust per job
