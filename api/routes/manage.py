@@ -22,11 +22,12 @@ from api.job_refs import resolve_job_id
 from api.routes.jobs import _check_references as check_references
 from api.routes.jobs import _raw_json as raw_json
 from api.schemas import ERROR_RESPONSES as ERRORS
-from api.schemas import ComparePublic, EstimatePublic, JobLabels, JobPublic, JobsPublic
+from api.schemas import TAG_PATTERN, ComparePublic, EstimatePublic, JobLabels, JobPublic, JobsPublic
 from api.validation import (
     ARTIFACT_NAME_PATTERN,
     ID_PATTERN,
     MAX_OFFSET,
+    NO_NUL_PATTERN,
     check_device,
     check_json_types,
     check_model_kwargs,
@@ -82,8 +83,13 @@ def list_jobs(
     principal: CurrentPrincipal,
     session: ReadSessionDep,
     status: JobStatus | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="Part of the job's name (case-insensitive).")] = None,
-    tag: Annotated[str | None, Query(max_length=40, description="Only jobs with this tag.")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, pattern=NO_NUL_PATTERN, description="Part of the job's name (case-insensitive)."),
+    ] = None,
+    tag: Annotated[
+        str | None, Query(min_length=1, max_length=40, pattern=TAG_PATTERN, description="Only jobs with this tag.")
+    ] = None,
     sort: Annotated[Literal["created", "name", "status"], Query(description="Sort key.")] = "created",
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -396,3 +396,9 @@ def test_a_literal_path_is_not_a_job_id_for_allow(client: TestClient, key) -> No
     assert (
         client.options(f"/v1/jobs/{uuid.uuid4()}", headers=key.headers).headers["allow"] == "DELETE, GET, HEAD, PATCH"
     )
+
+
+def test_list_refuses_a_nul_in_the_search(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
+    # Postgres text cannot hold NUL: refused as a 422 naming the parameter, never a 500
+    assert_error(client.get("/v1/jobs", params={"q": "a\x00b"}, headers=key.headers), 422, field="q")
+    assert_error(client.get("/v1/jobs", params={"tag": "a b"}, headers=key.headers), 422, field="tag")
