@@ -3,6 +3,10 @@ JavaScript and CSS served by the service itself (FastAPI's self-hosting recipe, 
 Assets", with the files of ``fastapi-offline``, which ships a current Swagger UI 5 and ReDoc 2).
 
 FastAPI's own pages load both from a CDN: on an air-gapped machine ``/docs`` rendered a blank page.
+ReDoc's bundle also draws Redocly's logo from ``cdn.redoc.ly`` in its sidebar footer (unconditionally:
+no option turns it off), so ``/redoc`` loads a copy of the bundle with that one URL pointed at our own
+favicon. Both pages carry a Content-Security-Policy that allows nothing from outside (Swagger UI's
+inline start-up script is allowed by its hash; both libraries inject inline styles).
 """
 
 from __future__ import annotations
@@ -11,11 +15,34 @@ from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from api.security_headers import inline_script_hashes
 
 DOCS_STATIC = "/static/docs"
 DOCS_ASSETS = str(files("fastapi_offline") / "static")
+REDOC_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+REDOC_OFFLINE_JS = "/docs-assets/redoc.offline.js"  # outside the static mount, which would shadow it
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def _with_csp(page: HTMLResponse) -> HTMLResponse:
+    body = bytes(page.body).decode()
+    page.headers["Content-Security-Policy"] = DOCS_CSP.format(hashes=" ".join(inline_script_hashes(body))).replace(
+        "'self' ;", "'self';"
+    )
+    return page
+
+
+def _offline_redoc_js() -> bytes:
+    """ReDoc's bundle with its one outside URL (the footer logo) pointed at the service's favicon."""
+    source = (files("fastapi_offline") / "static" / "redoc.standalone.js").read_bytes()
+    return source.replace(REDOC_LOGO_URL.encode(), f"{DOCS_STATIC}/favicon.png".encode())
 
 
 def install_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
@@ -26,28 +53,38 @@ def install_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc
     @app.get(docs_url, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API docs",
-            oauth2_redirect_url=f"{root}{oauth2_redirect}",
-            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
-            # validatorUrl null: no badge fetched from swagger.io either
-            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
+        return _with_csp(
+            get_swagger_ui_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title=f"{app.title} - API docs",
+                oauth2_redirect_url=f"{root}{oauth2_redirect}",
+                swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+                swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+                # validatorUrl null: no badge fetched from swagger.io either
+                swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
+            )
         )
 
     @app.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return _with_csp(get_swagger_ui_oauth2_redirect_html())
 
     @app.get(redoc_url, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
-            with_google_fonts=False,
+        return _with_csp(
+            get_redoc_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{root}{REDOC_OFFLINE_JS}",
+                redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+                with_google_fonts=False,
+            )
         )
+
+    redoc_js = _offline_redoc_js()
+
+    @app.get(REDOC_OFFLINE_JS, include_in_schema=False)
+    async def redoc_offline_js() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})

@@ -133,14 +133,43 @@ async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, exc.code, exc.message, exc.field)
 
 
+_NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "model_type"}
+_YAML_HINT = (
+    "; a YAML spec must be converted first (`hydra-compress submit spec.yaml` and the Python client do it, "
+    "or: python -c 'import json,sys,yaml; print(json.dumps(yaml.safe_load(sys.stdin)))' < spec.yaml)"
+)
+
+
+def _not_json_body(request: Request, first: dict[str, Any]) -> JSONResponse | None:
+    """A body that is not JSON at all (YAML, a form) where a JSON object is expected: name the
+    Content-Type (415) instead of pydantic's "Input should be a valid dictionary" with no field."""
+    if first.get("type") not in _NOT_AN_OBJECT or tuple(first.get("loc", ())) != ("body",):
+        return None
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return None
+    given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    return error_response(
+        415,
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE.code,
+        f"the body must be a JSON object sent as Content-Type: application/json; got {given}{_YAML_HINT}",
+        "Content-Type",
+    )
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if not errors:
         return error_response(422, ErrorCode.VALIDATION_ERROR.code, "invalid request")
     first = errors[0]
+    refused = _not_json_body(request, first)
+    if refused is not None:
+        return refused
     if first.get("type") == "json_invalid":
         detail = f"body is not valid JSON: {(first.get('ctx') or {}).get('error', 'decode error')}"
+        if "yaml" in request.headers.get("content-type", "").lower():
+            detail += _YAML_HINT
         return error_response(422, "invalid_json", detail, None)
     # an unknown (misspelled) key first, with the known field it most likely meant (core.field_errors)
     skip = 1 if tuple(first.get("loc", ()))[:1] == ("body",) else 0
@@ -170,14 +199,18 @@ def allowed_methods(request: Request) -> list[str]:
             methods = {m.upper() for m in ops if m in _METHODS}
             if "GET" in methods:
                 methods.add("HEAD")
-            patterns.append((re.compile(f"^{regex}/?$"), methods))
+            patterns.append((re.compile(f"^{regex}/?$"), methods, "{" not in template))
         app.state.allow_patterns = patterns
     path = request.url.path
     found: set[str] = set()
-    for regex, methods in patterns:
+    literal: set[str] = set()
+    for regex, methods, is_literal in patterns:
         if regex.match(path):
             found |= methods
-    return sorted(found)
+            if is_literal:
+                literal |= methods
+    # A literal path (/v1/jobs/compare) is its own resource, not a value of /v1/jobs/{job_id}.
+    return sorted(literal or found)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -22,6 +22,7 @@ from api.limits import BodySizeLimitMiddleware
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.routes import api_router, health_router
+from api.security_headers import ContentSecurityPolicyMiddleware
 from api.ui import install_ui
 from api.upload_slots import UploadConcurrencyMiddleware
 from service.db.aio import build_async_reader
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_ui(app)  # the web dashboard at /ui
     install_metrics(app, effective)  # /metrics: HTTP and job metrics (Prometheus)
     app.add_middleware(RequestContextMiddleware)  # job id and tenant on every log line of a request
+    app.add_middleware(ContentSecurityPolicyMiddleware)  # every response; pages set their own (api/security_headers.py)
     configure_logging(effective.log_json)
     logging.getLogger(__name__).info(
         "API ready: env=%s storage=%s queue=%s", effective.env, effective.storage_backend, effective.queue_name

@@ -61,6 +61,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
     ("post", "/ui/api/spec-parse"): ("yaml_alias_refused", "nesting_too_deep", "number_too_long", "too_many_nodes"),
+    ("post", "/v1/jobs/estimate"): ("invalid_reference",),
 }
 _SEMANTIC_TEXT = {
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "

@@ -1,7 +1,8 @@
 """The web dashboard at ``/ui``: server-rendered pages (Jinja2) and a little plain JavaScript.
 
 How it keeps the API's rules: the pages are shells that hold no tenant's data. The browser keeps the
-API key in ``sessionStorage`` (gone when the tab closes, never in a URL or a cookie) and the page's
+API key in ``sessionStorage`` (gone when the tab closes, never in a URL or a cookie; in
+``localStorage`` only when the person ticks "remember in this browser", until Forget) and the page's
 script calls the same JSON API as every other client, with ``Authorization: Bearer``: the list, a
 job, its report and artifacts, the live event stream (``fetch`` streaming: ``EventSource`` cannot
 send headers), submission and cancel. So a key sees its own tenant's jobs and nothing else, exactly
@@ -30,6 +31,7 @@ from pydantic import BaseModel, Field
 from api.deps import CurrentPrincipal, SettingsDep
 from api.errors import ApiError, ErrorCode
 from api.schemas import ErrorPublic
+from api.submit_form import FormApply, annotate_fractions, apply_form, apply_profile
 from core.errors import CoreError
 from core.objectives import OBJECTIVES
 from core.safe_parse import BoundedSafeLoader, RefusedYaml, check_json, compose_yaml
@@ -81,6 +83,11 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
     return _page(request, "job.html", page="job", title=f"Job {job_id[:8]}", job_id=job_id)
 
 
+@pages.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request) -> HTMLResponse:
+    return _page(request, "compare.html", page="compare", title="Compare jobs")
+
+
 @pages.get("/submit", response_class=HTMLResponse)
 def submit_page(request: Request) -> HTMLResponse:
     return _page(request, "submit.html", page="submit", title="Submit a job")
@@ -101,6 +108,7 @@ def spec_template(arch: str | None, dataset: str | None, objective: str | None) 
         spec["model"]["arch"] = arch
     if dataset:
         spec["dataset"]["name"] = dataset
+    apply_profile(spec, dataset, arch_given=bool(arch))  # the dataset's starting values (not CIFAR's on MNIST)
     for section, names in TEMPLATE_DROP.items():
         for name in names:
             spec[section].pop(name, None)
@@ -191,7 +199,8 @@ def get_spec_template(
 ) -> dict[str, Any]:
     """The dashboard's spec editor: the default spec for these choices, as editor text."""
     spec = spec_template(arch, dataset, objective)
-    return {"format": fmt, "text": dump_spec(spec, fmt), "spec": spec}
+    text = dump_spec(spec, fmt)
+    return {"format": fmt, "text": annotate_fractions(text) if fmt == "yaml" else text, "spec": spec}
 
 
 @helpers.post("/spec-parse", response_model=ParsedSpec, responses=HELPER_RESPONSES)
@@ -240,6 +249,14 @@ def _not_json(value: Any) -> Any:
     if isinstance(value, (datetime.date, datetime.datetime)):
         return value.isoformat()
     raise _NotJson(f"a {type(value).__name__} value has no place in a job spec")
+
+
+@helpers.post("/spec-form")
+def spec_form(body: FormApply, _principal: CurrentPrincipal) -> dict[str, Any]:
+    """The editor's spec with the submit form's fields written in, as editor text (api/submit_form.py)."""
+    spec = apply_form(body.spec, body.fields)
+    text = dump_spec(spec, body.format)
+    return {"format": body.format, "text": annotate_fractions(text) if body.format == "yaml" else text, "spec": spec}
 
 
 def install_ui(app: FastAPI) -> None:

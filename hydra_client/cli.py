@@ -7,6 +7,7 @@
     hydra-client report JOB_ID [--json]
     hydra-client download JOB_ID [NAME] [--out DIR]              # sha256 checked; no NAME: the compressed networks
     hydra-client cancel JOB_ID [--wait]
+    hydra-client delete JOB_ID [--artifact NAME]                 # a stopped job (or one artifact), store included
 
 (``hydra-compress`` has the same commands beside the core's local ones, see ``launch.cli``.)
 ``--url`` and ``--key`` default to ``HYDRA_URL`` and ``HYDRA_API_KEY``. Exit status: 0 success,
@@ -184,14 +185,21 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(row, indent=2))
         return EXIT_OK
     stage = ""
-    if row.get("stage"):
+    if row.get("stage") and row["status"] not in FINAL_STATUSES:  # a finished job: its status, not its last stage
         stage = f"  {row['stage']} {row.get('variant') or ''} epoch {row.get('epoch') or 0}/{row.get('epochs') or 0}"
     print(
         f"{row['id']}  {row['status']}{stage}  {100 * float(row.get('fraction') or 0):.0f}%  "
         f"attempt {row.get('attempt')}/{row.get('max_attempts')}"
     )
-    if row.get("metrics"):
+    if row.get("metrics") and not row.get("headlines"):
         print(f"  metrics: {_metrics_text(row['metrics'])}")
+    for line in row.get("headlines") or []:  # every network of a succeeded job
+        robust = line.get("robust_acc")
+        robust_text = f"  {line.get('robust_metric')} {100 * robust:.2f}%" if isinstance(robust, (int, float)) else ""
+        print(
+            f"  {line['variant']:18s} sparsity {100 * float(line.get('sparsity') or 0):6.2f}%  "
+            f"benign {100 * float(line.get('benign_acc') or 0):.2f}%{robust_text}"
+        )
     print(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
     if row.get("error_reason"):
         print(f"  reason: {row['error_reason']}")
@@ -274,6 +282,24 @@ def cancel(args: argparse.Namespace) -> int:
         row = _calling(lambda: client.wait(args.job_id))
     note = " (stops at its next batch)" if row["status"] == "running" else ""
     print(f"{args.job_id}  {row['status']}{note}")
+    return EXIT_OK
+
+
+def _delete_args(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("--artifact", default=None, help="Delete only this artifact.")
+
+
+@command("delete", _delete_args)
+def delete(args: argparse.Namespace) -> int:
+    """Delete a stopped job with its artifacts and checkpoint (or one artifact); cancel a live job first."""
+    client = _client(args)
+    if args.artifact:
+        _calling(lambda: client.delete_artifact(args.job_id, args.artifact))
+        print(f"{args.job_id}  artifact {args.artifact} deleted")
+    else:
+        _calling(lambda: client.delete_job(args.job_id))
+        print(f"{args.job_id}  deleted")
     return EXIT_OK
 
 

@@ -217,6 +217,41 @@ class Client:
         """Cancel a job (a queued one at once, a running one at its next batch); returns the job."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete a stopped job with its events, artifacts and checkpoint (``HydraError('conflict')``
+        while it is queued or running: cancel it first; ``'not_found'`` once deleted)."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def delete_artifact(self, job_id: str, name: str) -> None:
+        """Delete one artifact of a stopped job."""
+        self._request("DELETE", f"/v1/jobs/{job_id}/artifacts/{name}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete an uploaded model (``HydraError('conflict')`` naming the unfinished jobs that use it)."""
+        self._request("DELETE", f"/v1/models/{model_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (``HydraError('conflict')`` naming the unfinished jobs that use it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def label(self, job_id: str, tags: builtins.list[str] | None = None, note: str | None = None) -> dict[str, Any]:
+        """Set a job's tags and/or note (those given replace the old ones; note ``""`` clears it)."""
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = tags
+        if note is not None:
+            body["note"] = note
+        return self._json("PATCH", f"/v1/jobs/{job_id}", json=body)
+
+    def compare(self, job_ids: builtins.list[str]) -> dict[str, Any]:
+        """One table across jobs: ``{"jobs", "rows", "metrics"}`` (rows carry ``job_id``/``job_name``)."""
+        return self._json("GET", "/v1/jobs/compare", params={"ids": ",".join(job_ids)})
+
+    def estimate(self, spec: dict[str, Any] | str | Path) -> dict[str, Any]:
+        """What a spec would cost (sample-passes per stage; seconds where a throughput was measured)."""
+        body = spec if isinstance(spec, dict) else load_spec_file(spec)
+        return self._json("POST", "/v1/jobs/estimate", json=body)
+
     def report(self, job_id: str) -> ReportView:
         """The report of a succeeded job (``HydraError('job_not_succeeded')`` until then); the whole
         report, typed for the fields this client reads (``hydra_client.report_view``)."""

@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from api.routes import catalogue, datasets, health, jobs, models
+from api.routes import catalogue, datasets, health, jobs, manage, models
 
 api_router = APIRouter()
+api_router.include_router(manage.router)  # first: /jobs/compare and the list are not job ids
+api_router.include_router(manage.uploads_router)
 api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(datasets.router)

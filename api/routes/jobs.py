@@ -30,6 +30,7 @@ from api.deps import (
     get_app_settings,
 )
 from api.errors import ApiError, ErrorCode
+from api.job_refs import FULL_ID_LENGTH, resolve_job_id
 from api.schemas import (
     ERROR_RESPONSES as ERRORS,
 )
@@ -38,14 +39,12 @@ from api.schemas import (
     JobDetail,
     JobEventPublic,
     JobEventsPublic,
-    JobsPublic,
 )
 from api.streams import SlotStreamingResponse, build_stream_slots, key_check_interval
 from api.validation import (
     ARTIFACT_NAME_PATTERN,
     ID_PATTERN,
     MAX_EVENT_ID,
-    MAX_OFFSET,
     check_device,
     check_json_types,
     check_model_kwargs,
@@ -72,7 +71,12 @@ SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 DEFAULT_DATA_DIR = "data"
 
-JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id (as returned by POST /v1/jobs).")]
+JobId = Annotated[
+    str,
+    Path(
+        pattern=ID_PATTERN, description="A job id (as returned by POST /v1/jobs), or a unique prefix of 8+ characters."
+    ),
+]
 
 
 # ----------------------------------------------------------------------------- submission checks
@@ -269,20 +273,12 @@ def submit_job(
     return job
 
 
-@router.get("", response_model=JobsPublic, responses=ERRORS)
-def list_jobs(
-    principal: CurrentPrincipal,
-    session: ReadSessionDep,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
-    """List your jobs, newest first."""
-    rows, count = jobs.list_jobs(session, principal.tenant_id, status.value if status else None, limit, offset)
-    return {"data": rows, "count": count}
+# GET "" (the list: search, sort, paging, tags) is in api/routes/manage.py, mounted first.
 
 
 def _job_or_404(session: Session, tenant_id: int, job_id: str) -> Job:
+    if len(job_id) != FULL_ID_LENGTH:  # an 8+ character prefix (api/job_refs.py)
+        job_id = resolve_job_id(session, tenant_id, job_id)
     job = jobs.get_job(session, tenant_id, job_id)
     if job is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
@@ -294,12 +290,19 @@ def _job_view_sync(settings: Settings, tenant_id: int, job_id: str) -> dict[str,
         return jobs.get_job_view(session, tenant_id, job_id)
 
 
+def _resolve_sync(settings: Settings, tenant_id: int, job_id: str) -> str:
+    with get_read_sessionmaker(settings)() as session:
+        return resolve_job_id(session, tenant_id, job_id)
+
+
 @router.get("/{job_id}", response_model=JobDetail, responses=ERRORS)
 async def get_job(job_id: JobId, principal: CurrentPrincipal, request: Request) -> Response:
     """A job's status, stage, progress, latest metrics and timestamps."""
     # The endpoint every client polls: async all the way on Postgres (service/db/aio.py), with no
     # dependencies beyond authentication (each would be resolved on every poll).
     settings = await get_app_settings(request)
+    if len(job_id) != FULL_ID_LENGTH:  # an 8+ character prefix (api/job_refs.py)
+        job_id = await run_in_threadpool(_resolve_sync, settings, principal.tenant_id, job_id)
     reader = async_reader_for(request, settings)
     if reader is not None:
         job = await reader.get_job_view(principal.tenant_id, job_id)
@@ -315,6 +318,7 @@ async def get_job(job_id: JobId, principal: CurrentPrincipal, request: Request) 
 @router.post("/{job_id}/cancel", response_model=JobDetail, responses=ERRORS)
 def cancel_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) -> Job:
     """Cancel a job: a queued one at once, a running one at its next batch (its checkpoint stays)."""
+    job_id = _job_or_404(session, principal.tenant_id, job_id).id
     job = jobs.request_cancel(session, principal.tenant_id, job_id)
     if job is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
@@ -398,7 +402,7 @@ def job_events(
     ] = None,
 ) -> Any:
     """A job's event history (JSON), or a live Server-Sent-Events stream (Accept: text/event-stream)."""
-    _job_or_404(session, principal.tenant_id, job_id)
+    job_id = _job_or_404(session, principal.tenant_id, job_id).id
     if stream or "text/event-stream" in request.headers.get("accept", ""):
         start = max(after, last_event_id or 0)
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
@@ -428,7 +432,7 @@ def job_report(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionD
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=ERRORS)
 def list_artifacts(job_id: JobId, principal: CurrentPrincipal, session: ReadSessionDep) -> dict[str, Any]:
     """The files a job produced, with size and sha256."""
-    _job_or_404(session, principal.tenant_id, job_id)
+    job_id = _job_or_404(session, principal.tenant_id, job_id).id
     rows = jobs.list_artifacts(session, job_id)
     return {"data": rows, "count": len(rows)}
 
@@ -448,7 +452,7 @@ def download_artifact(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """Download one artifact (streamed; ETag and X-Checksum-SHA256 carry its sha256)."""
-    _job_or_404(session, principal.tenant_id, job_id)
+    job_id = _job_or_404(session, principal.tenant_id, job_id).id
     artifact = jobs.get_artifact(session, job_id, name)
     if artifact is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"job {job_id} has no artifact {name!r}", "name")

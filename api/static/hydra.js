@@ -9,10 +9,13 @@
   const $ = (id) => document.getElementById(id);
 
   // ------------------------------------------------------------------ the key
-  const getKey = () => sessionStorage.getItem(KEY) || "";
+  // sessionStorage: this tab only; localStorage only when "remember in this browser" was ticked.
+  const getKey = () => sessionStorage.getItem(KEY) || localStorage.getItem(KEY) || "";
+  const remembered = () => !!localStorage.getItem(KEY);
   function showKeyState() {
     const key = getKey();
-    $("key-state").textContent = key ? "key set for this tab" : "";
+    $("key-state").textContent = key ? (remembered() ? "key remembered in this browser" : "key set for this tab") : "";
+    $("key-remember").checked = remembered();
     $("key-forget").hidden = !key;
     $("api-key").value = "";
     $("api-key").placeholder = key ? "•••••••• (replace)" : "paste your API key";
@@ -74,6 +77,7 @@
   }
   function badge(status) { return text("span", status, `badge ${status}`); }
   function stageText(job) {
+    if (FINAL.has(job.status)) return job.phase || job.status; // not the last stage it ran ("evaluate lwm_k0.1")
     if (!job.stage) return "–";
     const epochs = job.epochs ? ` ${job.epoch || 0}/${job.epochs}` : "";
     return `${job.stage}${job.variant ? " " + job.variant : ""}${epochs}`;
@@ -85,17 +89,6 @@
     const others = Object.keys(metrics).filter((k) => /^val_/.test(k) && !keys.includes(k));
     return keys.concat(others).slice(0, 4).map((k) => `${k} ${k === "loss" ? metrics[k].toFixed(3) : pct(metrics[k])}`).join(" · ") || "–";
   }
-  /* A succeeded job's headline (report.js): reports never change once written, so each is fetched
-     once per tab. */
-  async function reportHeadline(jobId) {
-    const cacheKey = `hydra.headline.${jobId}`;
-    const cached = sessionStorage.getItem(cacheKey);
-    if (cached) return cached;
-    const line = HydraReport.headline(await api(`/v1/jobs/${encodeURIComponent(jobId)}/report`));
-    sessionStorage.setItem(cacheKey, line);
-    return line;
-  }
-
   function progressBar(fraction, status) {
     const wrap = text("div", null, "progress");
     const bar = text("div", null, "bar" + (status === "succeeded" ? " done" : ""));
@@ -105,26 +98,80 @@
   }
 
   // ------------------------------------------------------------------ the job list
+  /* Search by name, filter by status or tag, sort, pages of limit/offset with the total; tick jobs to
+     compare them; delete a stopped job; every network's headline from the row's `headlines`. */
   async function jobsPage() {
     const tbody = $("jobs-body");
+    const selected = new Set();
     let timer = null;
+    let offset = 0;
+    let total = 0;
+    const limit = () => Number($("jobs-limit").value) || 25;
+
+    function query() {
+      const params = new URLSearchParams({ limit: String(limit()), offset: String(offset),
+                                           sort: $("jobs-sort").value, order: $("jobs-order").value });
+      for (const [id, name] of [["status-filter", "status"], ["jobs-search", "q"], ["jobs-tag", "tag"]]) {
+        const value = $(id).value.trim();
+        if (value) params.set(name, value);
+      }
+      return params;
+    }
+
+    function headlineList(job) {
+      if (!job.headlines || !job.headlines.length) return text("span", headlineMetrics(job.metrics), "small");
+      const ul = text("ul", null, "headlines small");
+      for (const h of job.headlines) {
+        const robust = h.robust_metric && typeof h.robust_acc === "number" ? ` · ${h.robust_metric} ${pct(h.robust_acc)}` : "";
+        const li = text("li", `${h.variant} (${pct(h.sparsity)}% sparse): benign ${pct(h.benign_acc)}${robust}`);
+        li.dataset.variant = h.variant;
+        ul.appendChild(li);
+      }
+      return ul;
+    }
+
+    function labelsCell(job) {
+      const td = text("td", null, "small");
+      for (const tag of job.tags || []) td.appendChild(text("span", tag, "tag"));
+      if (job.note) td.appendChild(text("div", job.note, "muted"));
+      const edit = text("button", "edit", "link-dark");
+      edit.className = "secondary small";
+      edit.addEventListener("click", () => editLabels(job).then(refresh));
+      td.appendChild(edit);
+      return td;
+    }
+
+    function updateCompare() {
+      $("compare-button").disabled = selected.size < 2;
+      $("compare-button").textContent = `Compare selected${selected.size ? " (" + selected.size + ")" : ""}`;
+    }
+
     async function refresh() {
       clearTimeout(timer);
-      const status = $("status-filter").value;
       let page;
       try {
-        page = await api(`/v1/jobs?limit=100${status ? "&status=" + encodeURIComponent(status) : ""}`);
+        page = await api(`/v1/jobs?${query()}`);
       } catch (err) {
-        tbody.replaceChildren(row([text("td", `could not load the jobs: ${err.message}`, "error-text")], 8));
+        tbody.replaceChildren(row([text("td", `could not load the jobs: ${err.message}`, "error-text")], 10));
         return;
       }
-      flash("");
+      if (!$("flash").classList.contains("ok")) flash(""); // an error is over; a confirmation stays
+      total = page.count;
+      if (offset && offset >= total) { offset = Math.max(0, total - limit()); return refresh(); }
       tbody.replaceChildren();
-      if (!page.data.length) tbody.appendChild(row([text("td", "No jobs yet: submit one.", "muted")], 8));
+      if (!page.data.length) tbody.appendChild(row([text("td", total ? "No job matches." : "No jobs yet: submit one.", "muted")], 10));
       for (const job of page.data) {
         const tr = document.createElement("tr");
         tr.dataset.jobId = job.id;
         tr.dataset.status = job.status;
+        const pick = document.createElement("td");
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.className = "pick";
+        box.checked = selected.has(job.id);
+        box.title = "select to compare";
+        box.addEventListener("change", () => { if (box.checked) selected.add(job.id); else selected.delete(job.id); updateCompare(); });
+        pick.appendChild(box);
         const link = text("a", job.name || job.id.slice(0, 8));
         link.href = `/ui/jobs/${encodeURIComponent(job.id)}`;
         const first = document.createElement("td");
@@ -145,29 +192,146 @@
             refresh();
           });
           actions.appendChild(cancel);
+        } else {
+          const del = text("button", "Delete", "danger delete-job");
+          del.addEventListener("click", async () => { if (await deleteJob(job)) { selected.delete(job.id); refresh(); } });
+          actions.appendChild(del);
         }
-        const metricsCell = text("td", headlineMetrics(job.metrics), "small");
-        if (job.status === "succeeded") {
-          metricsCell.classList.add("headline");
-          reportHeadline(job.id).then((line) => { metricsCell.textContent = line; metricsCell.dataset.report = "1"; })
-            .catch(() => {});
-        }
-        tr.append(first, st, text("td", stageText(job)), pr, metricsCell,
+        const metricsCell = document.createElement("td");
+        metricsCell.className = "headline-cell";
+        metricsCell.appendChild(headlineList(job));
+        tr.append(pick, first, st, text("td", stageText(job), "phase"), pr, metricsCell, labelsCell(job),
                   text("td", when(job.created_at), "small"), text("td", when(job.finished_at), "small"), actions);
         tbody.appendChild(tr);
       }
-      $("jobs-count").textContent = `${page.count} job${page.count === 1 ? "" : "s"}`;
+      $("jobs-count").textContent = `${total} job${total === 1 ? "" : "s"}`;
+      $("jobs-page").textContent = total ? `${offset + 1}–${offset + page.data.length} of ${total}` : "";
+      $("jobs-prev").disabled = offset === 0;
+      $("jobs-next").disabled = offset + page.data.length >= total;
+      updateCompare();
       const active = page.data.some((j) => !FINAL.has(j.status));
       timer = setTimeout(refresh, active ? 2000 : 10000);
     }
-    $("status-filter").addEventListener("change", refresh);
+    const restart = () => { offset = 0; refresh(); };
+    for (const id of ["status-filter", "jobs-sort", "jobs-order", "jobs-limit"]) $(id).addEventListener("change", restart);
+    let typing = null;
+    for (const id of ["jobs-search", "jobs-tag"]) $(id).addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(restart, 300); });
+    $("jobs-filter").addEventListener("submit", (e) => { e.preventDefault(); restart(); });
+    $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - limit()); refresh(); });
+    $("jobs-next").addEventListener("click", () => { offset += limit(); refresh(); });
+    $("compare-button").addEventListener("click", () => {
+      window.location.href = `/ui/compare?ids=${encodeURIComponent([...selected].join(","))}`;
+    });
     refresh();
+  }
+
+  /* Delete a stopped job (the API refuses a live one with 409: cancel first). True once deleted. */
+  async function deleteJob(job) {
+    if (!confirm(`Delete job ${job.name || job.id} with its artifacts and checkpoint? This cannot be undone.`)) return false;
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(job.id)}`, { method: "DELETE" });
+      flash(`Deleted job ${job.name || job.id}.`, "ok");
+      return true;
+    } catch (err) {
+      flash(err.status === 404 ? "That job was already deleted." : `Not deleted: ${err.message}`);
+      return err.status === 404;
+    }
+  }
+
+  /* Tags (comma-separated) and a note, set with PATCH /v1/jobs/{id}. */
+  async function editLabels(job) {
+    const tags = prompt("Tags, separated by commas (letters, digits, . _ : / + -):", (job.tags || []).join(", "));
+    if (tags === null) return;
+    const note = prompt("Note (empty: none):", job.note || "");
+    if (note === null) return;
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(job.id)}`, {
+        method: "PATCH", json: { tags: tags.split(",").map((t) => t.trim()).filter(Boolean), note } });
+    } catch (err) { flash(`Not saved: ${err.field ? err.field + ": " : ""}${err.message}`); }
+  }
+
+  // ------------------------------------------------------------------ compare jobs
+  /* GET /v1/jobs/compare: every job's comparison rows in one table, and one plot of accuracy against
+     sparsity (benign dashed, the headline robust metric solid), one colour per job. */
+  async function comparePage() {
+    const ids = new URLSearchParams(window.location.search).get("ids") || "";
+    if (!ids) { $("compare-summary").textContent = "Tick two or more jobs in the job list, then press Compare selected."; return; }
+    let data;
+    try { data = await api(`/v1/jobs/compare?ids=${encodeURIComponent(ids)}`); }
+    catch (err) { $("compare-summary").textContent = `Could not compare: ${err.message}`; return; }
+    const list = $("compare-jobs");
+    list.replaceChildren();
+    data.jobs.forEach((j, i) => {
+      const li = document.createElement("li");
+      li.dataset.jobId = j.id;
+      const a = text("a", j.name || j.id.slice(0, 8));
+      a.href = `/ui/jobs/${encodeURIComponent(j.id)}`;
+      const swatch = text("span", "■ ");
+      swatch.style.color = HydraCharts.COLORS[i % HydraCharts.COLORS.length];
+      li.append(swatch, a, document.createTextNode(
+        ` ${j.arch || ""} on ${j.dataset || "?"}, ${j.objective || "?"}${j.headline_robust_metric ? ", headline " + j.headline_robust_metric : ""}${j.note ? " — " + j.note : ""}`));
+      list.appendChild(li);
+    });
+    $("compare-summary").textContent = `${data.jobs.length} jobs, ${data.rows.length} networks.`;
+    const table = $("compare-table");
+    table.replaceChildren();
+    const head = document.createElement("tr");
+    head.append(text("th", "job"), text("th", "network"), text("th", "method"), text("th", "k (kept)", "num"), text("th", "sparsity %", "num"));
+    for (const m of data.metrics) head.appendChild(text("th", `${m} %`, "num"));
+    const thead = document.createElement("thead");
+    thead.appendChild(head);
+    const tb = document.createElement("tbody");
+    for (const r of data.rows) {
+      const tr = document.createElement("tr");
+      tr.dataset.jobId = r.job_id;
+      tr.dataset.variant = r.variant;
+      tr.append(text("td", r.job_name || r.job_id.slice(0, 8)), text("td", r.variant, "mono"), text("td", r.method),
+                text("td", r.k, "num"), text("td", pct(r.sparsity), "num"));
+      for (const m of data.metrics) {
+        const td = text("td", pct(r[m]), "num");
+        const ci = r.ci95 && r.ci95[m];
+        if (Array.isArray(ci)) td.title = `95% interval ${pct(ci[0])} – ${pct(ci[1])}`;
+        tr.appendChild(td);
+      }
+      tb.appendChild(tr);
+    }
+    table.append(thead, tb);
+    const series = [];
+    data.jobs.forEach((j, i) => {
+      const own = data.rows.filter((r) => r.job_id === j.id).sort((a, b) => (a.sparsity || 0) - (b.sparsity || 0));
+      if (!own.length) return;
+      const color = HydraCharts.COLORS[i % HydraCharts.COLORS.length];
+      const label = j.name || j.id.slice(0, 8);
+      series.push({ name: `${label} benign`, color, dashed: true,
+                    points: own.filter((r) => typeof r.benign_acc === "number").map((r) => [100 * (r.sparsity || 0), 100 * r.benign_acc]) });
+      const metric = j.headline_robust_metric;
+      if (metric) series.push({ name: `${label} ${metric}`, color,
+                                points: own.filter((r) => typeof r[metric] === "number").map((r) => [100 * (r.sparsity || 0), 100 * r[metric]]) });
+    });
+    const plot = $("compare-plot");
+    const chart = HydraCharts.lineChart(plot, { title: "accuracy (%) against sparsity (% of weights pruned)", series,
+                                               xLabel: "sparsity %", yLabel: "accuracy %", yMin: 0, markers: true });
+    plot.replaceChildren(...chart.childNodes);
   }
 
   function row(cells, span) {
     const tr = document.createElement("tr");
     for (const c of cells) { if (span) c.colSpan = span; tr.appendChild(c); }
     return tr;
+  }
+
+  /* The job page's delete button (shown once the job has stopped) and its tags and note. */
+  function jobActions(j) {
+    const button = $("delete-button");
+    button.hidden = !FINAL.has(j.status);
+    if (!button.dataset.ready) {
+      button.dataset.ready = "1";
+      button.addEventListener("click", async () => { if (await deleteJob(j)) window.location.href = "/ui/jobs"; });
+    }
+    const labels = $("job-labels");
+    labels.replaceChildren();
+    for (const tag of j.tags || []) labels.appendChild(text("span", tag, "tag"));
+    if (j.note) labels.appendChild(text("span", j.note));
   }
 
   // ------------------------------------------------------------------ the event stream
@@ -254,6 +418,7 @@
       $("cancel-button").hidden = FINAL.has(j.status);
       $("cancel-button").disabled = !!j.cancel_requested;
       $("cancel-button").textContent = j.cancel_requested ? "Canceling…" : "Cancel job";
+      jobActions(j);
       if (j.spec && !$("job-spec").textContent) $("job-spec").textContent = JSON.stringify(j.spec, null, 2);
       if (FINAL.has(j.status)) {
         clearInterval(poll);
@@ -386,6 +551,167 @@
   }
 
   // ------------------------------------------------------------------ submit
+  /* The submit page's form (eps, methods, k, epochs per stage) and cost estimate. The YAML stays the
+     one source of the spec: the form is filled from it, and a form change is written into it by the
+     service (/ui/api/spec-form). The estimate (POST /v1/jobs/estimate) follows every change. */
+  function specFormAndEstimate(editor) {
+    const FORM = { eps: "form-eps", methods: "form-methods", k: "form-k",
+                   pretrain_epochs: "form-pretrain", prune_epochs: "form-prune", finetune_epochs: "form-finetune" };
+    const format = () => $("choose-format").value;
+    let timer = null;
+    let seq = 0;
+
+    function number(textValue) { // "0.1", "8/255": what a person types for a radius
+      const m = /^\s*(\d+(?:\.\d*)?|\.\d+)(?:e(-?\d+))?\s*(?:\/\s*(\d+(?:\.\d*)?))?\s*$/i.exec(textValue);
+      if (!m) return null;
+      const value = parseFloat(m[1] + (m[2] ? "e" + m[2] : "")) / (m[3] ? parseFloat(m[3]) : 1);
+      return isFinite(value) && value > 0 ? value : null;
+    }
+    const list = (textValue) => textValue.split(",").map((t) => t.trim()).filter(Boolean);
+
+    function setField(id, value, typedEquals) {
+      const input = $(id);
+      if (document.activeElement === input) return;
+      if (typedEquals && typedEquals(input.value)) return; // keep what was typed (8/255)
+      input.value = value === null || value === undefined ? "" : String(value);
+    }
+
+    function fillForm(spec) {
+      const objective = spec.objective || {};
+      const eps = objective.eps;
+      $(FORM.eps).disabled = eps === undefined;
+      $(FORM.eps).placeholder = eps === undefined ? `no eps for ${objective.type}` : "0.1 or 8/255";
+      setField(FORM.eps, eps, (typed) => typeof eps === "number" && Math.abs((number(typed) || -1) - eps) < 1e-12);
+      const pruning = spec.pruning || {};
+      setField(FORM.methods, (pruning.methods || []).join(", "));
+      setField(FORM.k, (pruning.k || []).join(", "));
+      const stages = spec.stages || {};
+      for (const stage of ["pretrain", "prune", "finetune"]) {
+        setField(FORM[`${stage}_epochs`], stages[stage] === null ? 0 : (stages[stage] || {}).epochs);
+      }
+    }
+
+    function compact(n) {
+      if (typeof n !== "number") return "–";
+      for (const [div, unit] of [[1e12, " T"], [1e9, " G"], [1e6, " M"], [1e3, " k"]]) if (n >= div) return `${(n / div).toFixed(1)}${unit}`;
+      return String(Math.round(n));
+    }
+    function duration(s) {
+      if (typeof s !== "number") return "–";
+      if (s < 90) return `${Math.round(s)} s`;
+      if (s < 5400) return `${Math.round(s / 60)} min`;
+      return `${(s / 3600).toFixed(1)} h`;
+    }
+
+    function showEstimate(est) {
+      const time = typeof est.seconds === "number" ? ` ≈ ${duration(est.seconds)} at ${compact(est.throughput)} passes/s` : "";
+      $("estimate-summary").textContent = `${compact(est.total_sample_passes)} sample-passes (forward+backward passes × samples)${time}. `
+        + (typeof est.seconds === "number" ? `Throughput: ${est.throughput_source}.` : `${est.throughput_source.charAt(0).toUpperCase()}${est.throughput_source.slice(1)}.`)
+        + (est.notes.length ? ` ${est.notes.join("; ")}.` : "");
+      $("estimate-summary").className = "";
+      $("estimate").dataset.ready = "1";
+      const table = $("estimate-table");
+      table.replaceChildren();
+      const head = document.createElement("tr");
+      for (const h of ["stage", "runs", "epochs", "samples", "passes per sample", "sample-passes", "time"]) head.appendChild(text("th", h));
+      const thead = document.createElement("thead");
+      thead.appendChild(head);
+      const tb = document.createElement("tbody");
+      for (const s of est.stages) {
+        const tr = document.createElement("tr");
+        tr.dataset.stage = s.stage;
+        tr.append(text("td", s.stage), text("td", s.runs, "num"), text("td", s.epochs, "num"), text("td", compact(s.samples), "num"),
+                  text("td", s.passes_per_sample, "num"), text("td", compact(s.sample_passes), "num"), text("td", duration(s.seconds), "num"));
+        tb.appendChild(tr);
+      }
+      table.append(thead, tb);
+    }
+
+    async function parsed() {
+      const result = await api("/ui/api/spec-parse", { method: "POST", json: { text: editor.value, format: format() } });
+      return result.spec;
+    }
+
+    async function sync() {
+      const mine = ++seq;
+      $("estimate").dataset.ready = ""; // stale until this answer arrives
+      $("estimate-state").textContent = "(updating…)";
+      try {
+        const spec = await parsed();
+        if (mine !== seq) return;
+        if (!spec) { $("estimate-state").textContent = "(the spec does not parse)"; return; }
+        fillForm(spec);
+        const est = await api("/v1/jobs/estimate", { method: "POST", json: spec });
+        if (mine !== seq) return;
+        showEstimate(est);
+        $("estimate-state").textContent = "";
+      } catch (err) {
+        if (mine !== seq) return;
+        $("estimate").dataset.ready = "";
+        $("estimate-state").textContent = "";
+        $("estimate-summary").textContent = `No estimate: ${err.field ? err.field + ": " : ""}${err.message}`;
+        $("estimate-summary").className = "error-text";
+      }
+    }
+    const later = () => { $("estimate").dataset.ready = ""; clearTimeout(timer); timer = setTimeout(sync, 400); };
+
+    /* One form change at a time, in order: each reads the YAML the previous one wrote. */
+    let chain = Promise.resolve();
+    const applyForm = (e) => {
+      const id = e.target.id, value = e.target.value;
+      chain = chain.then(() => applyField(id, value));
+    };
+
+    async function applyField(id, value) {
+      const fields = {};
+      const error = $("form-error");
+      error.hidden = true;
+      try {
+        if (id === FORM.eps) {
+          const eps = number(value);
+          if (eps === null) throw new Error(`eps: "${value}" is not a positive number or fraction (0.1, 8/255)`);
+          fields.eps = eps;
+        } else if (id === FORM.methods) fields.methods = list(value);
+        else if (id === FORM.k) {
+          fields.k = list(value).map((t) => number(t));
+          if (fields.k.some((k) => k === null)) throw new Error(`k: "${value}" is not a list of numbers`);
+        } else {
+          const stage = Object.keys(FORM).find((name) => FORM[name] === id);
+          fields[stage] = Math.max(0, parseInt(value || "0", 10));
+        }
+        const spec = await parsed();
+        if (!spec) throw new Error("the YAML does not parse: fix it first");
+        const result = await api("/ui/api/spec-form", { method: "POST", json: { spec, fields, format: format() } });
+        editor.value = result.text;
+        editor.dispatchEvent(new Event("input"));
+      } catch (err) {
+        error.textContent = err.message;
+        error.hidden = false;
+      }
+    }
+
+    /* A dataset of another shape takes an architecture built for it (MNIST's network on CIFAR images
+       would be refused at submission): switched before the template reloads (capture phase). */
+    const shapes = { arch: {}, dataset: {} };
+    Promise.all([api("/v1/catalogue/architectures"), api("/v1/catalogue/datasets")]).then(([a, d]) => {
+      for (const e of a.data) shapes.arch[e.name] = JSON.stringify(e.info.input_shape || null);
+      for (const e of d.data) shapes.dataset[e.name] = JSON.stringify(e.info.input_shape || null);
+    }).catch(() => {});
+    $("choose-dataset").parentElement.addEventListener("change", (e) => {
+      if (e.target.id !== "choose-dataset") return;
+      const want = shapes.dataset[e.target.value];
+      const arch = $("choose-arch");
+      if (!want || want === "null" || shapes.arch[arch.value] === want) return;
+      const fits = [...arch.options].map((o) => o.value).filter((name) => shapes.arch[name] === want);
+      if (fits.length) arch.value = fits.find((n) => n.startsWith("cnn_small")) || fits[0];
+    }, true);
+
+    for (const input of Object.values(FORM)) $(input).addEventListener("change", applyForm);
+    $("spec-form").addEventListener("submit", (e) => e.preventDefault());
+    editor.addEventListener("input", later);
+    editor.addEventListener("hydra:loaded", sync);
+  }
+
   function submitPage() {
     const editor = $("spec-editor");
     const gutter = $("editor-gutter");
@@ -485,6 +811,7 @@
       try {
         const t = await api(`/ui/api/spec-template?${params}`);
         editor.value = t.text;
+        editor.dispatchEvent(new Event("hydra:loaded")); // the form and the estimate follow
         $("editor-state").textContent = `defaults for ${t.spec.model.arch}, ${t.spec.dataset.name}, ${t.spec.objective.type}`;
       } catch (err) { flash(`could not build the template: ${err.message}`); }
       idempotencyKey = newKey();
@@ -550,6 +877,7 @@
     for (const id of ["choose-arch", "choose-dataset", "choose-objective", "choose-format"]) $(id).addEventListener("change", loadTemplate);
     $("reset-template").addEventListener("click", loadTemplate);
     $("submit-button").addEventListener("click", submit);
+    specFormAndEstimate(editor);
     loadCatalogue();
   }
 
@@ -559,8 +887,10 @@
     const value = $("api-key").value.trim();
     if (!value) return;
     sessionStorage.setItem(KEY, value);
+    const remember = $("key-remember").checked;
     try {
       await api("/v1/jobs?limit=1");
+      if (remember) localStorage.setItem(KEY, value); else localStorage.removeItem(KEY);
       flash("");
       window.location.reload();
     } catch (err) {
@@ -569,10 +899,10 @@
       flash(err.status === 401 ? "The service refused this key (401)." : `Could not check the key: ${err.message}`);
     }
   });
-  $("key-forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); window.location.reload(); });
+  $("key-forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); localStorage.removeItem(KEY); window.location.reload(); });
   showKeyState();
   if (getKey()) {
-    const pages = { jobs: jobsPage, job: jobPage, submit: submitPage };
+    const pages = { jobs: jobsPage, job: jobPage, submit: submitPage, compare: comparePage };
     (pages[body.dataset.page] || (() => {}))();
   }
 })();

@@ -135,6 +135,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    tags: Mapped[list[str] | None] = mapped_column(JSONType)  # the user's labels (PATCH /v1/jobs/{id})
+    note: Mapped[str | None] = mapped_column(Text)  # the user's free-text note
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -146,6 +146,14 @@ def test_cancel_and_the_exit_status_of_a_canceled_job(client: Client, service: E
     assert result.exit_code == 3 and "canceled" in result.output
     result = hydra_compress("status", job["id"], env=env)
     assert result.exit_code == 0 and " canceled" in result.stdout
+    # deleted by its 8-character prefix, once; the second delete is refused as not found
+    result = hydra_compress("delete", job["id"][:8], env=env)
+    assert result.exit_code == 0 and f"{job['id'][:8]}  deleted" in result.stdout, result.output
+    result = hydra_compress("delete", job["id"], env=env)
+    assert result.exit_code == 2 and "not_found" in result.output
+    with pytest.raises(HydraError) as info:
+        client.get(job["id"])
+    assert info.value.error_code == "not_found"
 
 
 def test_uploads_are_referenced_by_a_job(client: Client, tmp_path: Path) -> None:
@@ -173,8 +181,14 @@ def test_uploads_are_referenced_by_a_job(client: Client, tmp_path: Path) -> None
     }
     job = client.submit(spec)
     assert job["spec"]["model"]["checkpoint"] == model["ref"]
+    with pytest.raises(HydraError) as info:  # in use by a job not yet finished
+        client.delete_model(model["id"])
+    assert info.value.error_code == "conflict" and job["id"] in info.value.detail
     client.cancel(job["id"])
     assert client.wait(job["id"], progress=False, timeout=120)["status"] == "canceled"
+    client.delete_model(model["id"])
+    client.delete_dataset(dataset["id"])
+    assert client.models() == [] and client.datasets() == []
     with pytest.raises(HydraError) as info:
         client.upload_model(weights, "no_such_arch")
     assert info.value.status_code == 422 and info.value.field
@@ -185,6 +199,11 @@ def test_cli_status_report_list_download(service: EmbeddedService, cli_job: tupl
     opts = ["--url", service.url, "--key", service.key]
     result = hydra_compress("status", job_id, *opts)
     assert result.exit_code == 0 and f"{job_id}  succeeded" in result.stdout and "100%" in result.stdout
+    assert "evaluate" not in result.stdout  # the finished state, not the last stage it ran
+    for variant in ("dense", "hydra_k0.1", "lwm_k0.1"):  # every network's headline
+        assert re.search(rf"^  {re.escape(variant)} +sparsity .*benign .*robust_acc", result.stdout, re.M), (
+            result.stdout
+        )
     assert json.loads(hydra_compress("status", job_id, "--json", *opts).stdout)["id"] == job_id
     assert "hydra_k0.1" in hydra_compress("report", job_id, *opts).stdout
     assert job_id in hydra_compress("list", *opts).stdout

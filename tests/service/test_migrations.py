@@ -47,6 +47,11 @@ def test_upgrade_matches_models_and_downgrade_unwinds(empty_url: str) -> None:
             assert diff == [], diff
             columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
             assert {"lease_owner", "lease_expires_at", "attempt", "max_attempts", "idempotency_key"} <= columns
+            assert {"tags", "note"} <= columns  # 0003
+        command.downgrade(cfg, "0002")  # 0003 alone unwinds: the columns go, the table stays
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
+            assert "tags" not in columns and "note" not in columns and "idempotency_key" in columns
         command.downgrade(cfg, "base")
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) - {"alembic_version"} == set()

@@ -199,9 +199,16 @@ def test_dashboard_end_to_end(browser: Any, service: EmbeddedService, downloads:
     row = wait_until(driver, lambda d: css(d, f'#jobs-body tr[data-job-id="{job_id}"]'), what="the job's row")[0]
     assert row.get_attribute("data-status") == "succeeded" and "from-the-browser" in row.text
     assert "100%" in row.text
-    wait_until(driver, lambda d: css(d, f'#jobs-body tr[data-job-id="{job_id}"] td[data-report]'), what="the headline")
-    headline = css(driver, f'#jobs-body tr[data-job-id="{job_id}"] td[data-report]')[0].text
-    assert headline.startswith("hydra_k0.1 (90.00% sparse): benign") and "robust_acc" in headline, headline
+    # every network's headline (the row's `headlines`), and the finished state rather than the last stage
+    wait_until(
+        driver, lambda d: css(d, f'#jobs-body tr[data-job-id="{job_id}"] li[data-variant]'), what="the headlines"
+    )
+    lines = {
+        li.get_attribute("data-variant"): li.text for li in css(driver, f'#jobs-body tr[data-job-id="{job_id}"] li')
+    }
+    assert set(lines) == {"dense", "hydra_k0.1", "lwm_k0.1"}, lines
+    assert lines["hydra_k0.1"].startswith("hydra_k0.1 (90.00% sparse): benign") and "robust_acc" in lines["hydra_k0.1"]
+    assert css(driver, f'#jobs-body tr[data-job-id="{job_id}"] td.phase')[0].text == "succeeded"
     shot(driver, "06-job-list")
     same_origin_only(driver, url)
     errors_seen += console(driver)

@@ -21,7 +21,7 @@ def test_pages_are_shells_served_with_a_strict_csp(ui_app) -> None:  # type: ign
     with TestClient(ui_app) as client:
         assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/jobs"
         assert client.get("/", follow_redirects=False).headers["location"] == "/ui/jobs"
-        for path in ("/ui/jobs", "/ui/submit", "/ui/jobs/1b4e28ba-2fa1-11d2-883f-0016d3cca427"):
+        for path in ("/ui/jobs", "/ui/submit", "/ui/compare", "/ui/jobs/1b4e28ba-2fa1-11d2-883f-0016d3cca427"):
             response = client.get(path)  # no key needed: the page holds no tenant's data
             assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
             csp = response.headers["content-security-policy"]
@@ -43,7 +43,9 @@ def test_static_files_load_nothing_from_outside_and_keep_the_key_out_of_urls() -
         assert [u for u in URL.findall(text) if u != SVG_NS] == [], path
         assert "@import" not in text and "url(" not in text, path
     script = (STATIC / "hydra.js").read_text()
-    assert "sessionStorage" in script and "localStorage" not in script and "document.cookie" not in script
+    assert "sessionStorage" in script and "document.cookie" not in script
+    # localStorage holds the key only when the person ticked "remember in this browser"
+    assert script.count("localStorage.setItem") == 1 and "if (remember) localStorage.setItem(KEY, value)" in script
     assert "Authorization: `Bearer ${getKey()}`" in script
     assert "EventSource" not in script.replace("EventSource cannot", "")  # fetch streaming, with the header
 
@@ -76,10 +78,49 @@ def test_the_template_is_a_valid_spec_with_the_catalogue_defaults() -> None:
     from core.spec import OBJECTIVE_TYPES, load_spec
 
     for name, cls in OBJECTIVE_TYPES.items():
-        spec = spec_template("cnn_small_mnist", "mnist5k", name)
+        spec = spec_template("cnn_small_cifar", "cifar10", name)  # the schema's defaults are CIFAR's
         assert spec["objective"] == cls().model_dump(mode="json", exclude_none=True)
         assert "data_dir" not in spec["dataset"] and "checkpoint" not in spec["model"]
         load_spec(spec)  # the service would accept it as it is
+        load_spec(spec_template("cnn_small_mnist", "mnist5k", name))
+
+
+def test_the_template_follows_the_dataset(ui_app, token) -> None:  # type: ignore[no-untyped-def]
+    """MNIST-sized data starts from the shipped MNIST example, not the paper's CIFAR recipe."""
+    mnist = spec_template(None, "mnist5k", "trades")
+    assert mnist["model"]["arch"] == "cnn_small_mnist"
+    assert (mnist["objective"]["eps"], mnist["objective"]["step_size"]) == (0.1, 0.02)
+    assert [mnist["stages"][s]["epochs"] for s in ("pretrain", "prune", "finetune")] == [30, 20, 20]
+    assert mnist["evaluation"]["autoattack_max_samples"] == 200
+    cifar = spec_template(None, "cifar10", "pgd")
+    assert cifar["model"]["arch"] == "cnn_small_cifar" and cifar["stages"]["pretrain"]["epochs"] == 100
+    with TestClient(ui_app) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        text = client.get("/ui/api/spec-template", params={"dataset": "mnist5k"}, headers=headers).json()["text"]
+        assert "  eps: 0.1\n" in text and "0.0313" not in text
+        text = client.get(
+            "/ui/api/spec-template", params={"dataset": "cifar10", "objective": "pgd"}, headers=headers
+        ).json()["text"]
+        assert "  eps: 0.03137254901960784  # 8/255\n" in text and "  step_size: 0.00784313725490196  # 2/255\n" in text
+        # the form writes its fields into the spec; 0 epochs switches a stage off
+        spec = client.get("/ui/api/spec-template", params={"dataset": "mnist5k"}, headers=headers).json()["spec"]
+        fields = {
+            "eps": 8 / 255,
+            "methods": ["hydra", "lwm"],
+            "k": [0.1, 0.05],
+            "pretrain_epochs": 2,
+            "finetune_epochs": 0,
+        }
+        body = client.post("/ui/api/spec-form", json={"spec": spec, "fields": fields}, headers=headers).json()
+        assert "# 8/255" in body["text"]
+        out = body["spec"]
+        assert out["objective"]["eps"] == 8 / 255 and out["pruning"]["methods"] == ["hydra", "lwm"]
+        assert out["pruning"]["k"] == [0.1, 0.05] and out["stages"]["pretrain"]["epochs"] == 2
+        assert out["stages"]["pretrain"]["lr"] == 0.05 and out["stages"]["finetune"] is None
+        load_spec_ok = client.post("/v1/jobs/estimate", json=out, headers=headers)
+        assert load_spec_ok.status_code == 200, load_spec_ok.text
+        refused = client.post("/ui/api/spec-form", json={"spec": spec, "fields": {"eps": -1}}, headers=headers)
+        assert refused.status_code == 422 and refused.json()["field"] == "fields.eps"
 
 
 def test_field_lines_name_the_paths_the_api_reports() -> None:
