@@ -97,8 +97,9 @@ def flat_comparison(report: dict[str, Any]) -> tuple[str | None, list[dict[str, 
 
     try:
         typed = load_report(report)
-    except ValueError:  # a report this version cannot read: nothing to show rather than a 500
-        return None, []
+    except ValueError:  # not a full report of a known format (e.g. a hand-made one): its rows as they are
+        rows = [dict(r) for r in report.get("comparison") or [] if isinstance(r, dict)]
+        return report.get("headline_robust_metric"), rows
     rows = [
         {
             "variant": r.variant,

@@ -402,3 +402,23 @@ def test_list_refuses_a_nul_in_the_search(client: TestClient, key) -> None:  # t
     # Postgres text cannot hold NUL: refused as a 422 naming the parameter, never a 500
     assert_error(client.get("/v1/jobs", params={"q": "a\x00b"}, headers=key.headers), 422, field="q")
     assert_error(client.get("/v1/jobs", params={"tag": "a b"}, headers=key.headers), 422, field="tag")
+
+
+def test_stored_reports_of_either_format_give_flat_rows_with_every_metric():
+    """The list's headlines and the compare table read a stored report through load_report: format /2
+    (migrated) and /3 (metrics nested per row) give the same flat columns."""
+    import json
+    from pathlib import Path
+
+    from api.schemas import flat_comparison
+    from core.pipeline.report_build import load_report
+
+    v2 = json.loads((Path(__file__).resolve().parents[1] / "data" / "reports" / "v2_global_latency.json").read_text())
+    v3 = load_report(v2).model_dump(mode="json")
+    assert v3["format"].endswith("/3") and "metrics" in v3["comparison"][0]
+    metric2, rows2 = flat_comparison(v2)
+    metric3, rows3 = flat_comparison(v3)
+    assert metric2 == metric3 == v2["headline_robust_metric"]
+    assert rows2 == rows3 and [r["variant"] for r in rows3] == [r["variant"] for r in v2["comparison"]]
+    for row, old in zip(rows3, v2["comparison"]):
+        assert row["benign_acc"] == old["benign_acc"] and row[metric3] == old[metric3]
