@@ -186,7 +186,15 @@ def _decode(member: _Member, channels: int, image_size: int | None, limits: Arch
             raise _refuse(f"member {member.name!r} cannot be read as a file")
         with stream:
             data = stream.read(limits.max_member_bytes + 1)
-    except (RuntimeError, NotImplementedError, OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as err:
+    except (
+        RuntimeError,
+        NotImplementedError,
+        OSError,
+        EOFError,
+        zlib.error,
+        zipfile.BadZipFile,
+        tarfile.TarError,
+    ) as err:
         raise _refuse(f"member {member.name!r} cannot be read ({type(err).__name__}: {str(err)[:200]})") from err
     if len(data) > limits.max_member_bytes:
         raise _refuse(f"member {member.name!r} holds more than {limits.max_member_bytes} bytes")
@@ -233,7 +241,9 @@ def _write(
             shape, first_name = array.shape, member.name
             total = len(entries) * array.size
             if total > limits.max_total_bytes:
-                raise _refuse(f"{len(entries)} images of {array.shape} make {total} bytes, over {limits.max_total_bytes}")
+                raise _refuse(
+                    f"{len(entries)} images of {array.shape} make {total} bytes, over {limits.max_total_bytes}"
+                )
             images = np.lib.format.open_memmap(folder / f"{key}.npy", "w+", np.uint8, (len(entries), *array.shape))
         elif array.shape != shape:
             raise _refuse(_mixed(member.name, array.shape, first_name, shape))
