@@ -190,6 +190,9 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
         reaches_output = False
         for item in items:
             node = item.dep.target
+            if node.type == tp.ops.OPTYPE.OUTPUT:  # e.g. logits through a bias Add (an imported MatMul + Add)
+                reaches_output = True
+                continue
             if node.type not in allowed:
                 raise _unsupported(
                     f"channel pruning cannot rebuild a network with {node.type.name.lower()} "
