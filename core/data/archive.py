@@ -22,6 +22,7 @@ class folder in sorted order (ImageFolder's rule). The output ``.npz`` (``images
 
 from __future__ import annotations
 
+import functools
 import io
 import tarfile
 import tempfile
@@ -64,7 +65,7 @@ def _refuse(message: str) -> CoreError:
 class _Member:
     name: str
     size: int
-    open: Callable[[], io.BufferedIOBase | Any]
+    open: Callable[[], Any]  # a binary stream of the member's bytes (None: not a file)
 
 
 def _check_name(name: str, limits: ArchiveLimits) -> PurePosixPath | None:
@@ -102,7 +103,7 @@ def _zip_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[
             raise _refuse(f"member {info.filename!r} is a link or special file (mode {oct(mode)}); only files")
         if path is None or info.is_dir():
             continue
-        out.append((path, _Member(info.filename, info.file_size, lambda info=info: archive.open(info))))
+        out.append((path, _Member(info.filename, info.file_size, functools.partial(archive.open, info))))
     return out
 
 
@@ -123,7 +124,7 @@ def _tar_members(archive: tarfile.TarFile, limits: ArchiveLimits) -> list[tuple[
             raise _refuse(f"the archive unpacks to more than {limits.max_total_bytes} bytes, the limit")
         if path is None:
             continue
-        out.append((path, _Member(info.name, info.size, lambda info=info: archive.extractfile(info))))
+        out.append((path, _Member(info.name, info.size, functools.partial(archive.extractfile, info))))
     return out
 
 
@@ -208,7 +209,7 @@ def _decode(member: _Member, channels: int, image_size: int | None, limits: Arch
                     f"member {member.name!r} declares {width}x{height} = {width * height} pixels, over the limit "
                     f"of {limits.max_image_pixels} (decompression bomb?); refused before decoding"
                 )
-            image = image.convert("L" if channels == 1 else "RGB")  # decodes (the first frame)
+            decoded = image.convert("L" if channels == 1 else "RGB")  # decodes (the first frame)
     except CoreError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -216,8 +217,8 @@ def _decode(member: _Member, channels: int, image_size: int | None, limits: Arch
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # truncated or corrupt data
         raise _refuse(f"member {member.name!r} is a corrupt image ({type(err).__name__}: {err})") from err
     if image_size:
-        image = tvf.center_crop(tvf.resize(image, [image_size]), [image_size, image_size])
-    array = np.asarray(image, dtype=np.uint8)
+        decoded = tvf.center_crop(tvf.resize(decoded, [image_size]), [image_size, image_size])
+    array = np.asarray(decoded, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 

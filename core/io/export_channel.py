@@ -16,10 +16,9 @@ not matter, they are loaded next) and loads the tensors with ``strict=True``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -11,6 +11,7 @@ ONNX ``Flatten``). Decided on the shapes of one example forward (``torch.fx``'s 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import fx
@@ -20,7 +21,7 @@ def _constant(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """The value of ``node`` when it reads a buffer or attribute of ``gm`` (an ONNX initializer)."""
     if node.op != "get_attr":
         return None
-    value = gm
+    value: Any = gm
     for part in str(node.target).split("."):
         value = getattr(value, part, None)
     return value if isinstance(value, torch.Tensor) else None
