@@ -83,3 +83,15 @@ def test_declared_sizes_over_the_total_are_refused_before_reading(tmp_path: Path
         archive_to_npz(source, tmp_path / "o.npz", 16, limits=ArchiveLimits(max_total_bytes=100))
     with pytest.raises(CoreError, match=r"6 images of \(3, 64, 64\) make 73728 bytes, over 10000"):  # output too
         archive_to_npz(source, tmp_path / "o.npz", 64, limits=ArchiveLimits(max_total_bytes=10_000))
+
+
+def test_a_zip_listing_too_many_members_is_refused_before_its_directory_is_parsed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    source = tmp_path / "many.zip"
+    source.write_bytes(zip_bytes({f"c{i % 2}/{i}.png": b"" for i in range(40)}))
+    parsed = []
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1))  # the directory parse
+    with pytest.raises(CoreError, match="holds 40 members, over the limit of 30"):
+        archive_to_npz(source, tmp_path / "o.npz", 16, limits=LIMITS)
+    assert parsed == []

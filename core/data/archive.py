@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 import tarfile
 import tempfile
 import warnings
@@ -266,8 +267,35 @@ def _mixed(name: str, got: tuple[int, ...], first: str, want: tuple[int, ...] | 
     )
 
 
+def _zip_entries(path: Path) -> int | None:
+    """The member count a zip's end-of-central-directory record declares (zip64 too), read before
+    ``ZipFile`` parses the directory: a 200 MB upload can list millions of tiny members, and parsing
+    them would cost gigabytes of ``ZipInfo`` objects before any count could be checked."""
+    with open(path, "rb") as f:
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        (entries,) = struct.unpack("<H", tail[at + 10 : at + 12])
+        locator = tail.rfind(b"PK\x06\x07", 0, at)
+        if entries != 0xFFFF or locator < 0 or len(tail) < locator + 20:
+            return int(entries)
+        (offset,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+        f.seek(offset)
+        record = f.read(40)
+        if len(record) < 40 or record[:4] != b"PK\x06\x06":
+            return None
+        return int(struct.unpack("<Q", record[32:40])[0])
+
+
 def _open_members(path: Path, limits: ArchiveLimits, stack: list[Any]) -> list[tuple[PurePosixPath, _Member]]:
     if zipfile.is_zipfile(path):
+        declared = _zip_entries(path)
+        if declared is not None and declared > limits.max_files:
+            raise _refuse(f"the archive holds {declared} members, over the limit of {limits.max_files}")
         archive: Any = zipfile.ZipFile(path)
         stack.append(archive)
         return _zip_members(archive, limits)
