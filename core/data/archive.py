@@ -213,7 +213,12 @@ def _decode(member: _Member, channels: int, image_size: int | None, limits: Arch
             decoded = image.convert("L" if channels == 1 else "RGB")  # decodes (the first frame)
     except CoreError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # PIL's own header check
+        raise _refuse(
+            f"member {member.name!r} declares more pixels than allowed (decompression bomb?): {err}; refused "
+            "before decoding"
+        ) from err
+    except UnidentifiedImageError as err:
         raise _refuse(f"member {member.name!r} is not a readable image ({err})") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # truncated or corrupt data
         raise _refuse(f"member {member.name!r} is a corrupt image ({type(err).__name__}: {err})") from err
