@@ -4,7 +4,7 @@ Builds a .zip and a .tar of ``N`` PNGs (10 classes, mixed sizes 48..96 px, RGB) 
 in a fresh child process per archive runs ``core.data.archive.archive_to_npz`` (image_size 64,
 3 channels) and reports seconds, images per second and the child's peak RSS above its own baseline
 (after imports), next to the output size: memory stays about one image plus the libraries, whatever N
-(the arrays are written through memory-mapped .npy files). Last, the time to refuse a 50,000 x 50,000
+(the arrays are written image by image into .npy files). Last, the time to refuse a 50,000 x 50,000
 PNG header (the bomb) inside an otherwise valid archive.
 
     python bench/archive_upload.py [N]        # N = 2000 by default; under a minute on one core

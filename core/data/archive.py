@@ -16,8 +16,8 @@ centre-cropped to a square (torchvision's ``resize`` + ``center_crop``, the same
 local ``imagefolder`` dataset applies), so mixed sizes are fine. Without ``image_size`` every image
 must have the first one's size, else it is refused naming the file. Labels are the index of the
 class folder in sorted order (ImageFolder's rule). The output ``.npz`` (``images``, ``labels``,
-``test_images``/``test_labels`` for a split, ``class_names``) is written through memory-mapped
-``.npy`` files, so memory stays one image whatever the archive holds.
+``test_images``/``test_labels`` for a split, ``class_names``) is written image by image into ``.npy``
+files and zipped from them in chunks, so memory stays one image whatever the archive holds.
 """
 
 from __future__ import annotations
@@ -237,30 +237,32 @@ def _write(
     limits: ArchiveLimits,
     shape: tuple[int, ...] | None,
 ) -> tuple[Path, Path, tuple[int, ...]]:
-    """Decode ``entries`` into a memory-mapped ``key.npy`` (and ``key``'s labels); returns the image shape."""
-    images = None
+    """Decode ``entries`` into ``key.npy``, written sequentially (its header once the first image gives
+    the shape, then each image's bytes in order: one image in memory), and ``key``'s labels; returns
+    the image shape."""
+    path = folder / f"{key}.npy"
     first_name = ""
-    for index, (member, _label) in enumerate(entries):
-        array = _decode(member, channels, image_size, limits)
-        if images is None:
-            if shape is not None and array.shape != shape:
-                raise _refuse(_mixed(member.name, array.shape, first_name or "the training images", shape))
-            shape, first_name = array.shape, member.name
-            total = len(entries) * array.size
-            if total > limits.max_total_bytes:
-                raise _refuse(
-                    f"{len(entries)} images of {array.shape} make {total} bytes, over {limits.max_total_bytes}"
-                )
-            images = np.lib.format.open_memmap(folder / f"{key}.npy", "w+", np.uint8, (len(entries), *array.shape))
-        elif array.shape != shape:
-            raise _refuse(_mixed(member.name, array.shape, first_name, shape))
-        images[index] = array
-    assert images is not None and shape is not None
-    images.flush()
-    del images
+    with open(path, "wb") as out:
+        for index, (member, _label) in enumerate(entries):
+            array = np.ascontiguousarray(_decode(member, channels, image_size, limits))
+            if index == 0:
+                if shape is not None and array.shape != shape:
+                    raise _refuse(_mixed(member.name, array.shape, "the training images", shape))
+                shape, first_name = array.shape, member.name
+                total = len(entries) * array.size
+                if total > limits.max_total_bytes:
+                    raise _refuse(
+                        f"{len(entries)} images of {array.shape} make {total} bytes, over {limits.max_total_bytes}"
+                    )
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+                np.lib.format.write_array_header_2_0(out, {**header, "shape": (len(entries), *array.shape)})
+            elif array.shape != shape:
+                raise _refuse(_mixed(member.name, array.shape, first_name, shape))
+            out.write(array.tobytes())
+    assert shape is not None
     label_key = "labels" if key == "images" else "test_labels"
     np.save(folder / f"{label_key}.npy", np.asarray([label for _, label in entries], dtype=np.int64))
-    return folder / f"{key}.npy", folder / f"{label_key}.npy", shape
+    return path, folder / f"{label_key}.npy", shape
 
 
 def _mixed(name: str, got: tuple[int, ...], first: str, want: tuple[int, ...] | None) -> str:
