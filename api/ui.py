@@ -78,6 +78,18 @@ def jobs_page(request: Request) -> HTMLResponse:
     return _page(request, "jobs.html", page="jobs", title="Jobs")
 
 
+@pages.get("/uploads", response_class=HTMLResponse)
+def uploads_page(request: Request) -> HTMLResponse:
+    """Upload a network (.onnx or weights) or data (an archive of class folders or an .npz); list both."""
+    return _page(request, "uploads.html", page="uploads", title="Uploads")
+
+
+@pages.get("/models")
+@pages.get("/datasets")
+def uploads_alias() -> RedirectResponse:
+    return RedirectResponse("/ui/uploads", status_code=307)
+
+
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str) -> HTMLResponse:
     return _page(request, "job.html", page="job", title=f"Job {job_id[:8]}", job_id=job_id)

@@ -63,6 +63,7 @@ def receive_upload(upload: UploadFile, settings: Settings, suffix: str = "") -> 
 
 # ----------------------------------------------------------------------------- .npz datasets
 NPZ_ARRAYS = ("images", "labels", "test_images", "test_labels")
+NPZ_OPTIONAL = ("class_names",)  # written by an image archive's conversion (core.data.archive); never read as data
 
 
 def _npz_refused(detail: str) -> ApiError:
@@ -98,7 +99,8 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
                 if name in seen:
                     raise _npz_refused(f"the .npz holds {name!r} twice")
                 seen.add(name)
-            unexpected = sorted(n for n in names if n.removesuffix(".npy") not in NPZ_ARRAYS or not n.endswith(".npy"))
+            allowed = (*NPZ_ARRAYS, *NPZ_OPTIONAL)
+            unexpected = sorted(n for n in names if n.removesuffix(".npy") not in allowed or not n.endswith(".npy"))
             if unexpected:
                 raise _npz_refused(
                     f"unexpected member(s) {unexpected[:5]}; a dataset .npz holds only {', '.join(NPZ_ARRAYS)}"

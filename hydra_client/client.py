@@ -501,15 +501,27 @@ class Client:
             )
 
     def upload_dataset(
-        self, path: str | Path, *, name: str | None = None, num_classes: int | None = None
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        num_classes: int | None = None,
+        image_size: int | None = None,
+        channels: int | None = None,
     ) -> dict[str, Any]:
-        """Upload an ``.npz`` dataset; the answer's ``ref`` (``dataset:<id>``) goes in a spec as
-        ``dataset.path`` with ``dataset.name: npz``."""
+        """Upload an ``.npz`` dataset, or a ``.zip``/``.tar`` of class folders (``class_name/image``,
+        optionally under ``train/`` and ``val/``) that the service decodes, resizes to ``image_size``
+        (shorter side, then a centre crop) with ``channels`` (1 or 3) and stores as one; the answer's
+        ``ref`` (``dataset:<id>``) goes in a spec as ``dataset.path`` with ``dataset.name: npz``."""
         data: dict[str, Any] = {}
         if name:
             data["name"] = name
         if num_classes is not None:
             data["num_classes"] = str(num_classes)
+        if image_size is not None:
+            data["image_size"] = str(image_size)
+        if channels is not None:
+            data["channels"] = str(channels)
         with open(path, "rb") as handle:
             return self._json(
                 "POST",

@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         1024 * MB, ge=1, description="Largest size an uploaded .npz may unpack to (checked from its headers)."
     )
+    max_archive_files: int = Field(
+        50_000, ge=1, description="Most members an uploaded image archive (.zip/.tar of class folders) may hold."
+    )
+    max_image_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        description="Most pixels (width x height, read from its header before decoding) of one image in an archive.",
+    )
     max_concurrent_uploads_per_key: int = Field(
         2, ge=1, description="Uploads one API key may have in progress per API process; more get 429."
     )

@@ -122,12 +122,12 @@ def test_good_combinations_pass_and_default_to_hydra_as_published():
 
 
 def test_preflight_refuses_an_architecture_channel_pruning_cannot_rebuild():
-    depthwise = spec_of(model={"arch": "torchvision:mobilenet_v2"}, dataset={"name": "cifar10"})
-    assert preflight(depthwise) is None  # fine at unstructured granularity
-    channel = load_spec({**depthwise.model_dump(mode="json"), "pruning": {"granularity": "channel"}})
+    grouped = spec_of(model={"arch": "torchvision:regnet_x_400mf"}, dataset={"name": "cifar10"})
+    assert preflight(grouped) is None  # fine at unstructured granularity
+    channel = load_spec({**grouped.model_dump(mode="json"), "pruning": {"granularity": "channel"}})
     with pytest.raises(CoreError) as err:
         preflight(channel)
-    assert err.value.field == "pruning.granularity" and "depthwise" in err.value.message
+    assert err.value.field == "pruning.granularity" and "grouped ones" in err.value.message
     assert preflight(spec_of(pruning={"granularity": "channel", "k": [0.5]})) is None
 
 

@@ -217,11 +217,39 @@ class WithLayerNorm(nn.Module):
         return self.fc(self.ln(self.a(x.flatten(1))))
 
 
-@pytest.mark.parametrize("net,shape", [(Grouped, (1, 3, 8, 8)), (Concat, (1, 3, 8, 8)), (WithLayerNorm, (1, 6))])
+class Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.b = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(torch.relu(self.dw(torch.relu(self.a(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net,shape", [(Grouped, (1, 3, 8, 8)), (WithLayerNorm, (1, 6))])
 def test_unsupported_architectures_are_refused_with_the_field(net, shape):
     with pytest.raises(CoreError) as err:
         check_channel_supported(net(), torch.rand(shape))
     assert err.value.field == "pruning.granularity"
+
+
+@pytest.mark.parametrize("net", [Concat, Depthwise])
+def test_concatenation_and_depthwise_convolutions_are_rebuilt_exactly(net):
+    torch.manual_seed(0)
+    model = convert_to_masked(net())
+    x = torch.rand(2, 3, 8, 8)
+    cp = ChannelPruning(model, x)
+    cp.init_scores(model, "kaiming_normal")
+    cp.set_keep(0.5)
+    cp.refresh(model)
+    small, widths = rebuild_pruned(model, x)  # verifies the logits against the masked network
+    full = sum(p.numel() for p in net().parameters())
+    assert sum(p.numel() for p in small.parameters()) < 0.75 * full
+    if net is Depthwise:  # its input channel is its output channel: one group from a through dw
+        assert widths["dw"] == widths["a"] == 4 and small.dw.groups == 4
 
 
 def test_supported_architecture_passes_the_check():

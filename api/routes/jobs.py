@@ -189,6 +189,8 @@ def _preflight(session: Session, tenant_id: int, spec: JobSpec) -> None:
     if row is not None:  # what the graph said at upload: its input shape and classes
         recorded = row.arch_kwargs or {}
         graph = {"input_shape": recorded["input"]["shape"], "num_classes": recorded["output"]["num_classes"]}
+        if "channel_unsupported" in recorded:  # the verdict of channel pruning, recorded at upload
+            graph["channel_unsupported"] = recorded["channel_unsupported"]
     preflight(spec, known, graph)  # CoreError -> 422; with ``known`` given no file on the API's disk is opened
 
 

@@ -156,6 +156,7 @@ def _upload_onnx(
     from core.certify.bounds import check_supported  # lazy: torch and onnx only for this route
     from core.models.onnx_import import MAX_NODES, import_onnx
     from core.models.onnx_network import create_onnx_model
+    from core.pipeline.preflight import onnx_channel_refusal
 
     with receive_upload(file, settings, suffix=".onnx") as received:
         try:
@@ -174,6 +175,8 @@ def _upload_onnx(
             graph["bounds_unsupported"] = None
         except CoreError as err:
             graph["bounds_unsupported"] = err.message
+        # and whether channel pruning can rebuild it (Torch-Pruning's dependency graph), likewise
+        graph["channel_unsupported"] = onnx_channel_refusal(create_onnx_model(source), source.input_shape)
         model_id = new_id()
         key = f"tenants/{tenant_id}/models/{model_id}/network.onnx"
         store.put_file(key, received.path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,15 @@ def read_channel_pruned(
     return tensors, metadata, widths, input_shape
 
 
-def load_channel_pruned(path: str | os.PathLike[str]) -> nn.Module:
+def load_channel_pruned(path: str | os.PathLike[str], build: Callable[[], nn.Module] | None = None) -> nn.Module:
     """The channel-pruned network of a ``hydra-channel-v1`` file: plain layers, eval mode, the exact
-    exported tensors (see the module docstring)."""
+    exported tensors (see the module docstring). ``build`` makes the full-width network for an
+    architecture no catalogue name rebuilds (an imported ONNX graph: ``fresh_network``)."""
     from core.models.zoo import create_model
     from core.pruning.structured import apply_widths
 
     tensors, metadata, widths, input_shape = read_channel_pruned(path)
-    model = create_model(metadata["arch"], **(metadata.get("kwargs") or {}))
+    model = build() if build is not None else create_model(metadata["arch"], **(metadata.get("kwargs") or {}))
     try:
         apply_widths(model, widths, torch.zeros(2, *input_shape))
     except CoreError as err:

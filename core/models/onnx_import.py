@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from core.errors import CoreError
+from core.models.onnx_rewrite import flatten_constant_reshapes
 
 if TYPE_CHECKING:
     import onnx
@@ -405,6 +406,8 @@ def import_onnx(
     prunable = _make_prunable(module, model)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand((PARITY_SAMPLES, *input_shape), generator=generator)
+    with torch.no_grad():  # before the parity check, which then covers the rewrite too
+        flatten_constant_reshapes(module, inputs)
     try:  # training runs other batch sizes than an export's example: check at a batch of its own
         diff, scale = onnx_parity(_free_batch(model), module, input_name, output_name, inputs)
     except CoreError:

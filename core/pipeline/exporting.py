@@ -143,7 +143,7 @@ def load_exported(
     from core.io.export_channel import load_channel_pruned
 
     path = out_dir / artifacts[fmt]["name"]
-    return (load_channel_pruned(path) if fmt == CHANNEL else load_compressed_model(path, build)).eval()
+    return (load_channel_pruned(path, build) if fmt == CHANNEL else load_compressed_model(path, build)).eval()
 
 
 def _export_channel(

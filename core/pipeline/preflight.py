@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from torch import nn
 from core.data.datasets import DATASETS
 from core.errors import CoreError
 from core.spec import JobSpec
+
+if TYPE_CHECKING:
+    from core.models.onnx_import import ImportedNetwork
 
 INCOMPATIBLE = "incompatible_architecture"
 SHAPE_ERROR = "shape_mismatch"
@@ -267,7 +270,6 @@ def _preflight_onnx(
 
     onnx = spec.model.onnx
     assert onnx is not None
-    check_onnx_granularity(spec)
     source: ImportedNetwork | None = None
     if onnx_info is not None:
         graph_shape, graph_classes = tuple(onnx_info["input_shape"]), int(onnx_info["num_classes"])
@@ -276,6 +278,7 @@ def _preflight_onnx(
     else:
         source = load_onnx(onnx)
         graph_shape, graph_classes = source.input_shape, source.num_classes
+    check_onnx_granularity(spec, source, onnx_info)
     stand_in = ImportedNetwork(nn.Identity(), "", "", "", graph_shape, graph_classes, 0, {}, 0, 0.0)
     check_fits_dataset(stand_in, shape, num_classes)
     objectives = [spec.objective] + [spec.objective_for(s) for s in ("pretrain", "prune", "finetune")]
@@ -289,14 +292,42 @@ def _preflight_onnx(
     return skipped if shape is None else None
 
 
-def check_onnx_granularity(spec: JobSpec) -> None:
-    """Channel pruning of an imported graph (its dependency graph through Torch-Pruning) is not built yet."""
-    if spec.model.onnx is not None and spec.pruning.granularity == "channel":
-        raise CoreError(
-            "channel_unsupported",
-            "pruning.granularity",
-            "channel granularity is not available for model.onnx networks yet; use unstructured",
-        )
+def check_onnx_granularity(
+    spec: JobSpec, source: ImportedNetwork | None = None, onnx_info: Mapping[str, Any] | None = None
+) -> None:
+    """Channel pruning of an imported graph: Torch-Pruning's dependency graph on the converted module must
+    handle it and the smaller network must reproduce the masked one (``check_channel_supported``), else
+    refused on ``pruning.granularity`` naming the node. ``onnx_info["channel_unsupported"]`` is the
+    verdict an upload recorded (None: supported); a ``source`` is checked here; with neither, the run
+    checks at its start (``Pruner.check_supported``)."""
+    if spec.model.onnx is None or spec.pruning.granularity != "channel":
+        return
+    if onnx_info is not None and "channel_unsupported" in onnx_info:
+        refusal = onnx_info["channel_unsupported"]
+        if refusal:
+            raise CoreError("channel_unsupported", "pruning.granularity", str(refusal))
+        return
+    if source is not None:
+        from core.models.onnx_network import create_onnx_model
+
+        refusal = onnx_channel_refusal(create_onnx_model(source, **spec.model.kwargs), source.input_shape)
+        if refusal:
+            raise CoreError("channel_unsupported", "pruning.granularity", refusal)
+
+
+def onnx_channel_refusal(model: nn.Module, input_shape: Sequence[int]) -> str | None:
+    """Why channel pruning cannot serve this imported network (None: it can); also recorded at upload."""
+    from core.pruning.structured import check_channel_supported
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            check_channel_supported(model, torch.rand((2, *input_shape)))
+        except CoreError as err:
+            return err.message
+        except Exception as exc:  # noqa: BLE001 - whatever the trace or rebuild trips over is the graph's
+            return f"channel pruning cannot rebuild this graph: {_first_line(exc)}"
+    return None
 
 
 def _check_budget(spec: JobSpec, model: nn.Module) -> None:

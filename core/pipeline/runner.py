@@ -46,7 +46,6 @@ from core.pipeline.evaluate import evaluate_variant, validate
 from core.pipeline.execution import Execution
 from core.pipeline.exporting import example_batch, export_variant, inference_cost, layer_rates, rng_kept
 from core.pipeline.plan import Step, differing_fields, job_seeds, plan_steps
-from core.pipeline.preflight import check_onnx_granularity
 from core.pipeline.resources import (
     COMPILE_FALLBACK,
     Precision,
@@ -133,7 +132,6 @@ class _Runner:
         random.seed(first_seed)
         self.source: ImportedNetwork | None = None  # model.onnx, imported (checked, converted, verified)
         if spec.model.onnx is not None:
-            check_onnx_granularity(spec)
             self.source = load_onnx(inputs.model_onnx if inputs.model_onnx is not None else spec.model.onnx)
             check_fits_dataset(self.source, self.info.get("input_shape"), self.info["num_classes"])
         self.model = self._build().to(self.device)

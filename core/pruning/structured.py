@@ -34,8 +34,11 @@ followed straight by finetuning, as LWM is for unstructured pruning.
 channel whose consumer slices are all zero (then it cannot influence anything), with Torch-Pruning's
 group pruning (convs, BatchNorm entries, next layers' inputs, residual partners). It is exact: the
 result gives the masked network's outputs up to float summation order, which it checks on the example
-input. Architectures it cannot handle (grouped/depthwise convs, concatenation, attention, norms other
-than BatchNorm, conv types other than Conv2d) are refused with ``CoreError(field="pruning.granularity")``.
+input. Residual additions, concatenations (Torch-Pruning maps a consumer's input offsets to the producing
+group) and depthwise convolutions (``groups == in == out``: its input channel is its output channel, so it
+is masked along its rows only) are handled; what it cannot handle (other grouped convs, attention, norms
+other than BatchNorm, conv types other than Conv2d, a width baked into a constant) is refused with
+``CoreError(field="pruning.granularity")`` naming the layer or node.
 """
 
 from __future__ import annotations
@@ -134,10 +137,17 @@ class ChannelGroup:
         return [s for s in self.slices if s.dim == 1]
 
 
+def _is_depthwise(module: nn.Module) -> bool:
+    """One filter per channel (``groups == in == out``): its input and output channels are one channel."""
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
 def _check_modules(plain: nn.Module) -> None:
     for name, module in plain.named_modules():
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise _unsupported(f"channel pruning does not handle grouped or depthwise convolutions ({name})")
+        if isinstance(module, nn.Conv2d) and module.groups != 1 and not _is_depthwise(module):
+            raise _unsupported(
+                f"channel pruning handles depthwise convolutions but not grouped ones ({name}, groups={module.groups})"
+            )
         if isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             raise _unsupported(f"channel pruning handles Conv2d only, not {type(module).__name__} ({name})")
         if not isinstance(module, (*_PLAIN, *_NORMS)) and any(True for _ in module.parameters(recurse=False)):
@@ -155,8 +165,10 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
         tp.ops.OPTYPE.CONV,
         tp.ops.OPTYPE.LINEAR,
         tp.ops.OPTYPE.BN,
+        tp.ops.OPTYPE.DEPTHWISE_CONV,
         tp.ops.OPTYPE.ELEMENTWISE,
         tp.ops.OPTYPE.RESHAPE,
+        tp.ops.OPTYPE.CONCAT,  # offsets into the consumers' inputs: Torch-Pruning's idxs vs root_idxs
     }
     names = {m: n for n, m in plain.named_modules()}
     was_training = plain.training
@@ -178,6 +190,9 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
         reaches_output = False
         for item in items:
             node = item.dep.target
+            if node.type == tp.ops.OPTYPE.OUTPUT:  # e.g. logits through a bias Add (an imported MatMul + Add)
+                reaches_output = True
+                continue
             if node.type not in allowed:
                 raise _unsupported(
                     f"channel pruning cannot rebuild a network with {node.type.name.lower()} "
@@ -193,6 +208,13 @@ def discover_groups(plain: nn.Module, example_input: Tensor) -> tuple[Any, list[
             module = item.dep.target.module
             if isinstance(module, _PLAIN):
                 dim = 1 if dg.is_in_channel_pruning_fn(item.dep.handler) else 0
+                if dim == 1 and _is_depthwise(module):
+                    # its weight is (C, 1, k, k): an input channel is its output channel (same rows)
+                    dim = 0
+                    if any(s.layer == names[module] and s.dim == 0 for s in cg.slices):
+                        continue
+                if dim == 0 and _is_depthwise(module) and any(s.layer == names[module] for s in cg.slices):
+                    continue
                 cg.slices.append(
                     _Slice(
                         names[module],
@@ -481,4 +503,39 @@ def check_channel_supported(model: nn.Module, example_input: Tensor, k: float = 
     cp.init_scores(probe, "kaiming_normal")
     cp.set_keep(k)
     cp.refresh(probe)
-    rebuild_pruned(probe, example_input, verify=True)
+    try:
+        rebuild_pruned(probe, example_input, verify=True)
+    except CoreError:
+        raise
+    except Exception as err:  # the smaller network does not run: a width baked in somewhere
+        node = _failing_node(rebuild_pruned(probe, example_input, verify=False)[0], example_input)
+        where = f" at node {node}" if node else ""
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise _unsupported(f"the network with fewer channels fails{where} ({type(err).__name__}: {first})") from err
+
+
+def _failing_node(net: nn.Module, x: Tensor) -> str | None:
+    """The name of the ``torch.fx`` node (an imported ONNX graph's node) whose call raises on ``x``."""
+    from torch import fx
+
+    graphs = [m for m in net.modules() if isinstance(m, fx.GraphModule)]
+    if not graphs:
+        return None
+    last: list[str] = []
+
+    class Tracker(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            last.append(str(n.target) if n.op == "call_module" else n.name)
+            return super().run_node(n)
+
+    graph = graphs[0]
+    original = graph.forward
+    graph.forward = lambda *args: Tracker(graph).run(*args)  # type: ignore[method-assign]
+    try:
+        with torch.no_grad():
+            net.eval()(x)
+    except Exception:  # noqa: BLE001 - the failure we are locating
+        return last[-1] if last else None
+    finally:
+        graph.forward = original  # type: ignore[method-assign]
+    return None

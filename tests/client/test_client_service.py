@@ -259,3 +259,15 @@ def test_service_logs_are_json_with_job_attempt_tenant_and_no_key(
     everything = "\n".join(api_lines + worker_lines)
     assert service.key not in everything and other_key not in everything
     assert "api_key=[redacted]" in everything
+
+
+def test_an_image_archive_is_uploaded_by_the_client(client: Client, tmp_path: Path) -> None:
+    from archive_helpers import class_files, zip_bytes
+
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(zip_bytes(class_files()))
+    dataset = client.upload_dataset(archive, name="pets", image_size=12, channels=1)
+    assert (dataset["num_classes"], dataset["n_samples"], dataset["input_shape"]) == (2, 6, [1, 12, 12])
+    with pytest.raises(HydraError) as refused:
+        client.upload_dataset(archive)  # mixed sizes and no image_size: the member is named
+    assert refused.value.field == "file" and "cat/1.png" in refused.value.detail

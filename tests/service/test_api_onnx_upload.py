@@ -103,3 +103,48 @@ def test_hostile_or_malformed_onnx_is_422_naming_the_problem_and_nothing_is_stor
     body = assert_error(upload(client, key, data, **form), 422, code, field)
     assert needle in body["detail"]
     assert client.get("/v1/models", headers=key.headers).json()["count"] == 0
+
+
+def grouped_onnx_bytes() -> bytes:
+    """Conv → grouped Conv (groups=2) → GlobalAveragePool → Flatten → Gemm on 1x28x28: channel pruning
+    cannot rebuild the grouped convolution."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "a_w"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32), "g_w"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (10, 4)).astype(np.float32), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "a_w"], ["a"], name="stem"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "g_w"], ["g"], name="grouped_conv", group=2),
+        helper.make_node("GlobalAveragePool", ["g"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grouped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_channel_granularity_is_judged_at_upload_and_refused_at_submission_naming_the_node(  # type: ignore[no-untyped-def]
+    client: TestClient, key
+) -> None:
+    channel = {"methods": ["hydra"], "k": [0.5], "granularity": "channel"}
+    plain = upload(client, key, onnx_bytes()).json()
+    assert plain["arch_kwargs"]["channel_unsupported"] is None
+    job = client.post("/v1/jobs", json={"model": {"onnx": plain["ref"]}, "pruning": channel}, headers=key.headers)
+    assert job.status_code == 201, job.text
+
+    grouped = upload(client, key, grouped_onnx_bytes()).json()
+    assert "grouped_conv" in grouped["arch_kwargs"]["channel_unsupported"]
+    spec = {"model": {"onnx": grouped["ref"]}, "pruning": channel}
+    body = assert_error(client.post("/v1/jobs", json=spec, headers=key.headers), 422, None, "pruning.granularity")
+    assert "grouped ones (net.grouped_conv, groups=2)" in body["detail"]
+    spec["pruning"] = {**channel, "granularity": "unstructured"}
+    assert client.post("/v1/jobs", json=spec, headers=key.headers).status_code == 201  # unstructured always works
