@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/stop_latency.py
 
-Runs the scenarios of ``tests/test_evaluation_stop.py`` (a tiny network that sleeps 2 ms per forward
+Runs the scenarios of ``tests/core/pipeline/test_evaluation_stop.py`` (a tiny network that sleeps 2 ms per forward
 pass, each stage configured to run for minutes, the stop requested from a timer thread after 0.5 s)
 and prints, per stage, the seconds from the request to ``RunCanceled``. Last line JSON.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_evaluation_stop import PGD, stop_after, without
+from tests.core.pipeline.test_evaluation_stop import PGD, stop_after, without
 
 
 def main() -> None:

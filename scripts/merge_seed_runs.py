@@ -10,7 +10,7 @@ seeds, each seed's numbers, 95% intervals)::
 A folder contributes its finished report (``report.json``) or, for a run still going, the networks its
 checkpoint has finished evaluating. The specs must agree on everything but the seeds. A single-seed
 run (``seed: N`` and no ``seeds``, such as the shipped demo spec) counts as seed N: it trains exactly
-what ``seeds: [N]`` trains (tests/test_merge_seed_runs.py checks the merge against one job).
+what ``seeds: [N]`` trains (tests/scripts/test_merge_seed_runs.py checks the merge against one job).
 """
 
 from __future__ import annotations

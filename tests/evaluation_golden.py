@@ -3,7 +3,7 @@
 Each scenario evaluates a tiny network (seeded random weights, no training) on a tiny synthetic test
 set with ``evaluate_variant``, so every attack (our PGD, the smooth-ReLU PGD, each AutoAttack
 component) and both certificates run in seconds. The golden file was recorded on the code *before*
-the attacks became plug-ins (issue 17, item 2) and ``tests/test_evaluation_golden.py`` asserts that
+the attacks became plug-ins (issue 17, item 2) and ``tests/core/pipeline/test_evaluation_golden.py`` asserts that
 the results are still identical, bit for bit (floats are stored as JSON's shortest round-trip repr).
 
 Regenerate (only when a change of numbers is intended, and say so in the commit):

@@ -29,9 +29,9 @@ ELSEWHERE = {
 }
 CREATED_BY_A_RECIPE = {
     "core/objectives/fgsm.py",
-    "tests/test_objective_fgsm.py",
+    "tests/core/objectives/test_objective_fgsm.py",
     "core/pruning/methods/hydra_sam.py",
-    "core/robust/suite/noise.py",  # the attack recipe's module (tests/test_contributing_attack.py writes it)
+    "core/robust/suite/noise.py",  # the attack recipe's module (tests/core/robust/test_contributing_attack.py writes it)
 }
 
 PATH = re.compile(r"[\w./-]+/[\w.-]+\.(py|md|yaml|yml|toml|js|html|sh|ini|json)")

@@ -3,15 +3,11 @@ folder: SQLite, local objects, SQL broker, a solo worker), with a second tenant'
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from embedded_service import EmbeddedService
+from tests.client.embedded_service import EmbeddedService
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """``hydra-service serve`` as a user starts it, for the client and browser tests: the embedded default
 (SQLite, local object folder, SQL-backed Celery broker, a solo worker and the reaper) in an empty
 folder, with JSON log lines on, stopped with Ctrl-C at the end. Importable by name from the test
-folders that use it (``sys.path`` is extended by their conftest)."""
+folders that use it (imported as ``tests.client.embedded_service``)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from embedded_service import LONG_SPEC, TINY_SPEC, EmbeddedService
 from typer.testing import CliRunner
 
 from hydra_client import Client, HydraError
+from tests.client.embedded_service import LONG_SPEC, TINY_SPEC, EmbeddedService
 
 pytestmark = pytest.mark.slow
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -262,7 +262,7 @@ def test_service_logs_are_json_with_job_attempt_tenant_and_no_key(
 
 
 def test_an_image_archive_is_uploaded_by_the_client(client: Client, tmp_path: Path) -> None:
-    from archive_helpers import class_files, zip_bytes
+    from tests.archive_helpers import class_files, zip_bytes
 
     archive = tmp_path / "pets.zip"
     archive.write_bytes(zip_bytes(class_files()))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from embedded_service import TINY_SPEC, EmbeddedService
+
+from tests.client.embedded_service import TINY_SPEC, EmbeddedService
 
 pytestmark = pytest.mark.slow
 

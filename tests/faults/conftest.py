@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,14 +17,21 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "worker"))
 
-from fault_helpers import RESULTS, MotoS3, PgCluster, RedisServer, Stack, pg_template, scratch_dir, summary_table  # noqa: E402
+from tests.faults.fault_helpers import (  # noqa: E402
+    RESULTS,
+    MotoS3,
+    PgCluster,
+    RedisServer,
+    Stack,
+    pg_template,
+    scratch_dir,
+    summary_table,
+)
 
 
 def _tools_missing() -> str | None:
-    from fault_helpers import pg_bin
+    from tests.faults.fault_helpers import pg_bin
 
     try:
         pg_bin("initdb")

@@ -21,8 +21,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from fault_helpers import RESULTS, Outcome, wait_for
-from worker_helpers import tiny_spec
+
+from tests.faults.fault_helpers import RESULTS, Outcome, wait_for
+from tests.worker.worker_helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 

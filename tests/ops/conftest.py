@@ -3,20 +3,16 @@ database, Postgres (the production database) or SQLite (the embedded default).""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from svc_helpers import RecordingQueue, build_app, create_database, drop_database, migrate, pg_url
-
 from service.db import keys
 from service.db.session import session_scope
 from service.settings import Settings
+from tests.service.svc_helpers import RecordingQueue, build_app, create_database, drop_database, migrate, pg_url
 
 
 @pytest.fixture(scope="module")

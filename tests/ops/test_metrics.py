@@ -129,9 +129,8 @@ def test_metrics_count_jobs_queue_leases_heartbeats_and_epochs(app, db_settings,
 
 
 def test_metrics_answer_when_the_database_is_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from svc_helpers import RecordingQueue, build_app
-
     from service.settings import Settings
+    from tests.service.svc_helpers import RecordingQueue, build_app
 
     settings = Settings(
         database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from server_process import free_port
-from svc_helpers import RecordingQueue, build_app, migrate
 
 from service.db import jobs, keys
 from service.db.session import session_scope
 from service.settings import Settings
+from tests.ops.server_process import free_port
+from tests.service.svc_helpers import RecordingQueue, build_app, migrate
 
 PROMISE_S = 2.0  # auth_cache_seconds of these tests: "a revoked key stops working within this time"
 MARGIN_S = 1.0

@@ -8,7 +8,6 @@ tables, so they can share one migrated database and stay fast.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from svc_helpers import Key, RecordingQueue, build_app, create_database, drop_database, migrate, pg_url
-
 from service.db import keys
 from service.db.session import session_scope
 from service.settings import Settings
+from tests.service.svc_helpers import Key, RecordingQueue, build_app, create_database, drop_database, migrate, pg_url
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
-from svc_helpers import RecordingQueue, assert_error, build_app
 
 from launch.service_cli import app as cli_app
 from service.db import keys, workers
 from service.db.base import WorkerBeat, utcnow
 from service.db.session import session_scope
+from tests.service.svc_helpers import RecordingQueue, assert_error, build_app
 
 
 def test_every_auth_failure_is_the_same_401(client: TestClient, key, settings) -> None:  # type: ignore[no-untyped-def]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import class_files, hostile_cases, tar_bytes, zip_bytes
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error, build_app
 
 from service.storage import build_store
+from tests.archive_helpers import class_files, hostile_cases, tar_bytes, zip_bytes
+from tests.service.svc_helpers import assert_error, build_app
 
 
 def upload(client: TestClient, key, data: bytes, filename: str, **form: str):  # type: ignore[no-untyped-def]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import RecordingQueue, assert_error, build_app
 
 from service.db import jobs
 from service.db.session import session_scope
 from service.routing import queue_for
 from service.settings import Settings
+from tests.service.svc_helpers import RecordingQueue, assert_error, build_app
 
 
 @pytest.fixture

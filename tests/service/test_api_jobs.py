@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error, build_app
 
 from service.db import jobs
 from service.db.session import session_scope
+from tests.service.svc_helpers import assert_error, build_app
 
 STORED_V2 = json.loads((Path(__file__).parents[1] / "data/reports/v2_global_latency.json").read_text())
 

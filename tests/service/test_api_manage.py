@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
-from svc_helpers import assert_error
 
 from service.db import jobs, uploads
 from service.db.base import Job, JobEvent, utcnow
 from service.db.session import session_scope
 from service.storage import build_store
+from tests.service.svc_helpers import assert_error
 
 
 def report(name: str, rows: list[tuple[str, float, float, float]]) -> dict[str, Any]:

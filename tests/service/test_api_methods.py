@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error
+
+from tests.service.svc_helpers import assert_error
 
 
 def submit(client: TestClient, key, spec: dict):  # type: ignore[no-untyped-def]

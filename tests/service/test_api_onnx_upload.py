@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
-from svc_helpers import assert_error
+
+from tests.service.svc_helpers import assert_error
 
 
 def onnx_bytes(classes: int = 10, domain: str = "", external: bool = False) -> bytes:

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 import redis
-from svc_helpers import REDIS_URL
 
 from api.queue import RUN_JOB_TASK, CeleryJobQueue, DisabledJobQueue, build_job_queue
 from service.settings import Settings
+from tests.service.svc_helpers import REDIS_URL
 
 
 @pytest.fixture

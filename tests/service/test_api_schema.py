@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error
+
+from tests.service.svc_helpers import assert_error
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import RecordingQueue, assert_error, build_app, migrate
 
 from service.db import jobs, keys, workers
 from service.db.session import session_scope
 from service.settings import Settings
+from tests.service.svc_helpers import RecordingQueue, assert_error, build_app, migrate
 
 
 @pytest.fixture

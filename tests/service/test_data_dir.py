@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from svc_helpers import RecordingQueue, build_app
 
 from service.settings import Settings, default_data_dir
+from tests.service.svc_helpers import RecordingQueue, build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
-from svc_helpers import migrate
 
 from service.db import jobs, keys
 from service.db.base import JobStatus, utcnow
 from service.db.session import build_engine, get_sessionmaker
 from service.settings import Settings
+from tests.service.svc_helpers import migrate
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from svc_helpers import RecordingQueue, build_app, migrate
+
+from tests.service.svc_helpers import RecordingQueue, build_app, migrate
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from svc_helpers import RecordingQueue, assert_error, build_app
 
 from service.settings import Settings
+from tests.service.svc_helpers import RecordingQueue, assert_error, build_app
 
 QUICK_SPEC = {"stages": {"pretrain": {"epochs": 1, "lr": 0.1}}}
 

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error, build_app
+
+from tests.service.svc_helpers import assert_error, build_app
 
 ARCH = "cnn_small_mnist"
 MB = 1024 * 1024

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_helpers import RecordingQueue, build_app, migrate
 
 from service.db import jobs, keys
 from service.db.session import session_scope
 from service.settings import Settings
+from tests.service.svc_helpers import RecordingQueue, build_app, migrate
 
 TOTAL = 500
 REPEATED_KEYS = 25

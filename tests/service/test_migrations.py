@@ -10,10 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
-from svc_helpers import create_database, drop_database, pg_url
 
 from migrations import alembic_config
 from service.db.base import Base
+from tests.service.svc_helpers import create_database, drop_database, pg_url
 
 TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts", "models", "datasets"}
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import build_app
 
 from service.db import jobs, workers
 from service.db.session import session_scope
 from service.settings import Settings
 from service.storage import InvalidKey, LocalStore, ObjectNotFound, ObjectStore, S3Store, build_store
+from tests.service.svc_helpers import build_app
 
 BUCKET = "hydra-test"
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import io
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import assert_error, build_app
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_npz_check import write_zeros_npz
+from tests.core.data.test_npz_check import write_zeros_npz
+from tests.service.svc_helpers import assert_error, build_app
 
 MB = 1024 * 1024
 
@@ -53,7 +51,7 @@ def _reset_peak_rss() -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
     except OSError as err:  # pragma: no cover - a kernel without it; the core test measures in a child
-        pytest.skip(f"cannot reset the peak RSS here ({err}); tests/test_npz_check.py measures in a child")
+        pytest.skip(f"cannot reset the peak RSS here ({err}); tests/core/data/test_npz_check.py measures in a child")
 
 
 def test_a_deflate_bomb_costs_the_api_a_few_megabytes(settings, queue, key, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

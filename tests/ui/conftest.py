@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,13 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "client"))
-sys.path.insert(0, str(HERE.parent / "service"))
-sys.path.insert(0, str(HERE))
-
-from embedded_service import EmbeddedService  # noqa: E402
-from svc_helpers import RecordingQueue, build_app, migrate  # noqa: E402
-from ui_helpers import artifacts_dir  # noqa: E402
 
 from service.db import keys  # noqa: E402
 from service.db.session import session_scope  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from tests.client.embedded_service import EmbeddedService  # noqa: E402
+from tests.service.svc_helpers import RecordingQueue, build_app, migrate  # noqa: E402
+from tests.ui.ui_helpers import artifacts_dir  # noqa: E402
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from embedded_service import LONG_SPEC, TINY_SPEC, EmbeddedService
-from ui_helpers import artifacts_dir
 
 from hydra_client import Client
+from tests.client.embedded_service import LONG_SPEC, TINY_SPEC, EmbeddedService
+from tests.ui.ui_helpers import artifacts_dir
 
 pytestmark = pytest.mark.slow
 

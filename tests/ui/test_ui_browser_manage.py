@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from embedded_service import TINY_SPEC, EmbeddedService
-from test_ui_browser import by_id, console, css, same_origin_only, set_editor, shot, wait_until
 
 from hydra_client import Client, HydraError
+from tests.client.embedded_service import TINY_SPEC, EmbeddedService
+from tests.ui.test_ui_browser import by_id, console, css, same_origin_only, set_editor, shot, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_helpers import events, job, submit, tiny_spec, wait_for, wait_status
+
+from tests.worker.worker_helpers import events, job, submit, tiny_spec, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 

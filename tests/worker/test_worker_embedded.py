@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from worker_helpers import tiny_spec, wait_for
+
+from tests.worker.worker_helpers import tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow
 

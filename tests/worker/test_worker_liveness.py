@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LEASE_SECONDS
 from sqlalchemy import delete
-from worker_helpers import wait_for
 
 from service.db import workers
 from service.db.base import WorkerBeat
 from service.db.session import session_scope
+from tests.worker.conftest import LEASE_SECONDS
+from tests.worker.worker_helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

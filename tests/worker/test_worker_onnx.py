@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from worker_helpers import submit, tiny_spec, wait_status
+
+from tests.worker.worker_helpers import submit, tiny_spec, wait_status
 
 pytestmark = pytest.mark.slow
 

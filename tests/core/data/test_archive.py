@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import class_files, hostile_cases, png_bytes, tar_bytes, zip_bytes
 
 from core.data.archive import ArchiveLimits, archive_to_npz
 from core.data.datasets import build_datasets
 from core.data.npz_check import check_npz
 from core.errors import CoreError
+from tests.archive_helpers import class_files, hostile_cases, png_bytes, tar_bytes, zip_bytes
 
 LIMITS = ArchiveLimits(max_files=30)
 

@@ -1,7 +1,7 @@
 """CONTRIBUTING.md's "Adding an evaluation attack" recipe is exact: its module, dropped into
 ``core/robust/suite/``, is the whole change (the evaluation runs it, tallies it with its procedure, puts it
 in the headline worst case and the gradient-masking check), its test passes, and adding it changes no
-other number of the evaluation (the golden of ``tests/test_evaluation_golden.py``)."""
+other number of the evaluation (the golden of ``tests/core/pipeline/test_evaluation_golden.py``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import tests.test_attack_suite as attack_suite_tests
+import tests.core.robust.test_attack_suite as attack_suite_tests
 from core.robust.suite import ATTACKS
 from tests.evaluation_golden import run_scenario
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = json.loads((ROOT / "tests" / "data" / "evaluation_golden.json").read_text())
 
 
@@ -48,7 +48,7 @@ def test_the_recipe_has_the_module_and_its_test():
 
 def test_the_recipes_test_passes(noise_module):
     namespace = dict(vars(attack_suite_tests))
-    exec(compile(_recipe_snippets()[1], "CONTRIBUTING.md:tests/test_attack_suite.py", "exec"), namespace)
+    exec(compile(_recipe_snippets()[1], "CONTRIBUTING.md:tests/core/robust/test_attack_suite.py", "exec"), namespace)
     (name,) = [key for key in namespace if key.startswith("test_") and key not in vars(attack_suite_tests)]
     namespace[name]()
 

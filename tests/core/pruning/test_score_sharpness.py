@@ -20,7 +20,7 @@ from core.pruning.masked import convert_to_masked, kept_count, masked_layers, se
 from core.pruning.methods import build_pruner
 from core.pruning.sharpness import SharpnessAwarePruner
 from core.spec import PruningSpec, load_spec
-from tests.test_pruner import TINY
+from tests.core.pruning.test_pruner import TINY
 
 C = 0.3  # weight of the quadratic score term: makes the score gradient depend on the scores
 

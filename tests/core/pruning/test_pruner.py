@@ -25,7 +25,7 @@ from core.pruning.pruners import ChannelPruner, GlobalPruner, LearnedPruner, Uni
 from core.spec import load_spec
 from core.vocab import STAGE_STARTED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = {
     "seed": 2,
     "device": "cpu",

@@ -9,7 +9,7 @@ import pytest
 from core.pipeline.runner import run_job
 from core.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def merge_main():

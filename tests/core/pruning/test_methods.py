@@ -91,7 +91,7 @@ def final_model(spec, out):
         ({"methods": ["lwm"], "allocation": "learned"}, None, "pruning.allocation"),  # lwm trains no scores
         ({"methods": ["hydra", "lwm"], "allocation": "learned"}, None, "pruning.allocation"),
         ({"allocation": "global", "granularity": "channel"}, None, "pruning.allocation"),
-        # learned channel rates exist under the MAC budget only (tests/test_channel_budget.py)
+        # learned channel rates exist under the MAC budget only (tests/core/pruning/test_channel_budget.py)
         ({"allocation": "learned", "granularity": "channel"}, None, "pruning.budget"),
         ({"allocation": "learned"}, {"prune": None}, "pruning.allocation"),  # nothing trains the rates
         ({"granularity": "2:4"}, None, "pruning.granularity"),

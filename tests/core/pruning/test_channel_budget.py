@@ -17,7 +17,7 @@ from core.pruning.methods import build_pruner
 from core.pruning.pruners import ChannelPruner, LearnedChannelPruner
 from core.pruning.structured import rebuild_pruned, to_plain
 from core.spec import PruningSpec, load_spec
-from tests.test_pruner import TINY
+from tests.core.pruning.test_pruner import TINY
 
 
 class CE:

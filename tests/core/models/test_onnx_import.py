@@ -374,7 +374,7 @@ def test_a_graph_that_does_not_fit_the_data_is_refused_at_preflight(tmp_path, da
         preflight(five)
     assert err.value.field == "model.onnx"
     channel = _spec(path, data["grey"], pruning={"methods": ["lwm"], "k": [0.5], "granularity": "channel"})
-    assert preflight(channel) is None  # Torch-Pruning's groups take it (tests/test_onnx_channels.py)
+    assert preflight(channel) is None  # Torch-Pruning's groups take it (tests/core/models/test_onnx_channels.py)
 
 
 def test_a_bound_objective_is_refused_naming_the_first_layer_it_cannot_bound(tmp_path, data):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.evaluation_golden import SCENARIOS, run_scenario
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "evaluation_golden.json").read_text())
+GOLDEN = json.loads((Path(__file__).resolve().parents[2] / "data" / "evaluation_golden.json").read_text())
 
 
 def test_the_golden_file_covers_every_scenario():

@@ -17,7 +17,7 @@ from core.pipeline.report import render_markdown
 from core.pipeline.report_build import CHANCE_MARGIN, build_variant, load_report
 from core.pipeline.report_model import REPORT_FORMAT, Report
 
-DATA = Path(__file__).parent / "data" / "reports"
+DATA = Path(__file__).resolve().parents[2] / "data" / "reports"
 
 
 def _stored(name: str) -> dict:

@@ -9,7 +9,7 @@ The golden values live in ``tests/golden/pruning.json``. They were generated on 
 refactor of pruning into ``core.pruning.pruner`` (commit that adds this file) with
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 HYDRA_REGENERATE_GOLDEN=1 \\
-        python -m pytest -q -p no:cacheprovider tests/test_golden_pruning.py
+        python -m pytest -q -p no:cacheprovider tests/core/pruning/test_golden_pruning.py
 
 Regenerate only when a change of masks or numbers is intended (and say so in the commit). Float
 results are those of one machine's CPU kernels (one thread); another CPU may round differently.
@@ -32,8 +32,8 @@ from core.pipeline.runner import run_job
 from core.pruning.masked import masked_layers
 from core.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden" / "pruning.json"
+ROOT = Path(__file__).resolve().parents[3]
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "pruning.json"
 REGENERATE = os.environ.get("HYDRA_REGENERATE_GOLDEN") == "1"
 
 # Sizes cut to the minimum that still runs every stage and every evaluation of a spec: 4 batches of
@@ -57,7 +57,7 @@ TINY_EVALUATION = {
     "smoothing_n0": 4,
     "smoothing_n": 16,
 }
-# The plain PGD setting of tests/test_methods.py for the allocation/granularity runs.
+# The plain PGD setting of tests/core/pruning/test_methods.py for the allocation/granularity runs.
 BASE = {
     "seed": 2,
     "device": "cpu",
