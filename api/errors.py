@@ -133,6 +133,9 @@ async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, exc.code, exc.message, exc.field)
 
 
+#: core.spec's resource rules (fp16 needs CUDA, ranks vs devices, a batch the ranks can split)
+SPEC_RULE_CODES = frozenset({"unsupported_precision", "invalid_resources", "invalid_batch_size"})
+
 _NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "model_type"}
 _YAML_HINT = (
     "; a YAML spec must be converted first (`hydra-compress submit spec.yaml` and the Python client do it, "
@@ -177,7 +180,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = with_field(field, message)
     if others:
         detail += f" (and {others} more problem{'s' if others > 1 else ''})"
-    return error_response(422, ErrorCode.VALIDATION_ERROR.code, detail, field)
+    # a cross-field rule no JSON Schema can state (the resources a job may combine) keeps its own code,
+    # documented as a semantic 422 of the routes that validate a spec (api/openapi.py SEMANTIC_422)
+    code = str(first.get("type")) if first.get("type") in SPEC_RULE_CODES else ErrorCode.VALIDATION_ERROR.code
+    return error_response(422, code, detail, field)
 
 
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

@@ -52,6 +52,9 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "invalid_k",
         "invalid_eps",
         "number_too_long",
+        "unsupported_precision",
+        "invalid_resources",
+        "invalid_batch_size",
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -61,9 +64,18 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
     ("post", "/ui/api/spec-parse"): ("yaml_alias_refused", "nesting_too_deep", "number_too_long", "too_many_nodes"),
-    ("post", "/v1/jobs/estimate"): ("invalid_reference",),
+    ("post", "/v1/jobs/estimate"): (
+        "invalid_reference",
+        "unsupported_precision",
+        "invalid_resources",
+        "invalid_batch_size",
+    ),
 }
 _SEMANTIC_TEXT = {
+    "unsupported_precision": "fp16 on a CPU job (it needs CUDA's gradient scaler; bf16 runs on CPU)",
+    "invalid_resources": "ranks and devices that cannot go together (gpus on a CPU job, processes with gpus, "
+    "SyncBatchNorm without several GPUs)",
+    "invalid_batch_size": "a global batch the job's ranks cannot split evenly",
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "
     "for other architecture arguments)",
     "incompatible_architecture": "the architecture does not fit the dataset (channels, input size, classes)",

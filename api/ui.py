@@ -263,7 +263,7 @@ def _not_json(value: Any) -> Any:
     raise _NotJson(f"a {type(value).__name__} value has no place in a job spec")
 
 
-@helpers.post("/spec-form")
+@helpers.post("/spec-form", responses=HELPER_RESPONSES)
 def spec_form(body: FormApply, _principal: CurrentPrincipal) -> dict[str, Any]:
     """The editor's spec with the submit form's fields written in, as editor text (api/submit_form.py)."""
     spec = apply_form(body.spec, body.fields)

@@ -52,4 +52,4 @@ def test_no_multi_gpu_queue_configured_refuses(client: TestClient, key, queue) -
 
 def test_fp16_on_cpu_refused_at_the_api(client: TestClient, key) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/v1/jobs", json={"device": "cpu", "resources": {"precision": "fp16"}}, headers=key.headers)
-    assert_error(response, 422, "validation_error", "resources.precision")
+    assert_error(response, 422, "unsupported_precision", "resources.precision")

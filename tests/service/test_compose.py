@@ -86,7 +86,13 @@ def test_commands_resolve(name: str) -> None:
         if importlib.util.find_spec(module.split(":")[0]) is None:
             pytest.fail(f"celery app module {module} does not exist")
         assert _module_defines(module, "app"), f"{module} defines no module-level `app`"
-        assert args[args.index("-Q") + 1].split(",")[0] == Settings().queue_name
+        # every queue a worker consumes is one the API sends to: the default queue, or a GPU-count
+        # queue of HYDRA_GPU_QUEUES (service/routing.py) in the shared environment
+        env = SERVICES[name].get("environment") or {}
+        routed = [q.split(":")[1] for q in str(env.get("HYDRA_GPU_QUEUES", "")).split(",") if ":" in q]
+        queues = args[args.index("-Q") + 1].split(",")
+        assert set(queues) <= {Settings().queue_name, *routed}, (queues, routed)
+        assert queues[0] in (Settings().queue_name, *routed)
     elif program == "hydra-service":
         scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
         cli = _resolve(scripts["hydra-service"])

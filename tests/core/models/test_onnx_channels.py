@@ -133,7 +133,7 @@ def test_channel_pruning_of_an_onnx_graph_ships_the_smaller_graph(tmp_path, data
     out = tmp_path / "run"
     report = run_job(spec, out)
     variant = report["variants"][f"{method}_k0.5"]
-    assert variant["checks"]["onnx_parity"]["ok"], variant["checks"]
+    assert variant["checks"]["onnx_parity"]["details"]["ok"], variant["checks"]
     graph_path = out / variant["artifacts"]["onnx"]["name"]
     graph = onnx.load(str(graph_path), load_external_data=False)
     assert [i.name for i in graph.graph.input] == ["img"] and [o.name for o in graph.graph.output] == ["scores"]
