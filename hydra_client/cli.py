@@ -8,6 +8,8 @@
     hydra-client download JOB_ID [NAME] [--out DIR]              # sha256 checked; no NAME: the compressed networks
     hydra-client cancel JOB_ID [--wait]
     hydra-client delete JOB_ID [--artifact NAME]                 # a stopped job (or one artifact), store included
+    hydra-client upload-model FILE [--arch ARCH] [--kwargs JSON]  # weights for ARCH, or (no --arch) your ONNX network
+    hydra-client upload-dataset FILE [--image-size N] [--channels 1|3]   # .npz, or a .zip/.tar of class folders
 
 (``hydra-compress`` has the same commands beside the core's local ones, see ``launch.cli``.)
 ``--url`` and ``--key`` default to ``HYDRA_URL`` and ``HYDRA_API_KEY``. Exit status: 0 success,
@@ -300,6 +302,60 @@ def delete(args: argparse.Namespace) -> int:
     else:
         _calling(lambda: client.delete_job(args.job_id))
         print(f"{args.job_id}  deleted")
+    return EXIT_OK
+
+
+def _upload_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, metavar="FILE", help="safetensors / torch state dict, or an .onnx network")
+    parser.add_argument(
+        "--arch", default="onnx", help="Catalogue architecture of a weights file (default: the file is ONNX)."
+    )
+    parser.add_argument("--kwargs", default="{}", help="JSON object of architecture arguments (weights files).")
+    parser.add_argument("--name", default=None, help="A name for the upload (default: the file name).")
+    _connection(parser)
+
+
+@command("upload-model", _upload_model_args)
+def upload_model(args: argparse.Namespace) -> int:
+    """Upload a network; prints its reference (model:<id>) for model.onnx or model.checkpoint."""
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise Refused(HydraError("invalid_kwargs", f"--kwargs is not JSON: {exc.msg}", "kwargs")) from None
+    if not isinstance(kwargs, dict):
+        raise Refused(HydraError("invalid_kwargs", "--kwargs must be a JSON object", "kwargs"))
+    client = _client(args)
+    row = _calling(lambda: client.upload_model(args.file, args.arch, kwargs or None, name=args.name))
+    field = "model.onnx" if args.arch == "onnx" else "model.checkpoint"
+    print(row.get("ref") or row.get("id"), flush=True)
+    print(f"use it in a spec as {field}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _upload_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, metavar="FILE", help="an .npz, or a .zip / .tar of class folders")
+    parser.add_argument("--image-size", type=int, default=None, help="Archives: resize and centre-crop to N x N.")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="Archives: 1 (grey) or 3 (RGB).")
+    parser.add_argument("--num-classes", type=int, default=None, help="Declared number of classes (checked).")
+    parser.add_argument("--name", default=None, help="A name for the upload (default: the file name).")
+    _connection(parser)
+
+
+@command("upload-dataset", _upload_dataset_args)
+def upload_dataset(args: argparse.Namespace) -> int:
+    """Upload a dataset; prints its reference (dataset:<id>) for dataset.path (with dataset.name: npz)."""
+    client = _client(args)
+    row = _calling(
+        lambda: client.upload_dataset(
+            args.file,
+            name=args.name,
+            num_classes=args.num_classes,
+            image_size=args.image_size,
+            channels=args.channels,
+        )
+    )
+    print(row.get("ref") or row.get("id"), flush=True)
+    print("use it in a spec as dataset.path, with dataset.name: npz", file=sys.stderr)
     return EXIT_OK
 
 

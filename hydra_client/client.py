@@ -120,6 +120,16 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
         yield kind, "\n".join(data), event_id
 
 
+def _open_upload(path: str | Path) -> Any:
+    """The file to upload, opened; a missing or unreadable one is a ``HydraError`` like every failure."""
+    try:
+        return open(path, "rb")  # closed by the caller's ``with``
+    except FileNotFoundError:
+        raise HydraError("file_unreadable", f"{path}: no such file", "file") from None
+    except OSError as exc:
+        raise HydraError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}", "file") from None
+
+
 class Client:
     """A client of one service for one API key (``url`` and ``api_key`` default to ``HYDRA_URL`` and
     ``HYDRA_API_KEY``). Use it as a context manager, or call ``close()``."""
@@ -491,7 +501,7 @@ class Client:
         data = {"arch": arch, "kwargs": json.dumps(kwargs or {}), "format": format}
         if name:
             data["name"] = name
-        with open(path, "rb") as handle:
+        with _open_upload(path) as handle:
             return self._json(
                 "POST",
                 "/v1/models",
@@ -522,7 +532,7 @@ class Client:
             data["image_size"] = str(image_size)
         if channels is not None:
             data["channels"] = str(channels)
-        with open(path, "rb") as handle:
+        with _open_upload(path) as handle:
             return self._json(
                 "POST",
                 "/v1/datasets",

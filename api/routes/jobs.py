@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -437,6 +437,63 @@ def list_artifacts(job_id: JobId, principal: CurrentPrincipal, session: ReadSess
     job_id = _job_or_404(session, principal.tenant_id, job_id).id
     rows = jobs.list_artifacts(session, job_id)
     return {"data": rows, "count": len(rows)}
+
+
+@router.get(
+    "/{job_id}/bundle",
+    response_class=StreamingResponse,
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}}},
+)
+def download_bundle(
+    job_id: JobId,
+    principal: CurrentPrincipal,
+    session: ReadSessionDep,
+    store: StoreDep,
+    variant: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[A-Za-z0-9_.-]{1,200}$",
+            description="Only this network's files (`<variant>.*`, e.g. `hydra_k0.01`); default: every artifact.",
+        ),
+    ] = None,
+) -> Response:
+    """One zip of a job's artifacts (or one network's), with a SHA256SUMS file: stored, not deflated
+    (networks are already compact), built on disk past 8 MiB so the API's memory stays small."""
+    import tempfile
+    import zipfile
+
+    job = _job_or_404(session, principal.tenant_id, job_id)
+    rows = jobs.list_artifacts(session, job.id)
+    if variant is not None:
+        rows = [a for a in rows if a.name.startswith(f"{variant}.")]
+        if not rows:
+            raise ApiError(ErrorCode.NOT_FOUND, f"job {job.id} has no artifact of network {variant!r}", "variant")
+    if not rows:
+        raise ApiError(ErrorCode.NOT_FOUND, f"job {job.id} has no artifacts yet", "job_id")
+    spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # closed by the response (or on error)
+    try:
+        with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as bundle:
+            for artifact in rows:
+                with bundle.open(artifact.name, "w", force_zip64=artifact.size > (1 << 31)) as member:
+                    for chunk in store.open_stream(artifact.storage_key):
+                        member.write(chunk)
+            bundle.writestr("SHA256SUMS", "".join(f"{a.sha256}  {a.name}\n" for a in rows))
+    except ObjectNotFound as exc:
+        spool.close()
+        raise ApiError(ErrorCode.NOT_FOUND, f"an artifact of job {job.id} is missing from storage", "job_id") from exc
+    size = spool.tell()
+    spool.seek(0)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while block := spool.read(1 << 20):
+                yield block
+        finally:
+            spool.close()
+
+    filename = f"{job.id[:8]}-{variant or 'all'}.zip"
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
 
 
 @router.get(

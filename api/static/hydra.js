@@ -481,18 +481,70 @@
       const tbody = $("artifacts-body");
       tbody.replaceChildren();
       if (!list.length) tbody.appendChild(row([text("td", "none", "muted")], 4));
+      // grouped by network (<variant>.<format>), each group with one zip of its files (GET .../bundle)
+      const SUFFIXES = [".compressed.safetensors", ".dense.safetensors", ".channel.safetensors", ".onnx", ".model_card.md"];
+      const networkOf = (name) => {
+        const suffix = SUFFIXES.find((s) => name.endsWith(s));
+        return suffix ? name.slice(0, -suffix.length) : "";
+      };
+      const groups = new Map();
       for (const a of list) {
-        const tr = document.createElement("tr");
-        tr.dataset.artifact = a.name;
-        const button = text("button", "Download", "secondary");
-        button.dataset.download = a.name;
+        const key = networkOf(a.name);
+        if (!groups.has(key)) groups.set(key, []);
+        groups.get(key).push(a);
+      }
+      const ordered = [...groups.entries()].sort(([x], [y]) => (x === "") - (y === "") || (x === "dense" ? -1 : y === "dense" ? 1 : x.localeCompare(y)));
+      for (const [network, files] of ordered) {
+        const head = document.createElement("tr");
+        head.dataset.group = network || "run";
+        const title = text("th", network || "the run (report, plots, spec)");
+        title.colSpan = 3;
         const cell = document.createElement("td");
-        cell.appendChild(button);
-        const state = text("span", "");
-        cell.appendChild(state);
-        button.addEventListener("click", () => download(a, state));
-        tr.append(text("td", a.name, "mono"), text("td", bytes(a.size), "num"), text("td", a.sha256, "sha"), cell);
-        tbody.appendChild(tr);
+        if (network) {
+          const zip = text("button", "Download zip", "secondary");
+          zip.dataset.bundle = network;
+          const zipState = text("span", "");
+          zip.addEventListener("click", () => downloadBundle(network, zipState));
+          cell.append(zip, zipState);
+        }
+        head.append(title, cell);
+        tbody.appendChild(head);
+        for (const a of files) appendArtifact(tbody, a);
+      }
+    }
+
+    function appendArtifact(tbody, a) {
+      const tr = document.createElement("tr");
+      tr.dataset.artifact = a.name;
+      const button = text("button", "Download", "secondary");
+      button.dataset.download = a.name;
+      const cell = document.createElement("td");
+      cell.appendChild(button);
+      const state = text("span", "");
+      cell.appendChild(state);
+      button.addEventListener("click", () => download(a, state));
+      tr.append(text("td", a.name, "mono"), text("td", bytes(a.size), "num"), text("td", a.sha256, "sha"), cell);
+      tbody.appendChild(tr);
+    }
+
+    async function downloadBundle(network, state) {
+      state.className = "muted small";
+      state.textContent = " zipping…";
+      try {
+        const resp = await api(`/v1/jobs/${encodeURIComponent(jobId)}/bundle?variant=${encodeURIComponent(network)}`, { raw: true });
+        const url = URL.createObjectURL(await resp.blob());
+        const a = document.createElement("a");
+        a.href = url;
+        a.download = `${jobId.slice(0, 8)}-${network}.zip`;
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+        state.className = "verified";
+        state.textContent = " saved (SHA256SUMS inside)";
+      } catch (err) {
+        state.className = "mismatch";
+        state.textContent = ` ${err.message}`;
       }
     }
 

@@ -7,7 +7,7 @@
 (function () {
   const KEY = "hydra.apiKey";
   const $ = (id) => document.getElementById(id);
-  const getKey = () => sessionStorage.getItem(KEY) || "";
+  const getKey = () => sessionStorage.getItem(KEY) || localStorage.getItem(KEY) || ""; // as hydra.js: "remember" uses localStorage
   const headers = () => ({ Authorization: `Bearer ${getKey()}` });
 
   function cell(row, text, numeric) {
@@ -33,8 +33,29 @@
     for (const item of rows) {
       const tr = document.createElement("tr");
       for (const [get, numeric] of columns) cell(tr, get(item), numeric);
+      tr.appendChild(deleteCell(bodyId === "models-body" ? "models" : "datasets", item));
       body.appendChild(tr);
     }
+  }
+
+  /* DELETE /v1/models/{id} or /v1/datasets/{id}: refused (409, naming the jobs) while an unfinished job uses it. */
+  function deleteCell(kind, item) {
+    const td = document.createElement("td");
+    const button = document.createElement("button");
+    button.className = "secondary";
+    button.textContent = "Delete";
+    button.dataset.deleteUpload = item.id;
+    const state = document.createElement("span");
+    button.addEventListener("click", async () => {
+      if (!window.confirm(`Delete ${item.ref} (${item.name})? Jobs that finished keep their own files.`)) return;
+      const response = await fetch(`/v1/${kind}/${encodeURIComponent(item.id)}`, { method: "DELETE", headers: headers() });
+      if (response.ok) { refresh(); return; }
+      const body = await response.json().catch(() => null);
+      state.className = "mismatch";
+      state.textContent = ` ${(body && body.detail) || response.status}`;
+    });
+    td.append(button, state);
+    return td;
   }
 
   const shape = (s) => (Array.isArray(s) ? s.join("×") : "");

@@ -208,3 +208,18 @@ def test_wait_does_not_replay_a_finished_job_unless_asked() -> None:
     client, _ = _job_service(["succeeded"], EVENTS)
     client.wait("j", progress=True, history=True, file=out, poll_interval=0.01)
     assert out.getvalue() == "-- prune v (2 epochs)\n"
+
+
+def test_upload_commands_refuse_a_missing_file_in_one_line(tmp_path, capsys):
+    """upload-model / upload-dataset: a missing file is a user error (one line, exit 2), like a spec."""
+    from hydra_client.cli import main
+
+    for argv in (
+        ["upload-model", str(tmp_path / "absent.onnx"), "--key", "k", "--url", "http://127.0.0.1:9"],
+        ["upload-dataset", str(tmp_path / "absent.zip"), "--key", "k", "--url", "http://127.0.0.1:9"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "file_unreadable" in err[0] and "no such file" in err[0], err
+    assert main(["upload-model", str(tmp_path / "x.pt"), "--arch", "vgg16_bn", "--kwargs", "[1]", "--key", "k"]) == 2
+    assert "--kwargs must be a JSON object" in capsys.readouterr().err

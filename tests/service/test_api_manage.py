@@ -422,3 +422,37 @@ def test_stored_reports_of_either_format_give_flat_rows_with_every_metric():
     assert rows2 == rows3 and [r["variant"] for r in rows3] == [r["variant"] for r in v2["comparison"]]
     for row, old in zip(rows3, v2["comparison"]):
         assert row["benign_acc"] == old["benign_acc"] and row[metric3] == old[metric3]
+
+
+# ----------------------------------------------------------------------------- bundle
+def test_a_networks_files_download_as_one_zip_with_their_sha256(client: TestClient, key, settings) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import io
+    import zipfile
+
+    job_id = make_job(settings, key, "zipped")
+    store = build_store(settings)
+    files = {
+        "dense.compressed.safetensors": b"dense" * 100,
+        "hydra_k0.01.compressed.safetensors": b"sparse" * 50,
+        "hydra_k0.01.onnx": b"graph" * 30,
+        "report.json": b"{}",
+    }
+    with session_scope(settings) as s:
+        for name, data in files.items():
+            storage_key = f"jobs/{job_id}/artifacts/{name}"
+            store.put_bytes(storage_key, data)
+            jobs.add_artifact(s, job_id, name, storage_key, len(data), hashlib.sha256(data).hexdigest())
+    answer = client.get(f"/v1/jobs/{job_id[:8]}/bundle", params={"variant": "hydra_k0.01"}, headers=key.headers)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
+    bundle = zipfile.ZipFile(io.BytesIO(answer.content))
+    assert sorted(bundle.namelist()) == ["SHA256SUMS", "hydra_k0.01.compressed.safetensors", "hydra_k0.01.onnx"]
+    for name in ("hydra_k0.01.compressed.safetensors", "hydra_k0.01.onnx"):
+        assert bundle.read(name) == files[name]
+        assert f"{hashlib.sha256(files[name]).hexdigest()}  {name}" in bundle.read("SHA256SUMS").decode()
+    everything = client.get(f"/v1/jobs/{job_id}/bundle", headers=key.headers)
+    assert len(zipfile.ZipFile(io.BytesIO(everything.content)).namelist()) == len(files) + 1
+    missing = client.get(f"/v1/jobs/{job_id}/bundle", params={"variant": "lwm_k0.5"}, headers=key.headers)
+    assert_error(missing, 404, "not_found", "variant")
+    other = client.get(f"/v1/jobs/{job_id}/bundle", headers={"Authorization": "Bearer nope"})
+    assert other.status_code == 401

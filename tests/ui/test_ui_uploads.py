@@ -31,6 +31,8 @@ def test_the_upload_page_is_served_and_linked(ui_app) -> None:  # type: ignore[n
 def test_the_upload_script_keeps_the_key_in_the_header_and_writes_no_html() -> None:
     script = (STATIC / "uploads.js").read_text()
     assert "Authorization: `Bearer ${getKey()}`" in script and "sessionStorage" in script
-    assert "localStorage" not in script and "document.cookie" not in script
+    # the key the user chose to remember in this browser (hydra.js's opt-in) is read, never written here
+    assert "localStorage.setItem" not in script and "document.cookie" not in script
+    assert "DELETE" in script  # each upload can be deleted from the page
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script  # the service's text stays text
     assert '"/v1/models"' in script and '"/v1/datasets"' in script
