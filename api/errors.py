@@ -133,8 +133,11 @@ async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, exc.code, exc.message, exc.field)
 
 
-#: core.spec's resource rules (fp16 needs CUDA, ranks vs devices, a batch the ranks can split)
-SPEC_RULE_CODES = frozenset({"unsupported_precision", "invalid_resources", "invalid_batch_size"})
+#: core.spec's cross-field rules that the JSON Schema does not state: the resources (fp16 needs CUDA,
+#: ranks vs devices, a batch the ranks can split) and the pruning budget and sharpness options
+SPEC_RULE_CODES = frozenset(
+    {"unsupported_precision", "invalid_resources", "invalid_batch_size", "invalid_budget", "invalid_score_sharpness"}
+)
 
 _NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "model_type"}
 _YAML_HINT = (

@@ -55,6 +55,8 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "unsupported_precision",
         "invalid_resources",
         "invalid_batch_size",
+        "invalid_budget",
+        "invalid_score_sharpness",
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -69,6 +71,8 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "unsupported_precision",
         "invalid_resources",
         "invalid_batch_size",
+        "invalid_budget",
+        "invalid_score_sharpness",
     ),
 }
 _SEMANTIC_TEXT = {
@@ -76,6 +80,8 @@ _SEMANTIC_TEXT = {
     "invalid_resources": "ranks and devices that cannot go together (gpus on a CPU job, processes with gpus, "
     "SyncBatchNorm without several GPUs)",
     "invalid_batch_size": "a global batch the job's ranks cannot split evenly",
+    "invalid_budget": "`pruning.budget: macs` off channel granularity, or learned channel rates without it",
+    "invalid_score_sharpness": "sharpness-aware scores with no method that trains scores",
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "
     "for other architecture arguments)",
     "incompatible_architecture": "the architecture does not fit the dataset (channels, input size, classes)",

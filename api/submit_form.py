@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError, ErrorCode
 
@@ -86,7 +86,9 @@ def annotate_fractions(text: str) -> str:
 
 
 class FormFields(BaseModel):
-    """The common fields of the form; ``None`` leaves the spec's value."""
+    """The common fields of the form; ``None`` leaves the spec's value. Strict: ``false`` is not 0 epochs."""
+
+    model_config = ConfigDict(strict=True)
 
     dataset: str | None = Field(None, max_length=200)
     arch: str | None = Field(None, max_length=200)
