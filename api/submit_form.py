@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api.errors import ApiError, ErrorCode
 
@@ -86,9 +86,8 @@ def annotate_fractions(text: str) -> str:
 
 
 class FormFields(BaseModel):
-    """The common fields of the form; ``None`` leaves the spec's value. Strict: ``false`` is not 0 epochs."""
-
-    model_config = ConfigDict(strict=True)
+    """The common fields of the form; ``None`` leaves the spec's value. A JSON ``true``/``false`` is not
+    a number here (pydantic's lax mode would read ``false`` as 0 epochs); ``30.0`` still is 30."""
 
     dataset: str | None = Field(None, max_length=200)
     arch: str | None = Field(None, max_length=200)
@@ -99,6 +98,14 @@ class FormFields(BaseModel):
     pretrain_epochs: int | None = Field(None, ge=0, le=100_000)
     prune_epochs: int | None = Field(None, ge=0, le=100_000)
     finetune_epochs: int | None = Field(None, ge=0, le=100_000)
+
+    @field_validator("eps", "k", "pretrain_epochs", "prune_epochs", "finetune_epochs", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class FormApply(BaseModel):
