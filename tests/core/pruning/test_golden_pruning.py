@@ -11,8 +11,22 @@ refactor of pruning into ``core.pruning.pruner`` (commit that adds this file) wi
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 HYDRA_REGENERATE_GOLDEN=1 \\
         python -m pytest -q -p no:cacheprovider tests/core/pruning/test_golden_pruning.py
 
-Regenerate only when a change of masks or numbers is intended (and say so in the commit). Float
-results are those of one machine's CPU kernels (one thread); another CPU may round differently.
+Regenerate only when a change of masks or numbers is intended (and say so in the commit).
+
+Float results are those of one machine's CPU kernels. Another CPU (another instruction set: AVX2
+against AVX-512, with or without AMX) rounds convolutions differently; over one tiny TRADES epoch the
+demo's weights then move by up to 1% and a near-tie at its 1% magnitude threshold flips a few mask
+bits (measured here with ``ATEN_CPU_CAPABILITY=avx2`` against the AVX-512 default). So:
+
+- on the kind of CPU the golden was recorded on (``_machine``): every mask's SHA-256 and the
+  compressed artifact's SHA-256 are equal, bit for bit;
+- on any CPU: the weights kept per layer (``kept``) are equal, each stored tensor's dtype, shape and
+  count of non-zeros are equal and its sum and sum of squares within 5% (``weights``), and every
+  metric of the report within 1e-6.
+
+The golden was last regenerated on an AVX-512 + AMX CPU from commit 5c67c00, whose masks and
+metrics matched those recorded before the refactor on the earlier CI machine, except the demo's two
+1%-masks (the near-tie above).
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import pytest
 import torch
 import yaml
 
+from core.io.export import load_compressed
 from core.pipeline import runner as runner_mod
 from core.pipeline.runner import run_job
 from core.pruning.masked import masked_layers
@@ -115,11 +130,13 @@ def _digest(tensor: torch.Tensor) -> str:
 
 def _record(name: str, data: dict[str, Any], out: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     masks: dict[str, dict[str, str]] = {}
+    kept: dict[str, dict[str, int]] = {}
     export = runner_mod.export_variant
 
     def recording_export(model, out_dir, spec, step, *args, **kwargs):
         if step.method is not None:
             masks[step.variant] = {n: _digest(layer.mask) for n, layer in masked_layers(model)}
+            kept[step.variant] = {n: int(torch.count_nonzero(layer.mask)) for n, layer in masked_layers(model)}
         return export(model, out_dir, spec, step, *args, **kwargs)
 
     monkeypatch.setattr(runner_mod, "export_variant", recording_export)
@@ -129,9 +146,30 @@ def _record(name: str, data: dict[str, Any], out: Path, monkeypatch: pytest.Monk
         variants[variant] = {
             "metrics": result["metrics"],
             "compressed_sha256": result["artifacts"]["compressed"]["sha256"],
+            "weights": _weights(out / f"{variant}.compressed.safetensors"),
             "masks": masks.get(variant),
+            "kept": kept.get(variant),
         }
     return variants
+
+
+def _weights(path: Path) -> dict[str, list[Any]]:
+    """Per stored tensor: [dtype, shape, non-zeros, sum, sum of squares], a CPU-tolerant fingerprint."""
+    tensors, _ = load_compressed(path)
+    out: dict[str, list[Any]] = {}
+    for name, t in sorted(tensors.items()):
+        d = t.detach().double()
+        out[name] = [str(t.dtype), list(t.shape), int(torch.count_nonzero(t)), float(d.sum()), float((d * d).sum())]
+    return out
+
+
+def _machine() -> dict[str, str]:
+    """The CPU kernels' identity: torch's dispatch capability and whether AMX tiles are present."""
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), "")
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "amx": str("amx_tile" in flags.split())}
 
 
 SPECS = _specs()
@@ -148,6 +186,7 @@ def golden() -> dict[str, Any]:
 def _write_golden(golden):
     yield
     if REGENERATE:
+        golden["_machine"] = _machine()
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
 
@@ -176,8 +215,39 @@ def test_masks_and_metrics_match_the_golden(name, golden, tmp_path, monkeypatch)
         golden[name] = got
         return
     want = golden[name]
+    same_cpu = golden.get("_machine") == _machine()
     assert sorted(got) == sorted(want)
     for variant in want:
-        assert got[variant]["masks"] == want[variant]["masks"], f"{name} {variant}: masks differ"
-        assert got[variant]["compressed_sha256"] == want[variant]["compressed_sha256"], f"{name} {variant}"
+        assert got[variant]["kept"] == want[variant]["kept"], f"{name} {variant}: weights kept per layer differ"
+        if same_cpu:
+            assert got[variant]["masks"] == want[variant]["masks"], f"{name} {variant}: masks differ"
+            assert got[variant]["compressed_sha256"] == want[variant]["compressed_sha256"], f"{name} {variant}"
+        _same_weights(got[variant]["weights"], want[variant]["weights"], f"{name} {variant}")
         _close(got[variant]["metrics"], want[variant]["metrics"], f"{name} {variant} metrics")
+
+
+def _same_weights(got: dict[str, list[Any]], want: dict[str, list[Any]], where: str) -> None:
+    assert sorted(got) == sorted(want), f"{where}: stored tensors {sorted(got)} != {sorted(want)}"
+    for name, (dtype, shape, nonzero, total, squares) in want.items():
+        g_dtype, g_shape, g_nonzero, g_total, g_squares = got[name]
+        assert (g_dtype, g_shape, g_nonzero) == (dtype, shape, nonzero), f"{where} {name}"
+        assert g_total == pytest.approx(total, rel=5e-2, abs=1e-3), f"{where} {name}: sum"
+        assert g_squares == pytest.approx(squares, rel=5e-2, abs=1e-4), f"{where} {name}: sum of squares"
+
+
+def test_the_weight_fingerprint_sees_a_changed_weight(tmp_path):
+    """The CPU-tolerant comparison still fails on a real change: one weight of eight doubled."""
+    from core.io.export import export_compressed
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    with torch.no_grad():
+        net[0].weight[0, 0] = 0.5
+    export_compressed(net, first, {})
+    with torch.no_grad():
+        net[0].weight[0, 0] *= 2
+    export_compressed(net, second, {})
+    _same_weights(_weights(first), _weights(first), "same")
+    with pytest.raises(AssertionError):
+        _same_weights(_weights(second), _weights(first), "changed")
