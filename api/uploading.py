@@ -2,21 +2,28 @@
 
 Validation (loading it into the declared architecture, reading the arrays) needs a real path, and the
 object store wants a file to stream from; hashing while copying gives the sha256 for free. The temp
-file is always removed, whatever happens after.
+file is always removed, whatever happens after. The models and datasets routers also share their
+read routes (:func:`add_read_routes`: a page of the tenant's uploads, and one by id).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the read routes' path parameter is annotated with the
+# noun's alias inside add_read_routes, which FastAPI must see as an object, not a deferred string.
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import UploadFile
+from fastapi import APIRouter, Query, UploadFile
+from fastapi import Path as PathParam
+from pydantic import BaseModel
 
+from api.deps import CurrentPrincipal, ReadSessionDep
 from api.errors import ApiError, ErrorCode
+from api.schemas import ERROR_RESPONSES
+from api.validation import ID_PATTERN, MAX_OFFSET
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
@@ -59,6 +66,55 @@ def receive_upload(upload: UploadFile, settings: Settings, suffix: str = "") -> 
         yield ReceivedFile(path=path, size=size, sha256=digest.hexdigest())
     finally:
         path.unlink(missing_ok=True)
+
+
+def add_read_routes(
+    router: APIRouter,
+    noun: str,
+    *,
+    public: type[BaseModel],
+    listed: type[BaseModel],
+    list_rows: Callable[..., tuple[list[Any], int]],
+    get_row: Callable[..., Any],
+) -> None:
+    """Add ``GET ""`` (``list_<noun>s``: a page of the tenant's uploads, newest first, and their count)
+    and ``GET /{<noun>_id}`` (``get_<noun>``: one, or 404) to the router of one kind of upload.
+    ``list_rows(session, tenant_id, limit, offset)`` and ``get_row(session, tenant_id, id)`` are its
+    ``service.db.uploads`` functions."""
+    id_param = f"{noun}_id"
+
+    @router.get(
+        "",
+        response_model=listed,
+        responses=ERROR_RESPONSES,
+        name=f"list_{noun}s",
+        description=f"List your uploaded {noun}s.",
+    )
+    def list_uploads(
+        principal: CurrentPrincipal,
+        session: ReadSessionDep,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> dict[str, Any]:
+        rows, count = list_rows(session, principal.tenant_id, limit, offset)
+        return {"data": rows, "count": count}
+
+    @router.get(
+        f"/{{{id_param}}}",
+        response_model=public,
+        responses=ERROR_RESPONSES,
+        name=f"get_{noun}",
+        description=f"One uploaded {noun}.",
+    )
+    def get_upload(
+        upload_id: Annotated[str, PathParam(alias=id_param, pattern=ID_PATTERN)],
+        principal: CurrentPrincipal,
+        session: ReadSessionDep,
+    ) -> Any:
+        row = get_row(session, principal.tenant_id, upload_id)
+        if row is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no {noun} {upload_id}", id_param)
+        return row
 
 
 # ----------------------------------------------------------------------------- .npz datasets
