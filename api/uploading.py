@@ -140,6 +140,9 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
 
     import numpy as np
 
+    from core.data.npz_check import read_npy_header  # lazy: numpy only for this check
+    from core.errors import CoreError
+
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -171,16 +174,11 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
             for info in infos:
                 key = info.filename.removesuffix(".npy")
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
-                    else:
-                        raise _npz_refused(f"{key!r}: unsupported .npy version {version}")
+                    try:  # the loader's own header rules (versions, no Python objects)
+                        shape, dtype = read_npy_header(member, key)
+                    except CoreError as err:
+                        raise _npz_refused(err.message) from err
                     header_bytes = member.tell()
-                if dtype.hasobject:
-                    raise _npz_refused(f"{key!r} holds Python objects (dtype {dtype}); pickled data is never loaded")
                 declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
                 held = info.file_size - header_bytes
                 if declared != held:
