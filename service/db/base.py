@@ -167,38 +167,37 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class UploadedModel(Base):
+class _Upload:
+    """The columns of every uploaded file's row (a model's, a dataset's): whose it is, its name, where its
+    validated bytes are stored, their size and hash."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UploadedModel(_Upload, Base):
     """A checkpoint a tenant uploaded, already loaded once into its declared architecture."""
 
     __tablename__ = "models"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
     arch: Mapped[str] = mapped_column(String(200))
     arch_kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     format: Mapped[str] = mapped_column(String(32))
-    storage_key: Mapped[str] = mapped_column(String(500))
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Dataset(Base):
+class Dataset(_Upload, Base):
     """An ``.npz`` dataset a tenant uploaded, validated on arrival."""
 
     __tablename__ = "datasets"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    storage_key: Mapped[str] = mapped_column(String(500))
     num_classes: Mapped[int | None] = mapped_column(Integer)
     n_samples: Mapped[int | None] = mapped_column(Integer)
     input_shape: Mapped[list[int] | None] = mapped_column(JSONType)
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WorkerBeat(Base):
