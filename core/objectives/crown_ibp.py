@@ -29,7 +29,6 @@ class CrownIBP(BoundTraining):
     into the last linear layer; eps_t ramps linearly per iteration over ``ramp_epochs`` pretraining
     epochs, so prune and finetune are pure IBP at the target eps."""
 
-    name = "crown_ibp"
     Spec = CrownIBPObjective
     cfg: CrownIBPObjective
     loss_text = (

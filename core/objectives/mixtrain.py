@@ -40,7 +40,6 @@ class MixTrain(BoundTraining):
     ``subset_size`` examples drawn from the batch, where ``L_sym`` is the CE of the upper bounds of
     ``z_j - z_y`` (0 at y) over the l_inf ball of the current eps (see ``MIXTRAIN_BOUND``)."""
 
-    name = "mixtrain"
     Spec = MixTrainObjective
     cfg: MixTrainObjective
     loss_text = "CE(f(x), y) + [with prob. sample_prob] lambda * CE(upper bounds of z_j - z_y) on subset_size examples"

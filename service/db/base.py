@@ -26,13 +26,14 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     MetaData,
+    Select,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -220,3 +221,20 @@ def rowcount(result: Any) -> int:
     from sqlalchemy.engine import CursorResult
 
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def read_rows(session: Session, stmt: Select[Any]) -> list[Any]:
+    """The rows of ``stmt`` as the database has them now, with the read's transaction ended.
+
+    ``populate_existing``: a session that already holds one of the rows must see the UPDATEs made since
+    (the worker's progress, another request's cancel); the commit ends the read, so no snapshot stays open."""
+    rows = list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
+    session.commit()
+    return rows
+
+
+def read_row(session: Session, stmt: Select[Any]) -> Any:
+    """The one row of ``stmt`` or None, read as :func:`read_rows` reads (more than one is an error)."""
+    row = session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+    session.commit()
+    return row

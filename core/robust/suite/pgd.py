@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,18 +25,16 @@ def pgd_flags(
     x: Tensor,
     y: Tensor,
     *,
-    norm: str,
-    eps: float,
-    step_size: float,
-    steps: int,
-    restarts: int,
     batch_size: int,
     relu_tau: float | None = None,
     should_stop: ShouldStop = never_stop,
+    **ball_and_steps: Any,
 ) -> Tensor:
     """Per example: is the PGD example (CE, random start, worst of ``restarts``) classified correctly.
-    With ``relu_tau`` the attack follows the smooth ReLU backward (``smooth_relu_backward``).
-    ``should_stop`` is asked before every batch and every attack step (``RunCanceled``)."""
+    ``ball_and_steps`` go to :func:`core.robust.attacks.pgd` as they are (``norm``, ``eps``, ``step_size``,
+    ``steps``, ``restarts``). With ``relu_tau`` the attack follows the smooth ReLU backward
+    (``smooth_relu_backward``). ``should_stop`` is asked before every batch and every attack step
+    (``RunCanceled``)."""
     where = "in PGD" if relu_tau is None else "in the smooth-ReLU PGD"
     out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for i in range(0, len(x), batch_size):
@@ -44,19 +42,7 @@ def pgd_flags(
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         try:
             with smooth_relu_backward(model, relu_tau) if relu_tau else contextlib.nullcontext():
-                x_adv = pgd(
-                    model,
-                    xb,
-                    yb,
-                    norm=norm,
-                    eps=eps,
-                    step_size=step_size,
-                    steps=steps,
-                    restarts=restarts,
-                    random_start=True,
-                    loss="ce",
-                    should_stop=should_stop,
-                )
+                x_adv = pgd(model, xb, yb, random_start=True, loss="ce", should_stop=should_stop, **ball_and_steps)
         except RunCanceled as exc:  # asked between two steps: say which attack it stopped
             raise RunCanceled(f"canceled during the final evaluation, {where}") from exc
         with torch.no_grad():
