@@ -63,6 +63,10 @@ class _MaskedMixin:
     mask: Tensor
     keep: Tensor
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # nn.Conv2d's / nn.Linear's (the class after the mixin)
+        self._init_masked_state()
+
     def _init_masked_state(self) -> None:
         w = self.weight
         self.scores = nn.Parameter(torch.empty_like(w), requires_grad=False)
@@ -161,20 +165,12 @@ class _MaskedMixin:
 class MaskedConv2d(_MaskedMixin, nn.Conv2d):
     """``nn.Conv2d`` that convolves with ``weight ⊙ mask`` (mask chosen by |scores|)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_masked_state()
-
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
     """``nn.Linear`` that multiplies by ``weight ⊙ mask`` (mask chosen by |scores|)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_masked_state()
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
