@@ -11,6 +11,8 @@ inline start-up script is allowed by its hash; both libraries inject inline styl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -50,38 +52,39 @@ def install_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc
     app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
     oauth2_redirect = f"{docs_url}/oauth2-redirect"
 
-    @app.get(docs_url, include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return _with_csp(
-            get_swagger_ui_html(
-                openapi_url=f"{root}{app.openapi_url}",
-                title=f"{app.title} - API docs",
-                oauth2_redirect_url=f"{root}{oauth2_redirect}",
-                swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
-                swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
-                swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
-                # validatorUrl null: no badge fetched from swagger.io either
-                swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
-            )
-        )
+    def page(url: str, title: str, render: Callable[..., HTMLResponse], **assets: str) -> None:
+        """Serve ``render(openapi_url=..., title=..., **assets)`` at ``url`` with the docs CSP; the OpenAPI
+        document and every asset (keyword: path) get a proxy's root path before them, so the page's links
+        work behind a path prefix."""
+
+        @app.get(url, include_in_schema=False)
+        async def docs_page(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "")
+            urls = {keyword: f"{root}{path}" for keyword, path in assets.items()}
+            return _with_csp(render(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - {title}", **urls))
+
+    page(
+        docs_url,
+        "API docs",
+        # validatorUrl null: no badge fetched from swagger.io either
+        partial(get_swagger_ui_html, swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None}),
+        oauth2_redirect_url=oauth2_redirect,
+        swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+    )
 
     @app.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return _with_csp(get_swagger_ui_oauth2_redirect_html())
 
-    @app.get(redoc_url, include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return _with_csp(
-            get_redoc_html(
-                openapi_url=f"{root}{app.openapi_url}",
-                title=f"{app.title} - ReDoc",
-                redoc_js_url=f"{root}{REDOC_OFFLINE_JS}",
-                redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
-                with_google_fonts=False,
-            )
-        )
+    page(
+        redoc_url,
+        "ReDoc",
+        partial(get_redoc_html, with_google_fonts=False),
+        redoc_js_url=REDOC_OFFLINE_JS,
+        redoc_favicon_url=f"{DOCS_STATIC}/favicon.png",
+    )
 
     redoc_js = _offline_redoc_js()
 

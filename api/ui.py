@@ -73,15 +73,19 @@ def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/jobs", status_code=307)
 
 
-@pages.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request) -> HTMLResponse:
-    return _page(request, "jobs.html", page="jobs", title="Jobs")
+# The pages that take no parameter: /ui/<name> renders <name>.html with its title. (uploads: upload a
+# network, .onnx or weights, or data, an archive of class folders or an .npz; list both.)
+STATIC_PAGES = {"jobs": "Jobs", "uploads": "Uploads", "compare": "Compare jobs", "submit": "Submit a job"}
 
 
-@pages.get("/uploads", response_class=HTMLResponse)
-def uploads_page(request: Request) -> HTMLResponse:
-    """Upload a network (.onnx or weights) or data (an archive of class folders or an .npz); list both."""
-    return _page(request, "uploads.html", page="uploads", title="Uploads")
+def _add_static_page(name: str, title: str) -> None:
+    @pages.get(f"/{name}", response_class=HTMLResponse, name=f"{name}_page")
+    def static_page(request: Request) -> HTMLResponse:
+        return _page(request, f"{name}.html", page=name, title=title)
+
+
+for _name, _title in STATIC_PAGES.items():
+    _add_static_page(_name, _title)
 
 
 @pages.get("/models")
@@ -93,16 +97,6 @@ def uploads_alias() -> RedirectResponse:
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str) -> HTMLResponse:
     return _page(request, "job.html", page="job", title=f"Job {job_id[:8]}", job_id=job_id)
-
-
-@pages.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request) -> HTMLResponse:
-    return _page(request, "compare.html", page="compare", title="Compare jobs")
-
-
-@pages.get("/submit", response_class=HTMLResponse)
-def submit_page(request: Request) -> HTMLResponse:
-    return _page(request, "submit.html", page="submit", title="Submit a job")
 
 
 # ----------------------------------------------------------------------------- editor helpers

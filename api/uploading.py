@@ -2,21 +2,28 @@
 
 Validation (loading it into the declared architecture, reading the arrays) needs a real path, and the
 object store wants a file to stream from; hashing while copying gives the sha256 for free. The temp
-file is always removed, whatever happens after.
+file is always removed, whatever happens after. The models and datasets routers also share their
+read routes (:func:`add_read_routes`: a page of the tenant's uploads, and one by id).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the read routes' path parameter is annotated with the
+# noun's alias inside add_read_routes, which FastAPI must see as an object, not a deferred string.
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import UploadFile
+from fastapi import APIRouter, Query, UploadFile
+from fastapi import Path as PathParam
+from pydantic import BaseModel
 
+from api.deps import CurrentPrincipal, ReadSessionDep
 from api.errors import ApiError, ErrorCode
+from api.schemas import ERROR_RESPONSES
+from api.validation import ID_PATTERN, MAX_OFFSET
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
@@ -61,6 +68,55 @@ def receive_upload(upload: UploadFile, settings: Settings, suffix: str = "") -> 
         path.unlink(missing_ok=True)
 
 
+def add_read_routes(
+    router: APIRouter,
+    noun: str,
+    *,
+    public: type[BaseModel],
+    listed: type[BaseModel],
+    list_rows: Callable[..., tuple[list[Any], int]],
+    get_row: Callable[..., Any],
+) -> None:
+    """Add ``GET ""`` (``list_<noun>s``: a page of the tenant's uploads, newest first, and their count)
+    and ``GET /{<noun>_id}`` (``get_<noun>``: one, or 404) to the router of one kind of upload.
+    ``list_rows(session, tenant_id, limit, offset)`` and ``get_row(session, tenant_id, id)`` are its
+    ``service.db.uploads`` functions."""
+    id_param = f"{noun}_id"
+
+    @router.get(
+        "",
+        response_model=listed,
+        responses=ERROR_RESPONSES,
+        name=f"list_{noun}s",
+        description=f"List your uploaded {noun}s.",
+    )
+    def list_uploads(
+        principal: CurrentPrincipal,
+        session: ReadSessionDep,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> dict[str, Any]:
+        rows, count = list_rows(session, principal.tenant_id, limit, offset)
+        return {"data": rows, "count": count}
+
+    @router.get(
+        f"/{{{id_param}}}",
+        response_model=public,
+        responses=ERROR_RESPONSES,
+        name=f"get_{noun}",
+        description=f"One uploaded {noun}.",
+    )
+    def get_upload(
+        upload_id: Annotated[str, PathParam(alias=id_param, pattern=ID_PATTERN)],
+        principal: CurrentPrincipal,
+        session: ReadSessionDep,
+    ) -> Any:
+        row = get_row(session, principal.tenant_id, upload_id)
+        if row is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no {noun} {upload_id}", id_param)
+        return row
+
+
 # ----------------------------------------------------------------------------- .npz datasets
 NPZ_ARRAYS = ("images", "labels", "test_images", "test_labels")
 NPZ_OPTIONAL = ("class_names",)  # written by an image archive's conversion (core.data.archive); never read as data
@@ -83,6 +139,9 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
     import zipfile
 
     import numpy as np
+
+    from core.data.npz_check import read_npy_header  # lazy: numpy only for this check
+    from core.errors import CoreError
 
     with open(path, "rb") as f:
         magic = f.read(4)
@@ -115,16 +174,11 @@ def inspect_npz(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], 
             for info in infos:
                 key = info.filename.removesuffix(".npy")
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
-                    else:
-                        raise _npz_refused(f"{key!r}: unsupported .npy version {version}")
+                    try:  # the loader's own header rules (versions, no Python objects)
+                        shape, dtype = read_npy_header(member, key)
+                    except CoreError as err:
+                        raise _npz_refused(err.message) from err
                     header_bytes = member.tell()
-                if dtype.hasobject:
-                    raise _npz_refused(f"{key!r} holds Python objects (dtype {dtype}); pickled data is never loaded")
                 declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
                 held = info.file_size - header_bytes
                 if declared != held:

@@ -173,19 +173,34 @@ def wait(args: argparse.Namespace) -> int:
     return _finish(_client(args), args.job_id, args.progress, args.history)
 
 
-def _status_args(parser: argparse.ArgumentParser) -> None:
-    _job_id(parser)
-    parser.add_argument("--json", dest="as_json", action="store_true", help="The job row as JSON.")
+def _job_json_args(what: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The arguments of a command that shows one job's ``what``: the job id, and ``--json`` for it as JSON."""
+
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        _job_id(parser)
+        parser.add_argument("--json", dest="as_json", action="store_true", help=f"{what} as JSON.")
+
+    return arguments
 
 
-@command("status", _status_args)
+def _show_job(args: argparse.Namespace, fetch: Callable[[Client, str], Any], show: Callable[[Any], None]) -> int:
+    """Fetch the job's body (``fetch(client, job_id)``) and print it as JSON with ``--json``, else ``show`` it."""
+    client = _client(args)
+    body = _calling(lambda: fetch(client, args.job_id))
+    if args.as_json:
+        print(json.dumps(body, indent=2))
+    else:
+        show(body)
+    return EXIT_OK
+
+
+@command("status", _job_json_args("The job row"))
 def status(args: argparse.Namespace) -> int:
     """A job's status, stage, progress and latest metrics."""
-    client = _client(args)
-    row = _calling(lambda: client.get(args.job_id))
-    if args.as_json:
-        print(json.dumps(row, indent=2))
-        return EXIT_OK
+    return _show_job(args, lambda client, job_id: client.get(job_id), _print_status)
+
+
+def _print_status(row: dict[str, Any]) -> None:
     stage = ""
     if row.get("stage") and row["status"] not in FINAL_STATUSES:  # a finished job: its status, not its last stage
         stage = f"  {row['stage']} {row.get('variant') or ''} epoch {row.get('epoch') or 0}/{row.get('epochs') or 0}"
@@ -205,7 +220,6 @@ def status(args: argparse.Namespace) -> int:
     print(f"  created {_fmt_time(row.get('created_at'))}  finished {_fmt_time(row.get('finished_at'))}")
     if row.get("error_reason"):
         print(f"  reason: {row['error_reason']}")
-    return EXIT_OK
 
 
 def _list_args(parser: argparse.ArgumentParser) -> None:
@@ -226,18 +240,10 @@ def list_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_args(parser: argparse.ArgumentParser) -> None:
-    _job_id(parser)
-    parser.add_argument("--json", dest="as_json", action="store_true", help="The whole report as JSON.")
-
-
-@command("report", _report_args)
+@command("report", _job_json_args("The whole report"))
 def report(args: argparse.Namespace) -> int:
     """The comparison table of a succeeded job (or its whole report with --json)."""
-    client = _client(args)
-    body = _calling(lambda: client.report(args.job_id))
-    print(json.dumps(body, indent=2) if args.as_json else comparison_table(body))
-    return EXIT_OK
+    return _show_job(args, lambda client, job_id: client.report(job_id), lambda body: print(comparison_table(body)))
 
 
 def _download_args(parser: argparse.ArgumentParser) -> None:

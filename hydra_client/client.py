@@ -501,14 +501,7 @@ class Client:
         data = {"arch": arch, "kwargs": json.dumps(kwargs or {}), "format": format}
         if name:
             data["name"] = name
-        with _open_upload(path) as handle:
-            return self._json(
-                "POST",
-                "/v1/models",
-                files={"file": (Path(path).name, handle)},
-                data=data,
-                timeout=httpx.Timeout(self.timeout, write=None, read=600.0),
-            )
+        return self._upload("/v1/models", path, data)
 
     def upload_dataset(
         self,
@@ -532,10 +525,15 @@ class Client:
             data["image_size"] = str(image_size)
         if channels is not None:
             data["channels"] = str(channels)
+        return self._upload("/v1/datasets", path, data)
+
+    def _upload(self, route: str, path: str | Path, data: dict[str, Any]) -> dict[str, Any]:
+        """POST the file at ``path`` with the form fields ``data``; the write is streamed without a time
+        limit and the answer (the service checks the file first) may take ten minutes."""
         with _open_upload(path) as handle:
             return self._json(
                 "POST",
-                "/v1/datasets",
+                route,
                 files={"file": (Path(path).name, handle)},
                 data=data,
                 timeout=httpx.Timeout(self.timeout, write=None, read=600.0),

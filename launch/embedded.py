@@ -130,14 +130,10 @@ class WorkerHandle:
         self.log_file.close()
 
 
-def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> WorkerHandle:
-    """Start ``celery worker --pool solo`` on the settings' queue, logging to ``log_path``.
-
-    It runs in its own session so a Ctrl-C in the terminal reaches only this launcher, which then
-    stops the worker in order (SIGTERM: checkpoint, hand the job back, exit)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "ab")
-    cmd = [
+def celery_worker_argv(pool: str, queue: str, loglevel: str, *options: str) -> list[str]:
+    """The command line of a Celery worker of this app (``worker.celery_app``) with ``pool`` on ``queue``,
+    then ``options``: the embedded launcher's and ``hydra-service worker``'s."""
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -145,17 +141,32 @@ def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> 
         "worker.celery_app",
         "worker",
         "--pool",
-        "solo",
+        pool,
         "-Q",
+        queue,
+        "--loglevel",
+        loglevel,
+        *options,
+    ]
+
+
+def start_worker(settings: Settings, log_path: Path, name: str = "embedded") -> WorkerHandle:
+    """Start ``celery worker --pool solo`` on the settings' queue, logging to ``log_path``.
+
+    It runs in its own session so a Ctrl-C in the terminal reaches only this launcher, which then
+    stops the worker in order (SIGTERM: checkpoint, hand the job back, exit)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "ab")
+    cmd = celery_worker_argv(
+        "solo",
         settings.queue_name,
+        "INFO",
         "-n",
         f"{name}@%h",
-        "--loglevel",
-        "INFO",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
-    ]
+    )
     env = {**os.environ, **state_env(settings), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_term_with_parent

@@ -192,23 +192,9 @@ def worker(
     import os
     import sys
 
-    queue = queues or _settings().queue_name
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "--pool",
-        pool,
-        "--concurrency",
-        str(concurrency),
-        "-Q",
-        queue,
-        "--loglevel",
-        loglevel,
-    ]
+    from launch.embedded import celery_worker_argv
+
+    argv = celery_worker_argv(pool, queues or _settings().queue_name, loglevel, "--concurrency", str(concurrency))
     os.execv(sys.executable, argv)
 
 

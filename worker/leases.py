@@ -1,13 +1,14 @@
 """The lease an attempt holds on its job row, renewed every ``lease_seconds / 4`` by a heartbeat thread
 (a batch can take minutes and the training loop must not know about the database); a refused heartbeat
 sets ``lost``, and the attempt stops at its next batch and writes nothing more. Delivery semantics:
-docs/DELIVERY.md.
+docs/DELIVERY.md. The thread is a :class:`Heartbeat`, as is the worker's own (``worker.liveness``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from service.db import jobs as db_jobs
@@ -15,6 +16,31 @@ from service.db.session import session_scope
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """A daemon thread named ``name`` that calls ``beat`` every ``lease_seconds / 4`` (at least 0.5 s) from
+    :meth:`start` until :meth:`stop`, or until ``beat`` returns False."""
+
+    def __init__(self, settings: Settings, beat: Callable[[], bool], name: str) -> None:
+        self.interval_s = max(0.5, settings.lease_seconds / 4)
+        self._beat, self._name = beat, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if not self._beat():
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 class Lease:
@@ -26,22 +52,18 @@ class Lease:
         self.owner = owner
         self.attempt = attempt
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat = Heartbeat(settings, self.renew, f"lease-{job_id[:8]}")
 
     @property
     def interval_s(self) -> float:
-        return max(0.5, self.settings.lease_seconds / 4)
+        return self._heartbeat.interval_s
 
     def __enter__(self) -> Lease:
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.job_id[:8]}", daemon=True)
-        self._thread.start()
+        self._heartbeat.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._heartbeat.stop()
 
     def renew(self) -> bool:
         """Extend the lease now; ``False`` (and ``lost`` set) if this attempt no longer holds it."""
@@ -57,11 +79,6 @@ class Lease:
             log.warning("job %s: attempt %s lost its lease; stopping without writing", self.job_id, self.attempt)
             self.lost.set()
         return held
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if not self.renew():
-                return
 
     def mark_lost(self) -> None:
         """A conditional write was refused: the lease is gone even if the last heartbeat succeeded."""

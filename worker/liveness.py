@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 
 from celery import signals
 
 from service.db import workers as db_workers
 from service.db.session import session_scope
 from service.settings import Settings, get_settings
+from worker.leases import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,12 @@ class WorkerHeartbeat:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = worker_name()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # a failed write is retried at the next beat: liveness never stops on its own
+        self._heartbeat = Heartbeat(settings, lambda: self.beat() or True, "hydra-worker-heartbeat")
 
     @property
     def interval_s(self) -> float:
-        return max(0.5, self.settings.lease_seconds / 4)
+        return self._heartbeat.interval_s
 
     def beat(self) -> bool:
         try:
@@ -56,18 +56,11 @@ class WorkerHeartbeat:
         except Exception:  # pruning is housekeeping only
             log.debug("old worker rows not pruned", exc_info=True)
         self.beat()  # at once: a restarted worker makes the service ready again without waiting
-        self._thread = threading.Thread(target=self._run, name="hydra-worker-heartbeat", daemon=True)
-        self._thread.start()
+        self._heartbeat.start()
         log.info("worker %s: heartbeat every %.1fs", self.name, self.interval_s)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.beat()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._heartbeat.stop()
         try:
             with session_scope(self.settings) as session:
                 db_workers.forget(session, self.name)

@@ -14,14 +14,14 @@ import zipfile
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 
-from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, ErrorCode
 from api.schemas import ERROR_RESPONSES as ERRORS
 from api.schemas import DatasetPublic, DatasetsPublic
-from api.uploading import CHUNK, inspect_npz, receive_upload
-from api.validation import ID_PATTERN, MAX_CLASSES, MAX_OFFSET, NO_NUL_PATTERN
+from api.uploading import CHUNK, add_read_routes, inspect_npz, receive_upload
+from api.validation import MAX_CLASSES, NO_NUL_PATTERN
 from core.errors import CoreError
 from service.db import uploads
 from service.db.base import Dataset, new_id
@@ -155,24 +155,11 @@ def upload_dataset(
                 stored.unlink(missing_ok=True)
 
 
-@router.get("", response_model=DatasetsPublic, responses=ERRORS)
-def list_datasets(
-    principal: CurrentPrincipal,
-    session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
-    """List your uploaded datasets."""
-    rows, count = uploads.list_datasets(session, principal.tenant_id, limit, offset)
-    return {"data": rows, "count": count}
-
-
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=ERRORS)
-def get_dataset(
-    dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep
-) -> Dataset:
-    """One uploaded dataset."""
-    row = uploads.get_dataset(session, principal.tenant_id, dataset_id)
-    if row is None:
-        raise ApiError(ErrorCode.NOT_FOUND, f"no dataset {dataset_id}", "dataset_id")
-    return row
+add_read_routes(
+    router,
+    "dataset",
+    public=DatasetPublic,
+    listed=DatasetsPublic,
+    list_rows=uploads.list_datasets,
+    get_row=uploads.get_dataset,
+)

@@ -77,6 +77,17 @@ def _refuse(what: str, deletion: Deletion) -> ApiError:
     )
 
 
+def _carry_out(deletion: Deletion, store: ObjectStore, what: str, missing: ApiError) -> Response:
+    """Answer a deletion: ``missing`` (404) when there was nothing, 409 while ``what`` is in use, else
+    remove its stored objects (the rows are gone) and answer 204."""
+    if deletion.outcome == "missing":
+        raise missing
+    if deletion.outcome == "in_use":
+        raise _refuse(what, deletion)
+    _remove_objects(store, deletion.keys)
+    return Response(status_code=204)
+
+
 # ----------------------------------------------------------------------------- finding
 @router.get("", response_model=JobsPublic, responses=ERRORS)
 def list_jobs(
@@ -229,12 +240,7 @@ def delete_job(job_id: JobRef, principal: CurrentPrincipal, session: SessionDep,
     is queued or running: cancel it first). A second delete answers 404."""
     full = resolve_job_id(session, principal.tenant_id, job_id)
     deletion = manage.delete_job(session, principal.tenant_id, full, CHECKPOINT_KEY.format(job_id=full))
-    if deletion.outcome == "missing":
-        raise ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id")
-    if deletion.outcome == "in_use":
-        raise _refuse(f"job {full}", deletion)
-    _remove_objects(store, deletion.keys)
-    return Response(status_code=204)
+    return _carry_out(deletion, store, f"job {full}", ApiError(ErrorCode.NOT_FOUND, f"no job {job_id}", "job_id"))
 
 
 @router.delete("/{job_id}/artifacts/{name}", status_code=204, responses=ERRORS)
@@ -248,24 +254,16 @@ def delete_artifact(
     """Delete one artifact of a job that has stopped (409 while it runs); a second delete answers 404."""
     full = resolve_job_id(session, principal.tenant_id, job_id)
     deletion = manage.delete_artifact(session, principal.tenant_id, full, name)
-    if deletion.outcome == "missing":
-        raise ApiError(ErrorCode.NOT_FOUND, f"job {job_id} has no artifact {name!r}", "name")
-    if deletion.outcome == "in_use":
-        raise _refuse(f"job {full}", deletion)
-    _remove_objects(store, deletion.keys)
-    return Response(status_code=204)
+    missing = ApiError(ErrorCode.NOT_FOUND, f"job {job_id} has no artifact {name!r}", "name")
+    return _carry_out(deletion, store, f"job {full}", missing)
 
 
 def _delete_upload(
     kind: Literal["model", "dataset"], upload_id: str, tenant_id: int, session: Any, store: ObjectStore
 ) -> Response:
     deletion = manage.delete_upload(session, tenant_id, kind, upload_id)
-    if deletion.outcome == "missing":
-        raise ApiError(ErrorCode.NOT_FOUND, f"no {kind} {upload_id}", f"{kind}_id")
-    if deletion.outcome == "in_use":
-        raise _refuse(f"{kind}:{upload_id}", deletion)
-    _remove_objects(store, deletion.keys)
-    return Response(status_code=204)
+    missing = ApiError(ErrorCode.NOT_FOUND, f"no {kind} {upload_id}", f"{kind}_id")
+    return _carry_out(deletion, store, f"{kind}:{upload_id}", missing)
 
 
 @uploads_router.delete("/models/{model_id}", status_code=204, responses=ERRORS, tags=["models"])

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 
-from api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, ErrorCode
 from api.schemas import ERROR_RESPONSES as ERRORS
 from api.schemas import ModelPublic, ModelsPublic
-from api.uploading import receive_upload
-from api.validation import ID_PATTERN, MAX_OFFSET, NO_NUL_PATTERN, check_model_kwargs, check_storable
+from api.uploading import ReceivedFile, add_read_routes, receive_upload
+from api.validation import NO_NUL_PATTERN, check_model_kwargs, check_storable
 from core.errors import CoreError
 from core.safe_parse import check_json
 from service.db import uploads
@@ -132,22 +132,38 @@ def upload_model(
         except TypeError as exc:
             raise ApiError(ErrorCode.VALIDATION_ERROR, f"bad architecture arguments: {exc}", "kwargs") from exc
         detected = str(info.get("format", checkpoint_format))
-        model_id = new_id()
         extension = "safetensors" if detected in ("safetensors", "compressed") else "pt"
-        key = f"tenants/{principal.tenant_id}/models/{model_id}/weights.{extension}"
-        store.put_file(key, received.path)
-        return uploads.create_model(
+        return _keep(
             session,
-            model_id=model_id,
-            tenant_id=principal.tenant_id,
-            name=name or file.filename or model_id,
+            store,
+            principal.tenant_id,
+            received,
+            name or file.filename,
+            f"weights.{extension}",
             arch=arch,
             arch_kwargs=arch_kwargs,
             format=detected,
-            storage_key=key,
-            size=received.size,
-            sha256=received.sha256,
         )
+
+
+def _keep(
+    session: Any, store: Any, tenant_id: int, received: ReceivedFile, name: str | None, filename: str, **columns: Any
+) -> UploadedModel:
+    """Store the checked file as ``tenants/<tenant>/models/<new id>/<filename>`` and record it (``columns``:
+    arch, arch_kwargs, format); an unnamed upload is named by its id."""
+    model_id = new_id()
+    key = f"tenants/{tenant_id}/models/{model_id}/{filename}"
+    store.put_file(key, received.path)
+    return uploads.create_model(
+        session,
+        model_id=model_id,
+        tenant_id=tenant_id,
+        name=name or model_id,
+        storage_key=key,
+        size=received.size,
+        sha256=received.sha256,
+        **columns,
+    )
 
 
 def _upload_onnx(
@@ -177,41 +193,19 @@ def _upload_onnx(
             graph["bounds_unsupported"] = err.message
         # and whether channel pruning can rebuild it (Torch-Pruning's dependency graph), likewise
         graph["channel_unsupported"] = onnx_channel_refusal(create_onnx_model(source), source.input_shape)
-        model_id = new_id()
-        key = f"tenants/{tenant_id}/models/{model_id}/network.onnx"
-        store.put_file(key, received.path)
-        return uploads.create_model(
+        return _keep(
             session,
-            model_id=model_id,
-            tenant_id=tenant_id,
-            name=name or file.filename or model_id,
+            store,
+            tenant_id,
+            received,
+            name or file.filename,
+            "network.onnx",
             arch=ONNX_ARCH,
             arch_kwargs=graph,
             format=ONNX_ARCH,
-            storage_key=key,
-            size=received.size,
-            sha256=received.sha256,
         )
 
 
-@router.get("", response_model=ModelsPublic, responses=ERRORS)
-def list_models(
-    principal: CurrentPrincipal,
-    session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
-    """List your uploaded models."""
-    rows, count = uploads.list_models(session, principal.tenant_id, limit, offset)
-    return {"data": rows, "count": count}
-
-
-@router.get("/{model_id}", response_model=ModelPublic, responses=ERRORS)
-def get_model(
-    model_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentPrincipal, session: ReadSessionDep
-) -> UploadedModel:
-    """One uploaded model."""
-    row = uploads.get_model(session, principal.tenant_id, model_id)
-    if row is None:
-        raise ApiError(ErrorCode.NOT_FOUND, f"no model {model_id}", "model_id")
-    return row
+add_read_routes(
+    router, "model", public=ModelPublic, listed=ModelsPublic, list_rows=uploads.list_models, get_row=uploads.get_model
+)

@@ -60,21 +60,9 @@
   }
 
   // ------------------------------------------------------------------ formatting
-  const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(2) : "–");
+  // report.js (loaded first) defines the number formats and DOM helpers the report and these pages share
+  const { pct, bytes, text, table: fillTable, tr: tableRow } = window.HydraReport;
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
-  function bytes(n) {
-    if (typeof n !== "number") return "–";
-    const units = ["B", "kB", "MB", "GB"];
-    let i = 0, v = n;
-    while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
-    return `${i ? v.toFixed(1) : v} ${units[i]}`;
-  }
-  function text(tag, content, cls) {
-    const node = document.createElement(tag);
-    if (content !== undefined && content !== null) node.textContent = String(content);
-    if (cls) node.className = cls;
-    return node;
-  }
   function badge(status) { return text("span", status, `badge ${status}`); }
   function stageText(job) {
     if (FINAL.has(job.status)) return job.phase || job.status; // not the last stage it ran ("evaluate lwm_k0.1")
@@ -273,29 +261,18 @@
       list.appendChild(li);
     });
     $("compare-summary").textContent = `${data.jobs.length} jobs, ${data.rows.length} networks.`;
-    const table = $("compare-table");
-    table.replaceChildren();
-    const head = document.createElement("tr");
-    head.append(text("th", "job"), text("th", "network"), text("th", "method"), text("th", "k (kept)", "num"), text("th", "sparsity %", "num"));
-    for (const m of data.metrics) head.appendChild(text("th", `${m} %`, "num"));
-    const thead = document.createElement("thead");
-    thead.appendChild(head);
-    const tb = document.createElement("tbody");
-    for (const r of data.rows) {
-      const tr = document.createElement("tr");
-      tr.dataset.jobId = r.job_id;
-      tr.dataset.variant = r.variant;
-      tr.append(text("td", r.job_name || r.job_id.slice(0, 8)), text("td", r.variant, "mono"), text("td", r.method),
-                text("td", r.k, "num"), text("td", pct(r.sparsity), "num"));
-      for (const m of data.metrics) {
-        const td = text("td", pct(r[m]), "num");
-        const ci = r.ci95 && r.ci95[m];
-        if (Array.isArray(ci)) td.title = `95% interval ${pct(ci[0])} – ${pct(ci[1])}`;
-        tr.appendChild(td);
-      }
-      tb.appendChild(tr);
-    }
-    table.append(thead, tb);
+    const header = ["job", "network", "method", text("th", "k (kept)", "num"), text("th", "sparsity %", "num"),
+                    ...data.metrics.map((m) => text("th", `${m} %`, "num"))];
+    const metricCell = (r, m) => {
+      const td = text("td", pct(r[m]), "num");
+      const ci = r.ci95 && r.ci95[m];
+      if (Array.isArray(ci)) td.title = `95% interval ${pct(ci[0])} – ${pct(ci[1])}`;
+      return td;
+    };
+    fillTable($("compare-table"), header, data.rows.map((r) => tableRow(
+      [text("td", r.job_name || r.job_id.slice(0, 8)), text("td", r.variant, "mono"), text("td", r.method),
+       text("td", r.k, "num"), text("td", pct(r.sparsity), "num"), ...data.metrics.map((m) => metricCell(r, m))],
+      { jobId: r.job_id, variant: r.variant })));
     const series = [];
     data.jobs.forEach((j, i) => {
       const own = data.rows.filter((r) => r.job_id === j.id).sort((a, b) => (a.sparsity || 0) - (b.sparsity || 0));
@@ -662,21 +639,11 @@
         + (est.notes.length ? ` ${est.notes.join("; ")}.` : "");
       $("estimate-summary").className = "";
       $("estimate").dataset.ready = "1";
-      const table = $("estimate-table");
-      table.replaceChildren();
-      const head = document.createElement("tr");
-      for (const h of ["stage", "runs", "epochs", "samples", "passes per sample", "sample-passes", "time"]) head.appendChild(text("th", h));
-      const thead = document.createElement("thead");
-      thead.appendChild(head);
-      const tb = document.createElement("tbody");
-      for (const s of est.stages) {
-        const tr = document.createElement("tr");
-        tr.dataset.stage = s.stage;
-        tr.append(text("td", s.stage), text("td", s.runs, "num"), text("td", s.epochs, "num"), text("td", compact(s.samples), "num"),
-                  text("td", s.passes_per_sample, "num"), text("td", compact(s.sample_passes), "num"), text("td", duration(s.seconds), "num"));
-        tb.appendChild(tr);
-      }
-      table.append(thead, tb);
+      fillTable($("estimate-table"), ["stage", "runs", "epochs", "samples", "passes per sample", "sample-passes", "time"],
+                est.stages.map((s) => tableRow(
+                  [text("td", s.stage), text("td", s.runs, "num"), text("td", s.epochs, "num"), text("td", compact(s.samples), "num"),
+                   text("td", s.passes_per_sample, "num"), text("td", compact(s.sample_passes), "num"), text("td", duration(s.seconds), "num")],
+                  { stage: s.stage })));
     }
 
     async function parsed() {

@@ -1,6 +1,7 @@
 /* The job page's report: everything report.md shows, read from GET /v1/jobs/{id}/report (the typed
    report, format hydra-compress-report/3; its schema is Report in /openapi.json). hydra.js calls
-   HydraReport.render(report) once a job succeeded and HydraReport.headline(report) for the job list. */
+   HydraReport.render(report) once a job succeeded and HydraReport.headline(report) for the job list, and
+   takes its number formats and DOM helpers from here too (pct, bytes, text, table, tr). */
 "use strict";
 
 window.HydraReport = (function () {
@@ -235,5 +236,5 @@ window.HydraReport = (function () {
     artifacts(report);
   }
 
-  return { render, headline };
+  return { render, headline, pct, bytes, text, table, tr };
 })();

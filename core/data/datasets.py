@@ -510,16 +510,18 @@ def _load_fashion_mnist(cfg: DatasetSpec, path: str | None) -> Loaded:
     return train, test, 10, (1, 28, 28)
 
 
+def _from_path(description: str) -> dict[str, Any]:
+    """The catalogue entry of a data set the user brings (``dataset.path``): its classes and input shape
+    are read from the data, nothing is downloaded."""
+    return {"description": description, "num_classes": None, "input_shape": None, "needs": ["path"], "download": False}
+
+
 @register_dataset(
     "npz",
-    {
-        "description": "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
-        "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split.",
-        "num_classes": None,
-        "input_shape": None,
-        "needs": ["path"],
-        "download": False,
-    },
+    _from_path(
+        "A .npz file with 'images' (N,H,W) / (N,H,W,C) / (N,C,H,W), uint8 or float in [0,1], "
+        "and integer 'labels' (N,); optional 'test_images'/'test_labels', else a seeded test_fraction split."
+    ),
 )
 def _npz_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     train, test = _load_npz(cfg, path)
@@ -530,15 +532,11 @@ def _npz_source(cfg: DatasetSpec, path: str | None) -> Loaded:
 
 @register_dataset(
     "imagefolder",
-    {
-        "description": "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
+    _from_path(
+        "An ImageNet-style folder of class sub-folders; 'train/' and 'val/' (or 'test/') "
         "sub-folders are used as the split when present, else a seeded test_fraction split; image_size "
-        "resizes and centre-crops.",
-        "num_classes": None,
-        "input_shape": None,
-        "needs": ["path"],
-        "download": False,
-    },
+        "resizes and centre-crops."
+    ),
 )
 def _imagefolder_source(cfg: DatasetSpec, path: str | None) -> Loaded:
     train, test = _load_imagefolder(cfg, path)

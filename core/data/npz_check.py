@@ -71,7 +71,9 @@ class ArraySummary:
         self.seen += chunk.size
 
 
-def _read_header(member: IO[bytes], key: str) -> tuple[tuple[int, ...], np.dtype]:
+def read_npy_header(member: IO[bytes], key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of the ``.npy`` member ``key`` from its header, leaving ``member`` at its data;
+    an unknown format version or a dtype of Python objects (pickles) is refused."""
     version = np.lib.format.read_magic(member)
     if version == (1, 0):
         shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
@@ -86,7 +88,7 @@ def _read_header(member: IO[bytes], key: str) -> tuple[tuple[int, ...], np.dtype
 
 def _summarise(member: IO[bytes], key: str, chunk_bytes: int) -> ArraySummary:
     """Stream one ``.npy`` member: its header, then its data in chunks of whole items."""
-    shape, dtype = _read_header(member, key)
+    shape, dtype = read_npy_header(member, key)
     summary = ArraySummary(shape, dtype)
     itemsize = dtype.itemsize
     expected = math.prod(shape) * itemsize

@@ -220,38 +220,33 @@ def _timm(timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 # ------------------------------------------------------------------ certified-setting CNNs
-def _cnn_small(in_channels: int, input_size: int, num_classes: int) -> nn.Sequential:
-    side = _after_two_stride2(input_size)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * side * side, 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    )
+#: The certified-training CNNs' layers: convolutions (out channels, kernel, stride; padding 1, each then a
+#: ReLU) and hidden linear widths (each then a ReLU) before the classifier.
+_CnnLayers = tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]
+_CNN_SMALL: _CnnLayers = (((16, 4, 2), (32, 4, 2)), (100,))
+_CNN_LARGE: _CnnLayers = (((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)), (512, 512))
 
 
-def _cnn_large(in_channels: int, input_size: int, num_classes: int) -> nn.Sequential:
+def _certified_cnn_layers(
+    layers: _CnnLayers,
+    in_channels: int,
+    input_size: int,
+    num_classes: int,
+) -> nn.Sequential:
+    convs, hidden = layers
     side = _after_two_stride2(input_size)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, stride=1, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=1, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(64 * side * side, 512),
-        nn.ReLU(),
-        nn.Linear(512, 512),
-        nn.ReLU(),
-        nn.Linear(512, num_classes),
-    )
+    modules: list[nn.Module] = []
+    channels = in_channels
+    for out, kernel, stride in convs:
+        modules += [nn.Conv2d(channels, out, kernel, stride=stride, padding=1), nn.ReLU()]
+        channels = out
+    modules.append(nn.Flatten())
+    width = channels * side * side
+    for units in hidden:
+        modules += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    modules.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*modules)
 
 
 def _after_two_stride2(input_size: int) -> int:
@@ -265,28 +260,51 @@ def _after_two_stride2(input_size: int) -> int:
     return side
 
 
-@register_model("cnn_small_mnist", input_shape=(1, 28, 28), normalization="mnist")
-def cnn_small_mnist(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
-    """Small certified-training CNN (2 conv + 2 linear), MNIST-sized input."""
-    return _cnn_small(in_channels, input_size, num_classes)
+def _certified_cnn(layers: _CnnLayers, channels: int, side: int) -> Callable[..., nn.Module]:
+    """A builder of ``layers`` whose keyword defaults (the catalogue's) are a ``channels`` x ``side`` input."""
+
+    def build(num_classes: int = 10, in_channels: int = channels, input_size: int = side) -> nn.Module:
+        return _certified_cnn_layers(layers, in_channels, input_size, num_classes)
+
+    return build
 
 
-@register_model("cnn_large_mnist", input_shape=(1, 28, 28), normalization="mnist")
-def cnn_large_mnist(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
-    """Large certified-training CNN (4 conv + 3 linear), MNIST-sized input."""
-    return _cnn_large(in_channels, input_size, num_classes)
-
-
-@register_model("cnn_small_cifar", input_shape=(3, 32, 32), normalization="cifar10")
-def cnn_small_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
-    """Small certified-training CNN (2 conv + 2 linear, ~0.21M params), CIFAR-sized input."""
-    return _cnn_small(in_channels, input_size, num_classes)
-
-
-@register_model("cnn_large_cifar", input_shape=(3, 32, 32), normalization="cifar10")
-def cnn_large_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
-    """Large certified-training CNN (4 conv + 3 linear, ~2.47M params), CIFAR-sized input."""
-    return _cnn_large(in_channels, input_size, num_classes)
+# The certified-training CNNs, for MNIST- and CIFAR-sized input: name, layers, input (channels, side),
+# normalisation, description.
+_CERTIFIED_CNNS = (
+    (
+        "cnn_small_mnist",
+        _CNN_SMALL,
+        (1, 28),
+        "mnist",
+        "Small certified-training CNN (2 conv + 2 linear), MNIST-sized input.",
+    ),
+    (
+        "cnn_large_mnist",
+        _CNN_LARGE,
+        (1, 28),
+        "mnist",
+        "Large certified-training CNN (4 conv + 3 linear), MNIST-sized input.",
+    ),
+    (
+        "cnn_small_cifar",
+        _CNN_SMALL,
+        (3, 32),
+        "cifar10",
+        "Small certified-training CNN (2 conv + 2 linear, ~0.21M params), CIFAR-sized input.",
+    ),
+    (
+        "cnn_large_cifar",
+        _CNN_LARGE,
+        (3, 32),
+        "cifar10",
+        "Large certified-training CNN (4 conv + 3 linear, ~2.47M params), CIFAR-sized input.",
+    ),
+)
+for _name, _layers, (_channels, _side), _normalization, _description in _CERTIFIED_CNNS:
+    register_model(
+        _name, input_shape=(_channels, _side, _side), normalization=_normalization, description=_description
+    )(_certified_cnn(_layers, _channels, _side))
 
 
 # ------------------------------------------------------------------ VGG16-BN (CIFAR)

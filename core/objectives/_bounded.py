@@ -1,5 +1,6 @@
-"""What the bound-trained objectives (mixtrain, crown_ibp) share: the eps ramp, the robust CE, the
-certificate (verified accuracy under IBP and CROWN-IBP) and its headline.
+"""What the bound-trained objectives (mixtrain, crown_ibp) share: the l_inf radius they train for
+(``BoundSpec``), the eps ramp, the robust CE, the shape of their description, the certificate (verified
+accuracy under IBP and CROWN-IBP) and its headline.
 
 Ramps apply in ``pretrain`` only; ``prune`` and ``finetune`` use the target eps from the first batch
 (docs/METHOD.md). Before any ``set_epoch`` call an objective behaves as in prune/finetune at epoch 0.
@@ -7,16 +8,17 @@ Ramps apply in ``pretrain`` only; ``prune`` and ``finetune`` use the target eps 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from core.certify.bounds import pad_margins
 from core.certify.certificates import bound_certificate
 from core.config import Ball
-from core.objectives.base import Objective, check_stage
+from core.objectives.base import Objective, ObjectiveSpec, check_stage
 
 if TYPE_CHECKING:
     from core.spec import EvaluationSpec
@@ -39,10 +41,43 @@ def robust_ce(lower_margins: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     return F.cross_entropy(-pad_margins(lower_margins, y, num_classes), y)
 
 
+class BoundSpec(ObjectiveSpec):
+    """The settings of a bound-trained objective: the l_inf radius it trains (and is certified) for."""
+
+    eps: float = Field(
+        0.007, gt=0, le=1, description="l_inf radius in pixel space [0, 1] (at most 1: the whole input range)."
+    )
+
+    def ball(self) -> Ball:
+        return linf_ball(self.eps)
+
+
 class BoundTraining(Objective):
     """An objective whose loss propagates bounds over the l_inf ball of ``cfg.eps``."""
 
     needs_bounds = True
+    cfg: BoundSpec
+    #: The report's text of the loss and of the bound it propagates (:meth:`describe`).
+    loss_text: ClassVar[str]
+    bound_text: ClassVar[str]
+
+    @property
+    def eps(self) -> float:
+        return self.cfg.eps
+
+    def schedule(self) -> dict[str, Any]:
+        """The description's settings between ``eps`` and the loss (ramps, weights, sampling)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.name,
+            "eps": self.cfg.eps,
+            **self.schedule(),
+            "loss": self.loss_text,
+            "bound": self.bound_text,
+            "certificate": CERTIFICATE,
+        }
 
     def certify(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int

@@ -47,6 +47,7 @@ class ObjectiveSpec(StrictModel):
 class Objective(ABC):
     """A training objective. Built from its validated spec: ``Objective(spec)`` or ``Objective(**fields)``."""
 
+    #: The registry name: the ``type`` of its ``Spec`` (set by :func:`register_objective`).
     name: ClassVar[str]
     Spec: ClassVar[type[ObjectiveSpec]]
     #: Evaluated by the attack suite over its ball (False: the threat model is not an l_p ball an
@@ -110,8 +111,11 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective", "objective.type")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: register ``cls`` under ``cls.name``. Its spec's ``type`` must be that name."""
+    """Class decorator: register ``cls`` under its spec's ``type``, which names it (``cls.name``): the name
+    is written once, in the spec's ``Literal``. A ``name`` the class sets itself must be that type."""
     default = cls.Spec.model_fields["type"].default
-    if default != cls.name:
+    if "name" not in vars(cls):
+        cls.name = default
+    elif default != cls.name:
         raise ValueError(f"{cls.Spec.__name__}.type defaults to {default!r}, not the objective's name {cls.name!r}")
     return OBJECTIVES.register(cls.name, cls)

@@ -10,23 +10,16 @@ from pydantic import Field
 from torch import nn
 
 from core.certify.bounds import METHOD_DESCRIPTIONS, margin_spec, mixed_lower_bound
-from core.config import Ball
-from core.objectives._bounded import CERTIFICATE, BoundTraining, linf_ball, ramp_fraction, robust_ce
-from core.objectives.base import ObjectiveSpec, register_objective
+from core.objectives._bounded import BoundSpec, BoundTraining, ramp_fraction, robust_ce
+from core.objectives.base import register_objective
 
 
-class CrownIBPObjective(ObjectiveSpec):
+class CrownIBPObjective(BoundSpec):
     """Zhang et al. 2020 CROWN-IBP: CE of negated margin lower bounds, beta*CROWN + (1-beta)*IBP."""
 
     type: Literal["crown_ibp"] = "crown_ibp"
-    eps: float = Field(
-        0.007, gt=0, le=1, description="l_inf radius in pixel space [0, 1] (at most 1: the whole input range)."
-    )
     ramp_epochs: int = Field(120, ge=0, le=10_000)
     kappa: float = Field(0.0, ge=0, le=1)
-
-    def ball(self) -> Ball:
-        return linf_ball(self.eps)
 
 
 @register_objective
@@ -36,17 +29,17 @@ class CrownIBP(BoundTraining):
     into the last linear layer; eps_t ramps linearly per iteration over ``ramp_epochs`` pretraining
     epochs, so prune and finetune are pure IBP at the target eps."""
 
-    name = "crown_ibp"
     Spec = CrownIBPObjective
     cfg: CrownIBPObjective
+    loss_text = (
+        "kappa * CE(f(x), y) + (1 - kappa) * CE(-m, y), m = beta * CROWN-IBP + (1 - beta) * IBP "
+        "lower bounds of z_y - z_j, beta = 1 - eps_t / eps"
+    )
+    bound_text = f"{METHOD_DESCRIPTIONS['crown_ibp']}; {METHOD_DESCRIPTIONS['ibp']}"
 
     def __init__(self, cfg: CrownIBPObjective | None = None, **fields: Any) -> None:
         super().__init__(cfg, **fields)
         self.current_eps, self.current_beta = self.cfg.eps, 0.0
-
-    @property
-    def eps(self) -> float:
-        return self.cfg.eps
 
     @property
     def kappa(self) -> float:
@@ -79,15 +72,5 @@ class CrownIBP(BoundTraining):
             return kappa * F.cross_entropy(logits, y) + (1 - kappa) * robust, logits.detach()
         return robust, logits
 
-    def describe(self) -> dict[str, Any]:
-        c = self.cfg
-        return {
-            "type": self.name,
-            "eps": c.eps,
-            "ramp_epochs": c.ramp_epochs,
-            "kappa": c.kappa,
-            "loss": "kappa * CE(f(x), y) + (1 - kappa) * CE(-m, y), m = beta * CROWN-IBP + (1 - beta) * IBP "
-            "lower bounds of z_y - z_j, beta = 1 - eps_t / eps",
-            "bound": f"{METHOD_DESCRIPTIONS['crown_ibp']}; {METHOD_DESCRIPTIONS['ibp']}",
-            "certificate": CERTIFICATE,
-        }
+    def schedule(self) -> dict[str, Any]:
+        return {"ramp_epochs": self.cfg.ramp_epochs, "kappa": self.cfg.kappa}

@@ -11,9 +11,8 @@ from pydantic import Field
 from torch import nn
 
 from core.certify.bounds import crown_ibp_bounds, margin_spec
-from core.config import Ball
-from core.objectives._bounded import CERTIFICATE, BoundTraining, linf_ball, ramp_fraction, robust_ce
-from core.objectives.base import ObjectiveSpec, check_stage, register_objective
+from core.objectives._bounded import BoundSpec, BoundTraining, ramp_fraction, robust_ce
+from core.objectives.base import check_stage, register_objective
 
 MIXTRAIN_BOUND = (
     "CROWN-IBP linear relaxation (IBP pre-activation bounds, CROWN backward pass of the margin "
@@ -22,13 +21,10 @@ MIXTRAIN_BOUND = (
 )
 
 
-class MixTrainObjective(ObjectiveSpec):
+class MixTrainObjective(BoundSpec):
     """Wang et al. 2018: natural CE plus a sampled symbolic-interval bound loss."""
 
     type: Literal["mixtrain"] = "mixtrain"
-    eps: float = Field(
-        0.007, gt=0, le=1, description="l_inf radius in pixel space [0, 1] (at most 1: the whole input range)."
-    )
     sample_prob: float = Field(0.8, ge=0, le=1)
     subset_size: int = Field(5, ge=1, le=10_000)
     ramp_epochs: int = Field(15, ge=0, le=10_000)
@@ -37,9 +33,6 @@ class MixTrainObjective(ObjectiveSpec):
     lambda_every: int = Field(5, ge=1, le=10_000)
     lambda_max: float = Field(50.0, ge=0)
 
-    def ball(self) -> Ball:
-        return linf_ball(self.eps)
-
 
 @register_objective
 class MixTrain(BoundTraining):
@@ -47,17 +40,14 @@ class MixTrain(BoundTraining):
     ``subset_size`` examples drawn from the batch, where ``L_sym`` is the CE of the upper bounds of
     ``z_j - z_y`` (0 at y) over the l_inf ball of the current eps (see ``MIXTRAIN_BOUND``)."""
 
-    name = "mixtrain"
     Spec = MixTrainObjective
     cfg: MixTrainObjective
+    loss_text = "CE(f(x), y) + [with prob. sample_prob] lambda * CE(upper bounds of z_j - z_y) on subset_size examples"
+    bound_text = MIXTRAIN_BOUND
 
     def __init__(self, cfg: MixTrainObjective | None = None, **fields: Any) -> None:
         super().__init__(cfg, **fields)
         self.current_eps, self.current_lambda = self.cfg.eps, self.lambda_at(0, "finetune")
-
-    @property
-    def eps(self) -> float:
-        return self.cfg.eps
 
     def eps_at(self, epoch: int, stage: str, iteration_fraction: float = 0.0) -> float:
         """eps ramps linearly from 0 over the first ``ramp_epochs`` pretraining epochs; target after."""
@@ -95,19 +85,14 @@ class MixTrain(BoundTraining):
             loss = loss + self.current_lambda * self.sym_loss(model, x[pick], y[pick], logits.shape[1])
         return loss, logits.detach()
 
-    def describe(self) -> dict[str, Any]:
+    def schedule(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "type": self.name,
-            "eps": c.eps,
             "sample_prob": c.sample_prob,
             "subset_size": c.subset_size,
             "ramp_epochs": c.ramp_epochs,
             "lambda": f"{c.lambda_init} * {c.lambda_growth}^floor(max(e - L, 0) / {c.lambda_every}), "
             f"capped at {c.lambda_max}",
-            "loss": "CE(f(x), y) + [with prob. sample_prob] lambda * CE(upper bounds of z_j - z_y) on subset_size examples",
-            "bound": MIXTRAIN_BOUND,
-            "certificate": CERTIFICATE,
         }
 
     def certificate_details(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ class NaturalObjective(ObjectiveSpec):
 class NaturalTraining(Objective):
     """Cross-entropy on clean inputs."""
 
-    name = "natural"
     Spec = NaturalObjective
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

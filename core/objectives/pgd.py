@@ -27,7 +27,6 @@ class PGDObjective(AttackSpec):
 class PGDTraining(AttackTraining):
     """Madry et al.: CE on PGD examples (attack in eval mode, loss in the caller's mode)."""
 
-    name = "pgd"
     Spec = PGDObjective
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,6 @@ class SmoothingTraining(Objective):
     "gaussian", Cohen et al.). In Gaussian mode the returned logits are those of the noisy inputs
     (no extra clean forward pass), so the training accuracy it feeds is the accuracy under noise."""
 
-    name = "smoothing"
     Spec = SmoothingObjective
     # The certificate is of the smoothed classifier; a white-box attack on the base network does
     # not measure it, so the attack suite does not run.

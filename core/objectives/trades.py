@@ -30,7 +30,6 @@ class TradesTraining(AttackTraining):
     recomputes them in every attack step). Then two train-mode forwards, on ``x`` and on ``x'``.
     """
 
-    name = "trades"
     Spec = TradesObjective
     cfg: TradesObjective
 

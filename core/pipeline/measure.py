@@ -190,17 +190,10 @@ def time_interleaved(
     return out
 
 
-def median_seconds(
-    fns: dict[str, Callable[[], Any]],
-    *,
-    repeats: int = 15,
-    warmup: int = 3,
-    min_sample_s: float = 0.02,
-    sync: Callable[[], None] | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each function (:func:`time_interleaved`'s medians)."""
-    timed = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s, sync=sync)
-    return {name: t["median"] for name, t in timed.items()}
+def median_seconds(fns: dict[str, Callable[[], Any]], **timing: Any) -> dict[str, float]:
+    """Median seconds per call of each function: :func:`time_interleaved`'s medians (``timing``: its
+    keywords, ``repeats``, ``warmup``, ``min_sample_s``, ``sync``)."""
+    return {name: t["median"] for name, t in time_interleaved(fns, **timing).items()}
 
 
 NOT_MEASURABLE = "not measurable at this size"

@@ -63,6 +63,10 @@ class _MaskedMixin:
     mask: Tensor
     keep: Tensor
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # nn.Conv2d's / nn.Linear's (the class after the mixin)
+        self._init_masked_state()
+
     def _init_masked_state(self) -> None:
         w = self.weight
         self.scores = nn.Parameter(torch.empty_like(w), requires_grad=False)
@@ -161,20 +165,12 @@ class _MaskedMixin:
 class MaskedConv2d(_MaskedMixin, nn.Conv2d):
     """``nn.Conv2d`` that convolves with ``weight ⊙ mask`` (mask chosen by |scores|)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_masked_state()
-
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
     """``nn.Linear`` that multiplies by ``weight ⊙ mask`` (mask chosen by |scores|)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_masked_state()
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -248,10 +244,18 @@ def _scaled_scores(weight: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ conversion and model-wide ops
-def _to_masked(layer: nn.Module) -> nn.Module:
-    w = layer.weight
-    if type(layer) is nn.Conv2d:
-        new: nn.Module = MaskedConv2d(
+def layer_like(
+    layer: nn.Module,
+    conv: type[nn.Conv2d],
+    linear: type[nn.Linear],
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """A new ``conv`` (when ``layer``, a conv or a linear layer, is a convolution) or ``linear`` with
+    ``layer``'s hyper-parameters (shapes, stride, padding, groups, whether it has a bias), on ``device``:
+    how a layer changes class, masked to plain or plain to masked."""
+    if isinstance(layer, nn.Conv2d):
+        return conv(
             layer.in_channels,
             layer.out_channels,
             layer.kernel_size,
@@ -261,13 +265,15 @@ def _to_masked(layer: nn.Module) -> nn.Module:
             groups=layer.groups,
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
-            device="meta",
-            dtype=w.dtype,
+            device=device,
+            dtype=dtype,
         )
-    else:
-        new = MaskedLinear(
-            layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta", dtype=w.dtype
-        )
+    return linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=device, dtype=dtype)
+
+
+def _to_masked(layer: nn.Module) -> nn.Module:
+    w = layer.weight
+    new = layer_like(layer, MaskedConv2d, MaskedLinear, device="meta", dtype=w.dtype)
     # Built on "meta" (no wasted init of big layers), then given the real tensors.
     new.weight = layer.weight
     new.bias = layer.bias

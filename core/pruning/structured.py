@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.pruning.masked import SCORE_INITS, MaskedConv2d, MaskedLinear, kept_count, masked_layers
+from core.pruning.masked import SCORE_INITS, MaskedConv2d, MaskedLinear, kept_count, layer_like, masked_layers
 
 FIELD = "pruning.granularity"
 # keep held just below 1 during channel pruning: ``is_dense()`` (keep >= 1) would skip the masked path
@@ -74,30 +74,9 @@ def to_plain(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model)
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, MaskedConv2d):
-                new: nn.Module = nn.Conv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    padding=child.padding,
-                    dilation=child.dilation,
-                    groups=child.groups,
-                    bias=child.bias is not None,
-                    padding_mode=child.padding_mode,
-                    device=child.weight.device,
-                    dtype=child.weight.dtype,
-                )
-            elif isinstance(child, MaskedLinear):
-                new = nn.Linear(
-                    child.in_features,
-                    child.out_features,
-                    bias=child.bias is not None,
-                    device=child.weight.device,
-                    dtype=child.weight.dtype,
-                )
-            else:
+            if not isinstance(child, (MaskedConv2d, MaskedLinear)):
                 continue
+            new = layer_like(child, nn.Conv2d, nn.Linear, device=child.weight.device, dtype=child.weight.dtype)
             new.weight.copy_(child.effective_weight())
             if child.bias is not None:
                 new.bias.copy_(child.bias)

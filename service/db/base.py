@@ -26,13 +26,14 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     MetaData,
+    Select,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -167,38 +168,37 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class UploadedModel(Base):
+class _Upload:
+    """The columns of every uploaded file's row (a model's, a dataset's): whose it is, its name, where its
+    validated bytes are stored, their size and hash."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UploadedModel(_Upload, Base):
     """A checkpoint a tenant uploaded, already loaded once into its declared architecture."""
 
     __tablename__ = "models"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
     arch: Mapped[str] = mapped_column(String(200))
     arch_kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     format: Mapped[str] = mapped_column(String(32))
-    storage_key: Mapped[str] = mapped_column(String(500))
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Dataset(Base):
+class Dataset(_Upload, Base):
     """An ``.npz`` dataset a tenant uploaded, validated on arrival."""
 
     __tablename__ = "datasets"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    storage_key: Mapped[str] = mapped_column(String(500))
     num_classes: Mapped[int | None] = mapped_column(Integer)
     n_samples: Mapped[int | None] = mapped_column(Integer)
     input_shape: Mapped[list[int] | None] = mapped_column(JSONType)
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WorkerBeat(Base):
@@ -221,3 +221,20 @@ def rowcount(result: Any) -> int:
     from sqlalchemy.engine import CursorResult
 
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def read_rows(session: Session, stmt: Select[Any]) -> list[Any]:
+    """The rows of ``stmt`` as the database has them now, with the read's transaction ended.
+
+    ``populate_existing``: a session that already holds one of the rows must see the UPDATEs made since
+    (the worker's progress, another request's cancel); the commit ends the read, so no snapshot stays open."""
+    rows = list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
+    session.commit()
+    return rows
+
+
+def read_row(session: Session, stmt: Select[Any]) -> Any:
+    """The one row of ``stmt`` or None, read as :func:`read_rows` reads (more than one is an error)."""
+    row = session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+    session.commit()
+    return row

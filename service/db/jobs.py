@@ -31,6 +31,8 @@ from service.db.base import (
     JobStatus,
     UTCDateTime,
     new_id,
+    read_row,
+    read_rows,
     rowcount,
     utcnow,
 )
@@ -130,12 +132,10 @@ def create_job(
 
 def get_job(session: Session, tenant_id: int | None, job_id: str) -> Job | None:
     """The job if it exists and belongs to ``tenant_id`` (``None``: any tenant, for the worker)."""
-    # populate_existing: a session that already holds this row must see the UPDATEs made since.
-    stmt = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    stmt = select(Job).where(Job.id == job_id)
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
-    job = session.execute(stmt).scalar_one_or_none()
-    session.commit()
+    job: Job | None = read_row(session, stmt)
     return job
 
 
@@ -162,17 +162,8 @@ def list_jobs(
     if status is not None:
         where.append(Job.status == status)
     count = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
-    rows: Select[Any] = (
-        select(Job)
-        .where(*where)
-        .order_by(Job.created_at.desc(), Job.id)
-        .limit(limit)
-        .offset(offset)
-        .execution_options(populate_existing=True)
-    )
-    jobs: list[Job] = list(session.execute(rows).scalars())
-    session.commit()
-    return jobs, count
+    rows: Select[Any] = select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    return read_rows(session, rows), count
 
 
 # ----------------------------------------------------------------------------- the lease
@@ -548,24 +539,10 @@ def add_artifact(
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
     """A job's artifacts, by name."""
-    rows = list(
-        session.execute(
-            select(Artifact)
-            .where(Artifact.job_id == job_id)
-            .order_by(Artifact.name)
-            .execution_options(populate_existing=True)
-        ).scalars()
-    )
-    session.commit()
-    return rows
+    return read_rows(session, select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name))
 
 
 def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
     """One artifact of a job by name."""
-    row = session.execute(
-        select(Artifact)
-        .where(Artifact.job_id == job_id, Artifact.name == name)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    session.commit()
+    row: Artifact | None = read_row(session, select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     return row

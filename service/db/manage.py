@@ -21,7 +21,17 @@ from typing import Any, Literal
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from service.db.base import FINAL_STATUSES, Artifact, Dataset, Job, JobEvent, JobStatus, UploadedModel, rowcount
+from service.db.base import (
+    FINAL_STATUSES,
+    Artifact,
+    Dataset,
+    Job,
+    JobEvent,
+    JobStatus,
+    UploadedModel,
+    read_rows,
+    rowcount,
+)
 
 SortKey = Literal["created", "name", "status"]
 SORT_COLUMNS = {"created": Job.created_at, "name": Job.name, "status": Job.status}
@@ -77,9 +87,7 @@ def search_jobs(
         return rows[offset : offset + limit], len(rows)
     count = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
     page = stmt.order_by(*_order(sort, descending)).limit(limit).offset(offset)
-    jobs: list[Job] = list(session.execute(page.execution_options(populate_existing=True)).scalars())
-    session.commit()
-    return jobs, count
+    return read_rows(session, page), count
 
 
 def _order(sort: SortKey, descending: bool) -> list[Any]:
@@ -123,11 +131,16 @@ class Deletion:
     blockers: tuple[str, ...] = ()  # the job ids (or the status) that keep it
 
 
+def _owned(
+    session: Session, column: Any, table: type[Job] | type[UploadedModel] | type[Dataset], row_id: str, tenant_id: int
+) -> Any:
+    """``column`` of the tenant's row ``row_id`` of ``table``, or None when the tenant has no such row."""
+    return session.execute(select(column).where(table.id == row_id, table.tenant_id == tenant_id)).scalar_one_or_none()
+
+
 def delete_job(session: Session, tenant_id: int, job_id: str, checkpoint_key: str) -> Deletion:
     """Delete a final job with its events and artifact rows; returns the object keys to delete after."""
-    status = session.execute(
-        select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id)
-    ).scalar_one_or_none()
+    status = _owned(session, Job.status, Job, job_id, tenant_id)
     if status is None:
         session.commit()
         return Deletion("missing")
@@ -147,9 +160,7 @@ def delete_job(session: Session, tenant_id: int, job_id: str, checkpoint_key: st
 
 def delete_artifact(session: Session, tenant_id: int, job_id: str, name: str) -> Deletion:
     """Delete one artifact of a final job of the tenant (a running job may still be writing it)."""
-    status = session.execute(
-        select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id)
-    ).scalar_one_or_none()
+    status = _owned(session, Job.status, Job, job_id, tenant_id)
     row = (
         session.execute(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).scalar_one_or_none()
         if status is not None
@@ -183,9 +194,7 @@ def jobs_using(session: Session, tenant_id: int, ref: str) -> list[str]:
 def delete_upload(session: Session, tenant_id: int, kind: Literal["model", "dataset"], upload_id: str) -> Deletion:
     """Delete an uploaded model or dataset unless a job not yet final names it."""
     table: type[UploadedModel] | type[Dataset] = UploadedModel if kind == "model" else Dataset
-    key = session.execute(
-        select(table.storage_key).where(table.id == upload_id, table.tenant_id == tenant_id)
-    ).scalar_one_or_none()
+    key = _owned(session, table.storage_key, table, upload_id, tenant_id)
     if key is None:
         session.commit()
         return Deletion("missing")

@@ -174,35 +174,21 @@ def autoattack_flags(
     y: Tensor,
     clean: Tensor,
     *,
-    norm: str,
-    eps: float,
     num_classes: int,
-    seed: int,
-    batch_size: int,
     version: str = "standard",
-    should_stop: ShouldStop = never_stop,
+    **options: Any,
 ) -> tuple[dict[str, Tensor], str]:
     """Per example and per AutoAttack attack of the plan (each run on its own over every clean-correct
     example): is the attack's output classified correctly. Returns the flags and a description of what
-    ran. (The evaluation runs the components one by one as registered attacks; this is for scripts.)"""
+    ran. ``options`` are :func:`autoattack_component_flags`' (``norm``, ``eps``, ``seed``, ``batch_size``,
+    ``should_stop``). (The evaluation runs the components one by one as registered attacks; this is for
+    scripts.)"""
     attacks, description = autoattack_plan(num_classes, version)
-    out = {
-        attack: autoattack_component_flags(
-            model,
-            x,
-            y,
-            clean,
-            attack,
-            norm=norm,
-            eps=eps,
-            num_classes=num_classes,
-            seed=seed,
-            batch_size=batch_size,
-            should_stop=should_stop,
-        )
+    flags = {
+        attack: autoattack_component_flags(model, x, y, clean, attack, num_classes=num_classes, **options)
         for attack in attacks
     }
-    return out, description
+    return flags, description
 
 
 def _plan(settings: AttackSettings) -> tuple[list[str], str]:
