@@ -253,10 +253,10 @@ def run_distributed(
                 while not errors and time.monotonic() < deadline:  # the rank's own error, if it sent one
                     report = _drain(messages, replies, callbacks, errors, report, block=True)
                 if errors:
-                    raise errors[0] from None
+                    raise _first(errors, cancel.is_set()) from None
                 raise RankFailed(f"a rank of the job failed ({size} ranks, {backend}): {exc}") from None
         if errors:
-            raise errors[0]
+            raise _first(errors, cancel.is_set())
         if report is None:
             raise RankFailed("the ranks finished without a report")
         return report
@@ -270,6 +270,16 @@ def run_distributed(
                 p.kill()
                 p.join()
         shutil.rmtree(rendezvous, ignore_errors=True)
+
+
+def _first(errors: list[BaseException], canceled: bool) -> BaseException:
+    """The run's error: a rank's ``RunCanceled`` when the caller asked to stop (the other ranks' errors
+    are then its consequences: a rank waiting in a collective for one that stopped), else rank 0's,
+    else the first."""
+    if canceled:
+        stops = [e for e in errors if isinstance(e, RunCanceled)]
+        return stops[0] if stops else RunCanceled(f"canceled; the ranks stopped with: {errors[0]}")
+    return errors[0]
 
 
 def _drain(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import RunCanceled
-from core.robust.attacks import pgd, smooth_relu_backward
+from core.robust.attacks import pgd, skip_random_starts, smooth_relu_backward
 from core.robust.suite.base import Attack, AttackSettings, ShouldStop, never_stop, register_attack, stop_if_asked
 
 
@@ -62,6 +62,14 @@ def pgd_flags(
     return out
 
 
+def skip_pgd(x: Tensor, settings: AttackSettings) -> None:
+    """The random starts :func:`pgd_flags` draws for ``x`` (``Attack.skip``)."""
+    ev = settings.evaluation
+    skip_random_starts(
+        x, norm=settings.norm, eps=settings.eps, restarts=ev.pgd_restarts, batch_size=settings.batch_size
+    )
+
+
 def _pgd_settings(settings: AttackSettings) -> dict[str, float | int | str]:
     ev = settings.evaluation
     return {
@@ -104,6 +112,9 @@ class PGD(Attack):
     ) -> Tensor:
         return pgd_flags(model, x, y, **_pgd_settings(settings), should_stop=should_stop)  # type: ignore[arg-type]
 
+    def skip(self, x: Tensor, settings: AttackSettings) -> None:
+        skip_pgd(x, settings)
+
 
 @register_attack
 class SmoothReLUPGD(Attack):
@@ -138,3 +149,6 @@ class SmoothReLUPGD(Attack):
     ) -> Tensor:
         tau = settings.evaluation.pgd_smooth_tau
         return pgd_flags(model, x, y, **_pgd_settings(settings), relu_tau=tau, should_stop=should_stop)  # type: ignore[arg-type]
+
+    def skip(self, x: Tensor, settings: AttackSettings) -> None:
+        skip_pgd(x, settings)
