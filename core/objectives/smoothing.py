@@ -87,34 +87,29 @@ class SmoothingTraining(Objective):
         start: int = 0,
         stop: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        ev = evaluation
         return smoothing_examples(
             model,
             x,
-            sigma=self.cfg.sigma,
-            n0=ev.smoothing_n0,
-            n=ev.smoothing_n,
-            alpha=ev.smoothing_alpha,
-            batch_size=ev.smoothing_batch_size,
-            seed=seed,
+            batch_size=evaluation.smoothing_batch_size,
             start=start,
             stop=stop,
+            **self._certify_settings(evaluation, seed),
         )
 
     def summarize_certificate(
         self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
-        ev = evaluation
-        return smoothing_summary(
-            examples,
-            y,
-            sigma=self.cfg.sigma,
-            n0=ev.smoothing_n0,
-            n=ev.smoothing_n,
-            alpha=ev.smoothing_alpha,
-            radii=ev.smoothing_radii,
-            seed=seed,
-        )
+        settings = self._certify_settings(evaluation, seed)
+        return smoothing_summary(examples, y, radii=evaluation.smoothing_radii, **settings)
+
+    def _certify_settings(self, ev: EvaluationSpec, seed: int) -> dict[str, Any]:
+        return {
+            "sigma": self.cfg.sigma,
+            "n0": ev.smoothing_n0,
+            "n": ev.smoothing_n,
+            "alpha": ev.smoothing_alpha,
+            "seed": seed,
+        }
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:
