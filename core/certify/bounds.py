@@ -427,11 +427,11 @@ def _batches(data, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def verified_counts(
+def verified_flags(
     model: nn.Module, data, eps: float, method: str = "ibp", batch_size: int = 256
-) -> tuple[int, int, int]:
-    """(verified, clean-correct, total) over ``data``: a tuple ``(x, y)`` of tensors or an iterable
-    of ``(x, y)`` batches. An example is verified when every margin lower bound is > 0.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of ``data`` (a tuple ``(x, y)`` of tensors or an iterable of ``(x, y)`` batches), on
+    the CPU: verified (every margin lower bound > 0) and clean-correct.
 
     The certificate is computed on a float64 copy of the network: bounds carry no outward rounding,
     and in float64 the rounding error (~1e-13 relative) is far below any margin counted here, where in
@@ -445,7 +445,8 @@ def verified_counts(
     was_training = model.training
     model.eval()
     exact = copy.deepcopy(model).double()
-    verified = correct = total = 0
+    verified: list[torch.Tensor] = [torch.zeros(0, dtype=torch.bool)]
+    correct: list[torch.Tensor] = [torch.zeros(0, dtype=torch.bool)]
     try:
         for x, y in _batches(data, batch_size):
             dev = next(model.parameters()).device
@@ -458,12 +459,19 @@ def verified_counts(
                     lower, _ = ibp_bounds(exact, x, eps, C)
                 else:
                     lower = crown_ibp_bounds(exact, x, eps, C)
-            verified += int((lower > 0).all(dim=1).sum())
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(y)
+            verified.append((lower > 0).all(dim=1).cpu())
+            correct.append((logits.argmax(1) == y).cpu())
     finally:
         model.train(was_training)
-    return verified, correct, total
+    return torch.cat(verified), torch.cat(correct)
+
+
+def verified_counts(
+    model: nn.Module, data, eps: float, method: str = "ibp", batch_size: int = 256
+) -> tuple[int, int, int]:
+    """(verified, clean-correct, total) over ``data``: :func:`verified_flags` counted."""
+    verified, correct = verified_flags(model, data, eps, method, batch_size)
+    return int(verified.sum()), int(correct.sum()), len(verified)
 
 
 def verified_accuracy(model: nn.Module, data, eps: float, method: str = "ibp", batch_size: int = 256) -> float:
@@ -484,5 +492,6 @@ __all__ = [
     "mixed_lower_bound",
     "pad_margins",
     "verified_accuracy",
+    "verified_flags",
     "verified_counts",
 ]

@@ -101,8 +101,11 @@ class Smooth:
         return int(top2[0])
 
     # ------------------------------------------------------------ sampling
-    def _sample_noise(self, x: torch.Tensor, num: int, batch_size: int) -> np.ndarray:
-        """Class counts of ``f(x + δ)`` over ``num`` draws of ``δ ~ N(0, σ² I)``."""
+    def _sample_noise(self, x: torch.Tensor, num: int, batch_size: int, classify: bool = True) -> np.ndarray:
+        """Class counts of ``f(x + δ)`` over ``num`` draws of ``δ ~ N(0, σ² I)``. ``classify=False``
+        only draws the noise (the same draws, in the same batches, no forward pass): what a shard of a
+        data-parallel certification does for the examples before its own, so its generator stands where
+        a one-process run's would (``certify_examples``)."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode():
             size = min(batch_size, num)
@@ -112,10 +115,16 @@ class Smooth:
                 this = min(size, remaining)
                 noisy = batch[:this]
                 noisy.normal_(0.0, self.sigma, generator=self.generator).add_(x)
-                predictions = self.base_classifier(noisy).argmax(1)
-                counts += torch.bincount(predictions, minlength=self.num_classes)[: self.num_classes]
+                if classify:
+                    predictions = self.base_classifier(noisy).argmax(1)
+                    counts += torch.bincount(predictions, minlength=self.num_classes)[: self.num_classes]
                 remaining -= this
         return counts.cpu().numpy()
+
+    def skip(self, x: torch.Tensor, n0: int, n: int, batch_size: int) -> None:
+        """Draw the noise :meth:`certify_with_counts` draws for ``x``, without classifying it."""
+        self._sample_noise(x, n0, batch_size, classify=False)
+        self._sample_noise(x, n, batch_size, classify=False)
 
 
 def _check_counts(n0: int, n: int, alpha: float, batch_size: int) -> None:
@@ -133,6 +142,74 @@ def _spread_indices(total: int, limit: int | None) -> torch.Tensor:
     if limit is None or limit >= total:
         return torch.arange(total)
     return torch.unique(torch.linspace(0, total - 1, limit).round().long())
+
+
+def certify_examples(
+    model: nn.Module,
+    x_all: torch.Tensor,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    start: int = 0,
+    stop: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """``CERTIFY`` on the examples ``x_all[start:stop]`` with the noise of a one-process run over all of
+    ``x_all`` (one generator seeded by ``seed``, the examples in order): the earlier examples' noise is
+    drawn and discarded, so a data-parallel shard gives, example for example, the one-process numbers.
+    Per example: ``prediction`` (``ABSTAIN`` = -1), ``radius`` (float64) and ``plurality`` (the top class
+    of the ``n`` estimation samples)."""
+    stop = len(x_all) if stop is None else stop
+    generator = torch.Generator(device=x_all.device)
+    generator.manual_seed(int(seed))
+    smooth = Smooth(model, num_classes, sigma, generator=generator)
+    for i in range(start):
+        smooth.skip(x_all[i], n0, n, batch_size)
+    predictions, radii_out, plurality = [], [], []
+    for i in range(start, stop):
+        pred, radius, counts = smooth.certify_with_counts(x_all[i], n0, n, alpha, batch_size)
+        predictions.append(pred)
+        radii_out.append(radius)
+        plurality.append(int(counts.argmax()))
+    return {
+        "prediction": torch.tensor(predictions, dtype=torch.long),
+        "radius": torch.tensor(radii_out, dtype=torch.float64),
+        "plurality": torch.tensor(plurality, dtype=torch.long),
+    }
+
+
+def summarize_certified(
+    examples: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    radii: Sequence[float],
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`certify_dataset`'s summary of the per-example results of :func:`certify_examples`."""
+    pred_t, rad_t, lab_t = examples["prediction"], examples["radius"], labels.cpu().long()
+    correct = (pred_t == lab_t) & (pred_t != ABSTAIN)
+    total = len(lab_t)
+    certified = {float(r): float(((rad_t >= r) & correct).sum()) / total for r in radii}
+    return {
+        "certified_accuracy_at": certified,
+        "mean_certified_radius": float(torch.where(correct, rad_t, torch.zeros_like(rad_t)).mean()),
+        "abstain_rate": float((pred_t == ABSTAIN).double().mean()),
+        "clean_smoothed_accuracy": float((examples["plurality"] == lab_t).double().mean()),
+        "num_samples": total,
+        "n0": n0,
+        "n": n,
+        "alpha": alpha,
+        "sigma": float(sigma),
+        "seed": int(seed),
+        "method": CERTIFY_METHOD,
+    }
 
 
 def certify_dataset(
@@ -160,45 +237,17 @@ def certify_dataset(
     x_all, y_all = dataset_tensors
     if len(x_all) != len(y_all) or len(x_all) == 0:
         raise CoreError("invalid_dataset", "dataset", "certification needs a non-empty (x, y) pair of equal length")
-    device = x_all.device
     was_training = model.training
     model.eval()
     if num_classes is None:
         with torch.inference_mode():
             num_classes = int(model(x_all[:1]).shape[1])
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed))
-    smooth = Smooth(model, num_classes, sigma, generator=generator)
-    idx = _spread_indices(len(x_all), max_samples)
-    predictions, radii_out, plurality, labels = [], [], [], []
+    idx = _spread_indices(len(x_all), max_samples).to(x_all.device)
     try:
-        for i in idx.tolist():
-            pred, radius, counts = smooth.certify_with_counts(x_all[i], n0, n, alpha, batch_size)
-            predictions.append(pred)
-            radii_out.append(radius)
-            plurality.append(int(counts.argmax()))
-            labels.append(int(y_all[i]))
+        examples = certify_examples(model, x_all[idx], sigma, n0, n, alpha, batch_size, seed, num_classes)
     finally:
         model.train(was_training)
-    pred_t = torch.tensor(predictions)
-    rad_t = torch.tensor(radii_out, dtype=torch.float64)
-    lab_t = torch.tensor(labels)
-    correct = (pred_t == lab_t) & (pred_t != ABSTAIN)
-    total = len(labels)
-    certified = {float(r): float(((rad_t >= r) & correct).sum()) / total for r in radii}
-    return {
-        "certified_accuracy_at": certified,
-        "mean_certified_radius": float(torch.where(correct, rad_t, torch.zeros_like(rad_t)).mean()),
-        "abstain_rate": float((pred_t == ABSTAIN).double().mean()),
-        "clean_smoothed_accuracy": float((torch.tensor(plurality) == lab_t).double().mean()),
-        "num_samples": total,
-        "n0": n0,
-        "n": n,
-        "alpha": alpha,
-        "sigma": float(sigma),
-        "seed": int(seed),
-        "method": CERTIFY_METHOD,
-    }
+    return summarize_certified(examples, y_all[idx], sigma=sigma, n0=n0, n=n, alpha=alpha, radii=radii, seed=seed)
 
 
 __all__ = [
@@ -206,5 +255,7 @@ __all__ = [
     "CERTIFY_METHOD",
     "Smooth",
     "certify_dataset",
+    "certify_examples",
+    "summarize_certified",
     "lower_confidence_bound",
 ]

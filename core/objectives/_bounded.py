@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from core.certify.bounds import pad_margins
-from core.certify.certificates import bound_certificate
+from core.certify.certificates import bound_examples, bound_summary
 from core.config import Ball
 from core.objectives.base import Objective, ObjectiveSpec, check_stage
 
@@ -79,21 +79,33 @@ class BoundTraining(Objective):
             "certificate": CERTIFICATE,
         }
 
-    def certify(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    def certify_examples(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        evaluation: EvaluationSpec,
+        seed: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        ev = evaluation
+        kwargs = {"eps": self._eps(ev), "bounds": ev.bounds, "batch_size": ev.bound_batch_size}
+        return bound_examples(model, x, y, start=start, stop=stop, **kwargs)  # type: ignore[arg-type]
+
+    def summarize_certificate(
+        self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
+        eps, bounds = self._eps(evaluation), evaluation.bounds
+        return bound_summary(examples, y, eps=eps, bounds=bounds, extra_details=self.certificate_details())
+
+    def certificate_batch(self, evaluation: EvaluationSpec) -> int:
+        return evaluation.bound_batch_size
+
+    def _eps(self, evaluation: EvaluationSpec) -> float:
         ball = self.cfg.ball()
         assert ball is not None
-        eps = float(evaluation.eps or ball.eps)
-        return bound_certificate(
-            model,
-            x,
-            y,
-            eps=eps,
-            bounds=evaluation.bounds,
-            batch_size=evaluation.bound_batch_size,
-            extra_details=self.certificate_details(),
-        )
+        return float(evaluation.eps or ball.eps)
 
     def certificate_details(self) -> dict[str, Any]:
         return {}

@@ -88,13 +88,43 @@ class Objective(ABC):
         """The certified numbers of ``model`` on the sample ``(x, y)``, or None (no certificate).
 
         Returns metrics at the top level, ``procedures`` (how each fraction of the sample was measured;
-        those get counts and intervals), ``methods`` (the method behind each number), ``details``."""
+        those get counts and intervals), ``methods`` (the method behind each number), ``details``: the
+        :meth:`summarize_certificate` of the :meth:`certify_examples` of the whole sample."""
+        examples = self.certify_examples(model, x, y, evaluation, seed)
+        return None if examples is None else self.summarize_certificate(examples, y, evaluation, seed)
+
+    def certify_examples(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        evaluation: EvaluationSpec,
+        seed: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, torch.Tensor] | None:
+        """The certificate's per-example results (CPU tensors, one entry per example) on the contiguous
+        block ``[start, stop)`` of the sample ``(x, y)``, equal to what a run over the whole sample gives
+        for those examples (a data-parallel evaluation shards the sample, ``core.pipeline.evaluate``);
+        None when the objective has no certificate. ``start`` is a multiple of
+        :meth:`certificate_batch`."""
         return None
+
+    def summarize_certificate(
+        self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    ) -> dict[str, Any]:
+        """:meth:`certify`'s result from the per-example results of the whole sample."""
+        raise NotImplementedError(f"{type(self).__name__} has no certificate")
+
+    def certificate_batch(self, evaluation: EvaluationSpec) -> int:
+        """The batch the certificate runs its examples in: a shard starts on a multiple of it, so every
+        example is computed in the same batch as in a one-process run."""
+        return 1
 
     @property
     def certifies(self) -> bool:
-        """True when this objective has a certificate (overrides :meth:`certify`)."""
-        return type(self).certify is not Objective.certify
+        """True when this objective has a certificate (overrides :meth:`certify_examples`)."""
+        return type(self).certify_examples is not Objective.certify_examples
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:

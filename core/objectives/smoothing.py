@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from core.certify.certificates import smoothing_certificate
+from core.certify.certificates import smoothing_examples, smoothing_summary
 from core.certify.smoothing import CERTIFY_METHOD
 from core.objectives.base import Objective, ObjectiveSpec, register_objective
 
@@ -76,22 +76,39 @@ class SmoothingTraining(Objective):
             "certificate": f"{CERTIFY_METHOD} (l_2 radius sigma * PhiInv(pA_lower))",
         }
 
-    def certify(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
-    ) -> dict[str, Any]:
-        ev = evaluation
-        return smoothing_certificate(
+    def certify_examples(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        evaluation: EvaluationSpec,
+        seed: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return smoothing_examples(
             model,
             x,
-            y,
-            sigma=self.cfg.sigma,
-            n0=ev.smoothing_n0,
-            n=ev.smoothing_n,
-            alpha=ev.smoothing_alpha,
-            radii=ev.smoothing_radii,
-            batch_size=ev.smoothing_batch_size,
-            seed=seed,
+            batch_size=evaluation.smoothing_batch_size,
+            start=start,
+            stop=stop,
+            **self._certify_settings(evaluation, seed),
         )
+
+    def summarize_certificate(
+        self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
+    ) -> dict[str, Any]:
+        settings = self._certify_settings(evaluation, seed)
+        return smoothing_summary(examples, y, radii=evaluation.smoothing_radii, **settings)
+
+    def _certify_settings(self, ev: EvaluationSpec, seed: int) -> dict[str, Any]:
+        return {
+            "sigma": self.cfg.sigma,
+            "n0": ev.smoothing_n0,
+            "n": ev.smoothing_n,
+            "alpha": ev.smoothing_alpha,
+            "seed": seed,
+        }
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:

@@ -22,11 +22,18 @@ of communication with the backward pass. ``resources.sync_bn`` converts BatchNor
 (CUDA only) for the training stages.
 
 **Rank 0 alone** writes checkpoints, events, progress, artifacts and reports (its callbacks are sent to
-the caller), validates every epoch and runs the final evaluation (not sharded: per-example results,
-so the worst case over attacks is exact by construction). Cancel and SIGTERM: the caller's
+the caller), validates every epoch and exports each variant. **The final evaluation is sharded**: rank 0
+sends the exported network to every rank, each evaluates its block of whole batches of every sample
+(benign, every attack, the certificate) and the per-example results are gathered in the sample's order,
+so rank 0 computes the worst case over attacks, the metrics and their intervals from the same vectors as
+a one-process run, bit for bit (core/pipeline/evaluate.py, "Sharded"). Cancel and SIGTERM: the caller's
 ``should_cancel`` (the row's cancel flag, the worker's shutdown, a lost lease) is passed to the ranks
-through an event; every rank checks it at the same points and agrees by an ``all_reduce`` of the flag,
-so all stop at the same batch with ``RunCanceled``. A rank that dies or raises fails the run: the
+through an event; during training every rank checks it at the same points and agrees by an
+``all_reduce`` of the flag, so all stop at the same batch with ``RunCanceled``; during the sharded
+evaluation (where ranks run different numbers of batches) each rank checks the event itself, the first
+to stop fails the run as canceled and the caller ends the others. A caller killed outright (SIGKILL,
+out of memory) leaves no rank behind: each rank watches the caller's pid and exits within a second or
+two. A rank that dies or raises fails the run: the
 others are terminated and the caller raises (:class:`RankFailed`, or the rank's own ``CoreError`` /
 ``RunCanceled``); the checkpoint of the last finished epoch stands and the next attempt resumes from it,
 with any world size (a checkpoint holds no per-rank state).
@@ -71,10 +78,10 @@ START_METHOD = "forkserver"
 # What the server imports once (per caller process) for every rank it forks: the pipeline, and the
 # compiler stack that tracing and export pull in lazily (seconds of imports each).
 PRELOAD = ["core.pipeline.runner", "torch._dynamo", "torchvision"]
-POLL_S = 0.1
-CALLER_POLL_S = 1.0  # a rank checks that its caller still lives  # the caller's loop: messages, the cancel poll, the ranks' liveness
+POLL_S = 0.1  # the caller's loop: messages, the cancel poll, the ranks' liveness
+CALLER_POLL_S = 1.0  # how often a rank checks that its caller still lives
 ERROR_GRACE_S = 5.0  # after a rank failed: how long to wait for its error message
-# A collective waits this long for a slow rank (rank 0 evaluates alone while the others wait); a rank
+# A collective waits this long for a slow rank (rank 0 validates and exports alone while the others wait); a rank
 # that dies is seen by the caller at once, so this bounds only a rank that hangs alive.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=48)
 
@@ -253,10 +260,10 @@ def run_distributed(
                 while not errors and time.monotonic() < deadline:  # the rank's own error, if it sent one
                     report = _drain(messages, replies, callbacks, errors, report, block=True)
                 if errors:
-                    raise errors[0] from None
+                    raise _first(errors, cancel.is_set()) from None
                 raise RankFailed(f"a rank of the job failed ({size} ranks, {backend}): {exc}") from None
         if errors:
-            raise errors[0]
+            raise _first(errors, cancel.is_set())
         if report is None:
             raise RankFailed("the ranks finished without a report")
         return report
@@ -270,6 +277,16 @@ def run_distributed(
                 p.kill()
                 p.join()
         shutil.rmtree(rendezvous, ignore_errors=True)
+
+
+def _first(errors: list[BaseException], canceled: bool) -> BaseException:
+    """The run's error: a rank's ``RunCanceled`` when the caller asked to stop (the other ranks' errors
+    are then its consequences: a rank waiting in a collective for one that stopped), else rank 0's,
+    else the first."""
+    if canceled:
+        stops = [e for e in errors if isinstance(e, RunCanceled)]
+        return stops[0] if stops else RunCanceled(f"canceled; the ranks stopped with: {errors[0]}")
+    return errors[0]
 
 
 def _drain(

@@ -7,6 +7,16 @@ was measured on (``samples``: size and count per class; every capped evaluation 
 class-stratified sample, see ``core.data.sampling``) and its 95% Clopper-Pearson interval (``intervals``,
 ``counts``), so a report never shows a robust accuracy without saying which attack, on what, and how
 sure.
+
+**Sharded.** Given a :class:`Shard` (a rank of a data-parallel job, ``core.pipeline.distributed``), every
+rank evaluates a contiguous block of whole batches of each sample — the benign pass, each attack (of the
+examples it attacks, ``Attack.attacks``) and the certificate (``Objective.certify_examples``) — and the
+per-example results are gathered in the sample's order, so every rank tallies the same vectors a
+one-process run computes and the worst case over attacks stays per-example. The numbers do not depend on
+the number of ranks: an attack that draws from the global RNG (our PGD's random starts) first draws
+what the batches before its block draw (``Attack.skip``) and after its block what the batches after it
+draw; pyautoattack reseeds before every batch; CERTIFY's noise generator draws and discards the earlier
+examples' noise; the bounds are deterministic.
 """
 
 from __future__ import annotations
@@ -60,6 +70,47 @@ def attack_settings(spec: JobSpec) -> dict[str, Any]:
 def sample_seed(spec: JobSpec) -> int:
     """The seed of every evaluation sample of the job (one for all of a multi-seed job's seeds)."""
     return spec.evaluation.sample_seed if spec.evaluation.sample_seed is not None else spec.seed
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of an evaluation sharded over ``size`` data-parallel ranks. ``gather(obj)``
+    returns every rank's ``obj`` in rank order; it is a collective: every rank calls it at the same
+    points, which the evaluation guarantees by running the same steps on every rank."""
+
+    rank: int
+    size: int
+    gather: Callable[[Any], list[Any]]
+
+    def block(self, length: int, batch: int) -> tuple[int, int]:
+        """This rank's contiguous block ``[start, stop)`` of ``length`` examples run in batches of
+        ``batch``: whole batches, as even a split of them as possible (the last rank may get fewer)."""
+        batches = -(-length // batch)
+        first, last = batches * self.rank // self.size, batches * (self.rank + 1) // self.size
+        return min(first * batch, length), min(last * batch, length)
+
+
+def _sharded(
+    shard: Shard,
+    work: torch.Tensor,
+    length: int,
+    batch: int,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    skip: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Per example of a sample of ``length``: ``run(positions)``'s flags for the positions ``work`` (in
+    batches of ``batch``; this rank runs its block, ``skip`` draws the RNG of the batches before and
+    after it), gathered from every rank; False off ``work``."""
+    start, stop = shard.block(len(work), batch)
+    if skip is not None:
+        skip(work[:start])
+    mine = work[start:stop]
+    local = run(mine) if len(mine) else torch.zeros(0, dtype=torch.bool)
+    if skip is not None:
+        skip(work[stop:])
+    flags = torch.zeros(length, dtype=torch.bool, device=work.device)
+    flags[work] = torch.cat([part.to(work.device) for part in shard.gather(local.cpu())])
+    return flags
 
 
 @torch.no_grad()
@@ -255,8 +306,9 @@ def _run_attacks(
     tally: _Tally,
     samples: dict[str, Any],
     should_stop: ShouldStop,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Run every planned attack alone over its sample; tally each, each group (``autoattack_acc``) after
+    """Run every planned attack alone over its sample (``shard``: this rank's block of it, gathered); tally each, each group (``autoattack_acc``) after
     its last member, and the per-example worst case ``robust_acc`` on the headline sample (the 'robust'
     one when an attack runs there). Returns the checks (``gradient_masking`` when a gradient-free attack
     ran)."""
@@ -273,11 +325,14 @@ def _run_attacks(
         sample = robust if attack.sample == "robust" and robust is not None else final
         started = time.monotonic()
         with _captured() as said:
-            flags = attack.run(
-                model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop
-            )
+            if shard is None:
+                flags = attack.run(
+                    model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop
+                )
+            else:
+                flags = _sharded_attack(model, attack, sample, sample.of_final(clean), settings, should_stop, shard)
         tally.seconds[attack.name] = time.monotonic() - started
-        tally.output[attack.name] = said.lines
+        tally.output[attack.name] = said.lines if shard is None else sum(shard.gather(said.lines), [])
         tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
         worst.add(attack, sample, flags)
         group = attack.group
@@ -294,6 +349,28 @@ def _run_attacks(
     return {}
 
 
+def _sharded_attack(
+    model: nn.Module,
+    attack: Attack,
+    sample: _Sample,
+    clean: torch.Tensor,
+    settings: AttackSettings,
+    should_stop: ShouldStop,
+    shard: Shard,
+) -> torch.Tensor:
+    """``attack.run`` over this rank's block of the examples it attacks, gathered (module docstring)."""
+    work = torch.nonzero(clean).view(-1) if attack.attacks == "clean" else torch.arange(len(clean))
+    work = work.to(sample.x.device)
+
+    def run(pos: torch.Tensor) -> torch.Tensor:
+        return attack.run(model, sample.x[pos], sample.y[pos], settings, clean=clean[pos], should_stop=should_stop)
+
+    def skip(pos: torch.Tensor) -> None:
+        attack.skip(sample.x[pos], settings)
+
+    return _sharded(shard, work, len(clean), settings.batch_size, run, skip)
+
+
 def _certify(
     model: nn.Module,
     objective: Objective,
@@ -303,8 +380,9 @@ def _certify(
     tally: _Tally,
     samples: dict[str, Any],
     should_stop: ShouldStop,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """The objective's certificate on the 'certified' sample; its fractions tallied with intervals.
+    """The objective's certificate on the 'certified' sample (``shard``: this rank's block, gathered); its fractions tallied with intervals.
     Every forward pass of the network inside asks ``should_stop`` (a noise batch of CERTIFY, a batch of
     the bounds)."""
     ev = spec.evaluation
@@ -315,8 +393,17 @@ def _certify(
     cert_ds = Subset(test_ds, cert_idx.tolist()) if len(cert_idx) < full else test_ds
     samples["certified"] = describe_sample(cert_ds, full, seed)
     xc, yc = _tensors(cert_ds)
+    xc, yc = xc.to(device), yc.to(device)
     with stop_checked_forward(model, should_stop, "in the certification"):
-        cert = objective.certify(model, xc.to(device), yc.to(device), ev, seed)
+        if shard is None:
+            cert = objective.certify(model, xc, yc, ev, seed)
+        else:
+            start, stop = shard.block(len(yc), objective.certificate_batch(ev))
+            mine = objective.certify_examples(model, xc, yc, ev, seed, start, stop)
+            assert mine is not None
+            parts = shard.gather({key: value.cpu() for key, value in mine.items()})
+            examples = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+            cert = objective.summarize_certificate(examples, yc, ev, seed)
     assert cert is not None
     procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
     n_cert = len(cert_idx)
@@ -338,8 +425,12 @@ def evaluate_variant(
     num_classes: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
     attack_log: dict[str, Any] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Final evaluation of one network: metrics, the procedure, sample and interval of each.
+
+    ``shard``: this process is one rank of a sharded evaluation (module docstring); every rank calls
+    this with the same network and returns the same result.
 
     ``attack_log``, when given, receives each attack's wall seconds (``seconds``) and what its library
     printed, logged or warned (``output``): the run's report records them, the result itself does not.
@@ -365,13 +456,22 @@ def evaluate_variant(
         if num_classes is None:
             with torch.no_grad():
                 num_classes = int(model(final.x[:1]).shape[1])
-        clean = clean_flags(model, final.x, final.y, spec.dataset.test_batch_size)
+        batch = spec.dataset.test_batch_size
+        if shard is None:
+            clean = clean_flags(model, final.x, final.y, batch)
+        else:
+            every = torch.arange(len(final.y), device=final.y.device)
+            clean = _sharded(
+                shard, every, len(every), batch, lambda pos: clean_flags(model, final.x[pos], final.y[pos], batch)
+            )
         tally.add_flags("benign_acc", clean, f"top-1 accuracy {final.on}")
         if objective.attacked:
             settings = _attack_settings(spec, seed, num_classes)
-            checks.update(_run_attacks(model, test_ds, final, clean, settings, tally, samples, should_stop))
+            checks.update(_run_attacks(model, test_ds, final, clean, settings, tally, samples, should_stop, shard))
         if objective.certifies:
-            result["certification"] = _certify(model, objective, test_ds, spec, device, tally, samples, should_stop)
+            result["certification"] = _certify(
+                model, objective, test_ds, spec, device, tally, samples, should_stop, shard
+            )
             _soundness_check(tally.metrics, checks)
     finally:
         model.train(was_training)

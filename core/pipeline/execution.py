@@ -5,6 +5,7 @@ one-process run and a rank of a data-parallel run differ only here (core/pipelin
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from core.data.datasets import in_memory_tensors, train_loader
 from core.data.loaders import DeviceBatches, EpochSampler
 from core.errors import CoreError, RunCanceled
 from core.objectives import Objective
+from core.pipeline.evaluate import Shard
 from core.pipeline.resources import (
     CompiledForward,
     GradSync,
@@ -155,6 +157,21 @@ class Execution:
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=self.device)
         dist.all_reduce(totals)
         return float(totals[0]), int(totals[1]), int(totals[2])
+
+    # -- the final evaluation ---------------------------------------------------------------------
+    def eval_shard(self) -> Shard | None:
+        """This rank's part of a sharded final evaluation (None in one process)."""
+        if self.sync is None:
+            return None
+        return Shard(self.world.rank, self.world.size, self.sync.gather_objects)
+
+    def share_network(self, network: nn.Module | None) -> nn.Module:
+        """Rank 0's evaluated network (the exported one, rebuilt from its file) on every rank, on this
+        rank's device: a collective; sent through the CPU so no rank touches another's GPU."""
+        assert self.sync is not None
+        sent = copy.deepcopy(network).cpu() if network is not None and self.world.main else None
+        received = self.sync.broadcast_object(sent)
+        return received.to(self.device).eval()
 
     def describe(self) -> dict[str, Any]:
         """The report's ``resources``."""

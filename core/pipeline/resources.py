@@ -241,6 +241,23 @@ class GradSync:
                 dist.all_reduce(staged)
                 buf.data.copy_(staged.div_(self.world_size))
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable; CPU tensors), in rank order: a collective over the CPU group
+        (a sharded evaluation's per-example results)."""
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.cpu_group)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (the others pass anything): a collective over the CPU group."""
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+        return box[0]
+
     def check_identical(self, tensors: Iterable[Tensor], where: str) -> None:
         """Raise when the ranks' ``tensors`` (the network with its scores and masks, a pruner's own
         parameters) are not bit-identical: one float64 fingerprint per rank, gathered. Every rank runs

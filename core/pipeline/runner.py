@@ -381,7 +381,23 @@ class _Runner:
         set_stage(self.model, "eval")
         self.model.eval()
         to_memory_format(self.model, False)  # safetensors stores contiguous tensors
-        if not self.world.main:  # rank 0 alone exports and evaluates (the final evaluation is not sharded)
+        # Rank 0 alone exports; every rank evaluates its shard of the exported network's evaluation, and
+        # rank 0 alone records the result (core/pipeline/evaluate.py, "Sharded").
+        shard = self.exec.eval_shard()
+        eval_precision = Precision(self.spec.resources.eval_precision, self.device)
+        if not self.world.main:
+            if shard is not None:
+                network = self.exec.share_network(None)
+                with eval_precision.autocast():
+                    evaluate_variant(
+                        network,
+                        self.test_ds,
+                        self.spec,
+                        self.device,
+                        self.info["num_classes"],
+                        self._local_cancel,
+                        shard=shard,
+                    )
             return
         self.cb.on_event(STAGE_STARTED, {"stage": "export", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
@@ -395,8 +411,9 @@ class _Runner:
         self.cb.on_event(STAGE_FINISHED, {"stage": "export", "variant": step.variant, "seconds": seconds["export"]})
         self.cb.on_event(STAGE_STARTED, {"stage": "evaluate", "variant": step.variant, "epochs": 0})
         started = time.monotonic()
+        if shard is not None:
+            self.exec.share_network(exported.network)
         attack_log: dict[str, Any] = {}
-        eval_precision = Precision(self.spec.resources.eval_precision, self.device)
         with eval_precision.autocast():
             result = evaluate_variant(
                 exported.network,
@@ -406,6 +423,7 @@ class _Runner:
                 self.info["num_classes"],
                 self._local_cancel,
                 attack_log=attack_log,
+                shard=shard,
             )
         self._add_seconds(step.variant, "evaluate", started)
         result["training_loss"] = self.history[step.variant]["training_loss"]
@@ -439,7 +457,9 @@ class _Runner:
         self.cb.on_event(STAGE_FINISHED, payload)
 
     def _local_cancel(self) -> bool:
-        """Cancel check of work only this rank does (rank 0's evaluation): not a collective."""
+        """Cancel check of work whose steps differ between ranks (the sharded evaluation, where ranks
+        run different numbers of batches): not a collective. The caller sets the cancel on every rank;
+        a rank that stops fails the run and the caller ends the others (core/pipeline/distributed.py)."""
         local = getattr(self.cb, "local_should_cancel", None)
         return bool(local()) if local is not None else self.cb.should_cancel()
 

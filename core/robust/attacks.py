@@ -105,6 +105,17 @@ def _random_start(x: Tensor, norm: str, eps: float, loss: str) -> Tensor:
     return x + direction * radius.view(-1, *([1] * (x.dim() - 1)))
 
 
+def skip_random_starts(x: Tensor, *, norm: str, eps: float, restarts: int, batch_size: int, loss: str = "ce") -> None:
+    """Draw from the global RNG what :func:`pgd` (``random_start=True``, ``restarts``) draws when run
+    on ``x`` in batches of ``batch_size``, without attacking: each run of each batch draws its random
+    start and nothing else. (A data-parallel evaluation's rank skips the other ranks' batches with it.)"""
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].detach()
+            for _ in range(restarts):
+                _random_start(xb, norm, eps, loss)
+
+
 def _per_example_loss(logits: Tensor, y: Tensor | None, target_prob: Tensor | None, loss: str) -> Tensor:
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")

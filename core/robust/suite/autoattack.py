@@ -207,6 +207,7 @@ class AutoAttackComponent(Attack):
 
     sample = "robust"
     group = AUTOATTACK
+    attacks = "clean"  # pyautoattack reseeds before every batch: no skip() needed
 
     def applies(self, settings: AttackSettings) -> bool:
         return settings.evaluation.autoattack and self.name in _plan(settings)[0]

@@ -129,6 +129,11 @@ class Attack(ABC):
     order: ClassVar[int]
     sample: ClassVar[Sample] = "final"
     group: ClassVar[AttackGroup | None] = None
+    #: The examples :meth:`run` attacks, in batches of ``settings.batch_size`` in the sample's order:
+    #: ``all`` of them, or only the ``clean``-correct ones (the others count as broken). A data-parallel
+    #: evaluation (``core.pipeline.evaluate``) gives each rank whole batches of these, so that every
+    #: example is attacked in the same batch as in a one-process run.
+    attacks: ClassVar[Literal["all", "clean"]] = "all"
 
     def applies(self, settings: AttackSettings) -> bool:
         """Whether this attack runs in an evaluation with ``settings`` (its switch, classes, norm)."""
@@ -157,6 +162,13 @@ class Attack(ABC):
         correctly. ``clean`` are the clean flags of the same examples (an attack may skip the examples
         that are already wrong: they count as broken). The model is in eval mode. ``should_stop`` is
         asked at least once per batch (``stop_if_asked``)."""
+
+    def skip(self, x: Tensor, settings: AttackSettings) -> None:
+        """Draw from torch's global RNG exactly what :meth:`run` would draw for ``x``, without attacking
+        it: a rank of a data-parallel evaluation skips the other ranks' batches this way, so its own
+        batches start from the RNG state of a one-process run. Nothing by default (an attack that draws
+        nothing from the global RNG, or reseeds it itself before every batch)."""
+        return None
 
 
 ATTACKS: Registry[Attack] = Registry("attack", "evaluation")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import RunCanceled
-from core.robust.attacks import pgd, smooth_relu_backward
+from core.robust.attacks import pgd, skip_random_starts, smooth_relu_backward
 from core.robust.suite.base import Attack, AttackSettings, ShouldStop, never_stop, register_attack, stop_if_asked
 
 
@@ -50,16 +50,12 @@ def pgd_flags(
     return out
 
 
-def _pgd_settings(settings: AttackSettings) -> dict[str, float | int | str]:
+def skip_pgd(x: Tensor, settings: AttackSettings) -> None:
+    """The random starts :func:`pgd_flags` draws for ``x`` (``Attack.skip``)."""
     ev = settings.evaluation
-    return {
-        "norm": settings.norm,
-        "eps": settings.eps,
-        "step_size": settings.step_size,
-        "steps": ev.pgd_steps,
-        "restarts": ev.pgd_restarts,
-        "batch_size": settings.batch_size,
-    }
+    skip_random_starts(
+        x, norm=settings.norm, eps=settings.eps, restarts=ev.pgd_restarts, batch_size=settings.batch_size
+    )
 
 
 class _PGDAttack(Attack):
@@ -108,6 +104,9 @@ class _PGDAttack(Attack):
             relu_tau=self.relu_tau(settings),
             should_stop=should_stop,
         )
+
+    def skip(self, x: Tensor, settings: AttackSettings) -> None:
+        skip_pgd(x, settings)
 
 
 @register_attack

@@ -212,3 +212,90 @@ def test_device_batches_are_the_loader_batches():
         assert len(got) == len(expected)
         for (x1, y1), (x2, y2) in zip(expected, got):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+CALLER = """
+import json, multiprocessing, os, sys
+from core.callbacks import RunCallbacks
+from core.pipeline.runner import run_job
+from core.spec import load_spec
+
+data = json.loads(sys.argv[1])
+out, ready = sys.argv[2], sys.argv[3]
+
+class Announce(RunCallbacks):
+    def on_progress(self, **kw):  # the ranks run: say so once
+        if not os.path.exists(ready):
+            with open(ready + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(ready + ".tmp", ready)
+
+run_job(load_spec(data), out, Announce())
+"""
+
+
+def _descendants(pid):
+    """Every live process below ``pid`` (from /proc; zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid):
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ranks_exit_when_the_caller_is_killed(tmp_path):
+    """The caller (a worker's attempt, the CLI) killed outright while its ranks train: no rank (nor the
+    forkserver that forked them) outlives it by more than a few seconds."""
+    import subprocess
+    import sys
+    import time
+
+    data = json.loads(json.dumps(SPEC))
+    data["stages"]["pretrain"]["epochs"] = 50  # still training when the caller is killed
+    data["resources"] = {"processes": 2}
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER, json.dumps(data), str(tmp_path / "out"), str(ready)], env=env
+    )
+    below: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline and caller.poll() is None:
+            time.sleep(0.2)
+        assert ready.exists(), "the ranks never reported progress"
+        below = _descendants(caller.pid)
+        assert len(below) >= 3  # the forkserver and the two ranks (at least)
+        caller.kill()
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in below if _alive(p)]
+        assert not left, f"processes outlived their caller: {left}"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        for p in below:  # what this test started and left behind (after a failure)
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
