@@ -55,8 +55,8 @@ class BoundTraining(Objective):
             x,
             y,
             eps=eps,
-            bounds=evaluation.bounds,
-            batch_size=evaluation.bound_batch_size,
+            bounds=evaluation.bounds.methods,
+            batch_size=evaluation.bounds.batch_size,
             extra_details=self.certificate_details(),
         )
 

@@ -80,17 +80,17 @@ class SmoothingTraining(Objective):
     def certify(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
-        ev = evaluation
+        options = evaluation.smoothing
         return smoothing_certificate(
             model,
             x,
             y,
             sigma=self.cfg.sigma,
-            n0=ev.smoothing_n0,
-            n=ev.smoothing_n,
-            alpha=ev.smoothing_alpha,
-            radii=ev.smoothing_radii,
-            batch_size=ev.smoothing_batch_size,
+            n0=options.n0,
+            n=options.n,
+            alpha=options.alpha,
+            radii=options.radii,
+            batch_size=options.batch_size,
             seed=seed,
         )
 
