@@ -266,7 +266,7 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _pruning_has(spec: Any, field: str, schema: dict[str, Any], default_matches: bool) -> dict[str, Any]:
+def _pruning_has(field: str, schema: dict[str, Any], default_matches: bool) -> dict[str, Any]:
     """``pruning.<field>`` matches ``schema``; required (with ``pruning``) unless its default matches."""
     inner: dict[str, Any] = {"properties": {field: schema}}
     if default_matches:
@@ -284,7 +284,8 @@ def _served() -> list[tuple[str, str, list[str], list[str]]]:
     out = []
     for allocation in ALLOCATIONS:
         for granularity in GRANULARITIES:
-            rates, plain = [], []
+            rates: list[str] = []
+            plain: list[str] = []
             for method in METHODS.names():
                 try:
                     cls = pruner_class(method, allocation, granularity)
@@ -303,19 +304,26 @@ def _rate_training_needs_a_prune_stage(job: Any) -> list[dict[str, Any]]:
     from core.pruning.allocation import ALLOCATIONS, GRANULARITIES
 
     pruning = job.model_fields["pruning"].get_default(call_default_factory=True)
-    runs = {"properties": {"stages": {"properties": {"prune": {"type": "object", "properties": {"epochs": {"minimum": 1}}}}}}}
+    runs = {
+        "properties": {
+            "stages": {"properties": {"prune": {"type": "object", "properties": {"epochs": {"minimum": 1}}}}}
+        }
+    }
     rules = []
     for allocation, granularity, rates, plain in _served():
         if not rates:
             continue
         branches = [runs]
-        for field, value, every in (("allocation", allocation, ALLOCATIONS), ("granularity", granularity, GRANULARITIES)):
+        for field, value, every in (
+            ("allocation", allocation, ALLOCATIONS),
+            ("granularity", granularity, GRANULARITIES),
+        ):
             others = [v for v in every if v != value]
             if others:
-                branches.append(_pruning_has(job, field, {"enum": others}, getattr(pruning, field) in others))
+                branches.append(_pruning_has(field, {"enum": others}, getattr(pruning, field) in others))
         if plain:
             only_plain = {"items": {"enum": plain}}
-            branches.append(_pruning_has(job, "methods", only_plain, set(pruning.methods) <= set(plain)))
+            branches.append(_pruning_has("methods", only_plain, set(pruning.methods) <= set(plain)))
         rules.append({"anyOf": branches})
     return rules
 
@@ -331,9 +339,11 @@ def _pruning_combinations(spec: Any) -> list[dict[str, Any]]:
     for allocation, granularity, rates, plain in _served():
         values = {"allocation": allocation, "granularity": granularity}
         required = [name for name, value in values.items() if value != defaults[name]]
-        for methods, k_below_one in ((plain, False), (rates + plain, True)) if rates else ((plain, False),):
-            if not methods or (k_below_one and not rates):
-                continue
+        # only methods that train no rates: any k; with a method that trains rates: every k below 1
+        groups = [(plain, False)] if plain else []
+        if rates:
+            groups.append((rates + plain, True))
+        for methods, k_below_one in groups:
             branch: dict[str, Any] = {
                 "properties": {
                     **{name: {"enum": [value]} for name, value in values.items()},
@@ -359,7 +369,7 @@ def _document_flat_options(schemas: dict[str, Any], section: Any) -> None:
             props[flat] = {
                 **{k: v for k, v in copy.deepcopy(option_props[option]).items() if k != "default"},
                 "title": flat.replace("_", " ").capitalize(),
-                "description": f"Deprecated: the old spelling of `{section_name(section)}.{field}.{option}`.",
+                "description": f"Deprecated: the old spelling of `{_section_name(section)}.{field}.{option}`.",
                 "deprecated": True,
             }
         if options.shorthand is not None:
@@ -374,7 +384,7 @@ def _document_flat_options(schemas: dict[str, Any], section: Any) -> None:
             props[field] = {**keep, "anyOf": [ref, short]}
 
 
-def section_name(section: Any) -> str:
+def _section_name(section: Any) -> str:
     """The JobSpec field that holds a section model (``pruning`` for PruningSpec)."""
     from core.spec import JobSpec
 

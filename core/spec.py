@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from core.certify.bounds import BoundOptions
 from core.certify.smoothing import SmoothingOptions
@@ -19,6 +19,7 @@ from core.config import (
     NORM_DEFAULTS,
     STEP_2_255,
     Norm,
+    OptionsModel,
     OptionsSection,
     StrictModel,
     field_error,
@@ -31,8 +32,7 @@ from core.field_errors import first_problem
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.masked import check_keep_fraction
-from core.pruning.methods import METHODS, pruner_class
-from core.pruning.pruners import LearnedOptions
+from core.pruning.methods import METHODS, options_sections, pruner_class
 from core.pruning.sharpness import Scope
 from core.safe_parse import load_json, load_yaml
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
@@ -127,6 +127,11 @@ def _default_objective() -> ObjectiveSpec:
 _field_error = field_error  # a cross-field rule's error, located at the field (core.config)
 
 
+def options_field(options: type[OptionsModel]) -> Any:
+    """The field a section holds an options model in: its defaults, described by its docstring."""
+    return Field(default_factory=options, description=" ".join((options.__doc__ or "").split()))
+
+
 class ScoreSharpnessSpec(StrictModel):
     """Sharpness-aware score steps (S2AP / SAM on the scores; core/pruning/sharpness.py)."""
 
@@ -149,7 +154,9 @@ def rate_training_methods(methods: list[str], allocation: str, granularity: str)
     return [m for m in methods if pruner_class(m, allocation, granularity).trains_rates]
 
 
-class PruningSpec(OptionsSection):
+class PruningSpecBase(OptionsSection):
+    """The ``pruning`` section's own fields; :data:`PruningSpec` adds the pruners' options sections."""
+
     methods: list[MethodName] = Field(
         default_factory=lambda: ["hydra"],
         min_length=1,
@@ -199,11 +206,6 @@ class PruningSpec(OptionsSection):
         le=1_000_000,
         description="Global allocation: weights reserved in every layer (its best-scored ones) so no layer is emptied.",
     )
-    learned: LearnedOptions = Field(
-        default_factory=LearnedOptions,
-        description="Learned allocation (allocation: learned): the options of its trained per-layer rates "
-        "(core.pruning.pruners.LearnedOptions). The old flat fields learned_<name> are still accepted.",
-    )
     score_sharpness: ScoreSharpnessSpec | None = Field(
         None,
         description="Sharpness-aware score steps (S2AP, arXiv 2510.18381: SAM on the importance scores): "
@@ -232,7 +234,7 @@ class PruningSpec(OptionsSection):
         return v
 
     @model_validator(mode="after")
-    def _combination(self) -> PruningSpec:
+    def _combination(self) -> PruningSpecBase:
         """Every method must go with the allocation and granularity (core.pruning.allocation)."""
         for method in self.methods:
             try:
@@ -265,6 +267,20 @@ class PruningSpec(OptionsSection):
         if rate_training_methods(self.methods, self.allocation, self.granularity) and max(self.k) >= 1.0:
             raise _field_error(("k",), "invalid_k", f"{self.allocation} allocation needs every k below 1", self.k)
         return self
+
+
+# The pruners' own options, one field per section (``pruning.learned``), composed from the methods'
+# registry (core.pruning.methods.options_sections) like the objectives: the pruner's module is the change.
+if TYPE_CHECKING:
+    PruningSpec = PruningSpecBase
+else:
+    PruningSpec = create_model(
+        "PruningSpec",
+        __base__=PruningSpecBase,
+        __module__=__name__,
+        __doc__=PruningSpecBase.__doc__,
+        **{section: (options, options_field(options)) for section, options in options_sections().items()},
+    )
 
 
 class StageSpec(StrictModel):
@@ -327,19 +343,11 @@ class EvaluationSpec(OptionsSection):
         "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.",
     )
     # certification (randomized smoothing, bounds): each certificate's options, declared by core.certify
-    smoothing: SmoothingOptions = Field(
-        default_factory=SmoothingOptions,
-        description="Randomized smoothing's certificate, CERTIFY (core.certify.smoothing.SmoothingOptions). "
-        "The old flat fields smoothing_<name> are still accepted.",
-    )
+    smoothing: SmoothingOptions = options_field(SmoothingOptions)
     certify_max_samples: int | None = Field(
         500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample)."
     )
-    bounds: BoundOptions = Field(
-        default_factory=BoundOptions,
-        description="The IBP/CROWN-IBP bound certificate (core.certify.bounds.BoundOptions). The old list "
-        "form bounds: [ibp, ...] (the methods) and the flat field bound_batch_size are still accepted.",
-    )
+    bounds: BoundOptions = options_field(BoundOptions)
     # inference cost of every pruned network against the dense one (core.pipeline.measure)
     measure_latency: bool = Field(
         True,

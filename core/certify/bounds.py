@@ -53,9 +53,9 @@ METHOD_DESCRIPTIONS = {
 
 
 class BoundOptions(OptionsModel):
-    """``evaluation.bounds``: the bound certificate's options (``core.certify.certificates.bound_certificate``).
-    Before they were nested, ``bounds`` was the list of methods (still accepted: ``bounds: [ibp]`` is
-    ``bounds: {methods: [ibp]}``) and the batch the flat field ``evaluation.bound_batch_size``."""
+    """The IBP/CROWN-IBP bound certificate (core.certify.certificates.bound_certificate), run for the
+    objectives that train with bounds. Formerly bounds was the list of methods (still accepted:
+    bounds: [ibp] is bounds: {methods: [ibp]}) and the batch the flat field bound_batch_size."""
 
     flat_prefix: ClassVar[str] = "bound_"
     shorthand: ClassVar[str | None] = "methods"

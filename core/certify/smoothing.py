@@ -31,8 +31,8 @@ CERTIFY_METHOD = "Cohen et al. 2019 CERTIFY, Clopper-Pearson"
 
 
 class SmoothingOptions(OptionsModel):
-    """``evaluation.smoothing``: the options of CERTIFY (``core.certify.certificates.smoothing_certificate``).
-    Before they were nested they were the flat fields ``evaluation.smoothing_<name>``, still accepted."""
+    """Randomized smoothing's certificate, Cohen et al.'s CERTIFY (core.certify.certificates.smoothing_certificate),
+    run for the smoothing objective. Formerly the flat fields smoothing_<name>, still accepted."""
 
     flat_prefix: ClassVar[str] = "smoothing_"
 

@@ -58,7 +58,11 @@ class PrunerOptions(OptionsModel):
     def from_pruning(cls, pruning: Any) -> PrunerOptions:
         """The options from the spec's ``pruning`` section (any object with those attributes)."""
         if cls.section is not None:
-            value = getattr(pruning, cls.section)
+            # a spec built before the method was registered (core.spec composes the sections of the
+            # methods registered when it is imported) has no such section: the defaults
+            value = getattr(pruning, cls.section, None)
+            if value is None:
+                return cls()
             return value if isinstance(value, cls) else cls.model_validate(value, from_attributes=True)
         return cls(**{name: getattr(pruning, cls.flat_prefix + name) for name in cls.model_fields})
 

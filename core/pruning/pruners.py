@@ -89,9 +89,9 @@ class GlobalPruner(Pruner):
 
 
 class LearnedOptions(PrunerOptions):
-    """``pruning.learned``: the learned allocation's options (HARP-style per-layer rates, unstructured or
-    channel; ``core.pruning.allocation.LearnedAllocation``, ``core.pruning.channel_budget.ChannelRates``).
-    Before they were nested they were the flat fields ``pruning.learned_<name>``, still accepted."""
+    """Learned allocation (allocation: learned, unstructured or channel): the options of the per-layer
+    keep rates it trains with the scores, HARP-style (core.pruning.allocation.LearnedAllocation,
+    core.pruning.channel_budget.ChannelRates). Formerly the flat fields learned_<name>, still accepted."""
 
     section: ClassVar[str | None] = "learned"
     flat_prefix: ClassVar[str] = "learned_"

@@ -70,7 +70,9 @@ def test_the_flat_spec_is_the_nested_spec_and_dumps_nested():
     assert dump["pruning"]["learned"] == NESTED["pruning"]["learned"]
     assert dump["evaluation"]["smoothing"] == NESTED["evaluation"]["smoothing"]
     assert dump["evaluation"]["bounds"] == NESTED["evaluation"]["bounds"]
-    assert not [k for k in (*dump["pruning"], *dump["evaluation"]) if k.startswith(("learned_", "smoothing_", "bound_"))]
+    assert not [
+        k for k in (*dump["pruning"], *dump["evaluation"]) if k.startswith(("learned_", "smoothing_", "bound_"))
+    ]
     assert load_spec(old_flat_form(dump)) == flat  # and the old dump of it validates to the same spec
 
 
@@ -159,4 +161,3 @@ def test_the_pruners_read_their_options_from_the_nested_section():
     options = LearnedChannelOptions.from_pruning(channel)
     assert isinstance(options, LearnedChannelOptions)
     assert options.budget == "macs" and options.learned.tau == 0.2 and options.learned.lr == 0.05
-

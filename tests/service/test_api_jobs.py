@@ -304,11 +304,16 @@ def test_the_old_flat_options_are_accepted_stored_nested_and_replay_an_old_job( 
     with session_scope(settings) as s:
         s.get(Job, first.json()["id"]).spec = old_flat_form(stored)
         s.commit()
-    nested = {"pruning": {"learned": {"tau": 0.2}}, "evaluation": {"smoothing": {"n": 50}, "bounds": {"methods": ["ibp"]}}}
+    nested = {
+        "pruning": {"learned": {"tau": 0.2}},
+        "evaluation": {"smoothing": {"n": 50}, "bounds": {"methods": ["ibp"]}},
+    }
     again = submit(client, key, nested, **{"Idempotency-Key": "old-spec"})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     # the flat spelling is type-checked like the nested one (no lax conversion of true to a number)
-    assert_error(submit(client, key, {"pruning": {"learned_tau": True}}), 422, "validation_error", "pruning.learned.tau")
+    assert_error(
+        submit(client, key, {"pruning": {"learned_tau": True}}), 422, "validation_error", "pruning.learned.tau"
+    )
     both = {"pruning": {"learned": {"tau": 0.3}, "learned_tau": 0.2}}
     assert_error(submit(client, key, both), 422, "conflicting_options", "pruning.learned_tau")
     assert queue.sent == [first.json()["id"]]

@@ -101,7 +101,9 @@ def test_the_options_models_and_the_generated_rules_are_in_the_schema(schema: di
     # ... and the allocation whose pruners train rates (learned, at both granularities) needs a prune stage
     assert len(prune_stage) == 2
     for rule in prune_stage:
-        assert {"properties": {"pruning": {"properties": {"allocation": {"enum": ["uniform", "global"]}}}}} in rule["anyOf"]
+        assert {"properties": {"pruning": {"properties": {"allocation": {"enum": ["uniform", "global"]}}}}} in rule[
+            "anyOf"
+        ]
     learned = [b for b in components["PruningSpec"]["anyOf"] if b["properties"]["allocation"] == {"enum": ["learned"]}]
     assert len(learned) == 2 and all(b["properties"]["k"] == {"items": {"exclusiveMaximum": 1}} for b in learned)
 
@@ -112,7 +114,9 @@ def test_the_schema_and_the_validator_agree_on_the_generated_rules(schema: dict)
     from core.errors import CoreError
     from core.spec import load_spec
 
-    validator = jsonschema.Draft202012Validator({**schema["components"]["schemas"]["JobSpec"], "components": schema["components"]})
+    validator = jsonschema.Draft202012Validator(
+        {**schema["components"]["schemas"]["JobSpec"], "components": schema["components"]}
+    )
     cases = [
         {},
         {"stages": {"pretrain": None}},
