@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from api.errors import SPEC_RULE_CODES
 from api.validation import (
     DATASET_REF_PATTERN,
     DEVICE_PATTERN,
@@ -42,6 +43,9 @@ from api.validation import (
 )
 from service.settings import Settings, get_settings
 
+# core.spec's cross-field rules that keep their own code (api.errors.SPEC_RULE_CODES): both operations
+# that validate a job spec can answer them
+_SPEC_RULES = tuple(sorted(SPEC_RULE_CODES))
 # error_code values a schema-valid request can still get with a 422, per operation (documented in the
 # operation's description; the fuzz test accepts exactly these).
 SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
@@ -56,12 +60,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "invalid_k",
         "invalid_eps",
         "number_too_long",
-        "unsupported_precision",
-        "invalid_resources",
-        "invalid_batch_size",
-        "invalid_budget",
-        "invalid_score_sharpness",
-        "conflicting_options",
+        *_SPEC_RULES,
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -71,15 +70,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
     ("post", "/ui/api/spec-parse"): ("yaml_alias_refused", "nesting_too_deep", "number_too_long", "too_many_nodes"),
-    ("post", "/v1/jobs/estimate"): (
-        "invalid_reference",
-        "unsupported_precision",
-        "invalid_resources",
-        "invalid_batch_size",
-        "invalid_budget",
-        "invalid_score_sharpness",
-        "conflicting_options",
-    ),
+    ("post", "/v1/jobs/estimate"): ("invalid_reference", *_SPEC_RULES),
 }
 _SEMANTIC_TEXT = {
     "unsupported_precision": "fp16 on a CPU job (it needs CUDA's gradient scaler; bf16 runs on CPU)",
