@@ -1,5 +1,9 @@
 """The base of every typed config: strict Pydantic models, and the threat-model vocabulary they share.
 
+Also the options models a strategy declares beside itself (:class:`OptionsModel`: a pruner's, a
+certificate's) and the spec sections that compose them (:class:`OptionsSection`), which still accept
+the flat fields the options were before they were nested (:func:`nest_flat_options`).
+
 Free of torch itself; note that ``core.spec`` is not: it builds its enumerations from the registries,
 whose modules (objectives, datasets) import torch, so the API process loads torch when it validates.
 """
