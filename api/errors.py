@@ -134,9 +134,17 @@ async def _core_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 #: core.spec's cross-field rules that the JSON Schema does not state: the resources (fp16 needs CUDA,
-#: ranks vs devices, a batch the ranks can split) and the pruning budget and sharpness options
+#: ranks vs devices, a batch the ranks can split), the pruning budget and sharpness options, and an
+#: option given both nested and in its old flat spelling with different values (core.config.nest_flat_options)
 SPEC_RULE_CODES = frozenset(
-    {"unsupported_precision", "invalid_resources", "invalid_batch_size", "invalid_budget", "invalid_score_sharpness"}
+    {
+        "unsupported_precision",
+        "invalid_resources",
+        "invalid_batch_size",
+        "invalid_budget",
+        "invalid_score_sharpness",
+        "conflicting_options",
+    }
 )
 
 _NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "model_type"}

@@ -12,7 +12,10 @@ both sides to it with schemathesis):
   are refused, architectures are the catalogue's, the arguments of an architecture are bounded.
 - **Rules pydantic states as validators** rather than field constraints: distinct ``pruning.k`` and
   ``pruning.methods`` (``uniqueItems``), ``k`` in (0, 1], the device names, ``npz`` needs a path,
-  a job without pretraining needs a starting checkpoint, an objective names its ``type``.
+  an objective names its ``type``; and, generated from their one declaration, a job starts from one of
+  ``JobSpec.STARTING_POINTS``, a method whose pruner trains rates (``Pruner.trains_rates``) needs a
+  prune stage and every k below 1, and the old flat spellings of the options models
+  (``pruning.learned_tau``) are documented as deprecated.
 
 What no schema can say is documented per operation instead (``SEMANTIC_422``): whether a referenced
 upload exists, whether an uploaded file is what it claims to be, and whether an architecture fits its
@@ -22,11 +25,13 @@ dataset. Those are answered 422 with one of the error codes listed there.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
+from api.errors import SPEC_RULE_CODES
 from api.validation import (
     DATASET_REF_PATTERN,
     DEVICE_PATTERN,
@@ -38,6 +43,9 @@ from api.validation import (
 )
 from service.settings import Settings, get_settings
 
+# core.spec's cross-field rules that keep their own code (api.errors.SPEC_RULE_CODES): both operations
+# that validate a job spec can answer them
+_SPEC_RULES = tuple(sorted(SPEC_RULE_CODES))
 # error_code values a schema-valid request can still get with a 422, per operation (documented in the
 # operation's description; the fuzz test accepts exactly these).
 SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
@@ -52,11 +60,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
         "invalid_k",
         "invalid_eps",
         "number_too_long",
-        "unsupported_precision",
-        "invalid_resources",
-        "invalid_batch_size",
-        "invalid_budget",
-        "invalid_score_sharpness",
+        *_SPEC_RULES,
     ),
     ("post", "/v1/models"): (
         "invalid_upload",
@@ -66,14 +70,7 @@ SEMANTIC_422: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("post", "/v1/datasets"): ("invalid_upload",),
     ("post", "/ui/api/spec-parse"): ("yaml_alias_refused", "nesting_too_deep", "number_too_long", "too_many_nodes"),
-    ("post", "/v1/jobs/estimate"): (
-        "invalid_reference",
-        "unsupported_precision",
-        "invalid_resources",
-        "invalid_batch_size",
-        "invalid_budget",
-        "invalid_score_sharpness",
-    ),
+    ("post", "/v1/jobs/estimate"): ("invalid_reference", *_SPEC_RULES),
 }
 _SEMANTIC_TEXT = {
     "unsupported_precision": "fp16 on a CPU job (it needs CUDA's gradient scaler; bf16 runs on CPU)",
@@ -82,6 +79,8 @@ _SEMANTIC_TEXT = {
     "invalid_batch_size": "a global batch the job's ranks cannot split evenly",
     "invalid_budget": "`pruning.budget: macs` off channel granularity, or learned channel rates without it",
     "invalid_score_sharpness": "sharpness-aware scores with no method that trains scores",
+    "conflicting_options": "an option given both nested and in its deprecated flat spelling, with different "
+    "values (`pruning.learned.tau` and `pruning.learned_tau`; the field names the flat one)",
     "invalid_reference": "a `model:<id>` / `dataset:<id>` that is not one of your uploads (or was uploaded "
     "for other architecture arguments)",
     "incompatible_architecture": "the architecture does not fit the dataset (channels, input size, classes)",
@@ -149,36 +148,13 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
         "enum": devices,
         "description": f"Where the job runs; this service's workers offer {', '.join(devices)}.",
     }
-    # pydantic's ``_start_point``: a job that does not pretrain must start from an uploaded network, and
-    # a learned allocation needs a prune stage that runs (it trains the rates)
+    # pydantic's ``_start_point``, generated from the rules' declarations: a job starts from one of
+    # JobSpec.STARTING_POINTS, and a pruner that trains rates (Pruner.trains_rates) needs a prune stage
+    from core.spec import JobSpec  # lazy: keeps the API's import light
+
     job["allOf"] = [
-        {
-            "anyOf": [
-                {"properties": {"stages": {"properties": {"pretrain": {"type": "object"}}}}},
-                {
-                    "required": ["model"],
-                    "properties": {
-                        "model": {"required": ["checkpoint"], "properties": {"checkpoint": {"type": "string"}}}
-                    },
-                },
-                {  # an uploaded ONNX network brings its weights (stages.pretrain defaults to null then)
-                    "required": ["model"],
-                    "properties": {"model": {"required": ["onnx"], "properties": {"onnx": {"type": "string"}}}},
-                },
-            ]
-        },
-        {
-            "anyOf": [
-                {"properties": {"pruning": {"properties": {"allocation": {"enum": ["uniform", "global"]}}}}},
-                {
-                    "properties": {
-                        "stages": {
-                            "properties": {"prune": {"type": "object", "properties": {"epochs": {"minimum": 1}}}}
-                        }
-                    }
-                },
-            ]
-        },
+        {"anyOf": [_is_set(JobSpec, path) for path in JobSpec.STARTING_POINTS]},
+        *_rate_training_needs_a_prune_stage(JobSpec),
     ]
 
     model = schemas["ModelSpec"]["properties"]
@@ -239,7 +215,7 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
     ]
 
     # the objective union is discriminated by ``type``: pydantic needs the tag whenever an objective is given
-    from core.spec import OBJECTIVE_TYPES, PruningSpec  # lazy: keeps the API's import light
+    from core.spec import OBJECTIVE_TYPES, EvaluationSpec, PruningSpec  # lazy: keeps the API's import light
 
     for name in (spec_class.__name__ for spec_class in OBJECTIVE_TYPES.values()):
         if name in schemas:
@@ -248,6 +224,8 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
                 required.append("type")
 
     schemas["PruningSpec"]["anyOf"] = _pruning_combinations(PruningSpec)
+    for section in (PruningSpec, EvaluationSpec):
+        _document_flat_options(schemas, section)
     pruning = schemas["PruningSpec"]["properties"]
     pruning["methods"] = {**pruning["methods"], "uniqueItems": True}
     pruning["k"] = {
@@ -257,43 +235,151 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
     }
 
 
-def _pruning_combinations(spec: Any) -> list[dict[str, Any]]:
-    """``PruningSpec._combination`` as JSON Schema, generated by asking the pruner registry
-    (``core.pruning.methods.pruner_class``, what the validator asks) which methods serve each
-    (allocation, granularity): one ``anyOf`` branch per served pair, a non-default field required.
-    The one rule that is the spec's own (a learned allocation needs every k below 1) is added from
-    ``PruningSpec.ALLOCATIONS_K_BELOW_ONE``."""
+def _is_set(model: type[BaseModel], path: str) -> dict[str, Any]:
+    """JSON Schema of "the value at the dotted ``path`` of ``model`` is not null", defaults applied: an
+    absent key counts as set when the field's default is not null (``stages.pretrain``), else the key
+    and every section on the way are required (``model.checkpoint``)."""
+    parts = path.split(".")
+    cls: Any = model
+    info = None
+    for part in parts:
+        info = cls.model_fields[part]
+        cls = next((t for t in (info.annotation, *get_args(info.annotation)) if _is_model(t)), None)
+    assert info is not None
+    required = info.get_default(call_default_factory=True) is None
+    schema: dict[str, Any] = {"not": {"type": "null"}}
+    for part in reversed(parts):
+        schema = {"properties": {part: schema}, **({"required": [part]} if required else {})}
+    return schema
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _pruning_has(field: str, schema: dict[str, Any], default_matches: bool) -> dict[str, Any]:
+    """``pruning.<field>`` matches ``schema``; required (with ``pruning``) unless its default matches."""
+    inner: dict[str, Any] = {"properties": {field: schema}}
+    if default_matches:
+        return {"properties": {"pruning": inner}}
+    return {"required": ["pruning"], "properties": {"pruning": {**inner, "required": [field]}}}
+
+
+def _served() -> list[tuple[str, str, list[str], list[str]]]:
+    """Every (allocation, granularity) some method serves, with the methods whose pruner there trains
+    rates (``Pruner.trains_rates``) and the others: what the pruner registry answers the validators."""
     from core.errors import CoreError
     from core.pruning.allocation import ALLOCATIONS, GRANULARITIES
     from core.pruning.methods import METHODS, pruner_class
 
-    defaults = {name: spec.model_fields[name].default for name in ("allocation", "granularity")}
-    branches = []
+    out = []
     for allocation in ALLOCATIONS:
         for granularity in GRANULARITIES:
-            served = []
+            rates: list[str] = []
+            plain: list[str] = []
             for method in METHODS.names():
                 try:
-                    pruner_class(method, allocation, granularity)
+                    cls = pruner_class(method, allocation, granularity)
                 except CoreError:
                     continue
-                served.append(method)
-            if not served:
-                continue
-            values = {"allocation": allocation, "granularity": granularity}
+                (rates if cls.trains_rates else plain).append(method)
+            if rates or plain:
+                out.append((allocation, granularity, rates, plain))
+    return out
+
+
+def _rate_training_needs_a_prune_stage(job: Any) -> list[dict[str, Any]]:
+    """``JobSpec._start_point``'s second rule: where a method's pruner trains rates, the prune stage
+    runs. Per (allocation, granularity) with such a method: another allocation, another granularity,
+    only methods that train no rates, or a prune stage with epochs >= 1."""
+    from core.pruning.allocation import ALLOCATIONS, GRANULARITIES
+
+    pruning = job.model_fields["pruning"].get_default(call_default_factory=True)
+    runs = {
+        "properties": {
+            "stages": {"properties": {"prune": {"type": "object", "properties": {"epochs": {"minimum": 1}}}}}
+        }
+    }
+    rules = []
+    for allocation, granularity, rates, plain in _served():
+        if not rates:
+            continue
+        branches = [runs]
+        for field, value, every in (
+            ("allocation", allocation, ALLOCATIONS),
+            ("granularity", granularity, GRANULARITIES),
+        ):
+            others = [v for v in every if v != value]
+            if others:
+                branches.append(_pruning_has(field, {"enum": others}, getattr(pruning, field) in others))
+        if plain:
+            only_plain = {"items": {"enum": plain}}
+            branches.append(_pruning_has("methods", only_plain, set(pruning.methods) <= set(plain)))
+        rules.append({"anyOf": branches})
+    return rules
+
+
+def _pruning_combinations(spec: Any) -> list[dict[str, Any]]:
+    """``PruningSpec._combination`` as JSON Schema, generated by asking the pruner registry
+    (``core.pruning.methods.pruner_class``, what the validator asks) which methods serve each
+    (allocation, granularity): one ``anyOf`` branch per served pair, a non-default field required.
+    Where a method's pruner trains rates (``Pruner.trains_rates``), every k is below 1 unless only
+    methods that train none are chosen (a branch of its own)."""
+    defaults = {name: spec.model_fields[name].default for name in ("allocation", "granularity")}
+    branches = []
+    for allocation, granularity, rates, plain in _served():
+        values = {"allocation": allocation, "granularity": granularity}
+        required = [name for name, value in values.items() if value != defaults[name]]
+        # only methods that train no rates: any k; with a method that trains rates: every k below 1
+        groups = [(plain, False)] if plain else []
+        if rates:
+            groups.append((rates + plain, True))
+        for methods, k_below_one in groups:
             branch: dict[str, Any] = {
                 "properties": {
                     **{name: {"enum": [value]} for name, value in values.items()},
-                    "methods": {"items": {"enum": served}},
+                    "methods": {"items": {"enum": methods}},
                 }
             }
-            required = [name for name, value in values.items() if value != defaults[name]]
             if required:
                 branch["required"] = required
-            if allocation in spec.ALLOCATIONS_K_BELOW_ONE:
+            if k_below_one:
                 branch["properties"]["k"] = {"items": {"exclusiveMaximum": 1}}
             branches.append(branch)
     return branches
+
+
+def _document_flat_options(schemas: dict[str, Any], section: Any) -> None:
+    """The old flat spellings of a section's options (``pruning.learned_tau`` for ``pruning.learned.tau``;
+    ``evaluation.bounds: [ibp]``), still accepted (``core.config.nest_flat_options``): each documented
+    as deprecated with its option's schema, generated from the options models."""
+    props = schemas[section.__name__]["properties"]
+    for field, options in section.options_fields().items():
+        option_props = schemas[options.__name__]["properties"]
+        for flat, option in options.flat_fields().items():
+            props[flat] = {
+                **{k: v for k, v in copy.deepcopy(option_props[option]).items() if k != "default"},
+                "title": flat.replace("_", " ").capitalize(),
+                "description": f"Deprecated: the old spelling of `{_section_name(section)}.{field}.{option}`.",
+                "deprecated": True,
+            }
+        if options.shorthand is not None:
+            nested = props[field]
+            short = {
+                **copy.deepcopy(option_props[options.shorthand]),
+                "description": f"Deprecated: the old form of `{field}.{options.shorthand}`.",
+                "deprecated": True,
+            }
+            keep = {k: v for k, v in nested.items() if k in ("title", "description")}
+            ref = {k: v for k, v in nested.items() if k not in ("title", "description", "default")}
+            props[field] = {**keep, "anyOf": [ref, short]}
+
+
+def _section_name(section: Any) -> str:
+    """The JobSpec field that holds a section model (``pruning`` for PruningSpec)."""
+    from core.spec import JobSpec
+
+    return next(name for name, info in JobSpec.model_fields.items() if info.annotation is section)
 
 
 def _tighten_uploads(schemas: dict[str, Any], architectures: list[str]) -> None:

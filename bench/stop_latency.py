@@ -26,7 +26,7 @@ def main() -> None:
         "smoothing CERTIFY": (
             (),
             {"type": "smoothing", "sigma": 0.25},
-            {"smoothing_n0": 10, "smoothing_n": 10_000_000, "smoothing_batch_size": 64, "certify_max_samples": 8},
+            {"smoothing": {"n0": 10, "n": 10_000_000, "batch_size": 64}, "certify_max_samples": 8},
             64,
         ),
         "IBP/CROWN-IBP bounds": (
@@ -37,7 +37,7 @@ def main() -> None:
                 "pgd_smooth_relu": False,
                 "pgd_steps": 1,
                 "max_samples": 8,
-                "bound_batch_size": 1,
+                "bounds": {"batch_size": 1},
                 "certify_max_samples": 400,
             },
             400,

@@ -10,18 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from core.certify.bounds import BOUND_METHODS, BoundMethod
-from core.config import EPS_8_255, NORM_DEFAULTS, STEP_2_255, Norm, StrictModel, norm_defaults
+from core.certify.bounds import BoundOptions
+from core.certify.smoothing import SmoothingOptions
+from core.config import (
+    EPS_8_255,
+    NORM_DEFAULTS,
+    STEP_2_255,
+    Norm,
+    OptionsModel,
+    OptionsSection,
+    StrictModel,
+    field_error,
+    nest_flat_options,
+    norm_defaults,
+)
 from core.data.datasets import DatasetSpec
 from core.errors import CoreError
 from core.field_errors import first_problem
 from core.objectives import OBJECTIVES, ObjectiveSpec
 from core.pruning.allocation import Allocation, Granularity, check_pruning_combination
 from core.pruning.masked import check_keep_fraction
-from core.pruning.methods import METHODS
+from core.pruning.methods import METHODS, options_sections, pruner_class
 from core.pruning.sharpness import Scope
 from core.safe_parse import load_json, load_yaml
 from core.vocab import DEFAULT_EXPORT_FORMATS, ExportFormat
@@ -113,12 +124,12 @@ def _default_objective() -> ObjectiveSpec:
 
 
 # ---------------------------------------------------------------- pruning and stages
-def _field_error(loc: tuple[str, ...], code: str, message: str, value: Any) -> ValidationError:
-    """A validation error located at ``loc`` (relative to the model being validated), so that a
-    cross-field rule raised by a model validator names the field, not the model."""
-    return ValidationError.from_exception_data(
-        "JobSpec", [InitErrorDetails(type=PydanticCustomError(code, message), loc=loc, input=value)]
-    )
+_field_error = field_error  # a cross-field rule's error, located at the field (core.config)
+
+
+def options_field(options: type[OptionsModel]) -> Any:
+    """The field a section holds an options model in: its defaults, described by its docstring."""
+    return Field(default_factory=options, description=" ".join((options.__doc__ or "").split()))
 
 
 class ScoreSharpnessSpec(StrictModel):
@@ -137,10 +148,14 @@ class ScoreSharpnessSpec(StrictModel):
     )
 
 
-class PruningSpec(StrictModel):
-    # The allocations that need every k below 1 (a learned allocation trains rates below the budget);
-    # read by the validator below and by the API's JSON Schema (api/openapi.py).
-    ALLOCATIONS_K_BELOW_ONE: ClassVar[tuple[str, ...]] = ("learned",)
+def rate_training_methods(methods: list[str], allocation: str, granularity: str) -> list[str]:
+    """The methods whose pruner at ``(allocation, granularity)`` trains per-layer rates
+    (``Pruner.trains_rates``): they need a prune stage that runs and every k below 1."""
+    return [m for m in methods if pruner_class(m, allocation, granularity).trains_rates]
+
+
+class PruningSpecBase(OptionsSection):
+    """The ``pruning`` section's own fields; :data:`PruningSpec` adds the pruners' options sections."""
 
     methods: list[MethodName] = Field(
         default_factory=lambda: ["hydra"],
@@ -191,29 +206,6 @@ class PruningSpec(StrictModel):
         le=1_000_000,
         description="Global allocation: weights reserved in every layer (its best-scored ones) so no layer is emptied.",
     )
-    learned_gamma: float = Field(
-        10.0, gt=0, le=1e6, description="Learned allocation: final weight of the budget penalty gamma·(K/k − 1)²."
-    )
-    learned_gamma_steps: int = Field(
-        4,
-        ge=1,
-        le=1000,
-        description="Learned allocation: the penalty weight grows in this many equal steps over the prune stage "
-        "(gamma·ratio^(steps−1), ..., gamma).",
-    )
-    learned_gamma_ratio: float = Field(
-        0.1, gt=0, le=1, description="Learned allocation: ratio between consecutive penalty weights."
-    )
-    learned_tau: float = Field(
-        0.05,
-        gt=0,
-        le=10,
-        description="Learned allocation: temperature of the soft rank threshold that carries the loss "
-        "gradient to the per-layer rates.",
-    )
-    learned_lr: float = Field(
-        0.01, gt=0, le=10, description="Learned allocation: Adam learning rate of the per-layer rate logits."
-    )
     score_sharpness: ScoreSharpnessSpec | None = Field(
         None,
         description="Sharpness-aware score steps (S2AP, arXiv 2510.18381: SAM on the importance scores): "
@@ -242,7 +234,7 @@ class PruningSpec(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _combination(self) -> PruningSpec:
+    def _combination(self) -> PruningSpecBase:
         """Every method must go with the allocation and granularity (core.pruning.allocation)."""
         for method in self.methods:
             try:
@@ -272,9 +264,23 @@ class PruningSpec(StrictModel):
                 "scores (add hydra, or set score_sharpness to null)",
                 self.score_sharpness,
             )
-        if self.allocation in self.ALLOCATIONS_K_BELOW_ONE and max(self.k) >= 1.0:
-            raise _field_error(("k",), "invalid_k", "learned allocation needs every k below 1", self.k)
+        if rate_training_methods(self.methods, self.allocation, self.granularity) and max(self.k) >= 1.0:
+            raise _field_error(("k",), "invalid_k", f"{self.allocation} allocation needs every k below 1", self.k)
         return self
+
+
+# The pruners' own options, one field per section (``pruning.learned``), composed from the methods'
+# registry (core.pruning.methods.options_sections) like the objectives: the pruner's module is the change.
+if TYPE_CHECKING:
+    PruningSpec = PruningSpecBase
+else:
+    PruningSpec = create_model(
+        "PruningSpec",
+        __base__=PruningSpecBase,
+        __module__=__name__,
+        __doc__=PruningSpecBase.__doc__,
+        **{section: (options, options_field(options)) for section, options in options_sections().items()},
+    )
 
 
 class StageSpec(StrictModel):
@@ -295,7 +301,7 @@ class StagesSpec(StrictModel):
 
 
 # ---------------------------------------------------------------- evaluation and export
-class EvaluationSpec(StrictModel):
+class EvaluationSpec(OptionsSection):
     pgd_steps: int = Field(50, ge=1, le=10_000, description="Final PGD attack steps (the paper quotes PGD-50).")
     pgd_restarts: int = Field(1, ge=1, le=100, description="Random starts of the final PGD (per-example worst case).")
     pgd_step_size: float | None = Field(None, gt=0, description="Defaults to the objective's step size.")
@@ -336,23 +342,12 @@ class EvaluationSpec(StrictModel):
         description="Seed of the class-stratified evaluation samples (default: the "
         "job's seed); the same for every seed of a multi-seed job, so all seeds see the same samples.",
     )
-    # certification (randomized smoothing, bounds)
-    smoothing_n0: int = Field(100, ge=1, le=10_000_000, description="CERTIFY: noise samples that select the class.")
-    smoothing_n: int = Field(10_000, ge=1, le=10_000_000, description="CERTIFY: noise samples that estimate pA.")
-    smoothing_alpha: float = Field(0.001, gt=0, lt=0.5, description="CERTIFY: failure probability of the certificate.")
-    smoothing_radii: list[float] = Field(
-        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
-        description="l_2 radii at which certified accuracy is reported.",
-    )
+    # certification (randomized smoothing, bounds): each certificate's options, declared by core.certify
+    smoothing: SmoothingOptions = options_field(SmoothingOptions)
     certify_max_samples: int | None = Field(
         500, ge=1, le=100_000_000, description="Test samples certified (a seeded, class-stratified sample)."
     )
-    smoothing_batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
-    bound_batch_size: int = Field(64, ge=1, le=100_000, description="Samples per batch of the IBP/CROWN bounds.")
-    bounds: list[BoundMethod] = Field(
-        default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
-        description="Bounds whose verified accuracy is reported (ibp, crown_ibp).",
-    )
+    bounds: BoundOptions = options_field(BoundOptions)
     # inference cost of every pruned network against the dense one (core.pipeline.measure)
     measure_latency: bool = Field(
         True,
@@ -437,6 +432,10 @@ class ResourcesSpec(StrictModel):
 
 
 class JobSpec(StrictModel):
+    # A job starts from one of these being set (not null): the network it pretrains, or its given weights.
+    # Read by the validator below and by the API's JSON Schema (api/openapi.py).
+    STARTING_POINTS: ClassVar[tuple[str, ...]] = ("stages.pretrain", "model.checkpoint", "model.onnx")
+
     name: str | None = Field(None, max_length=200)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
@@ -480,17 +479,26 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _start_point(self) -> JobSpec:
-        if self.stages.pretrain is None and self.model.checkpoint is None and self.model.onnx is None:
+        if all(self.value_at(path) is None for path in self.STARTING_POINTS):
             raise ValueError("stages.pretrain is null but model.checkpoint is not set: nothing to start from")
-        prune = self.stages.prune
-        if self.pruning.allocation == "learned" and (prune is None or prune.epochs == 0):
-            raise _field_error(
-                ("pruning", "allocation"),
-                "invalid_allocation",
-                "learned allocation trains its per-layer rates in the prune stage, but stages.prune does not run",
-                "learned",
-            )
+        pruning = self.pruning
+        if self.stages.prune is None or self.stages.prune.epochs == 0:
+            if rate_training_methods(pruning.methods, pruning.allocation, pruning.granularity):
+                raise _field_error(
+                    ("pruning", "allocation"),
+                    "invalid_allocation",
+                    f"{pruning.allocation} allocation trains its per-layer rates in the prune stage, but "
+                    "stages.prune does not run",
+                    pruning.allocation,
+                )
         return self
+
+    def value_at(self, path: str) -> Any:
+        """The value at a dotted ``path`` (``model.checkpoint``); None where a section on the way is."""
+        value: Any = self
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        return value
 
     @model_validator(mode="after")
     def _resources(self) -> JobSpec:
@@ -540,6 +548,30 @@ class JobSpec(StrictModel):
         if stage_spec is not None and stage_spec.objective is not None:
             return stage_spec.objective
         return self.objective
+
+
+def nested_spec(data: Any) -> Any:
+    """A raw spec mapping with every section's options in their nested form (what validation does first,
+    ``core.config.nest_flat_options``): the shape of the dump, so raw and dump compare key by key."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, info in JobSpec.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, OptionsSection) and name in out:
+            out[name] = nest_flat_options(out[name], section.options_fields())
+    return out
+
+
+def same_spec(stored: Any, dump: dict[str, Any]) -> bool:
+    """Whether a stored spec (a job's, written by any earlier version) is the spec ``dump`` (a JSON-mode
+    dump): a spec stored with the flat options is the same as today's nested dump of it."""
+    if stored == dump:
+        return True
+    try:
+        return JobSpec.model_validate(stored).model_dump(mode="json") == dump
+    except ValidationError:
+        return False
 
 
 def _field_of(err: dict[str, Any]) -> str:

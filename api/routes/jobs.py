@@ -54,7 +54,7 @@ from api.validation import (
 from core.errors import CoreError
 from core.pipeline.report_build import load_report
 from core.pipeline.report_model import Report
-from core.spec import JobSpec
+from core.spec import JobSpec, nested_spec, same_spec
 from service.db import jobs, keys, uploads
 from service.db.base import FINAL_STATUSES, Job, JobStatus
 from service.db.session import get_read_sessionmaker
@@ -250,7 +250,8 @@ def submit_job(
     """Submit a job spec; it is queued and its id returned at once (Idempotency-Key makes retries safe)."""
     spec.model.kwargs = check_model_kwargs(spec.model.kwargs)  # bounded, integral numbers as ints
     spec_dict = spec.model_dump(mode="json")
-    check_json_types(raw_body, spec_dict)  # no lax conversions across JSON types (true -> 1.0, "3" -> 3)
+    # no lax conversions across JSON types (true -> 1.0, "3" -> 3); old flat options compared where they went
+    check_json_types(nested_spec(raw_body), spec_dict)
     check_storable(spec_dict, "")  # NUL, NaN, Infinity: refused here, not by the database driver
     check_device(spec.device)
     check_worker_limits(spec.device, spec.dataset.num_workers, spec.dataset.download, settings)
@@ -261,7 +262,7 @@ def submit_job(
     job, created = jobs.create_job(session, principal.tenant_id, spec_dict, idempotency_key, settings.max_attempts)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
-        if job.spec != spec_dict:
+        if not same_spec(job.spec, spec_dict):  # a job stored before the options were nested still matches
             raise ApiError(
                 ErrorCode.IDEMPOTENCY_KEY_REUSED,
                 f"Idempotency-Key was already used for job {job.id} with a different spec",

@@ -33,7 +33,7 @@ from api.validation import (
     check_model_kwargs,
     check_storable,
 )
-from core.spec import JobSpec
+from core.spec import JobSpec, nested_spec
 from service.db import jobs, manage, uploads
 from service.db.base import Job, JobStatus
 from service.db.manage import Deletion
@@ -196,7 +196,7 @@ def estimate_job(
 
     spec.model.kwargs = check_model_kwargs(spec.model.kwargs)
     spec_dict = spec.model_dump(mode="json")
-    check_json_types(raw_body, spec_dict)  # the same refusals as POST /v1/jobs (no lax conversions)
+    check_json_types(nested_spec(raw_body), spec_dict)  # the same refusals as POST /v1/jobs (no lax conversions)
     check_storable(spec_dict, "")
     check_device(spec.device)
     check_references(session, principal.tenant_id, spec)  # uploads by id only, as on submission

@@ -30,12 +30,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from core.config import OptionsModel
 from core.errors import CoreError
 
 SUPPORTED_LAYERS = "Normalize, Conv2d, Linear, ReLU, Flatten, Identity (and the masked Conv2d/Linear subclasses)"
@@ -48,6 +50,21 @@ METHOD_DESCRIPTIONS = {
         "IBP pre-activation bounds, adaptive ReLU lower slope"
     ),
 }
+
+
+class BoundOptions(OptionsModel):
+    """The IBP/CROWN-IBP bound certificate (core.certify.certificates.bound_certificate), run for the
+    objectives that train with bounds. Formerly bounds was the list of methods (still accepted:
+    bounds: [ibp] is bounds: {methods: [ibp]}) and the batch the flat field bound_batch_size."""
+
+    flat_prefix: ClassVar[str] = "bound_"
+    shorthand: ClassVar[str | None] = "methods"
+
+    methods: list[BoundMethod] = Field(
+        default_factory=lambda: list(BOUND_METHODS),  # type: ignore[arg-type]
+        description="Bounds whose verified accuracy is reported (ibp, crown_ibp).",
+    )
+    batch_size: int = Field(64, ge=1, le=100_000, description="Samples per batch of the IBP/CROWN bounds.")
 
 
 @dataclass(frozen=True)
@@ -438,7 +455,7 @@ def verified_flags(
     float32 (~1e-6) a margin at the boundary could be certified by rounding alone."""
     if method not in BOUND_METHODS:
         raise CoreError(
-            "invalid_bound", "evaluation.bounds", f"unknown bound {method!r}; choose one of {BOUND_METHODS}"
+            "invalid_bound", "evaluation.bounds.methods", f"unknown bound {method!r}; choose one of {BOUND_METHODS}"
         )
     eps = _check_eps(eps)
     check_supported(model)

@@ -14,18 +14,36 @@ sampling loop costs little more than the forward passes themselves.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 from torch import nn
 
+from core.config import OptionsModel
 from core.errors import CoreError
 
 ABSTAIN = -1
 CERTIFY_METHOD = "Cohen et al. 2019 CERTIFY, Clopper-Pearson"
+
+
+class SmoothingOptions(OptionsModel):
+    """Randomized smoothing's certificate, Cohen et al.'s CERTIFY (core.certify.certificates.smoothing_certificate),
+    run for the smoothing objective. Formerly the flat fields smoothing_<name>, still accepted."""
+
+    flat_prefix: ClassVar[str] = "smoothing_"
+
+    n0: int = Field(100, ge=1, le=10_000_000, description="CERTIFY: noise samples that select the class.")
+    n: int = Field(10_000, ge=1, le=10_000_000, description="CERTIFY: noise samples that estimate pA.")
+    alpha: float = Field(0.001, gt=0, lt=0.5, description="CERTIFY: failure probability of the certificate.")
+    radii: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        description="l_2 radii at which certified accuracy is reported.",
+    )
+    batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
 
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
@@ -129,9 +147,9 @@ class Smooth:
 
 def _check_counts(n0: int, n: int, alpha: float, batch_size: int) -> None:
     if n0 < 1 or n < 1:
-        raise CoreError("invalid_samples", "evaluation.smoothing_n", f"n0 and n must be >= 1, got {n0}, {n}")
+        raise CoreError("invalid_samples", "evaluation.smoothing.n", f"n0 and n must be >= 1, got {n0}, {n}")
     if not 0 < alpha < 0.5:
-        raise CoreError("invalid_alpha", "evaluation.smoothing_alpha", f"alpha must be in (0, 0.5), got {alpha}")
+        raise CoreError("invalid_alpha", "evaluation.smoothing.alpha", f"alpha must be in (0, 0.5), got {alpha}")
     if batch_size < 1:
         raise CoreError("invalid_batch_size", "batch_size", f"batch_size must be >= 1, got {batch_size}")
 

@@ -90,17 +90,17 @@ class BoundTraining(Objective):
         stop: int | None = None,
     ) -> dict[str, torch.Tensor]:
         ev = evaluation
-        kwargs = {"eps": self._eps(ev), "bounds": ev.bounds, "batch_size": ev.bound_batch_size}
+        kwargs = {"eps": self._eps(ev), "bounds": ev.bounds.methods, "batch_size": ev.bounds.batch_size}
         return bound_examples(model, x, y, start=start, stop=stop, **kwargs)  # type: ignore[arg-type]
 
     def summarize_certificate(
         self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
-        eps, bounds = self._eps(evaluation), evaluation.bounds
+        eps, bounds = self._eps(evaluation), evaluation.bounds.methods
         return bound_summary(examples, y, eps=eps, bounds=bounds, extra_details=self.certificate_details())
 
     def certificate_batch(self, evaluation: EvaluationSpec) -> int:
-        return evaluation.bound_batch_size
+        return evaluation.bounds.batch_size
 
     def _eps(self, evaluation: EvaluationSpec) -> float:
         ball = self.cfg.ball()

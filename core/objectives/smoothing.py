@@ -89,7 +89,7 @@ class SmoothingTraining(Objective):
         return smoothing_examples(
             model,
             x,
-            batch_size=evaluation.smoothing_batch_size,
+            batch_size=evaluation.smoothing.batch_size,
             start=start,
             stop=stop,
             **self._certify_settings(evaluation, seed),
@@ -99,14 +99,14 @@ class SmoothingTraining(Objective):
         self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
         settings = self._certify_settings(evaluation, seed)
-        return smoothing_summary(examples, y, radii=evaluation.smoothing_radii, **settings)
+        return smoothing_summary(examples, y, radii=evaluation.smoothing.radii, **settings)
 
     def _certify_settings(self, ev: EvaluationSpec, seed: int) -> dict[str, Any]:
         return {
             "sigma": self.cfg.sigma,
-            "n0": ev.smoothing_n0,
-            "n": ev.smoothing_n,
-            "alpha": ev.smoothing_alpha,
+            "n0": ev.smoothing.n0,
+            "n": ev.smoothing.n,
+            "alpha": ev.smoothing.alpha,
             "seed": seed,
         }
 

@@ -6,7 +6,8 @@ A :class:`Pruner` is built for one variant (method, ``k``) at variant entry by
 it, knowing no method by name:
 
 * **options** — :attr:`Pruner.Options`, a Pydantic model of the method's own settings, read from the
-  spec's ``pruning`` section (:meth:`PrunerOptions.from_pruning`);
+  spec's ``pruning`` section (:meth:`PrunerOptions.from_pruning`); a pruner's own options model is
+  nested there under its ``section`` (``pruning.learned``);
 * **at job start** — :meth:`Pruner.check_supported`: refuse a network the pruner cannot serve before
   any training (channel: grouped convolutions);
 * **variant entry** — :meth:`Pruner.enter`: scores initialised from the pretrained weights and the
@@ -34,27 +35,36 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from core.config import OptionsModel
 from core.pruning.masked import masked_layers, refresh_masks
 
 if TYPE_CHECKING:  # the objective is handed in by the pipeline; pruning sits below objectives
     from core.objectives import Objective
 
 
-class PrunerOptions(BaseModel):
-    """A pruner's own settings. Today they are flat fields of the spec's ``pruning`` section named
-    ``<prefix><field>`` (``learned_tau`` → ``LearnedOptions.tau``); validation stays in
-    ``core.spec.PruningSpec``."""
+class PrunerOptions(OptionsModel):
+    """A pruner's own settings (:attr:`Pruner.Options`), read from the spec's ``pruning`` section by
+    :meth:`from_pruning`. Options only one pruner has are declared beside it with their defaults, bounds
+    and descriptions, and the spec nests them under ``pruning.<section>``: ``core.spec.PruningSpec``
+    composes the model as its field ``section`` (``pruning.learned`` is
+    ``core.pruning.pruners.LearnedOptions``). Without a ``section``, each option is the ``pruning``
+    field ``<flat_prefix><name>`` (``budget``; ``global_min_per_layer`` for ``GlobalOptions``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    prefix: ClassVar[str] = ""
+    section: ClassVar[str | None] = None
 
     @classmethod
     def from_pruning(cls, pruning: Any) -> PrunerOptions:
-        """The options from the spec's ``pruning`` section (any object with the prefixed attributes)."""
-        return cls(**{name: getattr(pruning, cls.prefix + name) for name in cls.model_fields})
+        """The options from the spec's ``pruning`` section (any object with those attributes)."""
+        if cls.section is not None:
+            # a spec built before the method was registered (core.spec composes the sections of the
+            # methods registered when it is imported) has no such section: the defaults
+            value = getattr(pruning, cls.section, None)
+            if value is None:
+                return cls()
+            return value if isinstance(value, cls) else cls.model_validate(value, from_attributes=True)
+        return cls(**{name: getattr(pruning, cls.flat_prefix + name) for name in cls.model_fields})
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class Pruner(ABC):
     Options: ClassVar[type[PrunerOptions]] = PrunerOptions
     #: ``"kind"`` of this pruner's checkpoint state; None: it keeps no state beyond the model's.
     state_kind: ClassVar[str | None] = None
+    #: It trains per-layer keep rates in the prune stage under the budget ``k`` (a learned allocation):
+    #: the spec then needs a prune stage that runs and every ``k`` below 1 (``core.spec`` checks both,
+    #: ``api/openapi.py`` writes both into the JSON Schema from this flag).
+    trains_rates: ClassVar[bool] = False
 
     def __init__(self, ctx: PrunerContext) -> None:
         self.method, self.k, self.score_init = ctx.method, float(ctx.k), ctx.score_init

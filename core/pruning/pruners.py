@@ -30,6 +30,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from core.errors import CoreError
@@ -53,9 +54,11 @@ class UniformPruner(Pruner):
         return False  # train_step refreshes every layer's top-k: the one place a uniform mask changes
 
 
-# The options' defaults and bounds are core.spec.PruningSpec's (global_*, learned_*), validated there.
 class GlobalOptions(PrunerOptions):
-    prefix: ClassVar[str] = "global_"
+    """The global allocation's option, the flat field ``pruning.global_min_per_layer`` (its default and
+    bounds are ``core.spec.PruningSpec``'s)."""
+
+    flat_prefix: ClassVar[str] = "global_"
     min_per_layer: int
 
 
@@ -86,12 +89,29 @@ class GlobalPruner(Pruner):
 
 
 class LearnedOptions(PrunerOptions):
-    prefix: ClassVar[str] = "learned_"
-    tau: float
-    gamma: float
-    gamma_steps: int
-    gamma_ratio: float
-    lr: float
+    """Learned allocation (allocation: learned, unstructured or channel): the options of the per-layer
+    keep rates it trains with the scores, HARP-style (core.pruning.allocation.LearnedAllocation,
+    core.pruning.channel_budget.ChannelRates). Formerly the flat fields learned_<name>, still accepted."""
+
+    section: ClassVar[str | None] = "learned"
+    flat_prefix: ClassVar[str] = "learned_"
+
+    gamma: float = Field(10.0, gt=0, le=1e6, description="Final weight of the budget penalty gamma·(K/k − 1)².")
+    gamma_steps: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="The penalty weight grows in this many equal steps over the prune stage "
+        "(gamma·ratio^(steps−1), ..., gamma).",
+    )
+    gamma_ratio: float = Field(0.1, gt=0, le=1, description="Ratio between consecutive penalty weights.")
+    tau: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="Temperature of the soft rank threshold that carries the loss gradient to the per-layer rates.",
+    )
+    lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate of the per-layer rate logits.")
 
 
 class LearnedPruner(Pruner):
@@ -99,6 +119,7 @@ class LearnedPruner(Pruner):
 
     Options = LearnedOptions
     state_kind = "learned"
+    trains_rates = True
     options: LearnedOptions
 
     def __init__(self, ctx: PrunerContext) -> None:
@@ -212,11 +233,7 @@ class ChannelPruner(Pruner):
 
 
 class LearnedChannelOptions(ChannelOptions):
-    learned_tau: float
-    learned_gamma: float
-    learned_gamma_steps: int
-    learned_gamma_ratio: float
-    learned_lr: float
+    learned: LearnedOptions  # pruning.learned: the learned rates' options, as at unstructured granularity
 
 
 class LearnedChannelPruner(ChannelPruner):
@@ -226,21 +243,22 @@ class LearnedChannelPruner(ChannelPruner):
 
     Options = LearnedChannelOptions
     state_kind = "learned_channel"
+    trains_rates = True
     options: LearnedChannelOptions
 
     def __init__(self, ctx: PrunerContext) -> None:
         super().__init__(ctx)
         if self.cost is None:
             raise CoreError("invalid_budget", "pruning.budget", "learned channel rates need budget: macs")
-        o = self.options
+        o = self.options.learned
         self.rates = ChannelRates(
             self.cost,
             uniform_counts(self.cost, self.k),
-            tau=o.learned_tau,
-            gamma=o.learned_gamma,
-            gamma_steps=o.learned_gamma_steps,
-            gamma_ratio=o.learned_gamma_ratio,
-            lr=o.learned_lr,
+            tau=o.tau,
+            gamma=o.gamma,
+            gamma_steps=o.gamma_steps,
+            gamma_ratio=o.gamma_ratio,
+            lr=o.lr,
         )
 
     def _set_budget(self) -> None:
@@ -296,8 +314,10 @@ SCORE_PRUNERS: dict[tuple[str, str], type[Pruner]] = {
 __all__ = [
     "SCORE_PRUNERS",
     "ChannelPruner",
+    "GlobalOptions",
     "GlobalPruner",
     "LearnedChannelPruner",
+    "LearnedOptions",
     "LearnedPruner",
     "UniformPruner",
 ]

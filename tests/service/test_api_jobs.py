@@ -250,7 +250,7 @@ def test_the_catalogue_shows_the_l2_defaults_of_attack_objectives(client: TestCl
 def test_spec_over_the_size_limit_is_413(settings, queue, key) -> None:  # type: ignore[no-untyped-def]
     small = settings.model_copy(update={"max_spec_bytes": 2000})
     with TestClient(build_app(small, queue), raise_server_exceptions=False) as client:
-        big = {"name": "x" * 150, "evaluation": {"smoothing_radii": [0.1] * 1000}}
+        big = {"name": "x" * 150, "evaluation": {"smoothing": {"radii": [0.1] * 1000}}}
         assert_error(submit(client, key, big), 413, "payload_too_large")
 
         def chunks():  # no Content-Length: the streamed bytes are counted
@@ -286,6 +286,37 @@ def test_idempotency_key_returns_the_same_job(client: TestClient, key, make_key,
     other = make_key()  # keys are per tenant
     assert submit(client, other, spec, **{"Idempotency-Key": "abc-123"}).json()["id"] != first.json()["id"]
     assert client.get("/v1/jobs", headers=key.headers).json()["count"] == 1
+
+
+def test_the_old_flat_options_are_accepted_stored_nested_and_replay_an_old_job(  # type: ignore[no-untyped-def]
+    client: TestClient, key, queue, settings
+) -> None:
+    flat = {"pruning": {"learned_tau": 0.2}, "evaluation": {"smoothing_n": 50, "bounds": ["ibp"]}}
+    first = submit(client, key, flat, **{"Idempotency-Key": "old-spec"})
+    assert first.status_code == 201, first.text
+    stored = first.json()["spec"]
+    assert stored["pruning"]["learned"]["tau"] == 0.2 and "learned_tau" not in stored["pruning"]
+    assert stored["evaluation"]["smoothing"]["n"] == 50 and stored["evaluation"]["bounds"]["methods"] == ["ibp"]
+    # a job stored by the version before the options were nested: a retry with its key still replays it
+    from service.db.base import Job
+    from tests.core.test_spec_options import old_flat_form
+
+    with session_scope(settings) as s:
+        s.get(Job, first.json()["id"]).spec = old_flat_form(stored)
+        s.commit()
+    nested = {
+        "pruning": {"learned": {"tau": 0.2}},
+        "evaluation": {"smoothing": {"n": 50}, "bounds": {"methods": ["ibp"]}},
+    }
+    again = submit(client, key, nested, **{"Idempotency-Key": "old-spec"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    # the flat spelling is type-checked like the nested one (no lax conversion of true to a number)
+    assert_error(
+        submit(client, key, {"pruning": {"learned_tau": True}}), 422, "validation_error", "pruning.learned.tau"
+    )
+    both = {"pruning": {"learned": {"tau": 0.3}, "learned_tau": 0.2}}
+    assert_error(submit(client, key, both), 422, "conflicting_options", "pruning.learned_tau")
+    assert queue.sent == [first.json()["id"]]
 
 
 def test_fifty_concurrent_posts_with_one_key_make_one_job(app, key, queue) -> None:  # type: ignore[no-untyped-def]

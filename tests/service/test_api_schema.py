@@ -69,11 +69,72 @@ def test_the_job_schema_states_the_rules_the_code_enforces(client: TestClient, k
     for field in ("epochs", "warmup_epochs"):
         assert "maximum" in components["StageSpec"]["properties"][field]
     evaluation = components["EvaluationSpec"]["properties"]
-    for field in ("smoothing_n", "smoothing_n0", "certify_max_samples", "val_pgd_steps"):
+    for field in ("certify_max_samples", "val_pgd_steps"):
         assert "maximum" in json.dumps(evaluation[field]), field
+    for field in ("n", "n0", "batch_size"):
+        assert "maximum" in json.dumps(components["SmoothingOptions"]["properties"][field]), field
     refused = client.post("/v1/jobs", json={"pruning": {"methods": ["hydra", "hydra"]}}, headers=key.headers)
     assert_error(refused, 422, "validation_error", "pruning.methods")
     assert SEMANTIC_CODES_DOCUMENTED(schema)
+
+
+def test_the_options_models_and_the_generated_rules_are_in_the_schema(schema: dict) -> None:
+    components = schema["components"]["schemas"]
+    pruning, evaluation = components["PruningSpec"]["properties"], components["EvaluationSpec"]["properties"]
+    assert pruning["learned"]["$ref"] == "#/components/schemas/LearnedOptions"
+    assert evaluation["smoothing"]["$ref"] == "#/components/schemas/SmoothingOptions"
+    assert {"$ref": "#/components/schemas/BoundOptions"} in evaluation["bounds"]["anyOf"]
+    assert set(components["LearnedOptions"]["properties"]) == {"gamma", "gamma_steps", "gamma_ratio", "tau", "lr"}
+    assert set(components["SmoothingOptions"]["properties"]) == {"n0", "n", "alpha", "radii", "batch_size"}
+    assert set(components["BoundOptions"]["properties"]) == {"methods", "batch_size"}
+    # the old flat spellings: documented as deprecated, with the nested option's bounds
+    tau = pruning["learned_tau"]
+    assert tau["deprecated"] and tau["exclusiveMinimum"] == 0 and tau["maximum"] == 10 and "default" not in tau
+    assert evaluation["smoothing_n"]["deprecated"] and evaluation["bound_batch_size"]["deprecated"]
+    # JobSpec._start_point's rules, generated: one of the starting points is set ...
+    start, *prune_stage = components["JobSpec"]["allOf"]
+    assert len(start["anyOf"]) == 3
+    pretrain, checkpoint, onnx = start["anyOf"]
+    assert pretrain == {"properties": {"stages": {"properties": {"pretrain": {"not": {"type": "null"}}}}}}
+    assert checkpoint["required"] == ["model"] and checkpoint["properties"]["model"]["required"] == ["checkpoint"]
+    assert onnx["properties"]["model"]["required"] == ["onnx"]
+    # ... and the allocation whose pruners train rates (learned, at both granularities) needs a prune stage
+    assert len(prune_stage) == 2
+    for rule in prune_stage:
+        assert {"properties": {"pruning": {"properties": {"allocation": {"enum": ["uniform", "global"]}}}}} in rule[
+            "anyOf"
+        ]
+    learned = [b for b in components["PruningSpec"]["anyOf"] if b["properties"]["allocation"] == {"enum": ["learned"]}]
+    assert len(learned) == 2 and all(b["properties"]["k"] == {"items": {"exclusiveMaximum": 1}} for b in learned)
+
+
+def test_the_schema_and_the_validator_agree_on_the_generated_rules(schema: dict) -> None:
+    """The generated rules hold the specs the validator refuses, and pass the ones it accepts."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from core.errors import CoreError
+    from core.spec import load_spec
+
+    validator = jsonschema.Draft202012Validator(
+        {**schema["components"]["schemas"]["JobSpec"], "components": schema["components"]}
+    )
+    cases = [
+        {},
+        {"stages": {"pretrain": None}},
+        {"stages": {"pretrain": None}, "model": {"checkpoint": "model:abc"}},
+        {"pruning": {"allocation": "learned"}},
+        {"pruning": {"allocation": "learned"}, "stages": {"prune": None}},
+        {"pruning": {"allocation": "learned"}, "stages": {"prune": {"epochs": 0, "lr": 0.1}}},
+        {"pruning": {"allocation": "global"}, "stages": {"prune": None}},
+        {"pruning": {"allocation": "learned", "k": [0.5, 1.0]}},
+        {"pruning": {"allocation": "learned", "learned_tau": 0.2, "learned": {"gamma": 2.0}}},
+    ]
+    for case in cases:
+        try:
+            load_spec(case)
+            accepted = True
+        except CoreError:
+            accepted = False
+        assert validator.is_valid(case) == accepted, case
 
 
 def SEMANTIC_CODES_DOCUMENTED(schema: dict) -> bool:

@@ -197,7 +197,7 @@ CERTIFIED = {
 
 def test_each_verifiable_objective_runs_prune_and_finetune_through_the_worker(api: Any, start_worker: Any) -> None:
     start_worker()
-    evaluation = {"smoothing_n0": 8, "smoothing_n": 64, "certify_max_samples": 16, "val_max_samples": 16}
+    evaluation = {"smoothing": {"n0": 8, "n": 64}, "certify_max_samples": 16, "val_max_samples": 16}
     ids = {}
     for name, (objective, _, _) in CERTIFIED.items():
         spec = tiny_spec(name=f"worker-{name}", evaluation=evaluation)

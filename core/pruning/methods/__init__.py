@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.pruning.pruner import Pruner, PrunerContext
+from core.pruning.pruner import Pruner, PrunerContext, PrunerOptions
 from core.pruning.sharpness import SharpnessAwarePruner
 from core.registry import Registry, import_submodules
 
@@ -77,6 +77,25 @@ def pruner_class(method: str, allocation: str, granularity: str) -> type[Pruner]
     return METHODS.get(method).pruner_class(allocation, granularity)
 
 
+def options_sections() -> dict[str, type[PrunerOptions]]:
+    """The options models the registered methods' pruners nest in the spec's ``pruning`` section, by
+    section (``{"learned": LearnedOptions}``): a pruner's ``Options`` with a ``section``, or such a model
+    held by one of its fields (``LearnedChannelOptions.learned``). ``core.spec.PruningSpec`` composes
+    them, as ``core.spec`` composes the objectives' spec models."""
+    found: dict[str, type[PrunerOptions]] = {}
+    for name in METHODS.names():
+        for pruner in METHODS.get(name).pruners.values():
+            held = (info.annotation for info in pruner.Options.model_fields.values())
+            for options in (pruner.Options, *held):
+                if not (isinstance(options, type) and issubclass(options, PrunerOptions) and options.section):
+                    continue
+                if found.setdefault(options.section, options) is not options:
+                    raise TypeError(
+                        f"{options.__name__} and {found[options.section].__name__} both claim pruning.{options.section}"
+                    )
+    return found
+
+
 def build_pruner(pruning: Any, method: str, k: float, model: nn.Module, example_input: Tensor) -> Pruner:
     """One variant's pruner: ``pruning`` is the spec's ``pruning`` section, ``model`` the masked
     network on its device, ``example_input`` a batch of real inputs on the same device. With
@@ -94,4 +113,12 @@ def build_pruner(pruning: Any, method: str, k: float, model: nn.Module, example_
 
 MODULES = import_submodules(__name__)
 
-__all__ = ["METHODS", "MODULES", "PruningMethod", "build_pruner", "pruner_class", "register_method"]
+__all__ = [
+    "METHODS",
+    "MODULES",
+    "PruningMethod",
+    "build_pruner",
+    "options_sections",
+    "pruner_class",
+    "register_method",
+]

@@ -158,7 +158,7 @@ def test_objectives_take_method_md_defaults():
 # ---------------------------------------------------------------- certification
 def test_evaluate_certified_tags_every_number_with_its_method():
     model, x, y = tiny_masked_mnist("eval")
-    ev = EvaluationSpec(smoothing_n0=10, smoothing_n=60, smoothing_radii=[0.0, 0.25], certify_max_samples=4)
+    ev = EvaluationSpec(smoothing={"n0": 10, "n": 60, "radii": [0.0, 0.25]}, certify_max_samples=4)
     smooth = make_smoothing().certify(model, x[:4], y[:4], ev, seed=3)  # the caller draws the sample
     assert "noise seed 3" in smooth["procedures"]["smoothed_acc"]  # the job's seed, not always 0
     assert {"certified_acc@0", "certified_acc@0.25", "smoothed_acc", "abstain_rate", "mean_certified_radius"} <= set(

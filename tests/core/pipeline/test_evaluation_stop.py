@@ -113,7 +113,7 @@ def test_a_stop_inside_autoattack_takes_effect_within_a_forward_pass(component, 
 
 
 def test_a_stop_inside_randomized_smoothing_certify_takes_effect_within_a_noise_batch():
-    evaluation = {"smoothing_n0": 10, "smoothing_n": 10_000_000, "smoothing_batch_size": 64, "certify_max_samples": 8}
+    evaluation = {"smoothing": {"n0": 10, "n": 10_000_000, "batch_size": 64}, "certify_max_samples": 8}
     exc, latency = stop_after(0.5, {"type": "smoothing", "sigma": 0.25}, evaluation)
     assert "certification" in str(exc) and latency < BOUND_S
 
@@ -121,6 +121,6 @@ def test_a_stop_inside_randomized_smoothing_certify_takes_effect_within_a_noise_
 def test_a_stop_inside_the_bound_certificate_takes_effect_within_a_batch():
     """400 samples one at a time, IBP then CROWN-IBP: at least 1.6 s of forward passes."""
     evaluation = {"autoattack": False, "pgd_smooth_relu": False, "pgd_steps": 1, "max_samples": 8}
-    evaluation.update(bound_batch_size=1, certify_max_samples=400)
+    evaluation.update(bounds={"batch_size": 1}, certify_max_samples=400)
     exc, latency = stop_after(0.3, {"type": "crown_ibp", "eps": 0.02}, evaluation, n=400)
     assert "certification" in str(exc) and latency < BOUND_S

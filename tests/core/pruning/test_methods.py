@@ -22,6 +22,7 @@ from core.pipeline.preflight import preflight
 from core.pipeline.runner import build_network, run_job
 from core.pruning.masked import kept_count, masked_layers
 from core.spec import load_spec
+from tests.core.test_spec_options import old_flat_form
 
 BASE = {
     "seed": 2,
@@ -97,7 +98,7 @@ def final_model(spec, out):
         ({"granularity": "2:4"}, None, "pruning.granularity"),
         ({"allocation": "sideways"}, None, "pruning.allocation"),
         ({"allocation": "global", "global_min_per_layer": -1}, None, "pruning.global_min_per_layer"),
-        ({"allocation": "learned", "learned_tau": 0}, None, "pruning.learned_tau"),
+        ({"allocation": "learned", "learned": {"tau": 0}}, None, "pruning.learned.tau"),
         ({"allocation": "learned", "k": [0.1, 1.0]}, None, "pruning.k"),  # nothing to allocate at k = 1
     ],
 )
@@ -115,7 +116,7 @@ def test_good_combinations_pass_and_default_to_hydra_as_published():
     assert load_spec({}).export.formats == ["compressed", "dense", "onnx"] and load_spec({}).evaluation.measure_latency
     for pruning in (
         {"methods": ["hydra", "lwm"], "allocation": "global"},
-        {"methods": ["hydra"], "allocation": "learned", "learned_gamma": 3.0},
+        {"methods": ["hydra"], "allocation": "learned", "learned": {"gamma": 3.0}},
         {"methods": ["hydra", "lwm"], "granularity": "channel"},
     ):
         spec_of(pruning=pruning)
@@ -141,7 +142,7 @@ def test_preflight_refuses_a_budget_too_small_for_the_layers():
 
 
 # ----------------------------------------------------------------------------- learned allocation
-LEARNED = {"allocation": "learned", "learned_lr": 0.05}
+LEARNED = {"allocation": "learned", "learned": {"lr": 0.05}}
 LEARNED_STAGES = {"prune": {"epochs": 2, "lr": 0.1}}
 
 
@@ -191,6 +192,22 @@ def test_a_learned_job_resumed_mid_prune_gives_the_same_report(learned_run, tmp_
         assert again["artifacts"]["onnx"]["sha256"] == variant["artifacts"]["onnx"]["sha256"], name
         assert again.get("allocation") == variant.get("allocation")
         assert again["metrics"] == variant["metrics"]
+
+
+def test_a_checkpoint_whose_spec_has_the_old_flat_options_resumes(learned_run, tmp_path):
+    """A checkpoint written before the options were nested stores ``learned_lr`` etc. in its spec JSON:
+    the resume identity check reads it as the same spec, and the run finishes as before."""
+    spec, _, report = learned_run
+    with pytest.raises(RunCanceled):
+        run_job(spec, tmp_path, Recorder(cancel_after=5))
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoint.pt")
+    old = old_flat_form(json.loads(saved["spec"]))
+    assert old["pruning"]["learned_lr"] == 0.05 and "learned" not in old["pruning"]
+    ckpt.save_checkpoint(tmp_path / "checkpoint.pt", {**saved, "spec": json.dumps(old)})
+    resumed = run_job(spec, tmp_path, Recorder(), resume=True)
+    assert resumed["comparison"] == report["comparison"]
+    for name, variant in report["variants"].items():
+        assert resumed["variants"][name]["metrics"] == variant["metrics"], name
 
 
 # ----------------------------------------------------------------------------- global allocation

@@ -20,7 +20,7 @@ from core.pipeline import runner as runner_mod
 from core.pipeline.runner import run_job
 from core.pruning.allocation import check_pruning_combination
 from core.pruning.masked import convert_to_masked, masked_layers
-from core.pruning.methods import METHODS, build_pruner
+from core.pruning.methods import METHODS, build_pruner, options_sections
 from core.pruning.pruners import ChannelPruner, GlobalPruner, LearnedPruner, UniformPruner
 from core.spec import load_spec
 from core.vocab import STAGE_STARTED
@@ -72,6 +72,9 @@ class StageSpy(RunCallbacks):
 
 def test_the_recipe_method_takes_its_own_forward_backward_and_moves_the_mask(hydra_sam, tmp_path, monkeypatch):
     assert METHODS.get("hydra_sam").trains_scores
+    # its options model is a section the spec composes (pruning.hydra_sam), read by the pruner
+    assert options_sections()["hydra_sam"] is hydra_sam.HydraSamOptions
+    assert hydra_sam.HydraSamOptions.from_pruning(load_spec({}).pruning).rho == 0.05
     with pytest.raises(CoreError) as err:  # it lists uniform/unstructured only
         check_pruning_combination("hydra_sam", "global", "unstructured")
     assert err.value.field == "pruning.allocation"
