@@ -69,9 +69,8 @@ TINY_EVALUATION = {
     "measure_repeats": 1,
     "measure_warmup": 1,
     "certify_max_samples": 4,
-    "smoothing_n0": 4,
-    "smoothing_n": 16,
 }
+TINY_SMOOTHING = {"n0": 4, "n": 16}
 # The plain PGD setting of tests/core/pruning/test_methods.py for the allocation/granularity runs.
 BASE = {
     "seed": 2,
@@ -98,7 +97,9 @@ def _tiny(data: dict[str, Any]) -> dict[str, Any]:
     data = json.loads(json.dumps(data))
     data["device"] = "cpu"
     data["dataset"] = {**data.get("dataset", {}), **TINY_DATASET}
-    data["evaluation"] = {**data.get("evaluation", {}), **TINY_EVALUATION}
+    evaluation = data.get("evaluation", {})
+    smoothing = {**evaluation.get("smoothing", {}), **TINY_SMOOTHING}
+    data["evaluation"] = {**evaluation, **TINY_EVALUATION, "smoothing": smoothing}
     for stage in (data.get("stages") or {}).values():
         if stage is not None:
             stage["epochs"] = 1
