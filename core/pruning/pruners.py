@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.pruning.allocation import LearnedAllocation, apply_allocation
+from core.pruning.allocation import LearnedAllocation, RateTraining, apply_allocation
 from core.pruning.channel_budget import ChannelCost, ChannelRates, project_counts_to_cost, uniform_counts
 from core.pruning.masked import init_scores, refresh_masks, set_keep_fraction
 from core.pruning.pruner import Pruner, PrunerContext, PrunerOptions, PruneStep
@@ -113,6 +113,12 @@ class LearnedOptions(PrunerOptions):
     )
     lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate of the per-layer rate logits.")
 
+    def rate_training(self) -> RateTraining:
+        """These options as the rates' training settings."""
+        return RateTraining(
+            tau=self.tau, gamma=self.gamma, gamma_steps=self.gamma_steps, gamma_ratio=self.gamma_ratio, lr=self.lr
+        )
+
 
 class LearnedPruner(Pruner):
     """HARP-style learned per-layer keep rates (``core.pruning.allocation``, "Learned allocation")."""
@@ -124,10 +130,7 @@ class LearnedPruner(Pruner):
 
     def __init__(self, ctx: PrunerContext) -> None:
         super().__init__(ctx)
-        o = self.options
-        self.learned = LearnedAllocation(
-            ctx.model, self.k, tau=o.tau, gamma=o.gamma, gamma_steps=o.gamma_steps, gamma_ratio=o.gamma_ratio, lr=o.lr
-        )
+        self.learned = LearnedAllocation(ctx.model, self.k, self.options.rate_training())
 
     @torch.no_grad()
     def enter(self, model: nn.Module) -> None:
@@ -250,16 +253,8 @@ class LearnedChannelPruner(ChannelPruner):
         super().__init__(ctx)
         if self.cost is None:
             raise CoreError("invalid_budget", "pruning.budget", "learned channel rates need budget: macs")
-        o = self.options.learned
-        self.rates = ChannelRates(
-            self.cost,
-            uniform_counts(self.cost, self.k),
-            tau=o.tau,
-            gamma=o.gamma,
-            gamma_steps=o.gamma_steps,
-            gamma_ratio=o.gamma_ratio,
-            lr=o.lr,
-        )
+        training = self.options.learned.rate_training()
+        self.rates = ChannelRates(self.cost, uniform_counts(self.cost, self.k), training)
 
     def _set_budget(self) -> None:
         self.channels.set_keep(self.k)
