@@ -176,6 +176,10 @@ class ChannelRates(nn.Module):
                 grad[gi] = rank_rate_grad(score.detach(), score.grad, r, self.rate_training.tau) * (1.0 - r)
         self.logits.grad = grad if self.logits.grad is None else self.logits.grad.add_(grad)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the rates' gradient (their own optimizer's)."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
