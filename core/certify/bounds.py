@@ -53,7 +53,7 @@ METHOD_DESCRIPTIONS = {
 
 
 class BoundOptions(OptionsModel):
-    """The IBP/CROWN-IBP bound certificate (core.certify.certificates.bound_certificate), run for the
+    """The IBP/CROWN-IBP bound certificate (core.certify.certificates.BoundCertificate), run for the
     objectives that train with bounds. Formerly bounds was the list of methods (still accepted:
     bounds: [ibp] is bounds: {methods: [ibp]}) and the batch the flat field bound_batch_size."""
 

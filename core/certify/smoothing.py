@@ -14,6 +14,7 @@ sampling loop costs little more than the forward passes themselves.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +32,7 @@ CERTIFY_METHOD = "Cohen et al. 2019 CERTIFY, Clopper-Pearson"
 
 
 class SmoothingOptions(OptionsModel):
-    """Randomized smoothing's certificate, Cohen et al.'s CERTIFY (core.certify.certificates.smoothing_certificate),
+    """Randomized smoothing's certificate, Cohen et al.'s CERTIFY (core.certify.certificates.SmoothingCertificate),
     run for the smoothing objective. Formerly the flat fields smoothing_<name>, still accepted."""
 
     flat_prefix: ClassVar[str] = "smoothing_"
@@ -44,6 +45,19 @@ class SmoothingOptions(OptionsModel):
         description="l_2 radii at which certified accuracy is reported.",
     )
     batch_size: int = Field(256, ge=1, le=100_000, description="Noisy samples per forward in CERTIFY.")
+
+
+@dataclass(frozen=True)
+class CertifySettings:
+    """What a CERTIFY run's numbers depend on besides the model and the data: the noise level ``sigma``,
+    the selection and estimation sample sizes ``n0`` and ``n``, the failure probability ``alpha`` and the
+    ``seed`` of the noise generator (the batch size only groups the same draws)."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    seed: int
 
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
@@ -165,30 +179,27 @@ def _spread_indices(total: int, limit: int | None) -> torch.Tensor:
 def certify_examples(
     model: nn.Module,
     x_all: torch.Tensor,
-    sigma: float,
-    n0: int,
-    n: int,
-    alpha: float,
+    settings: CertifySettings,
     batch_size: int,
-    seed: int,
     num_classes: int,
     start: int = 0,
     stop: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``CERTIFY`` on the examples ``x_all[start:stop]`` with the noise of a one-process run over all of
-    ``x_all`` (one generator seeded by ``seed``, the examples in order): the earlier examples' noise is
+    ``x_all`` (one generator seeded by ``settings.seed``, the examples in order): the earlier examples' noise is
     drawn and discarded, so a data-parallel shard gives, example for example, the one-process numbers.
     Per example: ``prediction`` (``ABSTAIN`` = -1), ``radius`` (float64) and ``plurality`` (the top class
     of the ``n`` estimation samples)."""
     stop = len(x_all) if stop is None else stop
     generator = torch.Generator(device=x_all.device)
-    generator.manual_seed(int(seed))
-    smooth = Smooth(model, num_classes, sigma, generator=generator)
+    generator.manual_seed(int(settings.seed))
+    smooth = Smooth(model, num_classes, settings.sigma, generator=generator)
+    n0, n = settings.n0, settings.n
     for i in range(start):
         smooth.skip(x_all[i], n0, n, batch_size)
     predictions, radii_out, plurality = [], [], []
     for i in range(start, stop):
-        pred, radius, counts = smooth.certify_with_counts(x_all[i], n0, n, alpha, batch_size)
+        pred, radius, counts = smooth.certify_with_counts(x_all[i], n0, n, settings.alpha, batch_size)
         predictions.append(pred)
         radii_out.append(radius)
         plurality.append(int(counts.argmax()))
@@ -202,13 +213,8 @@ def certify_examples(
 def summarize_certified(
     examples: dict[str, torch.Tensor],
     labels: torch.Tensor,
-    *,
-    sigma: float,
-    n0: int,
-    n: int,
-    alpha: float,
+    settings: CertifySettings,
     radii: Sequence[float],
-    seed: int,
 ) -> dict[str, Any]:
     """:func:`certify_dataset`'s summary of the per-example results of :func:`certify_examples`."""
     pred_t, rad_t, lab_t = examples["prediction"], examples["radius"], labels.cpu().long()
@@ -221,11 +227,11 @@ def summarize_certified(
         "abstain_rate": float((pred_t == ABSTAIN).double().mean()),
         "clean_smoothed_accuracy": float((examples["plurality"] == lab_t).double().mean()),
         "num_samples": total,
-        "n0": n0,
-        "n": n,
-        "alpha": alpha,
-        "sigma": float(sigma),
-        "seed": int(seed),
+        "n0": settings.n0,
+        "n": settings.n,
+        "alpha": settings.alpha,
+        "sigma": float(settings.sigma),
+        "seed": int(settings.seed),
         "method": CERTIFY_METHOD,
     }
 
@@ -261,16 +267,18 @@ def certify_dataset(
         with torch.inference_mode():
             num_classes = int(model(x_all[:1]).shape[1])
     idx = _spread_indices(len(x_all), max_samples).to(x_all.device)
+    settings = CertifySettings(sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed)
     try:
-        examples = certify_examples(model, x_all[idx], sigma, n0, n, alpha, batch_size, seed, num_classes)
+        examples = certify_examples(model, x_all[idx], settings, batch_size, num_classes)
     finally:
         model.train(was_training)
-    return summarize_certified(examples, y_all[idx], sigma=sigma, n0=n0, n=n, alpha=alpha, radii=radii, seed=seed)
+    return summarize_certified(examples, y_all[idx], settings, radii)
 
 
 __all__ = [
     "ABSTAIN",
     "CERTIFY_METHOD",
+    "CertifySettings",
     "Smooth",
     "certify_dataset",
     "certify_examples",

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from core.certify.bounds import pad_margins
-from core.certify.certificates import bound_examples, bound_summary
+from core.certify.certificates import BoundCertificate
 from core.config import Ball
 from core.objectives.base import Objective, ObjectiveSpec, check_stage
 
@@ -79,28 +78,14 @@ class BoundTraining(Objective):
             "certificate": CERTIFICATE,
         }
 
-    def certify_examples(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        evaluation: EvaluationSpec,
-        seed: int,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> dict[str, torch.Tensor]:
-        ev = evaluation
-        kwargs = {"eps": self._eps(ev), "bounds": ev.bounds.methods, "batch_size": ev.bounds.batch_size}
-        return bound_examples(model, x, y, start=start, stop=stop, **kwargs)  # type: ignore[arg-type]
-
-    def summarize_certificate(
-        self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
-    ) -> dict[str, Any]:
-        eps, bounds = self._eps(evaluation), evaluation.bounds.methods
-        return bound_summary(examples, y, eps=eps, bounds=bounds, extra_details=self.certificate_details())
-
-    def certificate_batch(self, evaluation: EvaluationSpec) -> int:
-        return evaluation.bounds.batch_size
+    def certificate(self, evaluation: EvaluationSpec, seed: int) -> BoundCertificate:
+        bounds = evaluation.bounds
+        return BoundCertificate(
+            eps=self._eps(evaluation),
+            bounds=bounds.methods,
+            batch_size=bounds.batch_size,
+            extra_details=self.certificate_details(),
+        )
 
     def _eps(self, evaluation: EvaluationSpec) -> float:
         ball = self.cfg.ball()

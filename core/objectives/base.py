@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from core.certify.certificates import Certificate
     from core.spec import EvaluationSpec
 
 
@@ -82,6 +83,12 @@ class Objective(ABC):
     def describe(self) -> dict[str, Any]:
         """What exactly is optimised, for the report."""
 
+    def certificate(self, evaluation: EvaluationSpec, seed: int) -> Certificate | None:
+        """This objective's certificate with the settings of ``evaluation`` (the noise of a randomized one
+        seeded by ``seed``), or None (no certificate). Objectives with a certificate override this; the
+        methods below run it."""
+        return None
+
     def certify(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any] | None:
@@ -108,23 +115,28 @@ class Objective(ABC):
         for those examples (a data-parallel evaluation shards the sample, ``core.pipeline.evaluate``);
         None when the objective has no certificate. ``start`` is a multiple of
         :meth:`certificate_batch`."""
-        return None
+        cert = self.certificate(evaluation, seed)
+        return None if cert is None else cert.examples(model, x, y, start, stop)
 
     def summarize_certificate(
         self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
     ) -> dict[str, Any]:
         """:meth:`certify`'s result from the per-example results of the whole sample."""
-        raise NotImplementedError(f"{type(self).__name__} has no certificate")
+        cert = self.certificate(evaluation, seed)
+        if cert is None:
+            raise NotImplementedError(f"{type(self).__name__} has no certificate")
+        return cert.summary(examples, y)
 
     def certificate_batch(self, evaluation: EvaluationSpec) -> int:
         """The batch the certificate runs its examples in: a shard starts on a multiple of it, so every
         example is computed in the same batch as in a one-process run."""
-        return 1
+        cert = self.certificate(evaluation, seed=0)  # the batch never depends on the noise seed
+        return 1 if cert is None else cert.batch
 
     @property
     def certifies(self) -> bool:
-        """True when this objective has a certificate (overrides :meth:`certify_examples`)."""
-        return type(self).certify_examples is not Objective.certify_examples
+        """True when this objective has a certificate (overrides :meth:`certificate`)."""
+        return type(self).certificate is not Objective.certificate
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:

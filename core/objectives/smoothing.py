@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from core.certify.certificates import smoothing_examples, smoothing_summary
-from core.certify.smoothing import CERTIFY_METHOD
+from core.certify.certificates import SmoothingCertificate
+from core.certify.smoothing import CERTIFY_METHOD, CertifySettings
 from core.objectives.base import Objective, ObjectiveSpec, register_objective
 
 if TYPE_CHECKING:
@@ -76,39 +76,12 @@ class SmoothingTraining(Objective):
             "certificate": f"{CERTIFY_METHOD} (l_2 radius sigma * PhiInv(pA_lower))",
         }
 
-    def certify_examples(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        evaluation: EvaluationSpec,
-        seed: int,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> dict[str, torch.Tensor]:
-        return smoothing_examples(
-            model,
-            x,
-            batch_size=evaluation.smoothing.batch_size,
-            start=start,
-            stop=stop,
-            **self._certify_settings(evaluation, seed),
+    def certificate(self, evaluation: EvaluationSpec, seed: int) -> SmoothingCertificate:
+        options = evaluation.smoothing
+        settings = CertifySettings(
+            sigma=self.cfg.sigma, n0=options.n0, n=options.n, alpha=options.alpha, seed=int(seed)
         )
-
-    def summarize_certificate(
-        self, examples: dict[str, torch.Tensor], y: torch.Tensor, evaluation: EvaluationSpec, seed: int
-    ) -> dict[str, Any]:
-        settings = self._certify_settings(evaluation, seed)
-        return smoothing_summary(examples, y, radii=evaluation.smoothing.radii, **settings)
-
-    def _certify_settings(self, ev: EvaluationSpec, seed: int) -> dict[str, Any]:
-        return {
-            "sigma": self.cfg.sigma,
-            "n0": ev.smoothing.n0,
-            "n": ev.smoothing.n,
-            "alpha": ev.smoothing.alpha,
-            "seed": seed,
-        }
+        return SmoothingCertificate(settings, radii=options.radii, batch_size=options.batch_size)
 
     @classmethod
     def headline(cls, metric_keys: list[str]) -> str | None:

@@ -48,6 +48,7 @@ Adam ``lr = 0.01`` (logit units), ``betas = (0.9, 0.999)``, no weight decay.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch
@@ -204,6 +205,26 @@ def allocation_report(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ learned (HARP-style)
+@dataclass(frozen=True)
+class RateTraining:
+    """How learned keep rates train (module docstring; defaults there): the temperature ``tau`` of the
+    soft rank threshold, the budget penalty's final weight ``gamma`` and its stepwise schedule
+    (``gamma_steps``, ``gamma_ratio``), and the rates' Adam ``lr``. The per-layer rates
+    (:class:`LearnedAllocation`) and the per-group channel rates (``core.pruning.channel_budget.ChannelRates``)
+    train the same way."""
+
+    tau: float = 0.05
+    gamma: float = 10.0
+    gamma_steps: int = 4
+    gamma_ratio: float = 0.1
+    lr: float = 0.01
+
+    def gamma_at(self, fraction: float) -> float:
+        """Stepwise γ: ``γ · ratio^(steps − 1 − ⌊fraction · steps⌋)`` (HARP's dynamic regularisation)."""
+        step = min(self.gamma_steps - 1, max(0, int(math.floor(float(fraction) * self.gamma_steps))))
+        return self.gamma * self.gamma_ratio ** (self.gamma_steps - 1 - step)
+
+
 class LearnedAllocation(nn.Module):
     """Trainable per-layer keep rates (see the module docstring for the mechanism and defaults).
 
@@ -225,18 +246,9 @@ class LearnedAllocation(nn.Module):
     Finetune and evaluate need nothing: the masks stay as finalised.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        target_k: float,
-        *,
-        tau: float = 0.05,
-        gamma: float = 10.0,
-        gamma_steps: int = 4,
-        gamma_ratio: float = 0.1,
-        lr: float = 0.01,
-    ) -> None:
+    def __init__(self, model: nn.Module, target_k: float, training: RateTraining | None = None) -> None:
         super().__init__()
+        self.rate_training = training = training or RateTraining()
         k = _check_k(target_k)
         if k >= 1.0:
             raise CoreError("invalid_k", "pruning.k", "learned allocation needs k < 1")
@@ -247,9 +259,8 @@ class LearnedAllocation(nn.Module):
             "sizes", torch.tensor([l.scores.numel() for _, l in layers], dtype=torch.float64, device=device)
         )
         self.logits = nn.Parameter(torch.full((len(layers),), math.log(k / (1 - k)), device=device))
-        self.register_buffer("gamma_now", torch.tensor(gamma * gamma_ratio ** (gamma_steps - 1), dtype=torch.float64))
-        self.tau, self.gamma, self.gamma_steps, self.gamma_ratio = tau, gamma, gamma_steps, gamma_ratio
-        self.optimizer = torch.optim.Adam([self.logits], lr=lr)
+        self.register_buffer("gamma_now", torch.tensor(training.gamma_at(0.0), dtype=torch.float64))
+        self.optimizer = torch.optim.Adam([self.logits], lr=training.lr)
 
     # -- rates and budget -----------------------------------------------------------------------
     def rates(self) -> Tensor:
@@ -261,9 +272,8 @@ class LearnedAllocation(nn.Module):
         return (self.rates() * sizes).sum() / sizes.sum()
 
     def set_progress(self, fraction: float) -> None:
-        """Stepwise γ: ``γ · ratio^(steps − 1 − ⌊fraction · steps⌋)`` (HARP's dynamic regularisation)."""
-        step = min(self.gamma_steps - 1, max(0, int(math.floor(float(fraction) * self.gamma_steps))))
-        self.gamma_now.fill_(self.gamma * self.gamma_ratio ** (self.gamma_steps - 1 - step))
+        """The penalty weight at ``fraction`` of the prune stage (:meth:`RateTraining.gamma_at`)."""
+        self.gamma_now.fill_(self.rate_training.gamma_at(fraction))
 
     def penalty(self, target_k: float) -> Tensor:
         """``γ_t · (K/k − 1)²``: pulls the network's kept fraction ``K`` to the target ``k``."""
@@ -303,7 +313,7 @@ class LearnedAllocation(nn.Module):
 
     def _rate_grad(self, scores: Tensor, score_grad: Tensor, r: float) -> float:
         """``∂L/∂log r`` of one layer (see the module docstring)."""
-        return rank_rate_grad(scores, score_grad, r, self.tau)
+        return rank_rate_grad(scores, score_grad, r, self.rate_training.tau)
 
     def step(self) -> None:
         """One Adam step of the rates (their own optimizer; see the module docstring)."""
@@ -343,18 +353,24 @@ class LearnedAllocation(nn.Module):
 
     # the rate optimizer's state travels in state_dict (resume continues the same Adam moments)
     def get_extra_state(self) -> dict[str, Any]:
+        t = self.rate_training
         return {
             "optimizer": self.optimizer.state_dict(),
-            "tau": self.tau,
-            "gamma": self.gamma,
-            "gamma_steps": self.gamma_steps,
-            "gamma_ratio": self.gamma_ratio,
+            "tau": t.tau,
+            "gamma": t.gamma,
+            "gamma_steps": t.gamma_steps,
+            "gamma_ratio": t.gamma_ratio,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.tau, self.gamma = float(state["tau"]), float(state["gamma"])
-        self.gamma_steps, self.gamma_ratio = int(state["gamma_steps"]), float(state["gamma_ratio"])
+        self.rate_training = replace(
+            self.rate_training,
+            tau=float(state["tau"]),
+            gamma=float(state["gamma"]),
+            gamma_steps=int(state["gamma_steps"]),
+            gamma_ratio=float(state["gamma_ratio"]),
+        )
 
 
 def project_counts(logits: list[float], sizes: list[int], target: int) -> list[int]:

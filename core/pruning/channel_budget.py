@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.pruning.allocation import rank_rate_grad
+from core.pruning.allocation import RateTraining, rank_rate_grad
 from core.pruning.masked import masked_layers
 from core.pruning.structured import ChannelPruning
 
@@ -144,23 +144,13 @@ def project_counts_to_cost(
 class ChannelRates(nn.Module):
     """The learned per-group rates (module docstring): logits, their Adam optimizer, the stepwise γ."""
 
-    def __init__(
-        self,
-        cost: ChannelCost,
-        start: list[int],
-        *,
-        tau: float,
-        gamma: float,
-        gamma_steps: int,
-        gamma_ratio: float,
-        lr: float,
-    ) -> None:
+    def __init__(self, cost: ChannelCost, start: list[int], training: RateTraining) -> None:
         super().__init__()
         q = [min(1 - 1e-6, max(1e-6, c / n)) for c, n in zip(start, cost.sizes)]
         self.logits = nn.Parameter(torch.tensor([math.log(x / (1 - x)) for x in q], dtype=torch.float64))
-        self.register_buffer("gamma_now", torch.tensor(gamma * gamma_ratio ** (gamma_steps - 1), dtype=torch.float64))
-        self.cost, self.tau, self.gamma, self.gamma_steps, self.gamma_ratio = cost, tau, gamma, gamma_steps, gamma_ratio
-        self.optimizer = torch.optim.Adam([self.logits], lr=lr)
+        self.register_buffer("gamma_now", torch.tensor(training.gamma_at(0.0), dtype=torch.float64))
+        self.cost, self.rate_training = cost, training
+        self.optimizer = torch.optim.Adam([self.logits], lr=training.lr)
 
     def rates(self) -> Tensor:
         return torch.sigmoid(self.logits)
@@ -169,8 +159,7 @@ class ChannelRates(nn.Module):
         return [min(n, max(1, round(n * r))) for r, n in zip(self.rates().tolist(), self.cost.sizes)]
 
     def set_progress(self, fraction: float) -> None:
-        step = min(self.gamma_steps - 1, max(0, int(math.floor(float(fraction) * self.gamma_steps))))
-        self.gamma_now.fill_(self.gamma * self.gamma_ratio ** (self.gamma_steps - 1 - step))
+        self.gamma_now.fill_(self.rate_training.gamma_at(fraction))
 
     def penalty(self, k: float) -> Tensor:
         """HARP's hinge on the MACs: ``γ_t · max(0, C(r)/(k·C_dense) − 1)²``."""
@@ -184,8 +173,12 @@ class ChannelRates(nn.Module):
         grad = torch.zeros_like(self.logits)
         for gi, (score, r) in enumerate(zip(channels.scores, rates)):
             if score.grad is not None:
-                grad[gi] = rank_rate_grad(score.detach(), score.grad, r, self.tau) * (1.0 - r)
+                grad[gi] = rank_rate_grad(score.detach(), score.grad, r, self.rate_training.tau) * (1.0 - r)
         self.logits.grad = grad if self.logits.grad is None else self.logits.grad.add_(grad)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the rates' gradient (their own optimizer's)."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

@@ -27,6 +27,7 @@ pruner serves HYDRA's trained scores and LWM's one-shot first mask.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from core.errors import CoreError
-from core.pruning.allocation import LearnedAllocation, apply_allocation
+from core.pruning.allocation import LearnedAllocation, RateTraining, apply_allocation
 from core.pruning.channel_budget import ChannelCost, ChannelRates, project_counts_to_cost, uniform_counts
 from core.pruning.masked import init_scores, refresh_masks, set_keep_fraction
 from core.pruning.pruner import Pruner, PrunerContext, PrunerOptions, PruneStep
@@ -113,58 +114,78 @@ class LearnedOptions(PrunerOptions):
     )
     lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate of the per-layer rate logits.")
 
+    def rate_training(self) -> RateTraining:
+        """These options as the rates' training settings."""
+        return RateTraining(
+            tau=self.tau, gamma=self.gamma, gamma_steps=self.gamma_steps, gamma_ratio=self.gamma_ratio, lr=self.lr
+        )
 
-class LearnedPruner(Pruner):
+
+class _TrainsRates(Pruner):
+    """What the learned pruners share: keep rates, ``self.rates``, that train with the scores under HARP's
+    stepwise budget penalty (``RateTraining``, from ``pruning.learned``), built by :meth:`_make_rates`
+    once the pruner's own setup is done: :class:`LearnedPruner`'s per-layer ``LearnedAllocation``,
+    :class:`LearnedChannelPruner`'s per-group ``ChannelRates``."""
+
+    trains_rates = True
+    rates: LearnedAllocation | ChannelRates
+
+    def __init__(self, ctx: PrunerContext) -> None:
+        super().__init__(ctx)
+        self.rates = self._make_rates(ctx)
+
+    @abstractmethod
+    def _make_rates(self, ctx: PrunerContext) -> LearnedAllocation | ChannelRates:
+        """The rates at the start of the prune stage."""
+
+    def set_progress(self, fraction: float) -> None:
+        self.rates.set_progress(fraction)
+
+    def zero_grad(self, step: PruneStep) -> None:
+        self.rates.zero_grad()
+
+    def penalty(self, step: PruneStep) -> Tensor | None:
+        return self.rates.penalty(self.k)
+
+
+class LearnedPruner(_TrainsRates):
     """HARP-style learned per-layer keep rates (``core.pruning.allocation``, "Learned allocation")."""
 
     Options = LearnedOptions
     state_kind = "learned"
-    trains_rates = True
     options: LearnedOptions
+    rates: LearnedAllocation
 
-    def __init__(self, ctx: PrunerContext) -> None:
-        super().__init__(ctx)
-        o = self.options
-        self.learned = LearnedAllocation(
-            ctx.model, self.k, tau=o.tau, gamma=o.gamma, gamma_steps=o.gamma_steps, gamma_ratio=o.gamma_ratio, lr=o.lr
-        )
+    def _make_rates(self, ctx: PrunerContext) -> LearnedAllocation:
+        return LearnedAllocation(ctx.model, self.k, self.options.rate_training())
 
     @torch.no_grad()
     def enter(self, model: nn.Module) -> None:
         init_scores(model, self.score_init)
-        self.learned.refresh(model)
-
-    def set_progress(self, fraction: float) -> None:
-        self.learned.set_progress(fraction)
-
-    def zero_grad(self, step: PruneStep) -> None:
-        self.learned.zero_grad()
-
-    def penalty(self, step: PruneStep) -> Tensor | None:
-        return self.learned.penalty(self.k)
+        self.rates.refresh(model)
 
     def after_backward(self, step: PruneStep) -> None:
-        self.learned.accumulate_grad(step.model)
+        self.rates.accumulate_grad(step.model)
 
     def own_parameters(self) -> list[nn.Parameter]:
-        return list(self.learned.parameters())  # the rate logits: their own Adam (LearnedAllocation.step)
+        return list(self.rates.parameters())  # the rate logits: their own Adam (LearnedAllocation.step)
 
     def after_step(self, step: PruneStep) -> bool:
-        self.learned.step()
-        self.learned.refresh(step.model)
+        self.rates.step()
+        self.rates.refresh(step.model)
         return True
 
     def refresh(self, model: nn.Module) -> None:
-        self.learned.refresh(model)
+        self.rates.refresh(model)
 
     def finish(self, model: nn.Module) -> None:
-        self.learned.finalize(model, self.k)  # exactly kept_count(N, k) weights
+        self.rates.finalize(model, self.k)  # exactly kept_count(N, k) weights
 
     def _state(self) -> dict[str, Any]:
-        return {"learned": self.learned.state_dict()}
+        return {"learned": self.rates.state_dict()}
 
     def _load_state(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.learned.load_state_dict(state["learned"])
+        self.rates.load_state_dict(state["learned"])
 
 
 class ChannelOptions(PrunerOptions):
@@ -236,43 +257,24 @@ class LearnedChannelOptions(ChannelOptions):
     learned: LearnedOptions  # pruning.learned: the learned rates' options, as at unstructured granularity
 
 
-class LearnedChannelPruner(ChannelPruner):
+class LearnedChannelPruner(_TrainsRates, ChannelPruner):
     """HARP-style learned per-group channel rates under the MAC budget (``pruning.budget: macs``; see
     ``core.pruning.channel_budget``): the rates start at the uniform MAC-matching fraction, train with
     the scores, and :meth:`finish` projects them onto the budget."""
 
     Options = LearnedChannelOptions
     state_kind = "learned_channel"
-    trains_rates = True
     options: LearnedChannelOptions
+    rates: ChannelRates
 
-    def __init__(self, ctx: PrunerContext) -> None:
-        super().__init__(ctx)
+    def _make_rates(self, ctx: PrunerContext) -> ChannelRates:
         if self.cost is None:
             raise CoreError("invalid_budget", "pruning.budget", "learned channel rates need budget: macs")
-        o = self.options.learned
-        self.rates = ChannelRates(
-            self.cost,
-            uniform_counts(self.cost, self.k),
-            tau=o.tau,
-            gamma=o.gamma,
-            gamma_steps=o.gamma_steps,
-            gamma_ratio=o.gamma_ratio,
-            lr=o.lr,
-        )
+        return ChannelRates(self.cost, uniform_counts(self.cost, self.k), self.options.learned.rate_training())
 
     def _set_budget(self) -> None:
         self.channels.set_keep(self.k)
         self.channels.set_counts(self.rates.counts())
-
-    def set_progress(self, fraction: float) -> None:
-        self.rates.set_progress(fraction)
-
-    def zero_grad(self, step: PruneStep) -> None:
-        self.rates.optimizer.zero_grad(set_to_none=True)
-
-    def penalty(self, step: PruneStep) -> Tensor | None:
-        return self.rates.penalty(self.k)
 
     def after_backward(self, step: PruneStep) -> None:
         super().after_backward(step)

@@ -14,6 +14,7 @@ from torch import nn
 from core.errors import CoreError
 from core.pruning.allocation import (
     LearnedAllocation,
+    RateTraining,
     allocation_report,
     apply_allocation,
     check_pruning_combination,
@@ -130,7 +131,7 @@ def test_learned_finalize_meets_the_budget_exactly(k):
 def test_penalty_pulls_the_kept_fraction_to_the_target():
     model = tiny_net()
     k = 0.05
-    alloc = LearnedAllocation(model, k, gamma=1.0, lr=0.05)
+    alloc = LearnedAllocation(model, k, RateTraining(gamma=1.0, lr=0.05))
     with torch.no_grad():
         alloc.logits.add_(torch.tensor([1.5, -1.0, 2.0, 0.5]))
     alloc.set_progress(1.0)
@@ -144,7 +145,7 @@ def test_penalty_pulls_the_kept_fraction_to_the_target():
 
 
 def test_gamma_is_stepwise_increasing():
-    alloc = LearnedAllocation(tiny_net(), 0.1, gamma=10.0, gamma_steps=4, gamma_ratio=0.1)
+    alloc = LearnedAllocation(tiny_net(), 0.1, RateTraining(gamma=10.0, gamma_steps=4, gamma_ratio=0.1))
     seen = []
     for p in (0.0, 0.3, 0.6, 0.9, 1.0):
         alloc.set_progress(p)
@@ -174,7 +175,7 @@ def test_learned_training_moves_rates_and_ends_on_budget():
     model = tiny_net()
     k = 0.1
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 5, (16,))
-    alloc = LearnedAllocation(model, k, lr=0.05)
+    alloc = LearnedAllocation(model, k, RateTraining(lr=0.05))
     alloc.refresh(model)
     set_stage(model, "prune")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
