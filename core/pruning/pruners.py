@@ -147,6 +147,11 @@ class _TrainsRates(Pruner):
     def penalty(self, step: PruneStep) -> Tensor | None:
         return self.rates.penalty(self.k)
 
+    def own_parameters(self) -> list[nn.Parameter]:
+        # The rate logits train with their own Adam: averaged across ranks, unscaled under fp16 (the
+        # penalty's gradient reaches them through the scaled loss), and compared by the ranks' check.
+        return list(self.rates.parameters())
+
 
 class LearnedPruner(_TrainsRates):
     """HARP-style learned per-layer keep rates (``core.pruning.allocation``, "Learned allocation")."""
@@ -166,9 +171,6 @@ class LearnedPruner(_TrainsRates):
 
     def after_backward(self, step: PruneStep) -> None:
         self.rates.accumulate_grad(step.model)
-
-    def own_parameters(self) -> list[nn.Parameter]:
-        return list(self.rates.parameters())  # the rate logits: their own Adam (LearnedAllocation.step)
 
     def after_step(self, step: PruneStep) -> bool:
         self.rates.step()

@@ -126,3 +126,20 @@ def test_a_job_reports_the_learned_channel_rates_and_meets_the_mac_budget(tmp_pa
     assert 0.5 * 0.99 <= result["inference"]["sparse_macs"]["ratio"] <= 0.5 + 1e-9
     assert result["allocation"]["allocation"] == "learned" and result["allocation"]["layers"]  # per-layer rates
     assert result["channels"]  # the per-group channel counts
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+def test_the_learned_rates_are_the_pruners_own_parameters(granularity):
+    """The rate logits train with their own optimizer, so the training step must see them
+    (``Pruner.own_parameters``): averaged across ranks, unscaled under fp16 (the budget penalty's
+    gradient comes through the scaled loss) and in the ranks' identity check. The channel pruner once
+    left them out."""
+    torch.manual_seed(0)
+    model = convert_to_masked(create_model("cnn_large_mnist"))
+    x = torch.rand(2, 1, 28, 28)
+    extra = {"budget": "macs"} if granularity == "channel" else {}
+    pruning = PruningSpec(methods=["hydra"], k=[0.5], allocation="learned", granularity=granularity, **extra)
+    pruner = build_pruner(pruning, "hydra", 0.5, model, x)
+    rates = list(pruner.rates.parameters())
+    assert rates, "the learned pruner has rate parameters"
+    assert {id(p) for p in rates} <= {id(p) for p in pruner.own_parameters()}
