@@ -1,17 +1,19 @@
 """Wall time of a job's final evaluation on 1 process and sharded over N data-parallel ranks (gloo on the
 CPU, NCCL with ``--device cuda``), as a ratio measured in one run, and whether every number is the same.
 
-The same small job (``cnn_small_mnist`` on ``mnist5k``: a short TRADES pretrain, no prune stage, so the
-dense network alone is evaluated) runs with ``resources.processes`` 1 and N (``resources.gpus`` on
-CUDA); the figure is each run's ``evaluate`` stage from the report's timings and its per-attack times.
+A short TRADES pretrain of ``cnn_small_mnist`` on ``mnist5k`` (one process, not timed) gives one network;
+then the same evaluation-only job (that network as its starting weights, no training stage) runs with
+``resources.processes`` 1 and N (``resources.gpus`` on CUDA), so both evaluate the very same weights;
+the figure is each run's ``evaluate`` stage from the report's timings and its per-attack times.
 Every metric of the two reports must be equal (the sharded evaluation is bit-identical to one process,
 ``tests/core/pipeline/test_sharded_evaluation.py``); the script says so or lists the differences.
 
     python bench/sharded_eval.py --ranks 2 --samples 1000 --pgd-steps 20            # CPU, gloo
     python bench/sharded_eval.py --ranks 2 --samples 1000 --autoattack-samples 200  # + AutoAttack
 
-On a 2-core machine the 1-process run uses 1 thread and each rank 1 thread, so the ratio is the
-data-parallel scaling of the evaluation on one core per rank.
+The 1-process run uses ``--threads`` CPU threads (default 1) and the ranks share them out, at least one
+each (``core.pipeline.distributed``): with the default, the ratio is the data-parallel scaling of the
+evaluation with one core per rank.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ from core.pipeline.runner import run_job
 from core.spec import load_spec
 
 
-def _spec(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
+def _spec(args: argparse.Namespace, ranks: int, weights: Path | None) -> dict[str, Any]:
     resources: dict[str, Any] = {"gpus": ranks} if args.device == "cuda" else {"processes": ranks}
+    model: dict[str, Any] = {"arch": "cnn_small_mnist"}
+    pretrain: dict[str, Any] | None = {"epochs": 1, "lr": 0.05}
+    if weights is not None:
+        model.update(checkpoint=str(weights))  # format: auto (our compressed file)
+        pretrain = None
     return {
         "seed": 0,
         "device": args.device,
-        "model": {"arch": "cnn_small_mnist"},
+        "model": model,
         "dataset": {"name": "mnist5k", "max_train_samples": 512, "batch_size": 64, "test_batch_size": 100},
         "objective": {"type": "trades", "eps": 0.1, "step_size": 0.02, "steps": 2, "beta": 6.0},
         "pruning": {"methods": ["hydra"], "k": [0.1]},
-        "stages": {"pretrain": {"epochs": 1, "lr": 0.05}, "prune": None, "finetune": None},
+        "stages": {"pretrain": pretrain, "prune": None, "finetune": None},
         "evaluation": {
             "max_samples": args.samples,
             "pgd_steps": args.pgd_steps,
@@ -56,10 +63,10 @@ def _spec(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
+def _run(args: argparse.Namespace, ranks: int, weights: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        report = run_job(load_spec(_spec(args, ranks)), Path(out))
+        report = run_job(load_spec(_spec(args, ranks, weights)), Path(out))
         wall = time.perf_counter() - t0
     dense = next(iter(report["variants"].values()))
     timings = dense["timings"]
@@ -79,12 +86,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="test samples of benign accuracy and PGD")
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--autoattack-samples", type=int, default=0, help="0: no AutoAttack")
+    parser.add_argument("--threads", type=int, default=1, help="the caller's CPU threads (shared by the ranks)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
-    one = _run(args, 1)
-    many = _run(args, args.ranks)
+    with tempfile.TemporaryDirectory() as trained:
+        run_job(load_spec(_spec(args, 1, None)), Path(trained))
+        weights = Path(trained) / "dense.compressed.safetensors"
+        one = _run(args, 1, weights)
+        many = _run(args, args.ranks, weights)
     differ = {k: (v, many["metrics"].get(k)) for k, v in one["metrics"].items() if many["metrics"].get(k) != v}
     result = {
         "device": args.device,

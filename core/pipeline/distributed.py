@@ -181,6 +181,7 @@ def _rank_main(
     messages: Any,
     replies: Any,
     cancel: Any,
+    threads: int,
 ) -> None:
     """One rank (a spawned process): join the group, run ``run_rank``, report the outcome."""
     import torch.distributed as dist
@@ -188,6 +189,9 @@ def _rank_main(
     from core.spec import JobSpec
 
     _watch_caller(caller)
+    # The caller's CPU threads shared out between the ranks (torchrun's OMP_NUM_THREADS=1 in spirit): with
+    # torch's default, N ranks on a C-core host would each run C threads, N*C on C cores.
+    torch.set_num_threads(threads)
     world = World(size, rank, backend)
     callbacks = RankCallbacks(world, messages, replies, cancel)
 
@@ -240,6 +244,7 @@ def run_distributed(
         messages,
         replies,
         cancel,
+        max(1, torch.get_num_threads() // size),
     )
     procs = tmp.start_processes(_rank_main, args=args, nprocs=size, join=False, start_method=START_METHOD)
     report: dict[str, Any] | None = None
