@@ -156,7 +156,13 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
         {"anyOf": [_is_set(JobSpec, path) for path in JobSpec.STARTING_POINTS]},
         *_rate_training_needs_a_prune_stage(JobSpec),
     ]
+    _tighten_model(schemas, architectures)
+    _tighten_dataset(schemas, settings)
+    _tighten_objectives_and_pruning(schemas)
 
+
+def _tighten_model(schemas: dict[str, Any], architectures: list[str]) -> None:
+    """``model``: the catalogue's architectures, uploaded checkpoints, or an uploaded ONNX graph."""
     model = schemas["ModelSpec"]["properties"]
     model["arch"] = {**model["arch"], "enum": architectures}
     model["kwargs"] = {**copy.deepcopy(KWARGS_SCHEMA), "title": "Kwargs"}
@@ -187,6 +193,9 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
         "without arch); its weights are the starting point, input shape and classes come from the graph.",
     }
 
+
+def _tighten_dataset(schemas: dict[str, Any], settings: Settings) -> None:
+    """``dataset``: the catalogue without server-side folders, uploads by id, what the workers allow."""
     dataset = schemas["DatasetSpec"]
     dprops = dataset["properties"]
     names = [n for n in dprops["name"]["enum"] if n != "imagefolder"]  # a server-side folder: refused
@@ -214,6 +223,9 @@ def _tighten_job_spec(schemas: dict[str, Any], architectures: list[str], setting
         {"required": ["name", "path"], "properties": {"name": {"enum": ["npz"]}, "path": {"type": "string"}}},
     ]
 
+
+def _tighten_objectives_and_pruning(schemas: dict[str, Any]) -> None:
+    """The objectives' ``type`` tag, the pruning combinations and options generated from the pruners."""
     # the objective union is discriminated by ``type``: pydantic needs the tag whenever an objective is given
     from core.spec import OBJECTIVE_TYPES, EvaluationSpec, PruningSpec  # lazy: keeps the API's import light
 
