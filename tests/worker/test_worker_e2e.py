@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker.worker_helpers import events, job, submit, tiny_spec, wait_for, wait_status
+from tests.worker.worker_helpers import WITH_AUTOATTACK, events, job, submit, tiny_spec, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_a_job_runs_end_to_end_and_its_compressed_network_has_the_reported_accur
     from core.spec import load_spec
 
     start_worker()
-    spec = tiny_spec()
+    spec = tiny_spec(evaluation=WITH_AUTOATTACK)
     job_id = submit(api, spec)
     row = wait_status(api, job_id, {"succeeded", "failed", "canceled"}, 240)
     assert row["status"] == "succeeded", row
@@ -72,6 +72,10 @@ def test_a_job_runs_end_to_end_and_its_compressed_network_has_the_reported_accur
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert accuracy == pytest.approx(report["variants"][VARIANT]["metrics"]["benign_acc"], abs=1e-6)
+    # the worker's report carries every AutoAttack component beside our PGD, and the worst case
+    metrics = report["variants"][VARIANT]["metrics"]
+    attacks = ["pgd_acc", "apgd_ce_acc", "apgd_t_acc", "fab_t_acc", "square_acc", "robust_acc"]
+    assert set(attacks) <= set(metrics), sorted(metrics)
 
 
 def test_canceling_a_running_job_stops_it_within_a_batch_and_a_second(api: Any, start_worker: Any) -> None:

@@ -19,9 +19,19 @@ TINY_SPEC: dict[str, Any] = {
         "prune": {"epochs": 1, "lr": 0.1},
         "finetune": {"epochs": 1, "lr": 0.01},
     },
-    "evaluation": {"pgd_steps": 2, "val_pgd_steps": 1, "val_max_samples": 32, "measure_latency": False},
+    # AutoAttack off: these tests are about delivery (leases, faults, resume), and AutoAttack's four
+    # components took 9 of a tiny job's 9.5 s on 2 cores. The end-to-end test turns it back on
+    # (WITH_AUTOATTACK), so the service's path through AutoAttack keeps one worker test of its own.
+    "evaluation": {
+        "pgd_steps": 2,
+        "val_pgd_steps": 1,
+        "val_max_samples": 32,
+        "measure_latency": False,
+        "autoattack": False,
+    },
     "export": {"formats": ["compressed"]},
 }
+WITH_AUTOATTACK: dict[str, Any] = {**TINY_SPEC["evaluation"], "autoattack": True, "autoattack_max_samples": 32}
 
 
 def tiny_spec(**patch: Any) -> dict[str, Any]:
