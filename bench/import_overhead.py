@@ -18,12 +18,10 @@ layers; the step ratio therefore also measures that difference, which is what a 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from core.models.zoo import create_model
 from core.objectives.pgd import PGDTraining
 from core.pipeline.training import train_step
 from core.pruning.masked import convert_to_masked, set_keep_fraction, set_stage
+from tests.core.models.onnx_helpers import export_onnx
 
 
 def networks() -> dict[str, Callable[[], torch.nn.Module]]:
@@ -50,23 +49,6 @@ def networks() -> dict[str, Callable[[], torch.nn.Module]]:
         "densenet_small": lambda: torchvision.models.DenseNet(8, (2, 2, 2, 2), 16, num_classes=10),
         "timm_test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=10),
     }
-
-
-def export(net: torch.nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(),
-            (torch.rand(2, 3, 32, 32),),
-            buffer,
-            dynamo=False,
-            opset_version=17,
-            input_names=["img"],
-            output_names=["scores"],
-            dynamic_axes={"img": {0: "batch"}, "scores": {0: "batch"}},
-        )
-    return buffer.getvalue()
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -98,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, build in networks().items():
         torch.manual_seed(0)
         net = build().eval()
-        data = export(net)
+        data = export_onnx(net)
         start = time.perf_counter()
         imported = import_onnx(data)
         seconds = time.perf_counter() - start
@@ -121,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # one prune step: converted resnet18 against the catalogue's torchvision:resnet18
     torch.manual_seed(0)
     zoo = convert_to_masked(create_model("torchvision:resnet18", num_classes=10, normalization="none"))
-    imported = import_onnx(export(create_model("torchvision:resnet18", num_classes=10, normalization="none").net))
+    imported = import_onnx(export_onnx(create_model("torchvision:resnet18", num_classes=10, normalization="none").net))
     onnx_net = convert_to_masked(create_onnx_model(imported))
     y = torch.randint(0, 10, (args.batch_size,))
     objective = PGDTraining(PGDTraining.Spec(eps=8 / 255, step_size=2 / 255, steps=args.attack_steps))

@@ -4,9 +4,7 @@ under the user's names; what it cannot rebuild is refused at preflight naming th
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -23,25 +21,9 @@ from core.pipeline.measure import count_macs
 from core.pipeline.preflight import onnx_channel_refusal, preflight
 from core.pipeline.runner import run_job
 from core.spec import load_spec
+from tests.core.models.onnx_helpers import export_onnx, onnx_job_spec
 
 CLASSES = 3
-
-
-def _export(net: nn.Module, shape: tuple[int, ...] = (3, 16, 16)) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(),
-            (torch.rand(2, *shape),),
-            buffer,
-            dynamo=False,
-            opset_version=17,
-            input_names=["img"],
-            output_names=["scores"],
-            dynamic_axes={"img": {0: "n"}, "scores": {0: "n"}},
-        )
-    return buffer.getvalue()
 
 
 def _resnet_style() -> nn.Module:
@@ -98,25 +80,11 @@ def data(tmp_path_factory):
 
 
 def _spec(onnx_path, data_path, method: str):
+    pruning = {"methods": [method], "k": [0.5], "granularity": "channel"}
     return load_spec(
-        {
-            "device": "cpu",
-            "model": {"onnx": str(onnx_path)},
-            "dataset": {"name": "npz", "path": str(data_path), "num_classes": CLASSES, "batch_size": 8},
-            "objective": {"type": "natural"},
-            "pruning": {"methods": [method], "k": [0.5], "granularity": "channel"},
-            "stages": {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}},
-            "evaluation": {
-                "pgd_steps": 1,
-                "val_pgd_steps": 1,
-                "val_max_samples": 8,
-                "max_samples": 8,
-                "autoattack": False,
-                "pgd_smooth_relu": False,
-                "measure_latency": False,
-            },
-            "export": {"formats": ["compressed", "onnx"]},
-        }
+        onnx_job_spec(
+            onnx_path, data_path, num_classes=CLASSES, objective={"type": "natural"}, pruning=pruning, batch_size=8
+        )
     )
 
 
@@ -127,7 +95,7 @@ def _spec(onnx_path, data_path, method: str):
 )
 def test_channel_pruning_of_an_onnx_graph_ships_the_smaller_graph(tmp_path, data, build, method):
     path = tmp_path / "net.onnx"
-    path.write_bytes(_export(build()))
+    path.write_bytes(export_onnx(build(), (3, 16, 16)))
     spec = _spec(path, data, method)
     assert preflight(spec) is None  # no longer refused: the dependency graph handles it
     out = tmp_path / "run"
@@ -158,7 +126,7 @@ def test_channel_pruning_of_an_onnx_graph_ships_the_smaller_graph(tmp_path, data
 )
 def test_a_graph_channel_pruning_cannot_rebuild_is_refused_naming_the_node(tmp_path, data, build, needle):
     path = tmp_path / "net.onnx"
-    path.write_bytes(_export(build()))
+    path.write_bytes(export_onnx(build(), (3, 16, 16)))
     source = import_onnx(path.read_bytes())
     assert needle in (onnx_channel_refusal(create_onnx_model(source), source.input_shape) or "")
     with pytest.raises(CoreError) as err:

@@ -1,9 +1,7 @@
 """The user's own network as ONNX: torchvision networks exported here, a graph built with the onnx helper
 API, a hostile corpus, and tiny unstructured runs whose downloaded ONNX runs in onnxruntime."""
 
-import io
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -23,43 +21,12 @@ from core.pipeline.preflight import preflight
 from core.pipeline.runner import run_job
 from core.pruning.masked import convert_to_masked, masked_layers
 from core.spec import load_spec
+from tests.core.models.onnx_helpers import export_onnx, onnx_job_spec
 
 CLASSES = 3
 
 
 # ------------------------------------------------------------------ networks and data
-def _export(net: torch.nn.Module, *, dynamo: bool = False, opset: int = 17) -> bytes:
-    """``net`` as ONNX bytes, exported by PyTorch like a user would (input ``img``, output ``scores``)."""
-    net.eval()
-    x = torch.rand(2, 3, 32, 32)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(
-                net,
-                (x,),
-                dynamo=True,
-                opset_version=opset,
-                input_names=["img"],
-                output_names=["scores"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-                verbose=False,
-            )
-            return program.model_proto.SerializeToString()
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            net,
-            (x,),
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=["img"],
-            output_names=["scores"],
-            dynamic_axes={"img": {0: "batch"}, "scores": {0: "batch"}},
-        )
-        return buffer.getvalue()
-
-
 def _mobilenet() -> torch.nn.Module:
     torch.manual_seed(0)
     return torchvision.models.mobilenet_v3_small(num_classes=CLASSES, width_mult=0.25)
@@ -126,26 +93,11 @@ def data(tmp_path_factory):
 
 
 def _spec(onnx_path, data_path, objective=None, **patch):
-    spec = {
-        "device": "cpu",
-        "model": {"onnx": str(onnx_path)},
-        "dataset": {"name": "npz", "path": str(data_path), "num_classes": CLASSES, "batch_size": 16},
-        "objective": objective or {"type": "pgd", "eps": 0.03, "step_size": 0.01, "steps": 1},
-        "pruning": {"methods": ["hydra"], "k": [0.2]},
-        "stages": {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}},
-        "evaluation": {
-            "pgd_steps": 1,
-            "val_pgd_steps": 1,
-            "val_max_samples": 8,
-            "max_samples": 8,
-            "autoattack": False,
-            "pgd_smooth_relu": False,
-            "measure_latency": False,
-        },
-        "export": {"formats": ["compressed", "onnx"]},
-    }
-    spec.update(patch)
-    return load_spec(spec)
+    objective = objective or {"type": "pgd", "eps": 0.03, "step_size": 0.01, "steps": 1}
+    pruning = patch.pop("pruning", {"methods": ["hydra"], "k": [0.2]})
+    return load_spec(
+        onnx_job_spec(onnx_path, data_path, num_classes=CLASSES, objective=objective, pruning=pruning, **patch)
+    )
 
 
 # ------------------------------------------------------------------ conversion
@@ -156,7 +108,7 @@ def _spec(onnx_path, data_path, objective=None, **patch):
 )
 def test_torchvision_networks_convert_within_atol_and_every_weight_layer_becomes_prunable(build, dynamo):
     net = build().eval()
-    data = _export(net, dynamo=dynamo, opset=18 if dynamo else 17)
+    data = export_onnx(net, dynamo=dynamo, opset=18 if dynamo else 17)
     imported = import_onnx(data)
     graph = onnx.load_from_string(data)
     weight_nodes = sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in graph.graph.node)
@@ -379,7 +331,7 @@ def test_a_graph_that_does_not_fit_the_data_is_refused_at_preflight(tmp_path, da
 
 def test_a_bound_objective_is_refused_naming_the_first_layer_it_cannot_bound(tmp_path, data):
     path = tmp_path / "mobilenet.onnx"
-    path.write_bytes(_export(_mobilenet()))
+    path.write_bytes(export_onnx(_mobilenet()))
     with pytest.raises(CoreError, match="bound-based objective") as err:
         preflight(_spec(path, data["rgb"], objective={"type": "crown_ibp", "eps": 0.01}))
     assert err.value.code == "unsupported_layer" and err.value.field == "model.onnx"
@@ -420,7 +372,7 @@ def _check_run(out, report, *, input_name, output_name, input_shape, k, method="
 )
 def test_an_exported_torchvision_network_prunes_end_to_end_and_ships_as_onnx(tmp_path, data, build, method):
     path = tmp_path / "net.onnx"
-    path.write_bytes(_export(build()))
+    path.write_bytes(export_onnx(build()))
     out = tmp_path / "run"
     small = {"name": "npz", "path": str(data["rgb"]), "num_classes": CLASSES, "batch_size": 16, "max_train_samples": 16}
     # lwm: the largest magnitudes of the user's own weights, finetuned with the natural objective
