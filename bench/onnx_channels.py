@@ -30,7 +30,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from import_overhead import export
+
+import onnx_networks
 
 from core.models.onnx_import import import_onnx
 from core.models.onnx_network import create_onnx_model
@@ -38,6 +39,7 @@ from core.pipeline.measure import count_macs
 from core.pipeline.preflight import onnx_channel_refusal
 from core.pipeline.runner import run_job
 from core.spec import load_spec
+from tests.core.models.onnx_helpers import export_onnx, onnx_job_spec
 
 
 class Grouped(nn.Module):
@@ -56,16 +58,7 @@ class Grouped(nn.Module):
 
 
 def builders() -> dict:
-    import timm
-    import torchvision
-
-    return {
-        "resnet18": lambda: torchvision.models.resnet18(num_classes=3),
-        "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=3),
-        "densenet_small": lambda: torchvision.models.DenseNet(8, (2, 2, 2, 2), 16, num_classes=3),
-        "timm_test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=3),
-        "grouped_conv": Grouped,
-    }
+    return {**onnx_networks.builders(), "grouped_conv": Grouped}
 
 
 def main() -> None:
@@ -80,7 +73,7 @@ def main() -> None:
         for name, build in builders().items():
             torch.manual_seed(0)
             path = folder / f"{name}.onnx"
-            path.write_bytes(export(build()))
+            path.write_bytes(export_onnx(build()))
             source = import_onnx(path.read_bytes())
             before = create_onnx_model(source)
             row: dict = {
@@ -92,24 +85,13 @@ def main() -> None:
             }
             if row["refusal"] is None:
                 spec = load_spec(
-                    {
-                        "device": "cpu",
-                        "model": {"onnx": str(path)},
-                        "dataset": {"name": "npz", "path": str(data), "num_classes": 3, "batch_size": 16},
-                        "objective": {"type": "natural"},
-                        "pruning": {"methods": ["lwm"], "k": [0.5], "granularity": "channel"},
-                        "stages": {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}},
-                        "evaluation": {
-                            "pgd_steps": 1,
-                            "val_pgd_steps": 1,
-                            "val_max_samples": 8,
-                            "max_samples": 8,
-                            "autoattack": False,
-                            "pgd_smooth_relu": False,
-                            "measure_latency": False,
-                        },
-                        "export": {"formats": ["compressed", "onnx"]},
-                    }
+                    onnx_job_spec(
+                        path,
+                        data,
+                        num_classes=3,
+                        objective={"type": "natural"},
+                        pruning={"methods": ["lwm"], "k": [0.5], "granularity": "channel"},
+                    )
                 )
                 start = time.perf_counter()
                 report = run_job(spec, folder / name)
@@ -121,7 +103,7 @@ def main() -> None:
                     "ops_after": dict(Counter(n.op_type for n in shipped.graph.node)),
                     "params_after": sum(p.numel() for p in after.parameters()),
                     "macs_after": count_macs(after, x1),
-                    "onnx_out_parity": variant["checks"]["onnx_parity"].get("max_abs_diff"),
+                    "onnx_out_parity": variant["checks"]["onnx_parity"]["details"].get("max_abs_diff"),
                     "names_kept": [i.name for i in shipped.graph.input] == ["img"]
                     and [o.name for o in shipped.graph.output] == ["scores"],
                     "run_seconds": round(time.perf_counter() - start, 1),

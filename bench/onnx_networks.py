@@ -23,12 +23,11 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from import_overhead import export
 
 from core.pipeline.runner import run_job
 from core.spec import load_spec
+from tests.core.models.onnx_helpers import export_onnx, onnx_job_spec
 
 
 def builders() -> dict:
@@ -54,26 +53,15 @@ def main() -> None:
         for name, build in builders().items():
             torch.manual_seed(0)
             path = folder / f"{name}.onnx"
-            path.write_bytes(export(build()))
+            path.write_bytes(export_onnx(build()))
             spec = load_spec(
-                {
-                    "device": "cpu",
-                    "model": {"onnx": str(path)},
-                    "dataset": {"name": "npz", "path": str(data), "num_classes": 3, "batch_size": 16},
-                    "objective": {"type": "pgd", "eps": 0.03, "step_size": 0.01, "steps": 1},
-                    "pruning": {"methods": ["hydra"], "k": [0.1]},
-                    "stages": {"prune": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": 0.01}},
-                    "evaluation": {
-                        "pgd_steps": 1,
-                        "val_pgd_steps": 1,
-                        "val_max_samples": 8,
-                        "max_samples": 8,
-                        "autoattack": False,
-                        "pgd_smooth_relu": False,
-                        "measure_latency": False,
-                    },
-                    "export": {"formats": ["compressed", "onnx"]},
-                }
+                onnx_job_spec(
+                    path,
+                    data,
+                    num_classes=3,
+                    objective={"type": "pgd", "eps": 0.03, "step_size": 0.01, "steps": 1},
+                    pruning={"methods": ["hydra"], "k": [0.1]},
+                )
             )
             start = time.perf_counter()
             report = run_job(spec, folder / name)
@@ -90,7 +78,7 @@ def main() -> None:
                 "kept": variant["sparsity"]["kept_params"],
                 "prunable": variant["sparsity"]["prunable_params"],
                 "onnx_out_parity": {
-                    v: r["checks"]["onnx_parity"].get("max_abs_diff") for v, r in report["variants"].items()
+                    v: r["checks"]["onnx_parity"]["details"].get("max_abs_diff") for v, r in report["variants"].items()
                 },
                 "names_kept": [i.name for i in shipped.graph.input] == ["img"]
                 and [o.name for o in shipped.graph.output] == ["scores"],
