@@ -82,6 +82,11 @@ class Shard:
     size: int
     gather: Callable[[Any], list[Any]]
 
+    @classmethod
+    def whole(cls) -> Shard:
+        """One process evaluating everything: a sharded evaluation of one rank is the plain one."""
+        return cls(0, 1, lambda obj: [obj])
+
     def block(self, length: int, batch: int) -> tuple[int, int]:
         """This rank's contiguous block ``[start, stop)`` of ``length`` examples run in batches of
         ``batch``: whole batches, as even a split of them as possible (the last rank may get fewer)."""
@@ -95,22 +100,32 @@ def _sharded(
     work: torch.Tensor,
     length: int,
     batch: int,
-    run: Callable[[torch.Tensor], torch.Tensor],
-    skip: Callable[[torch.Tensor], None] | None = None,
+    run: Callable[[torch.Tensor | slice], torch.Tensor],
+    skip: Callable[[torch.Tensor | slice], None] | None = None,
 ) -> torch.Tensor:
     """Per example of a sample of ``length``: ``run(positions)``'s flags for the positions ``work`` (in
     batches of ``batch``; this rank runs its block, ``skip`` draws the RNG of the batches before and
-    after it), gathered from every rank; False off ``work``."""
+    after it), gathered from every rank; False off ``work``. When ``work`` is the whole sample the
+    positions are a slice (a view of the sample, no copy)."""
     start, stop = shard.block(len(work), batch)
+    whole = len(work) == length  # work is then arange(length): positions are contiguous
+    before, mine, after = (
+        (slice(0, start), slice(start, stop), slice(stop, length))
+        if whole
+        else (work[:start], work[start:stop], work[stop:])
+    )
     if skip is not None:
-        skip(work[:start])
-    mine = work[start:stop]
-    local = run(mine) if len(mine) else torch.zeros(0, dtype=torch.bool)
+        skip(before)
+    local = run(mine) if stop > start else torch.zeros(0, dtype=torch.bool)
     if skip is not None:
-        skip(work[stop:])
-    flags = torch.zeros(length, dtype=torch.bool, device=work.device)
-    flags[work] = torch.cat([part.to(work.device) for part in shard.gather(local.cpu())])
-    return flags
+        skip(after)
+    parts = shard.gather(local.cpu()) if shard.size > 1 else [local]
+    flags = torch.cat([part.to(work.device) for part in parts])
+    if whole:
+        return flags
+    out = torch.zeros(length, dtype=torch.bool, device=work.device)
+    out[work] = flags
+    return out
 
 
 @torch.no_grad()
@@ -306,7 +321,7 @@ def _run_attacks(
     tally: _Tally,
     samples: dict[str, Any],
     should_stop: ShouldStop,
-    shard: Shard | None = None,
+    shard: Shard,
 ) -> dict[str, Any]:
     """Run every planned attack alone over its sample (``shard``: this rank's block of it, gathered); tally each, each group (``autoattack_acc``) after
     its last member, and the per-example worst case ``robust_acc`` on the headline sample (the 'robust'
@@ -325,14 +340,9 @@ def _run_attacks(
         sample = robust if attack.sample == "robust" and robust is not None else final
         started = time.monotonic()
         with _captured() as said:
-            if shard is None:
-                flags = attack.run(
-                    model, sample.x, sample.y, settings, clean=sample.of_final(clean), should_stop=should_stop
-                )
-            else:
-                flags = _sharded_attack(model, attack, sample, sample.of_final(clean), settings, should_stop, shard)
+            flags = _sharded_attack(model, attack, sample, sample.of_final(clean), settings, should_stop, shard)
         tally.seconds[attack.name] = time.monotonic() - started
-        tally.output[attack.name] = said.lines if shard is None else sum(shard.gather(said.lines), [])
+        tally.output[attack.name] = sum(shard.gather(said.lines), [])
         tally.add_flags(attack.metric, flags, attack.procedure(settings, sample.on))
         worst.add(attack, sample, flags)
         group = attack.group
@@ -362,10 +372,10 @@ def _sharded_attack(
     work = torch.nonzero(clean).view(-1) if attack.attacks == "clean" else torch.arange(len(clean))
     work = work.to(sample.x.device)
 
-    def run(pos: torch.Tensor) -> torch.Tensor:
+    def run(pos: torch.Tensor | slice) -> torch.Tensor:
         return attack.run(model, sample.x[pos], sample.y[pos], settings, clean=clean[pos], should_stop=should_stop)
 
-    def skip(pos: torch.Tensor) -> None:
+    def skip(pos: torch.Tensor | slice) -> None:
         attack.skip(sample.x[pos], settings)
 
     return _sharded(shard, work, len(clean), settings.batch_size, run, skip)
@@ -380,7 +390,7 @@ def _certify(
     tally: _Tally,
     samples: dict[str, Any],
     should_stop: ShouldStop,
-    shard: Shard | None = None,
+    shard: Shard,
 ) -> dict[str, Any]:
     """The objective's certificate on the 'certified' sample (``shard``: this rank's block, gathered); its fractions tallied with intervals.
     Every forward pass of the network inside asks ``should_stop`` (a noise batch of CERTIFY, a batch of
@@ -395,15 +405,15 @@ def _certify(
     xc, yc = _tensors(cert_ds)
     xc, yc = xc.to(device), yc.to(device)
     with stop_checked_forward(model, should_stop, "in the certification"):
-        if shard is None:
-            cert = objective.certify(model, xc, yc, ev, seed)
-        else:
-            start, stop = shard.block(len(yc), objective.certificate_batch(ev))
-            mine = objective.certify_examples(model, xc, yc, ev, seed, start, stop)
-            assert mine is not None
-            parts = shard.gather({key: value.cpu() for key, value in mine.items()})
-            examples = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-            cert = objective.summarize_certificate(examples, yc, ev, seed)
+        start, stop = shard.block(len(yc), objective.certificate_batch(ev))
+        examples = objective.certify_examples(model, xc, yc, ev, seed, start, stop)
+        assert examples is not None
+        if shard.size > 1:  # every rank's block, back on the device each result was made on
+            parts = shard.gather({key: value.cpu() for key, value in examples.items()})
+            examples = {
+                key: torch.cat([part[key] for part in parts]).to(value.device) for key, value in examples.items()
+            }
+        cert = objective.summarize_certificate(examples, yc, ev, seed)
     assert cert is not None
     procedures = cert.pop("procedures", {}) if isinstance(cert.get("procedures"), dict) else {}
     n_cert = len(cert_idx)
@@ -457,13 +467,11 @@ def evaluate_variant(
             with torch.no_grad():
                 num_classes = int(model(final.x[:1]).shape[1])
         batch = spec.dataset.test_batch_size
-        if shard is None:
-            clean = clean_flags(model, final.x, final.y, batch)
-        else:
-            every = torch.arange(len(final.y), device=final.y.device)
-            clean = _sharded(
-                shard, every, len(every), batch, lambda pos: clean_flags(model, final.x[pos], final.y[pos], batch)
-            )
+        shard = shard or Shard.whole()
+        every = torch.arange(len(final.y), device=final.y.device)
+        clean = _sharded(
+            shard, every, len(every), batch, lambda pos: clean_flags(model, final.x[pos], final.y[pos], batch)
+        )
         tally.add_flags("benign_acc", clean, f"top-1 accuracy {final.on}")
         if objective.attacked:
             settings = _attack_settings(spec, seed, num_classes)
